@@ -1,0 +1,220 @@
+//! The interface every backend implements, and the wait helper they share.
+//!
+//! A backend turns an [`AcquireRequest`] into a held lock. Acquisition has two halves: a
+//! synchronous half (validate, join the in-process queue) that runs in the caller's call, so
+//! callers are served in call order, and an asynchronous half (wait for the queue, then the
+//! server or OS) returned as a future.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result, Target};
+use crate::lost::LostSignal;
+use crate::options::Timeout;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which primitive, and which side of it, a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    /// An exclusive lock.
+    Mutex,
+    /// The shared (reader) side of a reader-writer lock.
+    Read,
+    /// The exclusive (writer) side of a reader-writer lock.
+    Write,
+    /// One of `max_count` permits of a semaphore.
+    Semaphore {
+        /// How many holders the semaphore admits at once.
+        max_count: u32,
+    },
+}
+
+impl LockKind {
+    /// The primitive's name as error messages show it.
+    pub fn primitive(self) -> &'static str {
+        match self {
+            LockKind::Mutex => "lock",
+            LockKind::Read | LockKind::Write => "reader-writer lock",
+            LockKind::Semaphore { .. } => "semaphore",
+        }
+    }
+}
+
+/// One acquire call, validated.
+#[derive(Clone, Debug)]
+pub struct AcquireRequest {
+    /// The lock's name, as the user gave it (non-empty).
+    pub name: String,
+    /// What to acquire.
+    pub kind: LockKind,
+    /// How long to wait.
+    pub timeout: Timeout,
+    /// Cancels the wait when fired (from a JS `AbortSignal`).
+    pub cancel: Option<CancellationToken>,
+    /// A per-acquire lease override, for backends with leases.
+    pub lease: Option<Duration>,
+}
+
+impl AcquireRequest {
+    /// The error target for this request on `backend`.
+    pub fn target(&self, backend: &'static str) -> Target {
+        Target::new(backend, self.kind.primitive(), self.name.clone())
+    }
+}
+
+/// A lock that is held. Releasing is idempotent; dropping the last reference releases too.
+pub trait HeldLock: Send + Sync + 'static {
+    /// The fencing token of this grant: strictly greater than every earlier grant's of the name.
+    fn fencing_token(&self) -> u64;
+    /// Fires when the lock is known to be lost.
+    fn lost(&self) -> &LostSignal;
+    /// Whether `release` has run (or the provider released it on close).
+    fn is_released(&self) -> bool;
+    /// Releases the lock. Never fails because the lock was already lost or released.
+    fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>>;
+}
+
+/// A held lock behind a shared pointer.
+pub type Held = Arc<dyn HeldLock>;
+
+/// What the asynchronous half of an acquire resolves to: the lock, or `None` when the timeout
+/// ran out (busy is data, not an error).
+pub type Acquiring = BoxFuture<'static, Result<Option<Held>>>;
+
+/// A lock backend: one per provider.
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's short name (`file`, `postgres`, `redis`, `memory`).
+    fn name(&self) -> &'static str;
+    /// Validates the request and joins the queue now; the returned future does the waiting.
+    fn acquire(&self, request: AcquireRequest) -> Result<Acquiring>;
+    /// Whether `close` has been called.
+    fn is_closed(&self) -> bool;
+    /// Rejects pending waits, releases every held lock (their lost signals fire) and frees
+    /// connections. Idempotent.
+    fn close(&self) -> BoxFuture<'static, Result<()>>;
+}
+
+/// How a raced wait ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waited<T> {
+    /// The awaited thing happened first.
+    Done(T),
+    /// The deadline passed first.
+    TimedOut,
+    /// The caller's cancel token fired first.
+    Cancelled,
+    /// The provider was closed first.
+    Closed,
+}
+
+impl<T> Waited<T> {
+    /// The value if the awaited thing happened, else why not.
+    pub fn done(self) -> std::result::Result<T, Interrupted> {
+        match self {
+            Waited::Done(v) => Ok(v),
+            Waited::TimedOut => Err(Interrupted::TimedOut),
+            Waited::Cancelled => Err(Interrupted::Cancelled),
+            Waited::Closed => Err(Interrupted::Closed),
+        }
+    }
+}
+
+/// Why a wait ended without its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupted {
+    /// The deadline passed.
+    TimedOut,
+    /// The caller cancelled.
+    Cancelled,
+    /// The provider was closed.
+    Closed,
+}
+
+impl Interrupted {
+    /// What an acquire reports for this interruption: a timeout is `Ok(None)` (busy is data),
+    /// a cancel is [`Error::Cancelled`], a close is [`Error::Closed`].
+    pub fn into_outcome<T>(
+        self,
+        request: &AcquireRequest,
+        backend: &'static str,
+    ) -> Result<Option<T>> {
+        match self {
+            Interrupted::TimedOut => Ok(None),
+            Interrupted::Cancelled => Err(Error::Cancelled {
+                target: request.target(backend),
+            }),
+            Interrupted::Closed => Err(Error::Closed {
+                backend,
+                detail: format!("; stopped waiting for {}", request.target(backend)),
+            }),
+        }
+    }
+}
+
+/// Races `fut` against an optional deadline, the caller's optional cancel token and the
+/// provider's close token. A cancel or close that already happened wins over a ready `fut`; a
+/// deadline in the past does not (a zero timeout is one attempt, not no attempt).
+pub async fn race<F: Future>(
+    fut: F,
+    deadline: Option<Instant>,
+    cancel: Option<&CancellationToken>,
+    closed: &CancellationToken,
+) -> Waited<F::Output> {
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let cancelled = async {
+        match cancel {
+            Some(c) => c.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = cancelled => Waited::Cancelled,
+        _ = closed.cancelled() => Waited::Closed,
+        out = fut => Waited::Done(out),
+        _ = sleep => Waited::TimedOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn race_outcomes() {
+        let open = CancellationToken::new();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            race(async { 7 }, Some(Instant::now()), None, &open).await,
+            Waited::Done(7)
+        );
+        assert_eq!(
+            race(std::future::pending::<()>(), Some(soon), None, &open).await,
+            Waited::TimedOut
+        );
+        let token = CancellationToken::new();
+        token.cancel();
+        assert_eq!(
+            race(std::future::pending::<()>(), None, Some(&token), &open).await,
+            Waited::Cancelled
+        );
+        let closed = CancellationToken::new();
+        closed.cancel();
+        assert_eq!(
+            race(std::future::pending::<()>(), None, None, &closed).await,
+            Waited::Closed
+        );
+    }
+}

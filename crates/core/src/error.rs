@@ -1,0 +1,203 @@
+//! The one error type of distlock, with stable codes that every binding maps the same way.
+
+use std::fmt;
+
+/// What a lock operation was about: the backend, the kind of lock and its name.
+///
+/// Every error message names its target so that a log line is enough to find the lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The backend, e.g. `file`, `postgres`, `redis`, `memory`.
+    pub backend: &'static str,
+    /// The kind of primitive: `lock`, `reader-writer lock` or `semaphore`.
+    pub kind: &'static str,
+    /// The user's name for the lock, as given.
+    pub name: String,
+}
+
+impl Target {
+    /// A target for the given backend, kind and name.
+    pub fn new(backend: &'static str, kind: &'static str, name: impl Into<String>) -> Self {
+        Self {
+            backend,
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {:?}", self.backend, self.kind, self.name)
+    }
+}
+
+/// Every way a distlock operation can fail.
+///
+/// A lock that is merely busy is not an error: `try` operations return `None` for it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bounded wait ran out before the lock was granted.
+    #[error("timed out after {waited_ms} ms waiting for {target}")]
+    Timeout {
+        /// The lock waited for.
+        target: Target,
+        /// How long the caller waited, in milliseconds.
+        waited_ms: u64,
+    },
+    /// The caller cancelled the wait; nothing is held.
+    #[error("the wait for {target} was cancelled")]
+    Cancelled {
+        /// The lock waited for.
+        target: Target,
+    },
+    /// A held lock is no longer held (lease expired, session dropped, provider closed).
+    #[error("{target} was lost: {reason}")]
+    Lost {
+        /// The lock that was lost.
+        target: Target,
+        /// Why it was lost.
+        reason: String,
+    },
+    /// The backend could not be reached or answered with an error. Never means "busy".
+    #[error("{backend} backend error: {message}")]
+    Backend {
+        /// The backend that failed.
+        backend: &'static str,
+        /// What failed, naming the lock or server where known.
+        message: String,
+    },
+    /// An operating-system I/O error, with the path it concerned.
+    #[error("{backend} backend I/O error on {path}: {source}")]
+    Io {
+        /// The backend that failed.
+        backend: &'static str,
+        /// The file or directory involved.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An argument had a value outside what is allowed; the message names it.
+    #[error("{argument} {message}")]
+    InvalidArgument {
+        /// The argument's name as the user wrote it, e.g. `timeoutMs`.
+        argument: &'static str,
+        /// What is wrong with it and what is allowed.
+        message: String,
+    },
+    /// The provider was closed before or during the operation.
+    #[error("the {backend} lock provider is closed{detail}")]
+    Closed {
+        /// The backend whose provider is closed.
+        backend: &'static str,
+        /// Optional detail, starting with a separator, e.g. `; cannot acquire "x"`.
+        detail: String,
+    },
+}
+
+impl Error {
+    /// The stable code of this error: part of the public contract, never renamed.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Timeout { .. } => "TIMEOUT",
+            Error::Cancelled { .. } => "CANCELLED",
+            Error::Lost { .. } => "LOST",
+            Error::Backend { .. } => "BACKEND",
+            Error::Io { .. } => "IO",
+            Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Error::Closed { .. } => "CLOSED",
+        }
+    }
+
+    /// An [`Error::InvalidArgument`] for `argument`.
+    pub fn invalid(argument: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            argument,
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub fn io(
+        backend: &'static str,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            backend,
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Result alias used across distlock.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable() {
+        let t = Target::new("file", "lock", "a");
+        let cases: Vec<(Error, &str)> = vec![
+            (
+                Error::Timeout {
+                    target: t.clone(),
+                    waited_ms: 5,
+                },
+                "TIMEOUT",
+            ),
+            (Error::Cancelled { target: t.clone() }, "CANCELLED"),
+            (
+                Error::Lost {
+                    target: t.clone(),
+                    reason: "x".into(),
+                },
+                "LOST",
+            ),
+            (
+                Error::Backend {
+                    backend: "redis",
+                    message: "down".into(),
+                },
+                "BACKEND",
+            ),
+            (Error::io("file", "/x", std::io::Error::other("boom")), "IO"),
+            (
+                Error::invalid("timeoutMs", "must not be negative"),
+                "INVALID_ARGUMENT",
+            ),
+            (
+                Error::Closed {
+                    backend: "file",
+                    detail: String::new(),
+                },
+                "CLOSED",
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_lock_and_backend() {
+        let err = Error::Timeout {
+            target: Target::new("file", "semaphore", "gpu"),
+            waited_ms: 250,
+        };
+        assert_eq!(
+            err.to_string(),
+            "timed out after 250 ms waiting for file semaphore \"gpu\""
+        );
+        let err = Error::io(
+            "file",
+            "/nope/dir",
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(err.to_string().contains("/nope/dir"), "{err}");
+    }
+}

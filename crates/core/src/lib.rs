@@ -1,0 +1,25 @@
+//! distlock-core: what every distlock backend shares and nothing backend-specific.
+//!
+//! - [`Error`] with stable codes ([`Error::code`]) that the bindings turn into JS error classes;
+//! - validated options ([`Timeout`], names, counts);
+//! - [`queue`]: the in-process FIFO waiter queue, one per name;
+//! - [`LostSignal`] and [`Lease`]: how a held lock reports that it is lost;
+//! - the [`Backend`] and [`HeldLock`] traits the providers implement.
+
+pub mod backend;
+pub mod error;
+pub mod lease;
+pub mod lost;
+pub mod options;
+pub mod queue;
+
+pub use backend::{
+    AcquireRequest, Acquiring, Backend, BoxFuture, Held, HeldLock, Interrupted, LockKind, Waited,
+    race,
+};
+pub use error::{Error, Result, Target};
+pub use lease::Lease;
+pub use lost::LostSignal;
+pub use options::{Timeout, validate_max_count, validate_name};
+pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,185 @@
+//! The operating-system side: opening lock files, taking `flock`-family locks without blocking
+//! the async runtime, and the fencing counter stored in the lock file.
+//!
+//! `std::fs::File::{try_lock, lock, lock_shared}` are `flock(2)` on Unix and `LockFileEx` on
+//! Windows. A lock belongs to the open file description, so closing the file (or the process
+//! dying, even by `kill -9`) releases it.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::Path;
+
+use tokio::sync::oneshot;
+
+/// Shared (reader) or exclusive (writer) OS lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Many holders at once.
+    Shared,
+    /// One holder.
+    Exclusive,
+}
+
+/// Opens (creating if needed) the lock file at `path` for reading and writing.
+pub fn open(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Readable and writable by everyone the umask allows, so processes of different users
+        // sharing a lock directory can all lock the same files.
+        options.mode(0o666);
+    }
+    options.open(path)
+}
+
+/// One non-blocking attempt. `Ok(false)` means another holder has it.
+pub fn try_lock(file: &File, mode: Mode) -> io::Result<bool> {
+    let res = match mode {
+        Mode::Shared => file.try_lock_shared(),
+        Mode::Exclusive => file.try_lock(),
+    };
+    match res {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// The receiving end of a blocking OS wait running on its own thread.
+pub type PendingLock = oneshot::Receiver<io::Result<File>>;
+
+/// Starts a blocking lock of `file` on a dedicated thread (never a tokio worker, never the libuv
+/// pool) and returns where the locked file will arrive. If nobody is listening any more when
+/// the lock is granted, the file is dropped, which closes it and releases the lock at once.
+pub fn lock_in_background(file: File, mode: Mode) -> io::Result<PendingLock> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("distlock-file-wait".into())
+        .spawn(move || {
+            let res = match mode {
+                Mode::Shared => file.lock_shared(),
+                Mode::Exclusive => file.lock(),
+            };
+            // An error here means the receiver is gone; the value (and with it the lock) is dropped.
+            let _ = tx.send(res.map(|()| file));
+        })?;
+    Ok(rx)
+}
+
+/// Reads the fencing counter stored in the first 8 bytes of `file` (0 for a new file).
+pub fn read_counter(file: &File) -> io::Result<u64> {
+    let mut buf = [0u8; 8];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = read_at(file, &mut buf[filled..], filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(if filled == buf.len() {
+        u64::from_le_bytes(buf)
+    } else {
+        0
+    })
+}
+
+/// Adds one to the fencing counter of `file`, which the caller holds exclusively, and returns
+/// the new value. Written to the page cache, not synced: it survives process crashes, not an
+/// OS crash.
+pub fn bump_counter(file: &File) -> io::Result<u64> {
+    let next = read_counter(file)?.wrapping_add(1).max(1);
+    let bytes = next.to_le_bytes();
+    let mut written = 0;
+    while written < bytes.len() {
+        written += write_at(file, &bytes[written..], written as u64)?;
+    }
+    Ok(next)
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::write_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_write(file, buf, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("distlock-os-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("x.lock")
+    }
+
+    #[test]
+    fn exclusive_excludes_other_open_files_in_the_same_process() {
+        let path = temp_path("excl");
+        let a = open(&path).unwrap();
+        let b = open(&path).unwrap();
+        assert!(try_lock(&a, Mode::Exclusive).unwrap());
+        assert!(!try_lock(&b, Mode::Exclusive).unwrap());
+        assert!(!try_lock(&b, Mode::Shared).unwrap());
+        drop(a); // closing releases
+        assert!(try_lock(&b, Mode::Shared).unwrap());
+        let c = open(&path).unwrap();
+        assert!(try_lock(&c, Mode::Shared).unwrap(), "readers share");
+    }
+
+    #[test]
+    fn counter_starts_at_one_and_increases() {
+        let path = temp_path("counter");
+        let _ = std::fs::remove_file(&path);
+        let f = open(&path).unwrap();
+        assert_eq!(read_counter(&f).unwrap(), 0);
+        assert_eq!(bump_counter(&f).unwrap(), 1);
+        assert_eq!(bump_counter(&f).unwrap(), 2);
+        assert_eq!(read_counter(&open(&path).unwrap()).unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn background_wait_is_granted_on_release_and_abandoned_waits_release() {
+        let path = temp_path("bg");
+        let holder = open(&path).unwrap();
+        assert!(try_lock(&holder, Mode::Exclusive).unwrap());
+        let pending = lock_in_background(open(&path).unwrap(), Mode::Exclusive).unwrap();
+        drop(holder);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), pending)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let other = open(&path).unwrap();
+        assert!(!try_lock(&other, Mode::Exclusive).unwrap());
+        let abandoned = lock_in_background(open(&path).unwrap(), Mode::Exclusive).unwrap();
+        drop(abandoned);
+        drop(got);
+        // The abandoned thread takes the lock and drops it straight away; within 5 s it is free.
+        let mut free = false;
+        for _ in 0..500 {
+            if try_lock(&other, Mode::Exclusive).unwrap() {
+                free = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(free, "an abandoned background wait must not keep the lock");
+    }
+}
