@@ -1,1 +1,232 @@
-pub fn x() {}
+//! The napi bindings: argument conversion, one call into a backend, error mapping. Nothing else
+//! lives here (no loops, no retries, no I/O): that is in `distlock-core` and the backend crates.
+
+use std::sync::{Arc, Mutex};
+
+use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind, Timeout};
+use distlock_file::FileBackend;
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use napi_derive::napi;
+
+/// Turns a core error into a rejection whose message starts with the stable `CODE: `; the TS
+/// layer maps that prefix to the matching error class.
+fn to_js(err: distlock_core::Error) -> Error {
+    Error::new(Status::GenericFailure, format!("{}: {err}", err.code()))
+}
+
+/// Parses the JS-side kind string (`mutex`, `read`, `write`, `semaphore`).
+fn lock_kind(kind: &str, max_count: Option<f64>) -> distlock_core::Result<LockKind> {
+    Ok(match kind {
+        "mutex" => LockKind::Mutex,
+        "read" => LockKind::Read,
+        "write" => LockKind::Write,
+        "semaphore" => LockKind::Semaphore {
+            max_count: distlock_core::validate_max_count(max_count.unwrap_or(f64::NAN))?,
+        },
+        other => {
+            return Err(distlock_core::Error::invalid(
+                "kind",
+                format!("must be mutex, read, write or semaphore, got {other:?}"),
+            ));
+        }
+    })
+}
+
+/// The shared acquire of every provider class: validate, queue (synchronously), then wait.
+fn acquire_on<'env>(
+    env: &'env Env,
+    backend: &Arc<dyn Backend>,
+    name: String,
+    kind: String,
+    max_count: Option<f64>,
+    timeout_ms: Option<f64>,
+    cancel: Option<&CancelToken>,
+) -> Result<PromiseRaw<'env, Option<NativeHandle>>> {
+    let request = AcquireRequest {
+        name,
+        kind: lock_kind(&kind, max_count).map_err(to_js)?,
+        timeout: Timeout::from_ms(timeout_ms).map_err(to_js)?,
+        cancel: cancel.map(|c| c.token.clone()),
+        lease: None,
+    };
+    let waiting = backend.acquire(request).map_err(to_js)?;
+    env.spawn_future(async move { Ok(waiting.await.map_err(to_js)?.map(NativeHandle::new)) })
+}
+
+/// Checks a lock name now, so `createLock('')` throws at once rather than at acquire.
+#[napi]
+pub fn validate_name(name: String) -> Result<()> {
+    distlock_core::validate_name(&name).map_err(to_js)
+}
+
+/// Checks a semaphore's `maxCount` now, so `createSemaphore(name, 0)` throws at once.
+#[napi]
+pub fn validate_max_count(max_count: f64) -> Result<()> {
+    distlock_core::validate_max_count(max_count)
+        .map(drop)
+        .map_err(to_js)
+}
+
+/// A token the TS layer fires when the caller's `AbortSignal` aborts.
+#[napi]
+pub struct CancelToken {
+    token: CancellationToken,
+}
+
+#[napi]
+impl CancelToken {
+    #[napi(constructor)]
+    pub fn new() -> Self {
+        Self {
+            token: CancellationToken::new(),
+        }
+    }
+
+    /// Cancels every wait this token was passed to.
+    #[napi]
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+}
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A held lock. Dropping it (garbage collection) releases the lock.
+#[napi]
+pub struct NativeHandle {
+    held: Mutex<Option<Held>>,
+    token: u64,
+    /// Ends the lost-signal watcher once the handle is released.
+    done: CancellationToken,
+}
+
+impl NativeHandle {
+    fn new(held: Held) -> Self {
+        let token = held.fencing_token();
+        Self {
+            held: Mutex::new(Some(held)),
+            token,
+            done: CancellationToken::new(),
+        }
+    }
+
+    fn take(&self) -> Option<Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn current(&self) -> Option<Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[napi]
+impl NativeHandle {
+    /// The fencing token of this grant.
+    #[napi(getter)]
+    pub fn fencing_token(&self) -> BigInt {
+        BigInt::from(self.token)
+    }
+
+    /// Whether the lock has been released (by `release`, or by the provider on close).
+    #[napi(getter)]
+    pub fn is_released(&self) -> bool {
+        self.current().is_none_or(|h| h.is_released())
+    }
+
+    /// Calls `callback(reason)` once if the lock is lost while held. The callback does not keep
+    /// the process alive.
+    #[napi]
+    pub fn on_lost(&self, callback: Function<String, ()>) -> Result<()> {
+        let Some(held) = self.current() else {
+            return Ok(());
+        };
+        let tsfn = callback
+            .build_threadsafe_function()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()?;
+        let lost = held.lost().clone();
+        let done = self.done.clone();
+        drop(held);
+        napi::bindgen_prelude::spawn(async move {
+            tokio::select! {
+                reason = lost.lost() => { tsfn.call(reason, ThreadsafeFunctionCallMode::NonBlocking); }
+                _ = done.cancelled() => {}
+            }
+        });
+        Ok(())
+    }
+
+    /// Releases the lock; idempotent.
+    #[napi]
+    pub fn release<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        self.done.cancel();
+        let held = self.take();
+        env.spawn_future(async move {
+            match held {
+                Some(h) => h.release().await.map_err(to_js),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+impl Drop for NativeHandle {
+    fn drop(&mut self) {
+        self.done.cancel();
+    }
+}
+
+/// The file-lock provider.
+#[napi]
+pub struct NativeFileProvider {
+    backend: Arc<dyn Backend>,
+}
+
+#[napi]
+impl NativeFileProvider {
+    #[napi(constructor)]
+    pub fn new(directory: String) -> Self {
+        Self {
+            backend: Arc::new(FileBackend::new(directory)),
+        }
+    }
+
+    /// Acquires `name` as `kind`; resolves to a handle, or `null` when `timeoutMs` ran out.
+    #[napi]
+    pub fn acquire<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+        kind: String,
+        max_count: Option<f64>,
+        timeout_ms: Option<f64>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<PromiseRaw<'env, Option<NativeHandle>>> {
+        acquire_on(
+            env,
+            &self.backend,
+            name,
+            kind,
+            max_count,
+            timeout_ms,
+            cancel,
+        )
+    }
+
+    #[napi(getter)]
+    pub fn is_closed(&self) -> bool {
+        self.backend.is_closed()
+    }
+
+    #[napi]
+    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        let closing = self.backend.close();
+        env.spawn_future(async move { closing.await.map_err(to_js) })
+    }
+}
