@@ -6,7 +6,9 @@ import { spawnSync } from 'node:child_process'
 function run(cmd, args) {
   const res = spawnSync(cmd, args, { stdio: 'inherit', shell: process.platform === 'win32' })
   if (res.error?.code === 'ENOENT') {
-    console.error(`distlock: '${cmd}' was not found. Building from source needs Rust (https://rustup.rs) and Node >= 20.`)
+    console.error(
+      `distlock: '${cmd}' was not found. Building from source needs Rust (https://rustup.rs) and Node >= 20.`,
+    )
     process.exit(1)
   }
   if (res.status !== 0) process.exit(res.status ?? 1)

@@ -8,14 +8,7 @@
  * ```
  * @packageDocumentation
  */
-export {
-  AbortError,
-  LockBackendError,
-  LockClosedError,
-  LockError,
-  LockLostError,
-  LockTimeoutError,
-} from './errors'
+export { AbortError, LockBackendError, LockClosedError, LockError, LockLostError, LockTimeoutError } from './errors'
 export {
   DistributedLock,
   DistributedReaderWriterLock,

@@ -3,14 +3,7 @@
  * provider supplies its native object and a backend name; everything else is here, once.
  */
 import native, { type NativeHandle, type NativeProvider } from './native'
-import {
-  AbortError,
-  LockClosedError,
-  LockLostError,
-  LockTimeoutError,
-  invalidArgType,
-  toLockError,
-} from './errors'
+import { AbortError, LockClosedError, LockLostError, LockTimeoutError, invalidArgType, toLockError } from './errors'
 
 /** Options of every acquire call. */
 export interface AcquireOptions {
@@ -77,7 +70,9 @@ function checkOptions(options: unknown): AcquireOptions {
     throw invalidArgType(`The "options.timeoutMs" property must be of type number. Received ${typeName(timeoutMs)}`)
   }
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw invalidArgType(`The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`)
+    throw invalidArgType(
+      `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
+    )
   }
   return { timeoutMs, signal }
 }

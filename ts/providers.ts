@@ -3,8 +3,14 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 
 import native, { type NativeProvider } from './native'
-import { closedError, DistributedLock, DistributedReaderWriterLock, DistributedSemaphore, type LockSource } from './locks'
-import { invalidArgType, toLockError } from './errors'
+import {
+  closedError,
+  DistributedLock,
+  DistributedReaderWriterLock,
+  DistributedSemaphore,
+  type LockSource,
+} from './locks'
+import { invalidArgType, invalidArgValue, toLockError } from './errors'
 import { typeName } from './locks'
 
 /** What every provider offers, so application code can swap backends (and tests can pass a fake). */
@@ -20,32 +26,35 @@ export interface LockProvider extends AsyncDisposable {
 }
 
 /** Shared plumbing of the providers. */
-abstract class BaseProvider implements LockProvider, LockSource {
-  /** @internal */
-  abstract readonly native: NativeProvider
-  /** @internal */
-  abstract readonly backend: string
+abstract class BaseProvider implements LockProvider {
+  readonly #source: LockSource
 
   /** @internal */
-  assertOpen(): void {
-    if (this.native.isClosed) throw closedError(this.backend)
+  protected constructor(nativeProvider: NativeProvider, backend: string) {
+    this.#source = {
+      native: nativeProvider,
+      backend,
+      assertOpen() {
+        if (nativeProvider.isClosed) throw closedError(backend)
+      },
+    }
   }
 
   createLock(name: string): DistributedLock {
-    return new DistributedLock(this, name)
+    return new DistributedLock(this.#source, name)
   }
 
   createReaderWriterLock(name: string): DistributedReaderWriterLock {
-    return new DistributedReaderWriterLock(this, name)
+    return new DistributedReaderWriterLock(this.#source, name)
   }
 
   createSemaphore(name: string, maxCount: number): DistributedSemaphore {
-    return new DistributedSemaphore(this, name, maxCount)
+    return new DistributedSemaphore(this.#source, name, maxCount)
   }
 
   async close(): Promise<void> {
     try {
-      await this.native.close()
+      await this.#source.native.close()
     } catch (err) {
       throw toLockError(err)
     }
@@ -72,26 +81,23 @@ export interface FileLockProviderOptions {
 export class FileLockProvider extends BaseProvider {
   /** The lock directory, resolved to an absolute path. */
   readonly directory: string
-  /** @internal */
-  readonly native: NativeProvider
-  /** @internal */
-  readonly backend = 'file'
 
   constructor(options: FileLockProviderOptions = {}) {
-    super()
-    if (options === null || typeof options !== 'object') {
-      throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
-    }
-    const { directory = path.join(os.tmpdir(), 'distlock') } = options
-    if (typeof directory !== 'string') {
-      throw invalidArgType(`The "options.directory" property must be of type string. Received ${typeName(directory)}`)
-    }
-    if (directory === '') {
-      throw Object.assign(new RangeError('The "options.directory" property must be a non-empty path'), {
-        code: 'ERR_INVALID_ARG_VALUE',
-      })
-    }
-    this.directory = path.resolve(directory)
-    this.native = new native.NativeFileProvider(this.directory)
+    const directory = fileDirectory(options)
+    super(new native.NativeFileProvider(directory), 'file')
+    this.directory = directory
   }
+}
+
+/** Validates the options and returns the absolute lock directory. */
+function fileDirectory(options: FileLockProviderOptions): string {
+  if (options === null || typeof options !== 'object') {
+    throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+  }
+  const { directory = path.join(os.tmpdir(), 'distlock') } = options
+  if (typeof directory !== 'string') {
+    throw invalidArgType(`The "options.directory" property must be of type string. Received ${typeName(directory)}`)
+  }
+  if (directory === '') throw invalidArgValue('The "options.directory" property must be a non-empty path')
+  return path.resolve(directory)
 }

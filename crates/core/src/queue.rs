@@ -140,10 +140,10 @@ pub struct Ticket {
 impl Ticket {
     /// Whether the units are granted, without waiting.
     pub fn is_granted(&mut self) -> bool {
-        if let TicketState::Waiting { rx, .. } = &mut self.state {
-            if rx.try_recv().is_ok() {
-                self.state = TicketState::Granted;
-            }
+        if let TicketState::Waiting { rx, .. } = &mut self.state
+            && rx.try_recv().is_ok()
+        {
+            self.state = TicketState::Granted;
         }
         matches!(self.state, TicketState::Granted)
     }

@@ -1,6 +1,8 @@
 //! The file backend through its public `Backend` interface, with real files, real threads and
 //! real child processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -1,0 +1,132 @@
+import { spawn, spawnSync } from 'node:child_process'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { FileLockProvider } from 'distlock'
+
+import { ROOT, eventually, tempDir } from './helpers'
+
+const CLI = join(ROOT, 'bin', 'distlock.js')
+
+function cli(args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 20_000 })
+}
+
+describe('distlock run', () => {
+  it('runs the command under the lock and exits with its code', async () => {
+    const dir = tempDir('cli')
+    const res = cli([
+      'run',
+      'demo',
+      '--file',
+      dir,
+      '--',
+      process.execPath,
+      '-e',
+      'console.log("inside"); process.exit(7)',
+    ])
+    expect(res.stdout).toBe('inside\n')
+    expect(res.status).toBe(7)
+    await using p = new FileLockProvider({ directory: dir })
+    const h = await p.createLock('demo').tryAcquire()
+    expect(h, 'released after the command').not.toBeNull()
+    await h!.release()
+  })
+
+  it('holds the lock while the command runs', async () => {
+    const dir = tempDir('cli-hold')
+    await using p = new FileLockProvider({ directory: dir })
+    const lock = p.createLock('job')
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'run',
+        'job',
+        '--file',
+        dir,
+        '--',
+        process.execPath,
+        '-e',
+        'console.log("started"); setTimeout(() => {}, 20000)',
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    )
+    try {
+      let out = ''
+      child.stdout.on('data', (d) => (out += d))
+      await eventually(() => out.includes('started'), 10_000)
+      expect(await lock.tryAcquire()).toBeNull()
+      const exited = new Promise<[number | null, string | null]>((r) => child.on('exit', (c, s) => r([c, s])))
+      child.kill('SIGTERM') // forwarded to the command, which dies of it
+      expect(await exited).toEqual([128 + 15, null])
+      const h = await lock.acquire({ timeoutMs: 5_000 })
+      await h.release()
+    } finally {
+      child.kill('SIGKILL')
+    }
+  })
+
+  it('forwards signals the command handles itself', async () => {
+    const dir = tempDir('cli-sig')
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'run',
+        'sig',
+        '--file',
+        dir,
+        '--',
+        process.execPath,
+        '-e',
+        'process.on("SIGINT", () => process.exit(42)); console.log("ready"); setTimeout(() => {}, 20000)',
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    try {
+      let out = ''
+      child.stdout.on('data', (d) => (out += d))
+      await eventually(() => out.includes('ready'), 10_000)
+      const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)))
+      child.kill('SIGINT')
+      expect(await exited).toBe(42)
+    } finally {
+      child.kill('SIGKILL')
+    }
+  })
+
+  it('exits 75 when --timeout runs out', async () => {
+    const dir = tempDir('cli-timeout')
+    await using p = new FileLockProvider({ directory: dir })
+    const h = await p.createLock('busy').acquire()
+    const res = cli(['run', 'busy', '--file', dir, '--timeout', '50', '--', process.execPath, '-e', 'process.exit(0)'])
+    expect(res.status).toBe(75)
+    expect(res.stderr).toContain('timed out after 50 ms waiting for the lock "busy"')
+    await h.release()
+  })
+
+  it('prints help, and usage errors exit 64 with a message', () => {
+    const help = cli(['--help'])
+    expect(help.status).toBe(0)
+    expect(help.stdout).toContain('Usage: distlock run <name>')
+    for (const [args, message] of [
+      [['run', 'x'], 'missing the command'],
+      [['run', '--', 'true'], 'missing the lock <name>'],
+      [['run', 'x', '--timeout', 'soon', '--', 'true'], '--timeout must be a non-negative number'],
+      [['run', 'x', '--bogus', '--', 'true'], 'unknown option --bogus'],
+      [['lock', 'x'], 'unknown command "lock"'],
+    ] as const) {
+      const res = cli([...args])
+      expect(res.status, args.join(' ')).toBe(64)
+      expect(res.stderr).toContain(message)
+    }
+  })
+
+  it('exits 127 when the command does not exist', () => {
+    const res = cli(['run', 'nx', '--file', tempDir('cli-nx'), '--', 'distlock-no-such-command'])
+    expect(res.status).toBe(127)
+    expect(res.stderr).toContain('cannot run "distlock-no-such-command"')
+  })
+})

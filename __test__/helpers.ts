@@ -1,0 +1,97 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+export const FIXTURES = join(__dirname, 'fixtures')
+export const ROOT = join(__dirname, '..')
+
+/** A fresh, empty temporary directory. */
+export function tempDir(tag: string): string {
+  return mkdtempSync(join(tmpdir(), `distlock-${tag}-`))
+}
+
+/** A child Node process running `fixtures/<script>`, with its output collected line by line. */
+export class Child {
+  readonly proc: ChildProcess
+  readonly lines: string[] = []
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  #waiters: Array<() => void> = []
+
+  constructor(script: string, args: string[], execArgv: string[] = []) {
+    this.proc = spawn(process.execPath, [...execArgv, join(FIXTURES, script), ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: ROOT,
+    })
+    let buf = ''
+    this.proc.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString()
+      let nl: number
+      while ((nl = buf.indexOf('\n')) !== -1) {
+        this.lines.push(buf.slice(0, nl))
+        buf = buf.slice(nl + 1)
+      }
+      for (const w of this.#waiters.splice(0)) w()
+    })
+    let err = ''
+    this.proc.stderr!.on('data', (d: Buffer) => (err += d.toString()))
+    this.exited = new Promise((resolve) =>
+      this.proc.on('exit', (code, signal) => {
+        if (err) this.lines.push(`[stderr] ${err}`)
+        for (const w of this.#waiters.splice(0)) w()
+        resolve({ code, signal })
+      }),
+    )
+  }
+
+  /** Waits (bounded) until a line starting with `prefix` appears; returns it. */
+  async line(prefix: string, timeoutMs = 15_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const found = this.lines.find((l) => l.startsWith(prefix))
+      if (found !== undefined) return found
+      if (this.proc.exitCode !== null || this.proc.signalCode !== null) {
+        throw new Error(`child exited before printing ${prefix}: ${this.lines.join('\n')}`)
+      }
+      const left = deadline - Date.now()
+      if (left <= 0) throw new Error(`timed out waiting for ${prefix}; output: ${this.lines.join('\n')}`)
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(left, 1000))
+        this.#waiters.push(() => {
+          clearTimeout(t)
+          resolve()
+        })
+      })
+    }
+  }
+
+  /** Waits (bounded) for the child to exit. */
+  async exit(timeoutMs = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`child did not exit in ${timeoutMs} ms: ${this.lines.join('\n')}`)),
+        timeoutMs,
+      )
+    })
+    try {
+      return await Promise.race([this.exited, timeout])
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGKILL'): void {
+    this.proc.kill(signal)
+  }
+}
+
+/** Polls `check` every `intervalMs` until it returns true, at most `timeoutMs`. */
+export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5_000, intervalMs = 10) {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    if (await check()) return
+    await new Promise((r) => setTimeout(r, intervalMs))
+  }
+  throw new Error(`condition not met within ${timeoutMs} ms`)
+}

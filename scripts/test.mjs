@@ -1,0 +1,28 @@
+// `npm test`: the whole suite. Builds what is missing, runs the Rust tests, then vitest against
+// the public package. Fails loudly, never skips: a missing toolchain or server is an error that
+// says how to get it.
+import { spawnSync } from 'node:child_process'
+import { existsSync, readdirSync } from 'node:fs'
+
+const root = new URL('..', import.meta.url).pathname
+
+function run(label, cmd, args) {
+  console.log(`\n== ${label}: ${cmd} ${args.join(' ')}`)
+  const res = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', shell: process.platform === 'win32' })
+  if (res.error) {
+    console.error(`distlock test: could not run ${cmd}: ${res.error.message}`)
+    process.exit(1)
+  }
+  if (res.status !== 0) {
+    console.error(`distlock test: ${label} failed (exit ${res.status})`)
+    process.exit(res.status ?? 1)
+  }
+}
+
+const hasBinary = readdirSync(root).some((f) => /^distlock\..+\.node$/.test(f))
+if (!hasBinary || !existsSync(`${root}dist/index.js`)) {
+  console.log('distlock test: the addon or dist/ is missing; building (needs Rust: https://rustup.rs)')
+  run('build', process.execPath, ['scripts/build.mjs'])
+}
+run('rust tests', 'cargo', ['test', '--workspace', '--quiet'])
+run('node tests', process.execPath, ['node_modules/vitest/vitest.mjs', 'run', ...process.argv.slice(2)])

@@ -1,0 +1,17 @@
+import { defineConfig } from 'vitest/config'
+
+export default defineConfig({
+  test: {
+    include: ['__test__/**/*.spec.ts'],
+    pool: 'forks',
+    testTimeout: 30_000,
+    hookTimeout: 30_000,
+    server: {
+      deps: {
+        // The package under test is loaded by Node itself, exactly as users load it, not
+        // transformed by Vite.
+        external: [/\/dist\//, /native\.cjs$/],
+      },
+    },
+  },
+})
