@@ -1,0 +1,57 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+
+import { ROOT, tempDir } from './helpers'
+
+const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+const blocks = (lang: string) =>
+  [...readme.matchAll(new RegExp('```' + lang + '\\n([\\s\\S]*?)```', 'g'))].map((m) => m[1])
+
+describe('README examples', () => {
+  it('the quick start runs as documented', () => {
+    const [quickStart] = blocks('js')
+    expect(quickStart).toContain("from 'distlock'")
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', quickStart], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 20_000,
+      env: { ...process.env, TMPDIR: tempDir('quickstart') }, // the default directory lives in os.tmpdir()
+    })
+    expect(out).toMatch(/^holding orders:42 with fencing token \d+n\ndone under the lock\n$/)
+  })
+
+  it('the TypeScript examples compile', () => {
+    const examples = blocks('ts')
+    expect(examples.length).toBeGreaterThanOrEqual(2)
+    const files = examples.map((code, i) => {
+      const file = join(ROOT, '__test__', 'types', `readme-${i}.mts`)
+      writeFileSync(file, `// Extracted from README.md by readme.spec.ts\n${code}\nexport {}\n`)
+      return file
+    })
+    const tsc = createRequire(__filename).resolve('typescript/bin/tsc')
+    const res = spawnSync(
+      process.execPath,
+      [
+        tsc,
+        '--noEmit',
+        '--strict',
+        '--module',
+        'node16',
+        '--moduleResolution',
+        'node16',
+        '--target',
+        'es2022',
+        '--lib',
+        'es2023,esnext.disposable',
+        '--types',
+        'node',
+        ...files,
+      ],
+      { cwd: ROOT, encoding: 'utf8', timeout: 60_000 },
+    )
+    expect(res.status, res.stdout + res.stderr).toBe(0)
+  })
+})
