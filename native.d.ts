@@ -19,8 +19,11 @@ export declare class CancelToken {
 /** The file-lock provider. */
 export declare class NativeFileProvider {
   constructor(directory: string)
-  /** Acquires `name` as `kind`; resolves to a handle, or `null` when `timeoutMs` ran out. */
-  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null): Promise<NativeHandle | undefined | null>
+  /**
+   * Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; a Promise of
+   * that when the answer is not known at once.
+   */
+  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null): NativeHandle | undefined | null | Promise<NativeHandle | undefined | null>
   get isClosed(): boolean
   close(): Promise<undefined>
 }
@@ -36,8 +39,8 @@ export declare class NativeHandle {
    * the process alive.
    */
   onLost(callback: (arg: string) => void): void
-  /** Releases the lock; idempotent. */
-  release(): Promise<undefined>
+  /** Releases the lock; idempotent. Returns a Promise only when the backend must wait. */
+  release(): undefined | Promise<undefined>
 }
 
 /** Checks a semaphore's `maxCount` now, so `createSemaphore(name, 0)` throws at once. */

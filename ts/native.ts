@@ -16,7 +16,7 @@ export interface NativeProvider {
     maxCount?: number | null,
     timeoutMs?: number | null,
     cancel?: Native.CancelToken | null,
-  ): Promise<Native.NativeHandle | undefined | null>
+  ): Native.NativeHandle | undefined | null | Promise<Native.NativeHandle | undefined | null>
   readonly isClosed: boolean
   close(): Promise<unknown>
 }

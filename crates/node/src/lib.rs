@@ -1,7 +1,9 @@
 //! The napi bindings: argument conversion, one call into a backend, error mapping. Nothing else
 //! lives here (no loops, no retries, no I/O): that is in `distlock-core` and the backend crates.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind, Timeout};
 use distlock_file::FileBackend;
@@ -33,6 +35,23 @@ fn lock_kind(kind: &str, max_count: Option<f64>) -> distlock_core::Result<LockKi
     })
 }
 
+/// Settles `fut` without leaving the JS thread when it is ready on its first poll (an
+/// uncontended acquire, a file release), else spawns it on the tokio runtime and returns a
+/// Promise. The first poll runs inside the runtime's context, and a pending future keeps its
+/// state (and its place in the waiter queue) when it moves to the runtime.
+fn now_or_spawn<'env, T, F>(env: &'env Env, fut: F) -> Result<Either<T, PromiseRaw<'env, T>>>
+where
+    T: ToNapiValue + Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+{
+    let mut fut = Box::pin(fut);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match napi::bindgen_prelude::within_runtime_if_available(|| fut.as_mut().poll(&mut cx)) {
+        Poll::Ready(value) => value.map(Either::A),
+        Poll::Pending => env.spawn_future(fut).map(Either::B),
+    }
+}
+
 /// The shared acquire of every provider class: validate, queue (synchronously), then wait.
 fn acquire_on<'env>(
     env: &'env Env,
@@ -42,7 +61,7 @@ fn acquire_on<'env>(
     max_count: Option<f64>,
     timeout_ms: Option<f64>,
     cancel: Option<&CancelToken>,
-) -> Result<PromiseRaw<'env, Option<NativeHandle>>> {
+) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
     let request = AcquireRequest {
         name,
         kind: lock_kind(&kind, max_count).map_err(to_js)?,
@@ -51,7 +70,9 @@ fn acquire_on<'env>(
         lease: None,
     };
     let waiting = backend.acquire(request).map_err(to_js)?;
-    env.spawn_future(async move { Ok(waiting.await.map_err(to_js)?.map(NativeHandle::new)) })
+    now_or_spawn(env, async move {
+        Ok(waiting.await.map_err(to_js)?.map(NativeHandle::new))
+    })
 }
 
 /// Checks a lock name now, so `createLock('')` throws at once rather than at acquire.
@@ -162,12 +183,12 @@ impl NativeHandle {
         Ok(())
     }
 
-    /// Releases the lock; idempotent.
+    /// Releases the lock; idempotent. Returns a Promise only when the backend must wait.
     #[napi]
-    pub fn release<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+    pub fn release<'env>(&self, env: &'env Env) -> Result<Either<(), PromiseRaw<'env, ()>>> {
         self.done.cancel();
         let held = self.take();
-        env.spawn_future(async move {
+        now_or_spawn(env, async move {
             match held {
                 Some(h) => h.release().await.map_err(to_js),
                 None => Ok(()),
@@ -197,7 +218,8 @@ impl NativeFileProvider {
         }
     }
 
-    /// Acquires `name` as `kind`; resolves to a handle, or `null` when `timeoutMs` ran out.
+    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; a Promise of
+    /// that when the answer is not known at once.
     #[napi]
     pub fn acquire<'env>(
         &self,
@@ -207,7 +229,7 @@ impl NativeFileProvider {
         max_count: Option<f64>,
         timeout_ms: Option<f64>,
         cancel: Option<&CancelToken>,
-    ) -> Result<PromiseRaw<'env, Option<NativeHandle>>> {
+    ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
         acquire_on(
             env,
             &self.backend,
