@@ -1,4 +1,6 @@
+import { pbkdf2 } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { FileLockProvider } from 'distlock'
@@ -37,6 +39,25 @@ describe('file locks across real processes', () => {
     const h = await waiting // rejects with LockTimeoutError if the OS kept the dead holder's lock
     expect(h.fencingToken).toBeGreaterThan(BigInt(holder.lines[0].split(' ')[1]))
     await h.release()
+  })
+
+  it('waiting on locks held elsewhere parks neither the libuv threadpool nor the runtime', async () => {
+    const dir = tempDir('pool')
+    const names = 16 // four times libuv's default threadpool size
+    const holder = child(['hold-many', dir, 'busy', String(names)])
+    await holder.line('HOLDING')
+    await using p = new FileLockProvider({ directory: dir })
+    const waits = Array.from({ length: names }, (_, i) => p.createLock(`busy-${i}`).acquire({ timeoutMs: 20_000 }))
+    // Threadpool work (fs, crypto) still runs while all those waits are parked on the OS...
+    await Promise.all(Array.from({ length: 8 }, () => stat(dir)))
+    await new Promise<void>((resolve, reject) =>
+      pbkdf2('pw', 'salt', 1000, 32, 'sha256', (err) => (err ? reject(err) : resolve())),
+    )
+    // ...and so do other locks.
+    const free = await p.createLock('free').acquire({ timeoutMs: 5_000 })
+    await free.release()
+    holder.kill('SIGKILL')
+    for (const h of await Promise.all(waits)) await h.release()
   })
 
   it('a pending acquire keeps the process alive until it is granted', async () => {
