@@ -1,4 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { createRequire } from 'node:module'
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -94,4 +95,34 @@ export async function eventually(check: () => boolean | Promise<boolean>, timeou
     await new Promise((r) => setTimeout(r, intervalMs))
   }
   throw new Error(`condition not met within ${timeoutMs} ms`)
+}
+
+/** Type-checks `files` with the repo's TypeScript as a user's strict project would; returns tsc's exit status and output. */
+export function typecheck(
+  files: string[],
+  module = 'node16',
+  resolution = 'node16',
+): { status: number | null; output: string } {
+  const tsc = createRequire(__filename).resolve('typescript/bin/tsc')
+  const res = spawnSync(
+    process.execPath,
+    [
+      tsc,
+      '--noEmit',
+      '--strict',
+      '--module',
+      module,
+      '--moduleResolution',
+      resolution,
+      '--target',
+      'es2022',
+      '--lib',
+      'es2023,esnext.disposable',
+      '--types',
+      'node',
+      ...files,
+    ],
+    { cwd: ROOT, encoding: 'utf8', timeout: 60_000 },
+  )
+  return { status: res.status, output: res.stdout + res.stderr }
 }

@@ -1,8 +1,8 @@
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { describe, expect, it } from 'vitest'
 
-import { ROOT, tempDir } from './helpers'
+import { ROOT, tempDir, typecheck } from './helpers'
 
 const script = (dir: string) => `
   const lock = new FileLockProvider({ directory: ${JSON.stringify(dir)} }).createLock('m')
@@ -60,36 +60,14 @@ describe('module formats', () => {
     expect(() => raw.validateName('')).toThrow(/^INVALID_ARGUMENT: name must be a non-empty string$/)
   })
 
-  it('the public types compile under node16 and bundler resolution', () => {
-    const tsc = createRequire(__filename).resolve('typescript/bin/tsc')
+  it('the public types compile under node16, nodenext and bundler resolution', () => {
     for (const [module, resolution] of [
       ['node16', 'node16'],
       ['nodenext', 'nodenext'],
       ['esnext', 'bundler'],
     ]) {
-      const res = spawnSync(
-        process.execPath,
-        [
-          tsc,
-          '--noEmit',
-          '--strict',
-          '--skipLibCheck',
-          'false',
-          '--module',
-          module,
-          '--moduleResolution',
-          resolution,
-          '--target',
-          'es2022',
-          '--lib',
-          'es2023,esnext.disposable',
-          '--types',
-          'node',
-          '__test__/types/usage.mts',
-        ],
-        { cwd: ROOT, encoding: 'utf8', timeout: 60_000 },
-      )
-      expect(res.status, `${module}/${resolution}: ${res.stdout}${res.stderr}`).toBe(0)
+      const { status, output } = typecheck(['__test__/types/usage.mts'], module, resolution)
+      expect(status, `${module}/${resolution}: ${output}`).toBe(0)
     }
   })
 })

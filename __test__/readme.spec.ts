@@ -1,10 +1,9 @@
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
-import { ROOT, tempDir } from './helpers'
+import { ROOT, tempDir, typecheck } from './helpers'
 
 const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
 const blocks = (lang: string) =>
@@ -31,27 +30,7 @@ describe('README examples', () => {
       writeFileSync(file, `// Extracted from README.md by readme.spec.ts\n${code}\nexport {}\n`)
       return file
     })
-    const tsc = createRequire(__filename).resolve('typescript/bin/tsc')
-    const res = spawnSync(
-      process.execPath,
-      [
-        tsc,
-        '--noEmit',
-        '--strict',
-        '--module',
-        'node16',
-        '--moduleResolution',
-        'node16',
-        '--target',
-        'es2022',
-        '--lib',
-        'es2023,esnext.disposable',
-        '--types',
-        'node',
-        ...files,
-      ],
-      { cwd: ROOT, encoding: 'utf8', timeout: 60_000 },
-    )
-    expect(res.status, res.stdout + res.stderr).toBe(0)
+    const { status, output } = typecheck(files)
+    expect(status, output).toBe(0)
   })
 })

@@ -15,5 +15,6 @@ export {
   DistributedSemaphore,
   LockHandle,
   type AcquireOptions,
+  type LockedFn,
 } from './locks'
 export { FileLockProvider, type FileLockProviderOptions, type LockProvider } from './providers'

@@ -170,7 +170,7 @@ async function acquire(
   }
 }
 
-async function using<T>(handle: LockHandle, fn: (handle: LockHandle) => T | Promise<T>): Promise<T> {
+async function using<T>(handle: LockHandle, fn: LockedFn<T>): Promise<T> {
   try {
     return await fn(handle)
   } finally {
@@ -184,8 +184,8 @@ function checkFn(fn: unknown): void {
   }
 }
 
-/** An exclusive lock on one name. */
-export class DistributedLock {
+/** What the lock objects share: their name, their provider, and acquiring as one kind. */
+abstract class NamedLock {
   /** The lock's name. */
   readonly name: string
   readonly #source: LockSource
@@ -197,81 +197,82 @@ export class DistributedLock {
     this.#source = source
   }
 
+  /** @internal */
+  protected async acquireAs(kind: Kind, options: unknown, maxCount?: number): Promise<LockHandle> {
+    return (await acquire(this.#source, this.name, kind, maxCount, options, false)) as LockHandle
+  }
+
+  /** @internal */
+  protected tryAcquireAs(kind: Kind, options: unknown, maxCount?: number): Promise<LockHandle | null> {
+    return acquire(this.#source, this.name, kind, maxCount, options, true)
+  }
+}
+
+/** A function run while a lock is held; its result is passed through. */
+export type LockedFn<T> = (handle: LockHandle) => T | Promise<T>
+
+/** An exclusive lock on one name. */
+export class DistributedLock extends NamedLock {
   /** Waits for the lock (forever unless `timeoutMs` is set); rejects with {@link LockTimeoutError} on timeout. */
-  async acquire(options?: AcquireOptions): Promise<LockHandle> {
-    return (await acquire(this.#source, this.name, 'mutex', undefined, options, false)) as LockHandle
+  acquire(options?: AcquireOptions): Promise<LockHandle> {
+    return this.acquireAs('mutex', options)
   }
 
   /** One attempt by default (`timeoutMs: 0`); resolves to `null` if the lock is busy. */
   tryAcquire(options?: AcquireOptions): Promise<LockHandle | null> {
-    return acquire(this.#source, this.name, 'mutex', undefined, options, true)
+    return this.tryAcquireAs('mutex', options)
   }
 
   /** Runs `fn` while holding the lock and releases it afterwards, also when `fn` throws. */
-  async withLock<T>(fn: (handle: LockHandle) => T | Promise<T>, options?: AcquireOptions): Promise<T> {
+  async withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
     checkFn(fn)
     return using(await this.acquire(options), fn)
   }
 }
 
 /** A reader-writer lock: many readers or one writer; a waiting writer holds back new readers. */
-export class DistributedReaderWriterLock {
-  /** The lock's name. */
-  readonly name: string
-  readonly #source: LockSource
-
-  /** @internal */
-  constructor(source: LockSource, name: unknown) {
-    source.assertOpen()
-    this.name = checkName(name)
-    this.#source = source
-  }
-
+export class DistributedReaderWriterLock extends NamedLock {
   /** Waits for a shared (read) lock. */
-  async acquireRead(options?: AcquireOptions): Promise<LockHandle> {
-    return (await acquire(this.#source, this.name, 'read', undefined, options, false)) as LockHandle
+  acquireRead(options?: AcquireOptions): Promise<LockHandle> {
+    return this.acquireAs('read', options)
   }
 
   /** Tries for a shared (read) lock; `null` if a writer holds or waits for it. */
   tryAcquireRead(options?: AcquireOptions): Promise<LockHandle | null> {
-    return acquire(this.#source, this.name, 'read', undefined, options, true)
+    return this.tryAcquireAs('read', options)
   }
 
   /** Waits for the exclusive (write) lock. */
-  async acquireWrite(options?: AcquireOptions): Promise<LockHandle> {
-    return (await acquire(this.#source, this.name, 'write', undefined, options, false)) as LockHandle
+  acquireWrite(options?: AcquireOptions): Promise<LockHandle> {
+    return this.acquireAs('write', options)
   }
 
   /** Tries for the exclusive (write) lock; `null` if anyone holds it. */
   tryAcquireWrite(options?: AcquireOptions): Promise<LockHandle | null> {
-    return acquire(this.#source, this.name, 'write', undefined, options, true)
+    return this.tryAcquireAs('write', options)
   }
 
   /** Runs `fn` holding a read lock. */
-  async withReadLock<T>(fn: (handle: LockHandle) => T | Promise<T>, options?: AcquireOptions): Promise<T> {
+  async withReadLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
     checkFn(fn)
     return using(await this.acquireRead(options), fn)
   }
 
   /** Runs `fn` holding the write lock. */
-  async withWriteLock<T>(fn: (handle: LockHandle) => T | Promise<T>, options?: AcquireOptions): Promise<T> {
+  async withWriteLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
     checkFn(fn)
     return using(await this.acquireWrite(options), fn)
   }
 }
 
 /** A semaphore: at most `maxCount` holders of the name at once. */
-export class DistributedSemaphore {
-  /** The semaphore's name. */
-  readonly name: string
+export class DistributedSemaphore extends NamedLock {
   /** How many holders it admits at once. */
   readonly maxCount: number
-  readonly #source: LockSource
 
   /** @internal */
   constructor(source: LockSource, name: unknown, maxCount: unknown) {
-    source.assertOpen()
-    this.name = checkName(name)
+    super(source, name)
     if (typeof maxCount !== 'number') {
       throw invalidArgType(`The "maxCount" argument must be of type number. Received ${typeName(maxCount)}`)
     }
@@ -281,21 +282,20 @@ export class DistributedSemaphore {
       throw toLockError(err)
     }
     this.maxCount = maxCount
-    this.#source = source
   }
 
   /** Waits for a permit. */
-  async acquire(options?: AcquireOptions): Promise<LockHandle> {
-    return (await acquire(this.#source, this.name, 'semaphore', this.maxCount, options, false)) as LockHandle
+  acquire(options?: AcquireOptions): Promise<LockHandle> {
+    return this.acquireAs('semaphore', options, this.maxCount)
   }
 
   /** Tries for a permit; `null` if all `maxCount` are taken. */
   tryAcquire(options?: AcquireOptions): Promise<LockHandle | null> {
-    return acquire(this.#source, this.name, 'semaphore', this.maxCount, options, true)
+    return this.tryAcquireAs('semaphore', options, this.maxCount)
   }
 
   /** Runs `fn` holding a permit. */
-  async withLock<T>(fn: (handle: LockHandle) => T | Promise<T>, options?: AcquireOptions): Promise<T> {
+  async withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
     checkFn(fn)
     return using(await this.acquire(options), fn)
   }

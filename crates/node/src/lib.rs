@@ -52,6 +52,9 @@ where
     }
 }
 
+/// What `acquire` returns: the answer now, or a Promise of it.
+type Acquired<'env> = Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>;
+
 /// The shared acquire of every provider class: validate, queue (synchronously), then wait.
 fn acquire_on<'env>(
     env: &'env Env,
@@ -61,7 +64,7 @@ fn acquire_on<'env>(
     max_count: Option<f64>,
     timeout_ms: Option<f64>,
     cancel: Option<&CancelToken>,
-) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
+) -> Result<Acquired<'env>> {
     let request = AcquireRequest {
         name,
         kind: lock_kind(&kind, max_count).map_err(to_js)?,
@@ -229,7 +232,7 @@ impl NativeFileProvider {
         max_count: Option<f64>,
         timeout_ms: Option<f64>,
         cancel: Option<&CancelToken>,
-    ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
+    ) -> Result<Acquired<'env>> {
         acquire_on(
             env,
             &self.backend,
