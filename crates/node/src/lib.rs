@@ -52,9 +52,6 @@ where
     }
 }
 
-/// What `acquire` returns: the answer now, or a Promise of it.
-type Acquired<'env> = Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>;
-
 /// The shared acquire of every provider class: validate, queue (synchronously), then wait.
 fn acquire_on<'env>(
     env: &'env Env,
@@ -64,7 +61,7 @@ fn acquire_on<'env>(
     max_count: Option<f64>,
     timeout_ms: Option<f64>,
     cancel: Option<&CancelToken>,
-) -> Result<Acquired<'env>> {
+) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
     let request = AcquireRequest {
         name,
         kind: lock_kind(&kind, max_count).map_err(to_js)?,
@@ -232,7 +229,7 @@ impl NativeFileProvider {
         max_count: Option<f64>,
         timeout_ms: Option<f64>,
         cancel: Option<&CancelToken>,
-    ) -> Result<Acquired<'env>> {
+    ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
         acquire_on(
             env,
             &self.backend,
