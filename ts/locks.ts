@@ -170,17 +170,16 @@ async function acquire(
   }
 }
 
-async function using<T>(handle: LockHandle, fn: LockedFn<T>): Promise<T> {
+/** Checks `fn`, then acquires, runs `fn` and releases, also when `fn` throws. */
+async function runLocked<T>(fn: LockedFn<T>, acquiring: () => Promise<LockHandle>): Promise<T> {
+  if (typeof fn !== 'function') {
+    throw invalidArgType(`The "fn" argument must be of type function. Received ${typeName(fn)}`)
+  }
+  const handle = await acquiring()
   try {
     return await fn(handle)
   } finally {
     await handle.release()
-  }
-}
-
-function checkFn(fn: unknown): void {
-  if (typeof fn !== 'function') {
-    throw invalidArgType(`The "fn" argument must be of type function. Received ${typeName(fn)}`)
   }
 }
 
@@ -224,9 +223,8 @@ export class DistributedLock extends NamedLock {
   }
 
   /** Runs `fn` while holding the lock and releases it afterwards, also when `fn` throws. */
-  async withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
-    checkFn(fn)
-    return using(await this.acquire(options), fn)
+  withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
+    return runLocked(fn, () => this.acquire(options))
   }
 }
 
@@ -253,15 +251,13 @@ export class DistributedReaderWriterLock extends NamedLock {
   }
 
   /** Runs `fn` holding a read lock. */
-  async withReadLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
-    checkFn(fn)
-    return using(await this.acquireRead(options), fn)
+  withReadLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
+    return runLocked(fn, () => this.acquireRead(options))
   }
 
   /** Runs `fn` holding the write lock. */
-  async withWriteLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
-    checkFn(fn)
-    return using(await this.acquireWrite(options), fn)
+  withWriteLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
+    return runLocked(fn, () => this.acquireWrite(options))
   }
 }
 
@@ -295,9 +291,8 @@ export class DistributedSemaphore extends NamedLock {
   }
 
   /** Runs `fn` holding a permit. */
-  async withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
-    checkFn(fn)
-    return using(await this.acquire(options), fn)
+  withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
+    return runLocked(fn, () => this.acquire(options))
   }
 }
 

@@ -36,6 +36,11 @@ use os::{Mode, PendingLock};
 
 const BACKEND: &str = "file";
 
+/// Maps an I/O error to [`Error::Io`] naming `path`.
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |e| Error::io(BACKEND, path, e)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section below leaves its data consistent at each step, so a panic while
     // holding one of these locks cannot break an invariant; keep going rather than poison.
@@ -205,7 +210,7 @@ impl Inner {
                 return Err(Error::io(BACKEND, &self.dir, err));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(BACKEND, &self.dir, e))?;
+                std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
             }
             Err(e) => return Err(Error::io(BACKEND, &self.dir, e)),
         }
@@ -219,9 +224,9 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.dir_ready.store(false, Ordering::Release);
                 self.ensure_dir()?;
-                os::open(path).map_err(|e| Error::io(BACKEND, path, e))
+                os::open(path).map_err(io_at(path))
             }
-            other => other.map_err(|e| Error::io(BACKEND, path, e)),
+            other => other.map_err(io_at(path)),
         }
     }
 
@@ -271,7 +276,7 @@ impl Inner {
         };
         let state = match mode {
             Mode::Exclusive => {
-                let token = os::bump_counter(&file).map_err(|e| Error::io(BACKEND, &path, e))?;
+                let token = os::bump_counter(&file).map_err(io_at(&path))?;
                 (
                     token,
                     HeldState::Exclusive {
@@ -282,7 +287,7 @@ impl Inner {
                 )
             }
             Mode::Shared => {
-                let token = os::read_counter(&file).map_err(|e| Error::io(BACKEND, &path, e))?;
+                let token = os::read_counter(&file).map_err(io_at(&path))?;
                 *lock(&entry.state.shared) = Some(SharedOs {
                     _file: file,
                     holders: 1,
@@ -311,13 +316,13 @@ impl Inner {
             // A wait for the other mode is dropped: its thread lets go the moment it is granted.
             _ => {
                 let file = self.open(path)?;
-                if os::try_lock(&file, mode).map_err(|e| Error::io(BACKEND, path, e))? {
+                if os::try_lock(&file, mode).map_err(io_at(path))? {
                     return Ok(Some(file));
                 }
                 if deadline.is_some_and(|d| d <= Instant::now()) {
                     return Ok(None);
                 }
-                os::lock_in_background(file, mode).map_err(|e| Error::io(BACKEND, path, e))?
+                os::lock_in_background(file, mode).map_err(io_at(path))?
             }
         };
         match race(&mut pending, deadline, req.cancel.as_ref(), &self.closed)
@@ -418,7 +423,7 @@ impl Inner {
             }
             let path = self.dir.join(format!("{stem}.sem{slot}"));
             let file = self.open(&path)?;
-            if os::try_lock(&file, Mode::Exclusive).map_err(|e| Error::io(BACKEND, &path, e))? {
+            if os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
                 lock(&entry.state.taken)[slot] = true;
                 return Ok(Some((slot, file)));
             }
@@ -432,8 +437,8 @@ impl Inner {
         let path = self.dir.join(format!("{stem}.semtoken"));
         let file = self.open(&path)?;
         loop {
-            if os::try_lock(&file, Mode::Exclusive).map_err(|e| Error::io(BACKEND, &path, e))? {
-                return os::bump_counter(&file).map_err(|e| Error::io(BACKEND, &path, e));
+            if os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
+                return os::bump_counter(&file).map_err(io_at(&path));
             }
             // Another process is inside its few-microsecond bump; yield and retry.
             let retry = async { tokio::time::sleep(Duration::from_micros(200)).await };
@@ -441,13 +446,8 @@ impl Inner {
                 .await
                 .done()
             {
-                let cancelled = Error::Cancelled {
-                    target: req.target(BACKEND),
-                };
-                return Err(why
-                    .into_outcome::<()>(req, BACKEND)
-                    .err()
-                    .unwrap_or(cancelled));
+                // Without a deadline only a cancel or a close ends this wait, and both are errors.
+                why.into_outcome::<()>(req, BACKEND)?;
             }
         }
     }
