@@ -40,10 +40,7 @@ impl AdvisoryKey {
         if let Some(key) = parse_hex(name) {
             return key;
         }
-        let digest = Sha1::digest(name.as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
-        AdvisoryKey::Bigint(i64::from_le_bytes(first))
+        AdvisoryKey::Bigint(hashed(name))
     }
 
     /// The SQL argument list for this key, e.g. `3, -1` or `42`.
@@ -59,6 +56,14 @@ impl fmt::Display for AdvisoryKey {
             AdvisoryKey::Pair(a, b) => write!(f, "{a}, {b}"),
         }
     }
+}
+
+/// The first 8 bytes of SHA-1 of `text`, read as a little-endian signed integer.
+pub fn hashed(text: &str) -> i64 {
+    let digest = Sha1::digest(text.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_le_bytes(first)
 }
 
 fn encode_ascii(name: &str) -> Option<u64> {

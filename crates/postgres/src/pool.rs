@@ -1,0 +1,362 @@
+//! Server sessions and the bounded pool they live in.
+//!
+//! A session is either *shared* (it runs only statements that never wait on the server — the
+//! `pg_try_…` attempts and the unlocks — pipelined from many callers, and it holds many locks),
+//! or *busy* (one caller owns it: a blocking `pg_advisory_lock` is in flight, or, in transaction
+//! scope, it holds that caller's lock inside an open transaction). A blocking wait only ever
+//! starts on a session that holds nothing, so an unlock never queues behind a wait.
+//!
+//! Each session's connection runs on its own task; when it ends (the server terminated the
+//! backend, the socket closed, a keepalive probe failed) every lock the session held fires its
+//! lost signal.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use distlock_core::{Error, LostSignal, Result};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_util::sync::CancellationToken;
+
+use crate::BACKEND;
+use crate::config::PgOptions;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a few field updates; a panic cannot leave them half-done.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Describes a driver error with its causes, without credentials (tokio-postgres never puts the
+/// password in an error).
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// One server connection.
+pub(crate) struct Session {
+    pub(crate) id: u64,
+    client: Client,
+    st: Mutex<SessionState>,
+    dead: CancellationToken,
+    driver: Mutex<Option<AbortHandle>>,
+    pool: Weak<Pool>,
+}
+
+#[derive(Default)]
+struct SessionState {
+    /// Locks held on this session, by grant id.
+    held: HashMap<u64, LostSignal>,
+    /// Owned by one caller (blocking wait, or a transaction-scoped lock).
+    busy: bool,
+    /// Statements sent and not yet answered.
+    inflight: usize,
+    /// Why the connection ended.
+    death: Option<String>,
+}
+
+/// Counts a statement in flight for as long as it lives.
+struct Inflight<'a>(&'a Session);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.st).inflight -= 1;
+    }
+}
+
+impl Session {
+    /// Runs `sql` (simple protocol: one round trip, several statements allowed) and returns the
+    /// first column of each row.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+    ) -> std::result::Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+        lock(&self.st).inflight += 1;
+        let _guard = Inflight(self);
+        let messages = self.client.simple_query(sql).await?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Asks the server to cancel whatever this session is running (a new short connection).
+    pub(crate) async fn cancel_running(&self, tls: MakeRustlsConnect) {
+        let token = self.client.cancel_token();
+        if let Err(e) = token.cancel_query(tls).await {
+            tracing::warn!(backend = BACKEND, session = self.id, error = %describe(&e), "cancel request failed");
+        }
+    }
+
+    /// Whether the connection has ended.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.is_cancelled()
+    }
+
+    /// Records a lock held on this session; if the session already died, fires it at once.
+    pub(crate) fn hold(&self, id: u64, lost: LostSignal) {
+        let mut st = lock(&self.st);
+        if let Some(reason) = &st.death {
+            lost.fire(reason.clone());
+            return;
+        }
+        st.held.insert(id, lost);
+    }
+
+    /// Forgets a released lock; a session left holding nothing is free for blocking waits.
+    pub(crate) fn forget(&self, id: u64) {
+        let empty = {
+            let mut st = lock(&self.st);
+            st.held.remove(&id);
+            st.held.is_empty()
+        };
+        if empty && let Some(pool) = self.pool.upgrade() {
+            pool.changed.notify_waiters();
+        }
+    }
+
+    /// Hands a busy session back to the pool.
+    pub(crate) fn unbusy(&self) {
+        lock(&self.st).busy = false;
+        if let Some(pool) = self.pool.upgrade() {
+            pool.changed.notify_waiters();
+        }
+    }
+
+    /// Marks the session dead and fires the lost signal of every lock it held.
+    pub(crate) fn die(&self, reason: String) {
+        let held = {
+            let mut st = lock(&self.st);
+            if st.death.is_some() {
+                return;
+            }
+            st.death = Some(reason.clone());
+            std::mem::take(&mut st.held)
+        };
+        self.dead.cancel();
+        if !held.is_empty() {
+            tracing::warn!(backend = BACKEND, session = self.id, locks = held.len(), %reason, "session lost");
+        }
+        for lost in held.values() {
+            lost.fire(reason.clone());
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            pool.remove(self.id);
+        }
+    }
+
+    /// Closes the connection now (the server frees the session's locks when it sees the socket
+    /// close).
+    pub(crate) fn kill(&self, reason: String) {
+        self.die(reason);
+        if let Some(driver) = lock(&self.driver).take() {
+            driver.abort();
+        }
+    }
+}
+
+/// The bounded set of sessions of one provider.
+pub(crate) struct Pool {
+    pub(crate) opts: PgOptions,
+    pub(crate) tls: MakeRustlsConnect,
+    st: Mutex<PoolState>,
+    changed: Notify,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct PoolState {
+    sessions: Vec<Arc<Session>>,
+    opening: usize,
+}
+
+/// Counts a connection being opened, also when the caller gives up halfway.
+struct Opening<'a>(&'a Pool);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.st).opening -= 1;
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Which kind of session a caller needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Pipelined with others; runs only statements that never wait.
+    Shared,
+    /// Owned by the caller until `unbusy`; holds no locks when handed out.
+    Busy,
+}
+
+impl Pool {
+    pub(crate) fn new(opts: PgOptions) -> Result<Arc<Self>> {
+        let tls = opts.tls()?;
+        Ok(Arc::new(Pool {
+            opts,
+            tls,
+            st: Mutex::new(PoolState::default()),
+            changed: Notify::new(),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// Open connections (for tests and inspection).
+    pub(crate) fn connections(&self) -> usize {
+        lock(&self.st).sessions.len()
+    }
+
+    /// Every open session.
+    pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.st).sessions.clone()
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.st).sessions.retain(|s| s.id != id);
+        self.changed.notify_waiters();
+    }
+
+    /// A session of the kind asked for: an existing one, a new one while under the bound, or
+    /// the next one to come free. The caller races this against its deadline and cancel.
+    pub(crate) async fn session(self: &Arc<Self>, usage: Use) -> Result<Arc<Session>> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let may_open = {
+                let mut st = lock(&self.st);
+                if let Some(s) = pick(&st.sessions, usage) {
+                    return Ok(s);
+                }
+                let room = st.sessions.len() + st.opening < self.opts.max_connections;
+                if room {
+                    st.opening += 1;
+                }
+                room
+            };
+            if may_open {
+                let _opening = Opening(self);
+                return self.open(usage).await;
+            }
+            notified.await;
+        }
+    }
+
+    async fn open(self: &Arc<Self>, usage: Use) -> Result<Arc<Session>> {
+        let (client, connection) = self
+            .opts
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| Error::Backend {
+                backend: BACKEND,
+                message: format!("cannot connect to {}: {}", self.opts.server(), describe(&e)),
+            })?;
+        let session = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            client,
+            st: Mutex::new(SessionState {
+                busy: usage == Use::Busy,
+                ..SessionState::default()
+            }),
+            dead: CancellationToken::new(),
+            driver: Mutex::new(None),
+            pool: Arc::downgrade(self),
+        });
+        let watched = session.clone();
+        let server = self.opts.server();
+        let driver = tokio::spawn(async move {
+            let reason = match connection.await {
+                Ok(()) => format!("the session on {server} was closed"),
+                Err(e) => format!("the session on {server} ended: {}", describe(&e)),
+            };
+            watched.die(reason);
+        });
+        *lock(&session.driver) = Some(driver.abort_handle());
+        tracing::debug!(backend = BACKEND, session = session.id, server = %self.opts.server(), "connected");
+        lock(&self.st).sessions.push(session.clone());
+        Ok(session)
+    }
+
+    /// Probes every session that holds locks and is not owned by a waiter; one that does not
+    /// answer within `period` is closed and its locks reported lost.
+    pub(crate) async fn keepalive(self: Arc<Self>, period: Duration, closed: CancellationToken) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = closed.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for s in self.sessions() {
+                let probe = {
+                    let st = lock(&s.st);
+                    !st.held.is_empty() && (!st.busy || self.opts.scope == crate::Scope::Transaction)
+                        && st.death.is_none()
+                };
+                if !probe {
+                    continue;
+                }
+                let server = self.opts.server();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(period, s.query("SELECT 1")).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => s.kill(format!("the keepalive probe on {server} failed: {}", describe(&e))),
+                        Err(_) => s.kill(format!(
+                            "the session on {server} did not answer a keepalive probe within {} ms",
+                            period.as_millis()
+                        )),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The session for `usage` among the open ones. Shared use packs locks onto sessions that
+/// already hold some (keeping empty ones free for blocking waits) and spreads statements by
+/// how many are in flight.
+fn pick(sessions: &[Arc<Session>], usage: Use) -> Option<Arc<Session>> {
+    match usage {
+        Use::Shared => sessions
+            .iter()
+            .filter(|s| !s.is_dead())
+            .filter_map(|s| {
+                let st = lock(&s.st);
+                (!st.busy).then(|| (st.inflight, st.held.is_empty(), s))
+            })
+            .min_by_key(|(inflight, empty, _)| (*inflight, *empty))
+            .map(|(_, _, s)| s.clone()),
+        Use::Busy => sessions.iter().find_map(|s| {
+            let mut st = lock(&s.st);
+            let free = !st.busy && st.held.is_empty() && st.inflight == 0 && st.death.is_none();
+            if free {
+                st.busy = true;
+            }
+            free.then(|| s.clone())
+        }),
+    }
+}

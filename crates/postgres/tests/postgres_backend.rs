@@ -1,0 +1,525 @@
+//! The PostgreSQL backend against a real server: `DISTLOCK_TEST_PG_URL`, else the local server
+//! on 127.0.0.1:5432 (`npm test` finds or starts one and sets the variable).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind, Timeout};
+use distlock_postgres::{PgOptions, PostgresBackend, Scope};
+use tokio::time::Instant;
+
+fn base_url() -> String {
+    std::env::var("DISTLOCK_TEST_PG_URL")
+        .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/postgres"))
+}
+
+static APP: AtomicU64 = AtomicU64::new(0);
+
+/// A unique application_name per provider, so a test can count its own connections.
+fn app_name(tag: &str) -> String {
+    format!(
+        "dltest_{tag}_{}_{}",
+        std::process::id(),
+        APP.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn with_app(url: &str, app: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}application_name={app}")
+}
+
+fn provider_opts(tag: &str, f: impl FnOnce(PgOptions) -> PgOptions) -> (PostgresBackend, String) {
+    let app = app_name(tag);
+    let opts = PgOptions::parse(&with_app(&base_url(), &app)).unwrap();
+    (PostgresBackend::new(f(opts)).unwrap(), app)
+}
+
+fn provider(tag: &str) -> PostgresBackend {
+    provider_opts(tag, |o| o).0
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&base_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach the test PostgreSQL at {} ({e}); run `npm test`, which finds or \
+                 starts a server, or set DISTLOCK_TEST_PG_URL",
+                base_url()
+            )
+        });
+    tokio::spawn(conn);
+    client
+}
+
+fn req(name: &str, kind: LockKind, timeout_ms: Option<f64>) -> AcquireRequest {
+    AcquireRequest {
+        name: name.to_owned(),
+        kind,
+        timeout: Timeout::from_ms(timeout_ms).unwrap(),
+        cancel: None,
+        lease: None,
+    }
+}
+
+fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        APP.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn get(b: &PostgresBackend, r: AcquireRequest) -> Option<Held> {
+    b.acquire(r).unwrap().await.unwrap()
+}
+
+async fn connections(admin: &tokio_postgres::Client, app: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn mutex_excludes_across_sessions_and_tokens_increase() {
+    let a = provider("mx_a");
+    let b = provider("mx_b");
+    let name = unique("mutex");
+    let h1 = get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
+    assert!(get(&b, req(&name, LockKind::Mutex, Some(0.0))).await.is_none());
+    // In one process too: a second acquire of a held lock waits (non-reentrant).
+    assert!(get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.is_none());
+    let t1 = h1.fencing_token();
+    h1.clone().release().await.unwrap();
+    assert!(h1.is_released());
+    h1.release().await.unwrap(); // idempotent
+    let h2 = get(&b, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
+    assert!(h2.fencing_token() > t1);
+    h2.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn bounded_wait_times_out_on_the_server_and_is_granted_on_release() {
+    let a = provider("tw_a");
+    let b = provider("tw_b");
+    let name = unique("timed");
+    let h = get(&a, req(&name, LockKind::Mutex, None)).await.unwrap();
+    let start = Instant::now();
+    assert!(get(&b, req(&name, LockKind::Mutex, Some(300.0))).await.is_none());
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(290), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    // A waiter blocked on the server is granted when the holder releases.
+    let waiting = b.acquire(req(&name, LockKind::Mutex, Some(10_000.0))).unwrap();
+    let waiter = tokio::spawn(waiting);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished());
+    h.release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    got.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_stops_the_server_wait_and_leaves_nothing_held() {
+    let (a, _) = provider_opts("cx_a", |o| o);
+    let (b, app_b) = provider_opts("cx_b", |o| o);
+    let admin = admin().await;
+    let name = unique("cancel");
+    let h = get(&a, req(&name, LockKind::Mutex, None)).await.unwrap();
+    let cancel = CancellationToken::new();
+    let mut r = req(&name, LockKind::Mutex, None);
+    r.cancel = Some(cancel.clone());
+    let waiting = tokio::spawn(b.acquire(r).unwrap());
+    // Wait until b's session is blocked on the lock on the server.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&app_b],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waiter never blocked on the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    let err = waiting.await.unwrap().err().unwrap();
+    assert_eq!(err.code(), "CANCELLED");
+    let blocked: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            &[&app_b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(blocked, 0, "the server is still waiting after the cancel");
+    h.release().await.unwrap();
+    // Nothing is held by b: a third provider gets the lock at once.
+    let c = provider("cx_c");
+    get(&c, req(&name, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn readers_share_writers_exclude_and_a_waiting_writer_holds_back_new_readers() {
+    let a = provider("rw_a");
+    let b = provider("rw_b");
+    let c = provider("rw_c");
+    let name = unique("rw");
+    let r1 = get(&a, req(&name, LockKind::Read, Some(0.0))).await.unwrap();
+    let r2 = get(&b, req(&name, LockKind::Read, Some(0.0))).await.unwrap();
+    let r3 = get(&a, req(&name, LockKind::Read, Some(0.0))).await.unwrap();
+    assert!(get(&c, req(&name, LockKind::Write, Some(0.0))).await.is_none());
+    // A writer starts waiting; a new reader must not overtake it.
+    let writer = tokio::spawn(c.acquire(req(&name, LockKind::Write, Some(10_000.0))).unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late_reader = provider("rw_d");
+    assert!(
+        get(&late_reader, req(&name, LockKind::Read, Some(200.0)))
+            .await
+            .is_none(),
+        "a reader overtook the waiting writer"
+    );
+    for r in [r1, r2, r3] {
+        r.release().await.unwrap();
+    }
+    let w = tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(get(&a, req(&name, LockKind::Read, Some(0.0))).await.is_none());
+    // The mutex of the same name is the writer side.
+    assert!(get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.is_none());
+    w.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn semaphore_admits_max_count_across_sessions() {
+    let a = provider("sem_a");
+    let b = provider("sem_b");
+    let name = unique("sem");
+    let sem = LockKind::Semaphore { max_count: 3 };
+    let mut held = vec![
+        get(&a, req(&name, sem, Some(0.0))).await.unwrap(),
+        get(&a, req(&name, sem, Some(0.0))).await.unwrap(),
+        get(&b, req(&name, sem, Some(0.0))).await.unwrap(),
+    ];
+    assert!(get(&a, req(&name, sem, Some(0.0))).await.is_none());
+    assert!(get(&b, req(&name, sem, Some(0.0))).await.is_none());
+    let tokens: Vec<u64> = held.iter().map(|h| h.fencing_token()).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]));
+    // A cross-process waiter gets the permit another process frees.
+    let waiter = tokio::spawn(b.acquire(req(&name, sem, Some(5_000.0))).unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    held.remove(0).release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    held.push(got);
+    for h in held {
+        h.release().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn terminated_session_fires_lost_only_for_its_locks_and_new_acquires_reconnect() {
+    let (a, app_a) = provider_opts("lost_a", |o| o);
+    let b = provider("lost_b");
+    let admin = admin().await;
+    let n1 = unique("lost1");
+    let n2 = unique("lost2");
+    let ha = get(&a, req(&n1, LockKind::Mutex, Some(0.0))).await.unwrap();
+    let hb = get(&b, req(&n2, LockKind::Mutex, Some(0.0))).await.unwrap();
+    let start = Instant::now();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app_a],
+        )
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(2), ha.lost().lost())
+        .await
+        .expect("lost did not fire within 2 s");
+    assert!(reason.contains("terminat"), "{reason}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(!hb.lost().is_lost());
+    // A lost handle keeps its turn in this process until released (so two callers here never
+    // both believe they hold it); releasing it does not fail.
+    assert!(get(&a, req(&n1, LockKind::Mutex, Some(0.0))).await.is_none());
+    ha.release().await.unwrap();
+    // The server freed it; the provider reconnects for new acquires.
+    let again = get(&a, req(&n1, LockKind::Mutex, Some(0.0))).await.unwrap();
+    again.release().await.unwrap();
+    hb.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn ten_thousand_locks_use_at_most_sixteen_connections() {
+    let (a, app) = provider_opts("many", |o| o.max_connections(16.0).unwrap());
+    let admin = admin().await;
+    let base = unique("many");
+    let futures: Vec<_> = (0..10_000)
+        .map(|i| {
+            a.acquire(req(&format!("{base}-{i}"), LockKind::Mutex, Some(0.0)))
+                .unwrap()
+        })
+        .collect();
+    let mut held = Vec::with_capacity(10_000);
+    for f in futures {
+        held.push(f.await.unwrap().expect("an uncontended lock was busy"));
+    }
+    let used = connections(&admin, &app).await;
+    assert!((1..=16).contains(&used), "{used} connections");
+    let granted: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE l.locktype = 'advisory' AND a.application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(granted, 10_000);
+    for h in held {
+        h.release().await.unwrap();
+    }
+    assert_eq!(a.held_count(), 0);
+}
+
+#[tokio::test]
+async fn transaction_scope_holds_the_lock_in_an_open_transaction() {
+    let (a, app) = provider_opts("xact_a", |o| o.scope(Scope::Transaction));
+    let b = provider("xact_b");
+    let admin = admin().await;
+    let name = unique("xact");
+    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
+    assert!(get(&b, req(&name, LockKind::Mutex, Some(0.0))).await.is_none());
+    let state: String = admin
+        .query_one(
+            "SELECT state FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "idle in transaction");
+    // Bounded and cancelled waits in transaction scope.
+    assert!(get(&a, req(&name, LockKind::Mutex, Some(100.0))).await.is_none());
+    h.release().await.unwrap();
+    let hb = get(&b, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
+    let waiting = tokio::spawn(a.acquire(req(&name, LockKind::Mutex, Some(5_000.0))).unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hb.release().await.unwrap();
+    let h2 = waiting.await.unwrap().unwrap().unwrap();
+    h2.release().await.unwrap();
+    let sem = LockKind::Semaphore { max_count: 2 };
+    let s1 = get(&a, req(&name, sem, Some(0.0))).await.unwrap();
+    let s2 = get(&a, req(&name, sem, Some(0.0))).await.unwrap();
+    assert!(get(&a, req(&name, sem, Some(0.0))).await.is_none());
+    s1.release().await.unwrap();
+    s2.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_releases_everything_and_fires_lost() {
+    let a = provider("close_a");
+    let b = provider("close_b");
+    let name = unique("close");
+    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
+    let pending = tokio::spawn(a.acquire(req(&unique("other"), LockKind::Read, None)).unwrap());
+    a.close().await.unwrap();
+    assert!(h.lost().is_lost());
+    assert!(a.is_closed());
+    let _ = pending.await.unwrap();
+    assert_eq!(
+        a.acquire(req(&name, LockKind::Mutex, None)).err().unwrap().code(),
+        "CLOSED"
+    );
+    get(&b, req(&name, LockKind::Mutex, Some(2_000.0)))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unreachable_server_and_unknown_role_are_backend_errors_not_busy() {
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let down = PostgresBackend::new(
+        PgOptions::parse(&format!("postgres://postgres@127.0.0.1:{closed_port}/postgres")).unwrap(),
+    )
+    .unwrap();
+    let err = down
+        .acquire(req("x", LockKind::Mutex, Some(0.0)))
+        .unwrap()
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "BACKEND");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{closed_port}")), "{err}");
+    let url = base_url().replacen("postgres://postgres@", "postgres://no_such_role_dl@", 1);
+    let bad = PostgresBackend::new(PgOptions::parse(&url).unwrap()).unwrap();
+    let err = bad
+        .acquire(req("x", LockKind::Mutex, None))
+        .unwrap()
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "BACKEND");
+    assert!(err.to_string().contains("no_such_role_dl"), "{err}");
+}
+
+/// A TCP proxy that forwards one port to the server; it can cut every connection at once, or
+/// stall them (stop forwarding, keep the sockets open: a silent partition).
+struct Proxy {
+    port: u16,
+    cut: CancellationToken,
+    stall: CancellationToken,
+}
+
+async fn proxy(target: std::net::SocketAddr) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, stall) = (CancellationToken::new(), CancellationToken::new());
+    let (stop, pause) = (cut.clone(), stall.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = tokio::select! {
+                a = listener.accept() => a.unwrap(),
+                _ = stop.cancelled() => return,
+            };
+            let (stop, pause) = (stop.clone(), pause.clone());
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = stop.cancelled() => {}
+                    _ = pause.cancelled() => {
+                        // Hold both sockets open, forward nothing, until cut.
+                        stop.cancelled().await;
+                    }
+                }
+            });
+        }
+    });
+    Proxy { port, cut, stall }
+}
+
+/// The test server's address, and the URL with that address replaced by a proxy's.
+async fn proxied_url() -> (Proxy, String) {
+    let url = base_url();
+    let parsed: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &parsed.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        _ => panic!("the test server must be reachable over TCP"),
+    };
+    let port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let p = proxy(addr).await;
+    let through = url.replacen(&format!("{host}:{port}"), &format!("127.0.0.1:{}", p.port), 1);
+    assert_ne!(through, url, "could not point {url} at the proxy");
+    (p, through)
+}
+
+#[tokio::test]
+async fn a_cut_connection_fires_lost_within_two_seconds() {
+    let (p, through) = proxied_url().await;
+    let a = PostgresBackend::new(PgOptions::parse(&through).unwrap()).unwrap();
+    let name = unique("cut");
+    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
+    p.cut.cancel();
+    tokio::time::timeout(Duration::from_secs(2), h.lost().lost())
+        .await
+        .expect("lost did not fire within 2 s of the cut");
+    h.release().await.unwrap();
+    // The server frees the lock once it sees its side of the socket close.
+    let b = provider("cut_b");
+    get(&b, req(&name, LockKind::Mutex, Some(5_000.0)))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn keepalive_reports_a_silent_partition() {
+    let (p, through) = proxied_url().await;
+    let opts = PgOptions::parse(&through)
+        .unwrap()
+        .keepalive(Duration::from_millis(300));
+    let a = PostgresBackend::new(opts).unwrap();
+    let h = get(&a, req(&unique("ka"), LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
+    // Healthy: probes answer, nothing fires.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!h.lost().is_lost(), "{:?}", h.lost().reason());
+    p.stall.cancel();
+    let reason = tokio::time::timeout(Duration::from_secs(2), h.lost().lost())
+        .await
+        .expect("a silent partition was not reported within 2 s");
+    assert!(reason.contains("keepalive"), "{reason}");
+    h.release().await.unwrap();
+    p.cut.cancel();
+}
+
+#[tokio::test]
+async fn many_waiters_on_one_name_are_served_in_call_order() {
+    let a = provider("fifo");
+    let name = unique("fifo");
+    let first = get(&a, req(&name, LockKind::Mutex, None)).await.unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let fut = a.acquire(req(&name, LockKind::Mutex, Some(20_000.0))).unwrap();
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            let h = fut.await.unwrap().unwrap();
+            order.lock().unwrap().push(i);
+            h.release().await.unwrap();
+        }));
+    }
+    first.release().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
+}
