@@ -838,5 +838,6 @@ module.exports = nativeBinding
 module.exports.CancelToken = nativeBinding.CancelToken
 module.exports.NativeFileProvider = nativeBinding.NativeFileProvider
 module.exports.NativeHandle = nativeBinding.NativeHandle
+module.exports.NativePostgresProvider = nativeBinding.NativePostgresProvider
 module.exports.validateMaxCount = nativeBinding.validateMaxCount
 module.exports.validateName = nativeBinding.validateName

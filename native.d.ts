@@ -43,6 +43,26 @@ export declare class NativeHandle {
   release(): undefined | Promise<undefined>
 }
 
+/** The PostgreSQL advisory-lock provider. */
+export declare class NativePostgresProvider {
+  constructor(options: PostgresOptions)
+  /** Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out. */
+  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null): NativeHandle | undefined | null | Promise<NativeHandle | undefined | null>
+  /** Server connections open now. */
+  get connections(): number
+  get isClosed(): boolean
+  close(): Promise<undefined>
+}
+
+/** Options of the PostgreSQL provider, validated in TS for types and here for values. */
+export interface PostgresOptions {
+  connectionString: string
+  maxConnections?: number
+  keepaliveMs?: number
+  scope?: string
+  fencingSequence?: string
+}
+
 /** Checks a semaphore's `maxCount` now, so `createSemaphore(name, 0)` throws at once. */
 export declare function validateMaxCount(maxCount: number): void
 

@@ -4,6 +4,8 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync, readdirSync } from 'node:fs'
 
+import { findPostgres, stopServices } from './test-services.mjs'
+
 const root = new URL('..', import.meta.url).pathname
 
 function run(label, cmd, args) {
@@ -15,6 +17,7 @@ function run(label, cmd, args) {
   }
   if (res.status !== 0) {
     console.error(`distlock test: ${label} failed (exit ${res.status})`)
+    stopServices()
     process.exit(res.status ?? 1)
   }
 }
@@ -24,5 +27,21 @@ if (!hasBinary || !existsSync(`${root}dist/index.js`)) {
   console.log('distlock test: the addon or dist/ is missing; building (needs Rust: https://rustup.rs)')
   run('build', process.execPath, ['scripts/build.mjs'])
 }
+try {
+  const pg = await findPostgres()
+  process.env.DISTLOCK_TEST_PG_URL = pg.url
+  console.log(`distlock test: PostgreSQL: ${pg.how} (${pg.url})`)
+} catch (err) {
+  console.error(`distlock test: ${err.message}`)
+  stopServices()
+  process.exit(1)
+}
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, () => {
+    stopServices()
+    process.exit(130)
+  })
+}
 run('rust tests', 'cargo', ['test', '--workspace', '--quiet'])
 run('node tests', process.execPath, ['node_modules/vitest/vitest.mjs', 'run', ...process.argv.slice(2)])
+stopServices()

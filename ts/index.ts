@@ -17,4 +17,10 @@ export {
   type AcquireOptions,
   type LockedFn,
 } from './locks'
-export { FileLockProvider, type FileLockProviderOptions, type LockProvider } from './providers'
+export {
+  FileLockProvider,
+  PostgresLockProvider,
+  type FileLockProviderOptions,
+  type LockProvider,
+  type PostgresLockProviderOptions,
+} from './providers'

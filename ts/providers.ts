@@ -101,3 +101,78 @@ function fileDirectory(options: FileLockProviderOptions): string {
   if (directory === '') throw invalidArgValue('The "options.directory" property must be a non-empty path')
   return path.resolve(directory)
 }
+
+/** Options of {@link PostgresLockProvider}. */
+export interface PostgresLockProviderOptions {
+  /**
+   * A libpq-style connection string, URL (`postgres://user:password@host:5432/db?sslmode=verify-full`)
+   * or `key=value` form. `sslmode` takes libpq's values: `disable`, `prefer` (the default) and
+   * `require` encrypt without checking the certificate; `verify-ca` checks the chain and
+   * `verify-full` also the host name, against the Mozilla roots plus `sslrootcert` (a PEM file).
+   */
+  connectionString: string
+  /** At most this many server connections (1..1000, default 10). Held locks share them. */
+  maxConnections?: number
+  /**
+   * Probe every session that holds locks this often (ms) and turn on TCP keepalives; a session
+   * that does not answer within one period is closed and its locks' signals abort. Off by default.
+   */
+  keepaliveMs?: number
+  /**
+   * `'session'` (default): `pg_advisory_lock`, many locks per connection. `'transaction'`:
+   * `pg_advisory_xact_lock` inside a transaction held open for the lock's lifetime, one connection
+   * per held lock — the mode that works behind PgBouncer in transaction pooling.
+   */
+  scope?: 'session' | 'transaction'
+  /**
+   * The sequence fencing tokens come from, optionally schema-qualified. Created on first use if
+   * missing (needs CREATE on the schema once). Default `distlock_fencing_token`.
+   */
+  fencingSequence?: string
+}
+
+/**
+ * Locks on PostgreSQL advisory locks, with keys identical to .NET DistributedLock's. Connects
+ * lazily; many held locks share a few sessions; a session that ends aborts its locks' signals.
+ */
+export class PostgresLockProvider extends BaseProvider {
+  constructor(options: PostgresLockProviderOptions) {
+    let nativeProvider
+    try {
+      nativeProvider = new native.NativePostgresProvider(postgresOptions(options))
+    } catch (err) {
+      throw toLockError(err)
+    }
+    super(nativeProvider, 'postgres')
+  }
+}
+
+function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProviderOptions {
+  if (options === null || typeof options !== 'object') {
+    throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+  }
+  const { connectionString, maxConnections, keepaliveMs, scope, fencingSequence } = options
+  if (typeof connectionString !== 'string') {
+    throw invalidArgType(
+      `The "options.connectionString" property must be of type string. Received ${typeName(connectionString)}`,
+    )
+  }
+  if (connectionString === '') throw invalidArgValue('The "options.connectionString" property must not be empty')
+  for (const [key, value] of [
+    ['maxConnections', maxConnections],
+    ['keepaliveMs', keepaliveMs],
+  ] as const) {
+    if (value !== undefined && typeof value !== 'number') {
+      throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
+    }
+  }
+  for (const [key, value] of [
+    ['scope', scope],
+    ['fencingSequence', fencingSequence],
+  ] as const) {
+    if (value !== undefined && typeof value !== 'string') {
+      throw invalidArgType(`The "options.${key}" property must be of type string. Received ${typeName(value)}`)
+    }
+  }
+  return { connectionString, maxConnections, keepaliveMs, scope, fencingSequence }
+}

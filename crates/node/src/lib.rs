@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind, Timeout};
 use distlock_file::FileBackend;
+use distlock_postgres::{PgOptions, PostgresBackend, Scope};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
@@ -239,6 +240,103 @@ impl NativeFileProvider {
             timeout_ms,
             cancel,
         )
+    }
+
+    #[napi(getter)]
+    pub fn is_closed(&self) -> bool {
+        self.backend.is_closed()
+    }
+
+    #[napi]
+    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        let closing = self.backend.close();
+        env.spawn_future(async move { closing.await.map_err(to_js) })
+    }
+}
+
+/// Options of the PostgreSQL provider, validated in TS for types and here for values.
+#[napi(object)]
+pub struct PostgresOptions {
+    pub connection_string: String,
+    pub max_connections: Option<f64>,
+    pub keepalive_ms: Option<f64>,
+    pub scope: Option<String>,
+    pub fencing_sequence: Option<String>,
+}
+
+/// The PostgreSQL advisory-lock provider.
+#[napi]
+pub struct NativePostgresProvider {
+    backend: Arc<dyn Backend>,
+    postgres: PostgresBackend,
+}
+
+#[napi]
+impl NativePostgresProvider {
+    #[napi(constructor)]
+    pub fn new(options: PostgresOptions) -> Result<Self> {
+        let build = || -> distlock_core::Result<PostgresBackend> {
+            let mut opts = PgOptions::parse(&options.connection_string)?;
+            if let Some(n) = options.max_connections {
+                opts = opts.max_connections(n)?;
+            }
+            if let Some(ms) = options.keepalive_ms {
+                opts = opts.keepalive(distlock_core::options::positive_ms(
+                    "keepaliveMs",
+                    ms,
+                    3_600_000.0,
+                )?);
+            }
+            if let Some(scope) = options.scope.as_deref() {
+                opts = opts.scope(match scope {
+                    "session" => Scope::Session,
+                    "transaction" => Scope::Transaction,
+                    other => {
+                        return Err(distlock_core::Error::invalid(
+                            "scope",
+                            format!("must be 'session' or 'transaction', got {other:?}"),
+                        ));
+                    }
+                });
+            }
+            if let Some(seq) = options.fencing_sequence.as_deref() {
+                opts = opts.fencing_sequence(seq)?;
+            }
+            PostgresBackend::new(opts)
+        };
+        let postgres = build().map_err(to_js)?;
+        Ok(Self {
+            backend: Arc::new(postgres.clone()),
+            postgres,
+        })
+    }
+
+    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out.
+    #[napi]
+    pub fn acquire<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+        kind: String,
+        max_count: Option<f64>,
+        timeout_ms: Option<f64>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
+        acquire_on(
+            env,
+            &self.backend,
+            name,
+            kind,
+            max_count,
+            timeout_ms,
+            cancel,
+        )
+    }
+
+    /// Server connections open now.
+    #[napi(getter)]
+    pub fn connections(&self) -> u32 {
+        u32::try_from(self.postgres.connections()).unwrap_or(u32::MAX)
     }
 
     #[napi(getter)]

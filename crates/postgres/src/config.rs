@@ -326,8 +326,7 @@ impl ServerCertVerifier for Checker {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
             Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName
-                | CertificateError::NotValidForNameContext { .. },
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
@@ -389,10 +388,19 @@ mod tests {
 
     #[test]
     fn bad_connection_strings_name_the_problem() {
-        let msg = |s: &str| PgOptions::parse(s).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = |s: &str| {
+            PgOptions::parse(s)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         assert!(msg("postgres://u@h:notaport/db").contains("connectionString"));
         assert!(msg("nonsense").contains("connectionString"));
-        assert!(msg("postgres:///db").contains("no host"), "{}", msg("postgres:///db"));
+        assert!(
+            msg("postgres:///db").contains("no host"),
+            "{}",
+            msg("postgres:///db")
+        );
         assert!(msg("postgres://h/db").contains("no user"));
         assert!(msg("postgres://u@h/db?sslrootcert=/nonexistent").contains("sslrootcert"));
         assert!(PgOptions::parse("postgres://u:secret@h/db").is_ok());

@@ -112,7 +112,11 @@ impl Sql {
         format!(
             "pg{}_advisory{}_lock{}({})",
             if try_ { "_try" } else { "" },
-            if self.scope == Scope::Transaction { "_xact" } else { "" },
+            if self.scope == Scope::Transaction {
+                "_xact"
+            } else {
+                ""
+            },
             if self.shared { "_shared" } else { "" },
             self.key.sql_args()
         )
@@ -173,7 +177,9 @@ impl Backend for PostgresBackend {
             LockKind::Mutex | LockKind::Read | LockKind::Write => {
                 let shared = req.kind == LockKind::Read;
                 let entry = inner.locks.entry(&req.name, SHARED_CAPACITY, || ());
-                let ticket = entry.queue.enqueue(if shared { 1 } else { SHARED_CAPACITY });
+                let ticket = entry
+                    .queue
+                    .enqueue(if shared { 1 } else { SHARED_CAPACITY });
                 let sql = Sql {
                     key: AdvisoryKey::from_name(&req.name),
                     shared,
@@ -264,10 +270,19 @@ impl Inner {
         deadline: Option<Instant>,
     ) -> std::result::Result<Arc<Session>, Outcome> {
         // Connecting is not waiting for the lock: a zero timeout still gets its one attempt.
-        let deadline = if req.timeout == Timeout::Zero { None } else { deadline };
-        match race(self.pool.session(usage), deadline, req.cancel.as_ref(), &self.closed)
-            .await
-            .done()
+        let deadline = if req.timeout == Timeout::Zero {
+            None
+        } else {
+            deadline
+        };
+        match race(
+            self.pool.session(usage),
+            deadline,
+            req.cancel.as_ref(),
+            &self.closed,
+        )
+        .await
+        .done()
         {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(Outcome::Fail(e)),
@@ -326,9 +341,14 @@ impl Inner {
     ) -> Result<Option<Held>> {
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
-        if let Err(why) = race(ticket.granted(), deadline, req.cancel.as_ref(), &self.closed)
-            .await
-            .done()
+        if let Err(why) = race(
+            ticket.granted(),
+            deadline,
+            req.cancel.as_ref(),
+            &self.closed,
+        )
+        .await
+        .done()
         {
             return why.into_outcome(&req, BACKEND);
         }
@@ -363,7 +383,15 @@ impl Inner {
             let token = rows.first().and_then(|r| r.first()).cloned().flatten();
             if let Some(token) = token {
                 let token = parse_token(Some(&token))?;
-                return self.grant(&req, s, sql.unlock(), token, ticket, Keep::Entry(entry), start);
+                return self.grant(
+                    &req,
+                    s,
+                    sql.unlock(),
+                    token,
+                    ticket,
+                    Keep::Entry(entry),
+                    start,
+                );
             }
             if usage == Use::Busy {
                 self.clean_after(&s, sql.scope).await;
@@ -380,9 +408,14 @@ impl Inner {
                     _ = tokio::time::sleep(Duration::from_millis(100)), if sql.scope == Scope::Session => None,
                 }
             };
-            let s = match race(wait_for_session, deadline, req.cancel.as_ref(), &self.closed)
-                .await
-                .done()
+            let s = match race(
+                wait_for_session,
+                deadline,
+                req.cancel.as_ref(),
+                &self.closed,
+            )
+            .await
+            .done()
             {
                 Ok(Some(Ok(s))) => s,
                 Ok(Some(Err(e))) => return Err(e),
@@ -390,9 +423,15 @@ impl Inner {
                 Err(why) => return why.into_outcome(&req, BACKEND),
             };
             return match self.wait_on(&s, &req, sql, deadline).await {
-                Ok(Some(token)) => {
-                    self.grant(&req, s, sql.unlock(), token, ticket, Keep::Entry(entry), start)
-                }
+                Ok(Some(token)) => self.grant(
+                    &req,
+                    s,
+                    sql.unlock(),
+                    token,
+                    ticket,
+                    Keep::Entry(entry),
+                    start,
+                ),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
@@ -511,7 +550,9 @@ impl Inner {
                 Err(_) => break,
             }
         }
-        s.kill(String::from("its session could not be reset after an interrupted wait"));
+        s.kill(String::from(
+            "its session could not be reset after an interrupted wait",
+        ));
     }
 
     async fn acquire_slot(
@@ -523,9 +564,14 @@ impl Inner {
     ) -> Result<Option<Held>> {
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
-        if let Err(why) = race(ticket.granted(), deadline, req.cancel.as_ref(), &self.closed)
-            .await
-            .done()
+        if let Err(why) = race(
+            ticket.granted(),
+            deadline,
+            req.cancel.as_ref(),
+            &self.closed,
+        )
+        .await
+        .done()
         {
             return why.into_outcome(&req, BACKEND);
         }
@@ -554,7 +600,11 @@ impl Inner {
                 keys.join(","),
                 slots.join(","),
                 "_try",
-                if scope == Scope::Transaction { "_xact" } else { "" },
+                if scope == Scope::Transaction {
+                    "_xact"
+                } else {
+                    ""
+                },
             );
             let usage = match scope {
                 Scope::Session => Use::Shared,
@@ -581,20 +631,36 @@ impl Inner {
                     .and_then(|t| t.parse::<u32>().ok());
                 let token = parse_token(row.get(1).cloned().flatten().as_deref());
                 let (Some(slot), Ok(token)) = (slot, token) else {
-                    s.kill(String::from("the server answered a semaphore attempt unexpectedly"));
+                    s.kill(String::from(
+                        "the server answered a semaphore attempt unexpectedly",
+                    ));
                     return Err(Error::Backend {
                         backend: BACKEND,
-                        message: format!("unexpected answer {row:?} acquiring {}", req.target(BACKEND)),
+                        message: format!(
+                            "unexpected answer {row:?} acquiring {}",
+                            req.target(BACKEND)
+                        ),
                     });
                 };
                 lock(&entry.state.taken).insert(slot);
                 let unlock = match scope {
                     Scope::Session => {
-                        format!("SELECT pg_advisory_unlock({})", semaphore_key(&req.name, slot))
+                        format!(
+                            "SELECT pg_advisory_unlock({})",
+                            semaphore_key(&req.name, slot)
+                        )
                     }
                     Scope::Transaction => String::from("ROLLBACK"),
                 };
-                return self.grant(&req, s, unlock, token, ticket, Keep::Slot(entry.clone(), slot), start);
+                return self.grant(
+                    &req,
+                    s,
+                    unlock,
+                    token,
+                    ticket,
+                    Keep::Slot(entry.clone(), slot),
+                    start,
+                );
             }
             if usage == Use::Busy {
                 self.clean_after(&s, scope).await;
@@ -724,10 +790,19 @@ impl PgHeld {
                 match s.query(&grant.unlock).await {
                     Ok(rows) => {
                         if scope == Scope::Session
-                            && rows.first().and_then(|r| r.first()).cloned().flatten().as_deref()
+                            && rows
+                                .first()
+                                .and_then(|r| r.first())
+                                .cloned()
+                                .flatten()
+                                .as_deref()
                                 == Some("f")
                         {
-                            tracing::warn!(backend = BACKEND, token, "unlock found the lock not held");
+                            tracing::warn!(
+                                backend = BACKEND,
+                                token,
+                                "unlock found the lock not held"
+                            );
                         }
                     }
                     Err(e) if !s.is_dead() => {

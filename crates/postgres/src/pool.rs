@@ -34,7 +34,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// password in an error).
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+        return format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
     }
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -266,15 +271,15 @@ impl Pool {
     }
 
     async fn open(self: &Arc<Self>, usage: Use) -> Result<Arc<Session>> {
-        let (client, connection) = self
-            .opts
-            .config
-            .connect(self.tls.clone())
-            .await
-            .map_err(|e| Error::Backend {
-                backend: BACKEND,
-                message: format!("cannot connect to {}: {}", self.opts.server(), describe(&e)),
-            })?;
+        let (client, connection) =
+            self.opts
+                .config
+                .connect(self.tls.clone())
+                .await
+                .map_err(|e| Error::Backend {
+                    backend: BACKEND,
+                    message: format!("cannot connect to {}: {}", self.opts.server(), describe(&e)),
+                })?;
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             client,
@@ -314,7 +319,8 @@ impl Pool {
             for s in self.sessions() {
                 let probe = {
                     let st = lock(&s.st);
-                    !st.held.is_empty() && (!st.busy || self.opts.scope == crate::Scope::Transaction)
+                    !st.held.is_empty()
+                        && (!st.busy || self.opts.scope == crate::Scope::Transaction)
                         && st.death.is_none()
                 };
                 if !probe {
@@ -324,7 +330,10 @@ impl Pool {
                 tokio::spawn(async move {
                     match tokio::time::timeout(period, s.query("SELECT 1")).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => s.kill(format!("the keepalive probe on {server} failed: {}", describe(&e))),
+                        Ok(Err(e)) => s.kill(format!(
+                            "the keepalive probe on {server} failed: {}",
+                            describe(&e)
+                        )),
                         Err(_) => s.kill(format!(
                             "the session on {server} did not answer a keepalive probe within {} ms",
                             period.as_millis()

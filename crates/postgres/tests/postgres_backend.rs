@@ -93,15 +93,27 @@ async fn mutex_excludes_across_sessions_and_tokens_increase() {
     let a = provider("mx_a");
     let b = provider("mx_b");
     let name = unique("mutex");
-    let h1 = get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
-    assert!(get(&b, req(&name, LockKind::Mutex, Some(0.0))).await.is_none());
+    let h1 = get(&a, req(&name, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
+    assert!(
+        get(&b, req(&name, LockKind::Mutex, Some(0.0)))
+            .await
+            .is_none()
+    );
     // In one process too: a second acquire of a held lock waits (non-reentrant).
-    assert!(get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.is_none());
+    assert!(
+        get(&a, req(&name, LockKind::Mutex, Some(0.0)))
+            .await
+            .is_none()
+    );
     let t1 = h1.fencing_token();
     h1.clone().release().await.unwrap();
     assert!(h1.is_released());
     h1.release().await.unwrap(); // idempotent
-    let h2 = get(&b, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
+    let h2 = get(&b, req(&name, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
     assert!(h2.fencing_token() > t1);
     h2.release().await.unwrap();
 }
@@ -113,12 +125,18 @@ async fn bounded_wait_times_out_on_the_server_and_is_granted_on_release() {
     let name = unique("timed");
     let h = get(&a, req(&name, LockKind::Mutex, None)).await.unwrap();
     let start = Instant::now();
-    assert!(get(&b, req(&name, LockKind::Mutex, Some(300.0))).await.is_none());
+    assert!(
+        get(&b, req(&name, LockKind::Mutex, Some(300.0)))
+            .await
+            .is_none()
+    );
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(290), "{waited:?}");
     assert!(waited < Duration::from_secs(3), "{waited:?}");
     // A waiter blocked on the server is granted when the holder releases.
-    let waiting = b.acquire(req(&name, LockKind::Mutex, Some(10_000.0))).unwrap();
+    let waiting = b
+        .acquire(req(&name, LockKind::Mutex, Some(10_000.0)))
+        .unwrap();
     let waiter = tokio::spawn(waiting);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished());
@@ -157,7 +175,10 @@ async fn cancel_stops_the_server_wait_and_leaves_nothing_held() {
         if n == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "the waiter never blocked on the server");
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never blocked on the server"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cancel.cancel();
@@ -189,12 +210,25 @@ async fn readers_share_writers_exclude_and_a_waiting_writer_holds_back_new_reade
     let b = provider("rw_b");
     let c = provider("rw_c");
     let name = unique("rw");
-    let r1 = get(&a, req(&name, LockKind::Read, Some(0.0))).await.unwrap();
-    let r2 = get(&b, req(&name, LockKind::Read, Some(0.0))).await.unwrap();
-    let r3 = get(&a, req(&name, LockKind::Read, Some(0.0))).await.unwrap();
-    assert!(get(&c, req(&name, LockKind::Write, Some(0.0))).await.is_none());
+    let r1 = get(&a, req(&name, LockKind::Read, Some(0.0)))
+        .await
+        .unwrap();
+    let r2 = get(&b, req(&name, LockKind::Read, Some(0.0)))
+        .await
+        .unwrap();
+    let r3 = get(&a, req(&name, LockKind::Read, Some(0.0)))
+        .await
+        .unwrap();
+    assert!(
+        get(&c, req(&name, LockKind::Write, Some(0.0)))
+            .await
+            .is_none()
+    );
     // A writer starts waiting; a new reader must not overtake it.
-    let writer = tokio::spawn(c.acquire(req(&name, LockKind::Write, Some(10_000.0))).unwrap());
+    let writer = tokio::spawn(
+        c.acquire(req(&name, LockKind::Write, Some(10_000.0)))
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let late_reader = provider("rw_d");
     assert!(
@@ -212,9 +246,17 @@ async fn readers_share_writers_exclude_and_a_waiting_writer_holds_back_new_reade
         .unwrap()
         .unwrap()
         .unwrap();
-    assert!(get(&a, req(&name, LockKind::Read, Some(0.0))).await.is_none());
+    assert!(
+        get(&a, req(&name, LockKind::Read, Some(0.0)))
+            .await
+            .is_none()
+    );
     // The mutex of the same name is the writer side.
-    assert!(get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.is_none());
+    assert!(
+        get(&a, req(&name, LockKind::Mutex, Some(0.0)))
+            .await
+            .is_none()
+    );
     w.release().await.unwrap();
 }
 
@@ -274,7 +316,11 @@ async fn terminated_session_fires_lost_only_for_its_locks_and_new_acquires_recon
     assert!(!hb.lost().is_lost());
     // A lost handle keeps its turn in this process until released (so two callers here never
     // both believe they hold it); releasing it does not fail.
-    assert!(get(&a, req(&n1, LockKind::Mutex, Some(0.0))).await.is_none());
+    assert!(
+        get(&a, req(&n1, LockKind::Mutex, Some(0.0)))
+            .await
+            .is_none()
+    );
     ha.release().await.unwrap();
     // The server freed it; the provider reconnects for new acquires.
     let again = get(&a, req(&n1, LockKind::Mutex, Some(0.0))).await.unwrap();
@@ -321,8 +367,14 @@ async fn transaction_scope_holds_the_lock_in_an_open_transaction() {
     let b = provider("xact_b");
     let admin = admin().await;
     let name = unique("xact");
-    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
-    assert!(get(&b, req(&name, LockKind::Mutex, Some(0.0))).await.is_none());
+    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
+    assert!(
+        get(&b, req(&name, LockKind::Mutex, Some(0.0)))
+            .await
+            .is_none()
+    );
     let state: String = admin
         .query_one(
             "SELECT state FROM pg_stat_activity WHERE application_name = $1",
@@ -333,10 +385,19 @@ async fn transaction_scope_holds_the_lock_in_an_open_transaction() {
         .get(0);
     assert_eq!(state, "idle in transaction");
     // Bounded and cancelled waits in transaction scope.
-    assert!(get(&a, req(&name, LockKind::Mutex, Some(100.0))).await.is_none());
+    assert!(
+        get(&a, req(&name, LockKind::Mutex, Some(100.0)))
+            .await
+            .is_none()
+    );
     h.release().await.unwrap();
-    let hb = get(&b, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
-    let waiting = tokio::spawn(a.acquire(req(&name, LockKind::Mutex, Some(5_000.0))).unwrap());
+    let hb = get(&b, req(&name, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(
+        a.acquire(req(&name, LockKind::Mutex, Some(5_000.0)))
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     hb.release().await.unwrap();
     let h2 = waiting.await.unwrap().unwrap().unwrap();
@@ -354,14 +415,22 @@ async fn close_releases_everything_and_fires_lost() {
     let a = provider("close_a");
     let b = provider("close_b");
     let name = unique("close");
-    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
-    let pending = tokio::spawn(a.acquire(req(&unique("other"), LockKind::Read, None)).unwrap());
+    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
+    let pending = tokio::spawn(
+        a.acquire(req(&unique("other"), LockKind::Read, None))
+            .unwrap(),
+    );
     a.close().await.unwrap();
     assert!(h.lost().is_lost());
     assert!(a.is_closed());
     let _ = pending.await.unwrap();
     assert_eq!(
-        a.acquire(req(&name, LockKind::Mutex, None)).err().unwrap().code(),
+        a.acquire(req(&name, LockKind::Mutex, None))
+            .err()
+            .unwrap()
+            .code(),
         "CLOSED"
     );
     get(&b, req(&name, LockKind::Mutex, Some(2_000.0)))
@@ -379,7 +448,10 @@ async fn unreachable_server_and_unknown_role_are_backend_errors_not_busy() {
         l.local_addr().unwrap().port()
     };
     let down = PostgresBackend::new(
-        PgOptions::parse(&format!("postgres://postgres@127.0.0.1:{closed_port}/postgres")).unwrap(),
+        PgOptions::parse(&format!(
+            "postgres://postgres@127.0.0.1:{closed_port}/postgres"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let err = down
@@ -389,7 +461,11 @@ async fn unreachable_server_and_unknown_role_are_backend_errors_not_busy() {
         .err()
         .unwrap();
     assert_eq!(err.code(), "BACKEND");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{closed_port}")), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{closed_port}")),
+        "{err}"
+    );
     let url = base_url().replacen("postgres://postgres@", "postgres://no_such_role_dl@", 1);
     let bad = PostgresBackend::new(PgOptions::parse(&url).unwrap()).unwrap();
     let err = bad
@@ -453,7 +529,11 @@ async fn proxied_url() -> (Proxy, String) {
         .next()
         .unwrap();
     let p = proxy(addr).await;
-    let through = url.replacen(&format!("{host}:{port}"), &format!("127.0.0.1:{}", p.port), 1);
+    let through = url.replacen(
+        &format!("{host}:{port}"),
+        &format!("127.0.0.1:{}", p.port),
+        1,
+    );
     assert_ne!(through, url, "could not point {url} at the proxy");
     (p, through)
 }
@@ -463,7 +543,9 @@ async fn a_cut_connection_fires_lost_within_two_seconds() {
     let (p, through) = proxied_url().await;
     let a = PostgresBackend::new(PgOptions::parse(&through).unwrap()).unwrap();
     let name = unique("cut");
-    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0))).await.unwrap();
+    let h = get(&a, req(&name, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
     p.cut.cancel();
     tokio::time::timeout(Duration::from_secs(2), h.lost().lost())
         .await
@@ -509,7 +591,9 @@ async fn many_waiters_on_one_name_are_served_in_call_order() {
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for i in 0..20 {
-        let fut = a.acquire(req(&name, LockKind::Mutex, Some(20_000.0))).unwrap();
+        let fut = a
+            .acquire(req(&name, LockKind::Mutex, Some(20_000.0)))
+            .unwrap();
         let order = order.clone();
         tasks.push(tokio::spawn(async move {
             let h = fut.await.unwrap().unwrap();

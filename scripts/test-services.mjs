@@ -1,0 +1,122 @@
+// Finds the servers the tests need, or starts private ones, or fails saying how to get them.
+// PostgreSQL: $DISTLOCK_TEST_PG_URL, else 127.0.0.1:5432 (user postgres), else a private cluster
+// (initdb + pg_ctl on a free loopback port in a temp dir, stopped by stopServices()).
+import { spawnSync } from 'node:child_process'
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { createServer, connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const stops = []
+
+function reachable(host, port, ms = 1000) {
+  return new Promise((resolve) => {
+    const s = connect({ host, port })
+    const done = (ok) => {
+      s.destroy()
+      resolve(ok)
+    }
+    s.setTimeout(ms, () => done(false))
+    s.on('connect', () => done(true))
+    s.on('error', () => done(false))
+  })
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolve(port))
+    })
+    srv.on('error', reject)
+  })
+}
+
+function which(cmd) {
+  const res = spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' })
+  return res.status === 0 ? res.stdout.trim() : null
+}
+
+/** initdb/pg_ctl from PATH or Debian's versioned directories. */
+function pgBin(tool) {
+  const onPath = which(tool)
+  if (onPath) return onPath
+  const base = '/usr/lib/postgresql'
+  if (!existsSync(base)) return null
+  for (const v of readdirSync(base).sort().reverse()) {
+    const p = join(base, v, 'bin', tool)
+    if (existsSync(p)) return p
+  }
+  return null
+}
+
+/** Whether `url` accepts a login (psql when installed; else a TCP connect is all we can check). */
+function loginWorks(url) {
+  if (!which('psql')) return true
+  const res = spawnSync('psql', [url, '-Atc', 'SELECT 1'], { encoding: 'utf8', timeout: 10_000 })
+  return res.status === 0
+}
+
+async function privateCluster() {
+  const initdb = pgBin('initdb')
+  const pgCtl = pgBin('pg_ctl')
+  if (!initdb || !pgCtl) return null
+  const dir = mkdtempSync(join(tmpdir(), 'distlock-pg-'))
+  const data = join(dir, 'data')
+  const port = await freePort()
+  // PostgreSQL refuses to run as root: run it as the postgres (or nobody) user then.
+  let prefix = []
+  if (process.getuid?.() === 0) {
+    const user = spawnSync('id', ['-u', 'postgres']).status === 0 ? 'postgres' : 'nobody'
+    const uid = Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout)
+    const gid = Number(spawnSync('id', ['-g', user], { encoding: 'utf8' }).stdout)
+    chmodSync(dir, 0o755)
+    chownSync(dir, uid, gid)
+    prefix = ['runuser', '-u', user, '--']
+  }
+  const run = (args) => {
+    const [cmd, ...rest] = [...prefix, ...args]
+    return spawnSync(cmd, rest, { encoding: 'utf8', timeout: 120_000 })
+  }
+  let res = run([initdb, '-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8'])
+  if (res.status !== 0) throw new Error(`initdb failed: ${res.stderr || res.error}`)
+  const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`
+  res = run([pgCtl, '-D', data, '-o', opts, '-l', join(dir, 'log'), '-w', 'start'])
+  if (res.status !== 0) throw new Error(`pg_ctl start failed: ${res.stderr || res.error}`)
+  stops.push(() => {
+    run([pgCtl, '-D', data, '-m', 'immediate', '-w', 'stop'])
+    rmSync(dir, { recursive: true, force: true })
+  })
+  return `postgres://postgres@127.0.0.1:${port}/postgres`
+}
+
+/** The PostgreSQL URL for the tests; throws with install instructions when none can be had. */
+export async function findPostgres() {
+  const fromEnv = process.env.DISTLOCK_TEST_PG_URL
+  if (fromEnv) {
+    if (!loginWorks(fromEnv)) throw new Error(`DISTLOCK_TEST_PG_URL=${fromEnv} does not accept a login`)
+    return { url: fromEnv, how: 'from DISTLOCK_TEST_PG_URL' }
+  }
+  const local = 'postgres://postgres@127.0.0.1:5432/postgres'
+  if (process.env.DISTLOCK_TEST_PG !== 'private' && (await reachable('127.0.0.1', 5432)) && loginWorks(local)) {
+    return { url: local, how: 'the server on 127.0.0.1:5432' }
+  }
+  const url = await privateCluster()
+  if (url) return { url, how: 'a private cluster (initdb)' }
+  throw new Error(
+    'the tests need PostgreSQL and none was found: set DISTLOCK_TEST_PG_URL=postgres://user@host:port/db, ' +
+      'run a server on 127.0.0.1:5432 accepting user postgres, or install the server binaries ' +
+      '(Debian/Ubuntu: apt install postgresql; macOS: brew install postgresql) so a private cluster can be started',
+  )
+}
+
+export function stopServices() {
+  for (const stop of stops.splice(0).reverse()) {
+    try {
+      stop()
+    } catch {
+      // best effort on the way out
+    }
+  }
+}
