@@ -17,10 +17,10 @@ import {
 
 import { Child, eventually, tempDir } from './helpers'
 
-const URL_ = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const PG_URL = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 let seq = 0
 const unique = (tag: string) => `${tag}-${process.pid}-${Date.now()}-${seq++}`
-const withApp = (app: string) => `${URL_}${URL_.includes('?') ? '&' : '?'}application_name=${app}`
+const withApp = (app: string) => `${PG_URL}${PG_URL.includes('?') ? '&' : '?'}application_name=${app}`
 
 let admin: Client
 const providers: PostgresLockProvider[] = []
@@ -31,10 +31,10 @@ function provider(app = unique('dlvt')): PostgresLockProvider {
 }
 
 beforeAll(async () => {
-  admin = new Client({ connectionString: URL_ })
+  admin = new Client({ connectionString: PG_URL })
   await admin.connect().catch((err: Error) => {
     throw new Error(
-      `cannot reach the test PostgreSQL at ${URL_} (${err.message}); run npm test or set DISTLOCK_TEST_PG_URL`,
+      `cannot reach the test PostgreSQL at ${PG_URL} (${err.message}); run npm test or set DISTLOCK_TEST_PG_URL`,
     )
   })
 })
@@ -171,7 +171,7 @@ describe('PostgresLockProvider', () => {
   })
 
   it('close() releases held locks and aborts their signals', async () => {
-    const a = new PostgresLockProvider({ connectionString: URL_ })
+    const a = new PostgresLockProvider({ connectionString: PG_URL })
     const name = unique('close')
     const h = await a.createLock(name).acquire()
     await a.close()
@@ -182,8 +182,9 @@ describe('PostgresLockProvider', () => {
   })
 })
 
+const make = (options: unknown) => () => new PostgresLockProvider(options as never)
+
 describe('PostgresLockProvider bad input', () => {
-  const make = (options: unknown) => () => new PostgresLockProvider(options as never)
   it.each([
     ['options not an object', 'nope', TypeError, 'ERR_INVALID_ARG_TYPE', 'options'],
     ['connectionString missing', {}, TypeError, 'ERR_INVALID_ARG_TYPE', 'connectionString'],
@@ -198,36 +199,36 @@ describe('PostgresLockProvider bad input', () => {
     ['no user', { connectionString: 'postgres://h/db' }, RangeError, 'ERR_INVALID_ARG_VALUE', 'no user'],
     [
       'unreadable sslrootcert',
-      { connectionString: `${URL_}?sslrootcert=/nonexistent.pem` },
+      { connectionString: `${PG_URL}?sslrootcert=/nonexistent.pem` },
       RangeError,
       'ERR_INVALID_ARG_VALUE',
       'sslrootcert',
     ],
     [
       'maxConnections 0',
-      { connectionString: URL_, maxConnections: 0 },
+      { connectionString: PG_URL, maxConnections: 0 },
       RangeError,
       'ERR_INVALID_ARG_VALUE',
       'maxConnections',
     ],
     [
       'maxConnections a string',
-      { connectionString: URL_, maxConnections: '4' },
+      { connectionString: PG_URL, maxConnections: '4' },
       TypeError,
       'ERR_INVALID_ARG_TYPE',
       'maxConnections',
     ],
     [
       'keepaliveMs negative',
-      { connectionString: URL_, keepaliveMs: -1 },
+      { connectionString: PG_URL, keepaliveMs: -1 },
       RangeError,
       'ERR_INVALID_ARG_VALUE',
       'keepaliveMs',
     ],
-    ['scope unknown', { connectionString: URL_, scope: 'pgbouncer' }, RangeError, 'ERR_INVALID_ARG_VALUE', 'scope'],
+    ['scope unknown', { connectionString: PG_URL, scope: 'pgbouncer' }, RangeError, 'ERR_INVALID_ARG_VALUE', 'scope'],
     [
       'fencingSequence with SQL in it',
-      { connectionString: URL_, fencingSequence: 'x; drop table y' },
+      { connectionString: PG_URL, fencingSequence: 'x; drop table y' },
       RangeError,
       'ERR_INVALID_ARG_VALUE',
       'fencingSequence',
@@ -249,7 +250,7 @@ describe('PostgresLockProvider bad input', () => {
   })
 
   it('an unknown role is a LockBackendError that names it, never busy', async () => {
-    const url = URL_.replace('postgres://postgres@', 'postgres://no_such_role_dl@')
+    const url = PG_URL.replace('postgres://postgres@', 'postgres://no_such_role_dl@')
     const p = new PostgresLockProvider({ connectionString: url })
     providers.push(p)
     const err = await p
@@ -287,14 +288,14 @@ describe('PostgresLockProvider across processes', () => {
   it('4 processes incrementing a counter under the lock lose no update', async () => {
     const dir = tempDir('pg-counter')
     const name = unique('counter')
-    const children = Array.from({ length: 4 }, () => new Child('pg-child.cjs', ['counter', URL_, name, dir, '50']))
+    const children = Array.from({ length: 4 }, () => new Child('pg-child.cjs', ['counter', PG_URL, name, dir, '50']))
     for (const c of children) expect((await c.exited).code, c.lines.join('\n')).toBe(0)
     expect(Number(readFileSync(join(dir, 'counter.txt'), 'utf8'))).toBe(200)
   })
 
   it('the server frees the lock of a holder killed with kill -9', async () => {
     const name = unique('kill9')
-    const holder = new Child('pg-child.cjs', ['hold', URL_, name])
+    const holder = new Child('pg-child.cjs', ['hold', PG_URL, name])
     await holder.line('HOLDING')
     const p = provider()
     expect(await p.createLock(name).tryAcquire()).toBeNull()

@@ -44,7 +44,7 @@ function pgBin(tool) {
   if (onPath) return onPath
   const base = '/usr/lib/postgresql'
   if (!existsSync(base)) return null
-  for (const v of readdirSync(base).sort().reverse()) {
+  for (const v of readdirSync(base).toSorted().toReversed()) {
     const p = join(base, v, 'bin', tool)
     if (existsSync(p)) return p
   }
@@ -112,7 +112,7 @@ export async function findPostgres() {
 }
 
 export function stopServices() {
-  for (const stop of stops.splice(0).reverse()) {
+  for (const stop of stops.splice(0).toReversed()) {
     try {
       stop()
     } catch {
