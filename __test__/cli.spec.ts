@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { FileLockProvider } from 'distlock'
+import { FileLockProvider, PostgresLockProvider } from 'distlock'
 
 import { ROOT, eventually, tempDir } from './helpers'
 
@@ -128,5 +128,59 @@ describe('distlock run', () => {
     const res = cli(['run', 'nx', '--file', tempDir('cli-nx'), '--', 'distlock-no-such-command'])
     expect(res.status).toBe(127)
     expect(res.stderr).toContain('cannot run "distlock-no-such-command"')
+  })
+})
+
+describe('distlock run --postgres', () => {
+  const url = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+
+  it('holds a PostgreSQL advisory lock while the command runs, then releases it', async () => {
+    const name = `cli-pg-${process.pid}-${Date.now()}`
+    await using p = new PostgresLockProvider({ connectionString: url })
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'run',
+        name,
+        '--postgres',
+        url,
+        '--',
+        process.execPath,
+        '-e',
+        'console.log("in"); setTimeout(() => {}, 60000)',
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    await eventually(() => out.includes('in'), 10_000)
+    expect(await p.createLock(name).tryAcquire()).toBeNull()
+    child.kill('SIGTERM')
+    await new Promise((r) => child.on('exit', r))
+    const h = await p.createLock(name).acquire({ timeoutMs: 5000 })
+    await h.release()
+  })
+
+  it('a bad connection string is a usage error that names it', () => {
+    const res = cli(['run', 'x', '--postgres', 'postgres://u@h:notaport/db', '--', 'true'])
+    expect(res.status).toBe(64)
+    expect(res.stderr).toContain('connectionString')
+  })
+
+  it('an unreachable server fails with a backend error, not a timeout', () => {
+    const res = cli([
+      'run',
+      'x',
+      '--postgres',
+      'postgres://postgres@127.0.0.1:9/postgres',
+      '--timeout',
+      '1000',
+      '--',
+      'true',
+    ])
+    expect(res.status).not.toBe(0)
+    expect(res.status).not.toBe(75)
+    expect(res.stderr).toContain('127.0.0.1:9')
   })
 })

@@ -7,7 +7,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 
 import { LockTimeoutError } from './errors'
-import { FileLockProvider } from './providers'
+import { FileLockProvider, PostgresLockProvider, type LockProvider } from './providers'
 
 /** Exit code when `--timeout` runs out before the lock is granted (EX_TEMPFAIL). */
 export const EXIT_TIMEOUT = 75
@@ -26,6 +26,8 @@ SIGTERM and distlock exits with code ${EXIT_LOST}.
 Options:
   --file <dir>      lock with OS file locks in <dir> (the default backend;
                     default dir: ${path.join(os.tmpdir(), 'distlock')})
+  --postgres <url>  lock with a PostgreSQL advisory lock on the server at <url>
+                    (postgres://user:password@host:5432/db?sslmode=verify-full)
   --timeout <ms>    give up after <ms> milliseconds (default: wait forever);
                     exits with code ${EXIT_TIMEOUT} on timeout
   -h, --help        show this help
@@ -39,6 +41,7 @@ class UsageError extends Error {}
 interface RunArgs {
   name: string
   directory: string | undefined
+  postgres: string | undefined
   timeoutMs: number | undefined
   command: string[]
 }
@@ -52,6 +55,7 @@ function parse(argv: string[]): RunArgs | 'help' {
   const command = dash === -1 ? [] : rest.slice(dash + 1)
   let name: string | undefined
   let directory: string | undefined
+  let postgres: string | undefined
   let timeoutMs: number | undefined
   for (let i = 0; i < opts.length; i++) {
     const arg = opts[i]
@@ -62,6 +66,7 @@ function parse(argv: string[]): RunArgs | 'help' {
     }
     if (arg === '-h' || arg === '--help') return 'help'
     else if (arg === '--file') directory = value()
+    else if (arg === '--postgres') postgres = value()
     else if (arg === '--timeout') {
       const raw = value()
       timeoutMs = Number(raw)
@@ -73,8 +78,10 @@ function parse(argv: string[]): RunArgs | 'help' {
     else throw new UsageError(`unexpected argument ${JSON.stringify(arg)}; put the command after --`)
   }
   if (name === undefined || name === '') throw new UsageError('missing the lock <name>')
+  if (directory !== undefined && postgres !== undefined)
+    throw new UsageError('--file and --postgres exclude each other')
   if (command.length === 0) throw new UsageError('missing the command: distlock run <name> -- <command> [args...]')
-  return { name, directory, timeoutMs, command }
+  return { name, directory, postgres, timeoutMs, command }
 }
 
 function say(message: string): void {
@@ -95,7 +102,16 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP)
     return 0
   }
-  const provider = new FileLockProvider(args.directory === undefined ? {} : { directory: args.directory })
+  let provider: LockProvider
+  try {
+    provider =
+      args.postgres === undefined
+        ? new FileLockProvider(args.directory === undefined ? {} : { directory: args.directory })
+        : new PostgresLockProvider({ connectionString: args.postgres })
+  } catch (err) {
+    say((err as Error).message)
+    return EXIT_USAGE
+  }
   try {
     return await runLocked(provider, args)
   } finally {
@@ -103,7 +119,7 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-async function runLocked(provider: FileLockProvider, args: RunArgs): Promise<number> {
+async function runLocked(provider: LockProvider, args: RunArgs): Promise<number> {
   let handle
   try {
     handle = await provider.createLock(args.name).acquire({ timeoutMs: args.timeoutMs })
