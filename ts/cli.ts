@@ -6,13 +6,15 @@ import { spawn } from 'node:child_process'
 import * as os from 'node:os'
 import * as path from 'node:path'
 
-import { LockTimeoutError } from './errors'
+import { LockBackendError, LockTimeoutError } from './errors'
 import { FileLockProvider, PostgresLockProvider, type LockProvider } from './providers'
 
 /** Exit code when `--timeout` runs out before the lock is granted (EX_TEMPFAIL). */
 export const EXIT_TIMEOUT = 75
 /** Exit code when the lock is lost while the command runs. */
 export const EXIT_LOST = 70
+/** Exit code when the backend cannot be reached or fails (EX_UNAVAILABLE). */
+export const EXIT_UNAVAILABLE = 69
 /** Exit code for bad usage. */
 export const EXIT_USAGE = 64
 
@@ -33,7 +35,7 @@ Options:
   -h, --help        show this help
 
 Exit codes: the command's own code, 128+N if it died of signal N,
-${EXIT_TIMEOUT} timeout, ${EXIT_LOST} lock lost, ${EXIT_USAGE} usage error, 127 command not found.
+${EXIT_TIMEOUT} timeout, ${EXIT_LOST} lock lost, ${EXIT_UNAVAILABLE} backend unreachable or failing, ${EXIT_USAGE} usage error, 127 command not found.
 `
 
 class UsageError extends Error {}
@@ -127,6 +129,10 @@ async function runLocked(provider: LockProvider, args: RunArgs): Promise<number>
     if (err instanceof LockTimeoutError) {
       say(`timed out after ${args.timeoutMs} ms waiting for the lock ${JSON.stringify(args.name)}`)
       return EXIT_TIMEOUT
+    }
+    if (err instanceof LockBackendError) {
+      say(err.message)
+      return EXIT_UNAVAILABLE
     }
     throw err
   }
