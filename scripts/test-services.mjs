@@ -2,7 +2,7 @@
 // PostgreSQL: $DISTLOCK_TEST_PG_URL, else 127.0.0.1:5432 (user postgres), else a private cluster
 // (initdb + pg_ctl on a free loopback port in a temp dir, stopped by stopServices()).
 import { spawnSync } from 'node:child_process'
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -58,19 +58,26 @@ function loginWorks(url) {
   return res.status === 0
 }
 
-async function privateCluster() {
+/**
+ * Starts a private PostgreSQL cluster (initdb + pg_ctl) on a free loopback port, as the postgres
+ * (or nobody) user when running as root. With `ssl`, the server requires nothing but offers TLS
+ * with a fresh self-signed certificate for `localhost` (returned as `certFile`).
+ * Returns null when the server binaries are not installed.
+ */
+export async function startCluster({ ssl = false } = {}) {
   const initdb = pgBin('initdb')
   const pgCtl = pgBin('pg_ctl')
   if (!initdb || !pgCtl) return null
   const dir = mkdtempSync(join(tmpdir(), 'distlock-pg-'))
   const data = join(dir, 'data')
   const port = await freePort()
-  // PostgreSQL refuses to run as root: run it as the postgres (or nobody) user then.
   let prefix = []
+  let owner = null
   if (process.getuid?.() === 0) {
     const user = spawnSync('id', ['-u', 'postgres']).status === 0 ? 'postgres' : 'nobody'
     const uid = Number(spawnSync('id', ['-u', user], { encoding: 'utf8' }).stdout)
     const gid = Number(spawnSync('id', ['-g', user], { encoding: 'utf8' }).stdout)
+    owner = [uid, gid]
     chmodSync(dir, 0o755)
     chownSync(dir, uid, gid)
     prefix = ['runuser', '-u', user, '--']
@@ -81,14 +88,72 @@ async function privateCluster() {
   }
   let res = run([initdb, '-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8'])
   if (res.status !== 0) throw new Error(`initdb failed: ${res.stderr || res.error}`)
-  const opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`
+  let opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`
+  let certFile
+  if (ssl) {
+    // A private CA (returned as certFile, what a client trusts) and a server certificate for
+    // localhost signed by it.
+    certFile = join(dir, 'ca.crt')
+    const caKey = join(dir, 'ca.key')
+    const serverCrt = join(dir, 'server.crt')
+    const keyFile = join(dir, 'server.key')
+    const csr = join(dir, 'server.csr')
+    const ext = join(dir, 'server.ext')
+    writeFileSync(ext, 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n')
+    const steps = [
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '2',
+        '-subj',
+        '/CN=distlock test CA',
+        '-keyout',
+        caKey,
+        '-out',
+        certFile,
+      ],
+      ['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', keyFile, '-out', csr],
+      [
+        'x509',
+        '-req',
+        '-in',
+        csr,
+        '-CA',
+        certFile,
+        '-CAkey',
+        caKey,
+        '-CAcreateserial',
+        '-days',
+        '2',
+        '-extfile',
+        ext,
+        '-out',
+        serverCrt,
+      ],
+    ]
+    for (const step of steps) {
+      res = spawnSync('openssl', step, { encoding: 'utf8', timeout: 60_000 })
+      if (res.status !== 0) throw new Error(`openssl could not make a test certificate: ${res.stderr || res.error}`)
+    }
+    chmodSync(keyFile, 0o600)
+    if (owner) {
+      chownSync(keyFile, ...owner)
+      chownSync(serverCrt, ...owner)
+    }
+    opts += ` -c ssl=on -c ssl_cert_file=${serverCrt} -c ssl_key_file=${keyFile}`
+  }
   res = run([pgCtl, '-D', data, '-o', opts, '-l', join(dir, 'log'), '-w', 'start'])
   if (res.status !== 0) throw new Error(`pg_ctl start failed: ${res.stderr || res.error}`)
-  stops.push(() => {
+  const stop = () => {
     run([pgCtl, '-D', data, '-m', 'immediate', '-w', 'stop'])
     rmSync(dir, { recursive: true, force: true })
-  })
-  return `postgres://postgres@127.0.0.1:${port}/postgres`
+  }
+  stops.push(stop)
+  return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, port, certFile, stop }
 }
 
 /** The PostgreSQL URL for the tests; throws with install instructions when none can be had. */
@@ -102,8 +167,8 @@ export async function findPostgres() {
   if (process.env.DISTLOCK_TEST_PG !== 'private' && (await reachable('127.0.0.1', 5432)) && loginWorks(local)) {
     return { url: local, how: 'the server on 127.0.0.1:5432' }
   }
-  const url = await privateCluster()
-  if (url) return { url, how: 'a private cluster (initdb)' }
+  const cluster = await startCluster()
+  if (cluster) return { url: cluster.url, how: 'a private cluster (initdb)' }
   throw new Error(
     'the tests need PostgreSQL and none was found: set DISTLOCK_TEST_PG_URL=postgres://user@host:port/db, ' +
       'run a server on 127.0.0.1:5432 accepting user postgres, or install the server binaries ' +

@@ -1,0 +1,86 @@
+// TLS to PostgreSQL through the connection string's sslmode, against a private cluster that
+// offers TLS with a fresh self-signed certificate for "localhost".
+import { Client } from 'pg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+
+import { LockBackendError, PostgresLockProvider } from 'distlock'
+
+import { startCluster, type Cluster } from '../scripts/test-services.mjs'
+
+let cluster: Cluster
+const providers: PostgresLockProvider[] = []
+
+beforeAll(async () => {
+  const started = await startCluster({ ssl: true })
+  if (!started) throw new Error('the TLS test needs the PostgreSQL server binaries (initdb, pg_ctl) and openssl')
+  cluster = started
+}, 120_000)
+
+afterAll(async () => {
+  await Promise.all(providers.map((p) => p.close()))
+  cluster?.stop()
+})
+
+function provider(connectionString: string): PostgresLockProvider {
+  const p = new PostgresLockProvider({ connectionString })
+  providers.push(p)
+  return p
+}
+
+async function sslOf(app: string): Promise<boolean[]> {
+  const admin = new Client({ connectionString: cluster.url })
+  await admin.connect()
+  try {
+    const r = await admin.query(
+      'SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1',
+      [app],
+    )
+    return r.rows.map((x) => x.ssl as boolean)
+  } finally {
+    await admin.end()
+  }
+}
+
+describe('PostgreSQL over TLS', () => {
+  it('sslmode=require encrypts without checking the certificate', async () => {
+    const p = provider(`${cluster.url}?sslmode=require&application_name=dl_tls_require`)
+    const h = await p.createLock('tls-require').acquire({ timeoutMs: 5000 })
+    expect(await sslOf('dl_tls_require')).toEqual([true])
+    await h.release()
+  })
+
+  it('sslmode=disable does not encrypt', async () => {
+    const p = provider(`${cluster.url}?sslmode=disable&application_name=dl_tls_disable`)
+    const h = await p.createLock('tls-disable').acquire({ timeoutMs: 5000 })
+    expect(await sslOf('dl_tls_disable')).toEqual([false])
+    await h.release()
+  })
+
+  it('sslmode=verify-full accepts the server whose certificate sslrootcert vouches for', async () => {
+    const url = `postgres://postgres@localhost:${cluster.port}/postgres?sslmode=verify-full&sslrootcert=${cluster.certFile}&application_name=dl_tls_full`
+    const h = await provider(url).createLock('tls-full').acquire({ timeoutMs: 5000 })
+    expect(await sslOf('dl_tls_full')).toEqual([true])
+    await h.release()
+  })
+
+  it('sslmode=verify-full rejects an untrusted certificate with a LockBackendError', async () => {
+    const err = await provider(`postgres://postgres@localhost:${cluster.port}/postgres?sslmode=verify-full`)
+      .createLock('tls-untrusted')
+      .acquire({ timeoutMs: 5000 })
+      .catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(LockBackendError)
+    expect((err as Error).message).toMatch(/certificate/i)
+  })
+
+  it('verify-full checks the host name; verify-ca does not', async () => {
+    const base = `${cluster.url}?sslrootcert=${cluster.certFile}`
+    const err = await provider(`${base}&sslmode=verify-full`)
+      .createLock('tls-name')
+      .acquire({ timeoutMs: 5000 })
+      .catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(LockBackendError)
+    expect((err as Error).message).toMatch(/certificate/i)
+    const h = await provider(`${base}&sslmode=verify-ca`).createLock('tls-ca').acquire({ timeoutMs: 5000 })
+    await h.release()
+  })
+})
