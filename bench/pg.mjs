@@ -187,7 +187,9 @@ const server = await (async () => {
   return v
 })()
 console.log(`\nPostgreSQL ${server}, Node ${process.version}, ${REPS} reps x ${RUN_S} s, medians\n`)
-console.log('| workload | library | ops/s | distlock ÷ this | p50 µs | p99 µs | CPU µs/op | same-owner % | per-loop min..max | violations |')
+console.log(
+  '| workload | library | ops/s | distlock ÷ this | p50 µs | p99 µs | CPU µs/op | same-owner % | per-loop min..max | violations |',
+)
 console.log('| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: |')
 for (const r of results) {
   const base = results.find((x) => x.workload === r.workload && x.id === 'distlock')
@@ -196,7 +198,18 @@ for (const r of results) {
     `| ${r.workload} | ${r.label} | ${r.opsPerSec.toFixed(0)} | ${ratio} | ${r.p50Us.toFixed(0)} | ${r.p99Us.toFixed(0)} | ${r.cpuUsPerOp.toFixed(1)} | ${r.sameOwnerPct === null ? '–' : r.sameOwnerPct.toFixed(1)} | ${r.workload === 'W1' ? '–' : r.perLoop} | ${r.violations} |`,
   )
 }
-const out = path.join(here, 'results', `pg-${new Date().toISOString().replaceAll(':', '-')}${QUICK ? '-quick' : ''}.json`)
+const out = path.join(
+  here,
+  'results',
+  `pg-${new Date().toISOString().replaceAll(':', '-')}${QUICK ? '-quick' : ''}.json`,
+)
 fs.mkdirSync(path.dirname(out), { recursive: true })
-fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), server, node: process.version, reps: REPS, seconds: RUN_S, results }, null, 2))
+fs.writeFileSync(
+  out,
+  JSON.stringify(
+    { date: new Date().toISOString(), server, node: process.version, reps: REPS, seconds: RUN_S, results },
+    null,
+    2,
+  ),
+)
 console.log(`\nraw results: ${path.relative(root, out)}`)
