@@ -54,6 +54,7 @@ describe('module formats', () => {
       'CancelToken',
       'NativeFileProvider',
       'NativeHandle',
+      'NativePostgresProvider',
       'validateMaxCount',
       'validateName',
     ])
