@@ -1,5 +1,6 @@
-// TLS to PostgreSQL through the connection string's sslmode, against a private cluster that
-// offers TLS with a fresh self-signed certificate for "localhost".
+// TLS to PostgreSQL through the connection string's sslmode, and password logins, against a
+// private cluster that offers TLS with a certificate for "localhost" from a fresh private CA and
+// requires a SCRAM password over TCP.
 import { Client } from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
@@ -12,7 +13,7 @@ const providers: PostgresLockProvider[] = []
 
 beforeAll(async () => {
   const { startCluster } = await import('../scripts/test-services.mjs')
-  const started = await startCluster({ ssl: true })
+  const started = await startCluster({ ssl: true, password: 'pg secret' })
   if (!started) throw new Error('the TLS test needs the PostgreSQL server binaries (initdb, pg_ctl) and openssl')
   cluster = started
 }, 120_000)
@@ -58,14 +59,14 @@ describe('PostgreSQL over TLS', () => {
   })
 
   it('sslmode=verify-full accepts the server whose certificate sslrootcert vouches for', async () => {
-    const url = `postgres://postgres@localhost:${cluster.port}/postgres?sslmode=verify-full&sslrootcert=${cluster.certFile}&application_name=dl_tls_full`
+    const url = `postgres://postgres:pg%20secret@localhost:${cluster.port}/postgres?sslmode=verify-full&sslrootcert=${cluster.certFile}&application_name=dl_tls_full`
     const h = await provider(url).createLock('tls-full').acquire({ timeoutMs: 5000 })
     expect(await sslOf('dl_tls_full')).toEqual([true])
     await h.release()
   })
 
   it('sslmode=verify-full rejects an untrusted certificate with a LockBackendError', async () => {
-    const err = await provider(`postgres://postgres@localhost:${cluster.port}/postgres?sslmode=verify-full`)
+    const err = await provider(`postgres://postgres:pg%20secret@localhost:${cluster.port}/postgres?sslmode=verify-full`)
       .createLock('tls-untrusted')
       .acquire({ timeoutMs: 5000 })
       .catch((e: unknown) => e)
@@ -83,5 +84,15 @@ describe('PostgreSQL over TLS', () => {
     expect((err as Error).message).toMatch(/certificate/i)
     const h = await provider(`${base}&sslmode=verify-ca`).createLock('tls-ca').acquire({ timeoutMs: 5000 })
     await h.release()
+  })
+
+  it('a wrong password is a LockBackendError that says so (and never shows the password)', async () => {
+    const err = await provider(cluster.url.replace('pg%20secret', 'wrong%20guess'))
+      .createLock('auth')
+      .acquire({ timeoutMs: 5000 })
+      .catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(LockBackendError)
+    expect((err as Error).message).toMatch(/password authentication failed/)
+    expect((err as Error).message).not.toContain('wrong')
   })
 })

@@ -5,6 +5,6 @@ export interface Cluster {
   certFile: string | undefined
   stop(): void
 }
-export function startCluster(options?: { ssl?: boolean }): Promise<Cluster | null>
+export function startCluster(options?: { ssl?: boolean; password?: string }): Promise<Cluster | null>
 export function findPostgres(): Promise<{ url: string; how: string }>
 export function stopServices(): void

@@ -64,7 +64,7 @@ function loginWorks(url) {
  * with a fresh self-signed certificate for `localhost` (returned as `certFile`).
  * Returns null when the server binaries are not installed.
  */
-export async function startCluster({ ssl = false } = {}) {
+export async function startCluster({ ssl = false, password } = {}) {
   const initdb = pgBin('initdb')
   const pgCtl = pgBin('pg_ctl')
   if (!initdb || !pgCtl) return null
@@ -86,7 +86,15 @@ export async function startCluster({ ssl = false } = {}) {
     const [cmd, ...rest] = [...prefix, ...args]
     return spawnSync(cmd, rest, { encoding: 'utf8', timeout: 120_000 })
   }
-  let res = run([initdb, '-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8'])
+  const auth = ['--auth=trust']
+  if (password !== undefined) {
+    // Local socket connections stay trusted; TCP logins need the password (SCRAM).
+    const pwfile = join(dir, 'pwfile')
+    writeFileSync(pwfile, `${password}\n`)
+    if (owner) chownSync(pwfile, ...owner)
+    auth.splice(0, 1, '--auth-local=trust', '--auth-host=scram-sha-256', `--pwfile=${pwfile}`)
+  }
+  let res = run([initdb, '-D', data, '-U', 'postgres', ...auth, '--no-sync', '-E', 'UTF8'])
   if (res.status !== 0) throw new Error(`initdb failed: ${res.stderr || res.error}`)
   let opts = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200`
   let certFile
@@ -153,7 +161,8 @@ export async function startCluster({ ssl = false } = {}) {
     rmSync(dir, { recursive: true, force: true })
   }
   stops.push(stop)
-  return { url: `postgres://postgres@127.0.0.1:${port}/postgres`, port, certFile, stop }
+  const user = password === undefined ? 'postgres' : `postgres:${encodeURIComponent(password)}`
+  return { url: `postgres://${user}@127.0.0.1:${port}/postgres`, port, certFile, stop }
 }
 
 /** The PostgreSQL URL for the tests; throws with install instructions when none can be had. */

@@ -607,3 +607,45 @@ async fn many_waiters_on_one_name_are_served_in_call_order() {
     }
     assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_blocked_waiter_does_not_hold_up_releases_or_tries_of_the_same_provider() {
+    let (a, _) = provider_opts("starve_a", |o| o.max_connections(2.0).unwrap());
+    let b = provider("starve_b");
+    let busy = unique("busy");
+    let other = unique("other");
+    let held_by_b = get(&b, req(&busy, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
+    let mine = get(&a, req(&other, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
+    // a waits on the server for `busy` (on a session of its own) ...
+    let waiting = tokio::spawn(
+        a.acquire(req(&busy, LockKind::Mutex, Some(20_000.0)))
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    // ... while its releases and tries still complete at once.
+    let start = Instant::now();
+    mine.release().await.unwrap();
+    let again = get(&a, req(&other, LockKind::Mutex, Some(0.0)))
+        .await
+        .unwrap();
+    again.release().await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    held_by_b.release().await.unwrap();
+    waiting
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
