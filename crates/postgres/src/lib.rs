@@ -286,16 +286,28 @@ impl Inner {
         {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(Outcome::Fail(e)),
+            // Out of time with no connection at all: the server is slow or unreachable, which
+            // is not the same as the lock being busy.
+            Err(Interrupted::TimedOut) if self.pool.connections() == 0 => {
+                Err(Outcome::Fail(Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "no connection to {} could be opened within the timeout of {}",
+                        self.pool.opts.server(),
+                        req.target(BACKEND)
+                    ),
+                }))
+            }
             Err(why) => Err(Outcome::Stop(why)),
         }
     }
 
     /// Creates the fencing sequence once per provider if it is missing.
-    async fn ensure_sequence(&self, req: &AcquireRequest) -> Result<()> {
+    async fn ensure_sequence(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<()> {
         self.sequence
             .get_or_try_init(|| async {
                 let seq = &self.pool.opts.fencing_sequence;
-                let s = match self.session(Use::Shared, req, None).await {
+                let s = match self.session(Use::Shared, req, deadline).await {
                     Ok(s) => s,
                     Err(Outcome::Fail(e)) => return Err(e),
                     Err(Outcome::Stop(why)) => {
@@ -353,7 +365,7 @@ impl Inner {
             return why.into_outcome(&req, BACKEND);
         }
         self.start_keepalive();
-        self.ensure_sequence(&req).await?;
+        self.ensure_sequence(&req, deadline).await?;
         let seq = &self.pool.opts.fencing_sequence;
         let try_sql = format!(
             "{}SELECT CASE WHEN {} THEN nextval('{seq}') END",
@@ -576,7 +588,7 @@ impl Inner {
             return why.into_outcome(&req, BACKEND);
         }
         self.start_keepalive();
-        self.ensure_sequence(&req).await?;
+        self.ensure_sequence(&req, deadline).await?;
         let scope = self.pool.opts.scope;
         let seq = &self.pool.opts.fencing_sequence;
         let mut backoff = Duration::from_millis(2);

@@ -271,15 +271,33 @@ impl Pool {
     }
 
     async fn open(self: &Arc<Self>, usage: Use) -> Result<Arc<Session>> {
-        let (client, connection) =
-            self.opts
-                .config
-                .connect(self.tls.clone())
-                .await
-                .map_err(|e| Error::Backend {
+        // tokio-postgres bounds the TCP connect only; bound the TLS and startup handshake too.
+        let limit = self
+            .opts
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let connecting = self.opts.config.connect(self.tls.clone());
+        let (client, connection) = match tokio::time::timeout(limit, connecting).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                return Err(Error::Backend {
                     backend: BACKEND,
                     message: format!("cannot connect to {}: {}", self.opts.server(), describe(&e)),
-                })?;
+                });
+            }
+            Err(_) => {
+                return Err(Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "cannot connect to {}: no answer to the login within {} ms",
+                        self.opts.server(),
+                        limit.as_millis()
+                    ),
+                });
+            }
+        };
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             client,

@@ -649,3 +649,65 @@ async fn a_blocked_waiter_does_not_hold_up_releases_or_tries_of_the_same_provide
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_the_connect_is_a_backend_error_not_a_timeout() {
+    // A listener that accepts TCP but never speaks the protocol: connecting hangs.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let b = PostgresBackend::new(
+        PgOptions::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).unwrap(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let err = b
+        .acquire(req("x", LockKind::Mutex, Some(300.0)))
+        .unwrap()
+        .await
+        .err()
+        .expect("a hanging server must not look like a busy lock");
+    assert_eq!(err.code(), "BACKEND");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
+    keep.abort();
+}
+
+#[tokio::test]
+async fn a_login_that_never_completes_fails_after_connect_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let b = PostgresBackend::new(
+        PgOptions::parse(&format!(
+            "postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=1"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    // No timeout on the acquire: only connect_timeout can end this.
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        b.acquire(req("x", LockKind::Mutex, None)).unwrap(),
+    )
+    .await
+    .expect("the login hung past connect_timeout")
+    .err()
+    .unwrap();
+    assert_eq!(err.code(), "BACKEND");
+    assert!(err.to_string().contains("no answer"), "{err}");
+    keep.abort();
+}
