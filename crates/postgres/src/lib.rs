@@ -344,6 +344,62 @@ impl Inner {
             .map(|_| ())
     }
 
+    /// Waits for this caller's turn in the process, then makes sure the provider is ready
+    /// (keepalive running, fencing sequence present).
+    async fn take_turn(
+        self: &Arc<Self>,
+        req: &AcquireRequest,
+        ticket: &mut Ticket,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<(), Outcome> {
+        race(
+            ticket.granted(),
+            deadline,
+            req.cancel.as_ref(),
+            &self.closed,
+        )
+        .await
+        .done()
+        .map_err(Outcome::Stop)?;
+        self.start_keepalive();
+        self.ensure_sequence(req, deadline)
+            .await
+            .map_err(Outcome::Fail)
+    }
+
+    /// Which session an attempt that never waits runs on: a shared one in session scope
+    /// (pipelined with other callers), one of its own in transaction scope.
+    fn attempt_usage(&self) -> Use {
+        match self.pool.opts.scope {
+            Scope::Session => Use::Shared,
+            Scope::Transaction => Use::Busy,
+        }
+    }
+
+    /// Runs one non-waiting attempt `text`; returns its session and rows.
+    async fn attempt(
+        &self,
+        req: &AcquireRequest,
+        deadline: Option<Instant>,
+        text: &str,
+    ) -> std::result::Result<(Arc<Session>, Vec<Vec<Option<String>>>), Outcome> {
+        let s = self.session(self.attempt_usage(), req, deadline).await?;
+        match s.query(text).await {
+            Ok(rows) => Ok((s, rows)),
+            Err(e) => {
+                self.end_attempt(&s).await;
+                Err(Outcome::Fail(self.backend_error(req, "trying", &e)))
+            }
+        }
+    }
+
+    /// Hands back the session of an attempt that was not granted (a no-op for a shared one).
+    async fn end_attempt(&self, s: &Arc<Session>) {
+        if self.attempt_usage() == Use::Busy {
+            self.clean_after(s, self.pool.opts.scope).await;
+        }
+    }
+
     async fn acquire_key(
         self: Arc<Self>,
         req: AcquireRequest,
@@ -353,19 +409,9 @@ impl Inner {
     ) -> Result<Option<Held>> {
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
-        if let Err(why) = race(
-            ticket.granted(),
-            deadline,
-            req.cancel.as_ref(),
-            &self.closed,
-        )
-        .await
-        .done()
-        {
-            return why.into_outcome(&req, BACKEND);
+        if let Err(o) = self.take_turn(&req, &mut ticket, deadline).await {
+            return o.finish(&req);
         }
-        self.start_keepalive();
-        self.ensure_sequence(&req, deadline).await?;
         let seq = &self.pool.opts.fencing_sequence;
         let try_sql = format!(
             "{}SELECT CASE WHEN {} THEN nextval('{seq}') END",
@@ -373,24 +419,9 @@ impl Inner {
             sql.func(true)
         );
         loop {
-            // One attempt that never waits on the server: on a shared session in session scope
-            // (pipelined with other callers), on a session of its own in transaction scope.
-            let usage = match sql.scope {
-                Scope::Session => Use::Shared,
-                Scope::Transaction => Use::Busy,
-            };
-            let s = match self.session(usage, &req, deadline).await {
-                Ok(s) => s,
+            let (s, rows) = match self.attempt(&req, deadline, &try_sql).await {
+                Ok(answer) => answer,
                 Err(o) => return o.finish(&req),
-            };
-            let rows = match s.query(&try_sql).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    if usage == Use::Busy {
-                        self.clean_after(&s, sql.scope).await;
-                    }
-                    return Err(self.backend_error(&req, "trying", &e));
-                }
             };
             let token = rows.first().and_then(|r| r.first()).cloned().flatten();
             if let Some(token) = token {
@@ -405,9 +436,7 @@ impl Inner {
                     start,
                 );
             }
-            if usage == Use::Busy {
-                self.clean_after(&s, sql.scope).await;
-            }
+            self.end_attempt(&s).await;
             if req.timeout == Timeout::Zero {
                 return Ok(None);
             }
@@ -576,19 +605,9 @@ impl Inner {
     ) -> Result<Option<Held>> {
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
-        if let Err(why) = race(
-            ticket.granted(),
-            deadline,
-            req.cancel.as_ref(),
-            &self.closed,
-        )
-        .await
-        .done()
-        {
-            return why.into_outcome(&req, BACKEND);
+        if let Err(o) = self.take_turn(&req, &mut ticket, deadline).await {
+            return o.finish(&req);
         }
-        self.start_keepalive();
-        self.ensure_sequence(&req, deadline).await?;
         let scope = self.pool.opts.scope;
         let seq = &self.pool.opts.fencing_sequence;
         let mut backoff = Duration::from_millis(2);
@@ -618,22 +637,9 @@ impl Inner {
                     ""
                 },
             );
-            let usage = match scope {
-                Scope::Session => Use::Shared,
-                Scope::Transaction => Use::Busy,
-            };
-            let s = match self.session(usage, &req, deadline).await {
-                Ok(s) => s,
+            let (s, rows) = match self.attempt(&req, deadline, &text).await {
+                Ok(answer) => answer,
                 Err(o) => return o.finish(&req),
-            };
-            let rows = match s.query(&text).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    if usage == Use::Busy {
-                        self.clean_after(&s, scope).await;
-                    }
-                    return Err(self.backend_error(&req, "trying", &e));
-                }
             };
             if let Some(row) = rows.first() {
                 let slot = row
@@ -674,9 +680,7 @@ impl Inner {
                     start,
                 );
             }
-            if usage == Use::Busy {
-                self.clean_after(&s, scope).await;
-            }
+            self.end_attempt(&s).await;
             if req.timeout == Timeout::Zero {
                 return Ok(None);
             }

@@ -77,6 +77,17 @@ async fn get(b: &PostgresBackend, r: AcquireRequest) -> Option<Held> {
     b.acquire(r).unwrap().await.unwrap()
 }
 
+/// A fresh provider (a new session) gets `name` within `timeout_ms`, then releases it.
+async fn assert_free(tag: &str, name: &str, timeout_ms: f64) {
+    let fresh = provider(tag);
+    get(&fresh, req(name, LockKind::Mutex, Some(timeout_ms)))
+        .await
+        .unwrap_or_else(|| panic!("{name} is still held"))
+        .release()
+        .await
+        .unwrap();
+}
+
 async fn connections(admin: &tokio_postgres::Client, app: &str) -> i64 {
     admin
         .query_one(
@@ -195,13 +206,7 @@ async fn cancel_stops_the_server_wait_and_leaves_nothing_held() {
     assert_eq!(blocked, 0, "the server is still waiting after the cancel");
     h.release().await.unwrap();
     // Nothing is held by b: a third provider gets the lock at once.
-    let c = provider("cx_c");
-    get(&c, req(&name, LockKind::Mutex, Some(0.0)))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    assert_free("cx_c", &name, 0.0).await;
 }
 
 #[tokio::test]
@@ -552,13 +557,7 @@ async fn a_cut_connection_fires_lost_within_two_seconds() {
         .expect("lost did not fire within 2 s of the cut");
     h.release().await.unwrap();
     // The server frees the lock once it sees its side of the socket close.
-    let b = provider("cut_b");
-    get(&b, req(&name, LockKind::Mutex, Some(5_000.0)))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    assert_free("cut_b", &name, 5_000.0).await;
 }
 
 #[tokio::test]
