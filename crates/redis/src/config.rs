@@ -1,0 +1,305 @@
+//! Options of the Redis provider: the servers (parsed by fred from `redis://` URLs), the lease
+//! and renewal period, the key prefix and the per-server timeout.
+
+use std::time::Duration;
+
+use distlock_core::options::positive_ms;
+use distlock_core::{Error, Result};
+use fred::prelude::{Config, ServerConfig};
+
+/// The shortest lease accepted: below it a renewal cannot reliably land before the deadline.
+pub const MIN_LEASE_MS: f64 = 100.0;
+const MAX_MS: f64 = 2_147_483_647.0;
+
+/// Validated options of a [`crate::RedisBackend`].
+#[derive(Clone)]
+pub struct RedisOptions {
+    pub(crate) servers: Vec<ServerSpec>,
+    pub(crate) lease: Duration,
+    pub(crate) extend_every: Option<Duration>,
+    pub(crate) key_prefix: String,
+    pub(crate) server_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+/// The URL schemes fred understands, with and without TLS.
+const SCHEMES: [&str; 12] = [
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "valkey",
+    "valkeys",
+    "valkey-cluster",
+    "valkeys-cluster",
+    "valkey-sentinel",
+    "valkeys-sentinel",
+];
+
+/// One server (or cluster, or sentinel group) as fred's configuration, and how messages name it.
+#[derive(Clone)]
+pub(crate) struct ServerSpec {
+    pub label: String,
+    pub config: Config,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print passwords: only the servers' labels.
+        f.debug_struct("RedisOptions")
+            .field(
+                "servers",
+                &self.servers.iter().map(|s| &s.label).collect::<Vec<_>>(),
+            )
+            .field("lease", &self.lease)
+            .field("extend_every", &self.extend_every)
+            .field("key_prefix", &self.key_prefix)
+            .field("server_timeout", &self.server_timeout)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+fn label(config: &Config) -> String {
+    match &config.server {
+        ServerConfig::Centralized { server } => format!("{}:{}", server.host, server.port),
+        ServerConfig::Clustered { hosts, .. } => format!(
+            "cluster {}",
+            hosts
+                .iter()
+                .map(|s| format!("{}:{}", s.host, s.port))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        ServerConfig::Sentinel { service_name, .. } => format!("sentinel service {service_name}"),
+        #[allow(unreachable_patterns)]
+        _ => String::from("redis"),
+    }
+}
+
+impl RedisOptions {
+    /// Parses the server URLs: one is a single server (`redis://`, `rediss://` for TLS), a
+    /// cluster (`redis-cluster://host:port?node=host:port…`) or a Sentinel group
+    /// (`redis-sentinel://host:26379/0?sentinelServiceName=…&node=…`); several are independent
+    /// servers for RedLock.
+    pub fn parse<S: AsRef<str>>(urls: &[S]) -> Result<Self> {
+        if urls.is_empty() {
+            return Err(Error::invalid(
+                "urls",
+                "must list at least one Redis server URL",
+            ));
+        }
+        let mut servers: Vec<ServerSpec> = Vec::with_capacity(urls.len());
+        for (i, url) in urls.iter().enumerate() {
+            let url = url.as_ref();
+            let scheme = url.split_once("://").map_or("", |(s, _)| s);
+            let config = if SCHEMES.contains(&scheme) {
+                Config::from_url(url)
+            } else {
+                Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Config,
+                    format!("unknown scheme {scheme:?}"),
+                ))
+            }
+            .map_err(|e| {
+                Error::invalid(
+                    "urls",
+                    format!(
+                        "[{i}] is not a valid Redis URL ({}): {}; expected redis://[user:password@]host[:port][/db], rediss:// for TLS, redis-cluster:// or redis-sentinel://",
+                        redact(url),
+                        e.details()
+                    ),
+                )
+            })?;
+            let spec = ServerSpec {
+                label: label(&config),
+                config,
+            };
+            if urls.len() > 1 {
+                if !matches!(spec.config.server, ServerConfig::Centralized { .. }) {
+                    return Err(Error::invalid(
+                        "urls",
+                        format!(
+                            "[{i}] ({}) is a cluster or sentinel URL; RedLock over several URLs needs independent single servers",
+                            redact(url)
+                        ),
+                    ));
+                }
+                if let Some(j) = servers.iter().position(|s| s.label == spec.label) {
+                    return Err(Error::invalid(
+                        "urls",
+                        format!(
+                            "[{i}] repeats [{j}] ({}); RedLock needs independent servers",
+                            spec.label
+                        ),
+                    ));
+                }
+            }
+            servers.push(spec);
+        }
+        Ok(Self {
+            servers,
+            lease: Duration::from_secs(30),
+            extend_every: None,
+            key_prefix: String::new(),
+            server_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// How long a lock lives on the server unless renewed (`leaseMs`, at least 100).
+    pub fn lease(mut self, ms: f64) -> Result<Self> {
+        if ms.is_finite() && ms < MIN_LEASE_MS && ms > 0.0 {
+            return Err(Error::invalid(
+                "leaseMs",
+                format!(
+                    "must be at least {MIN_LEASE_MS} ms so renewals can land in time, got {ms}"
+                ),
+            ));
+        }
+        self.lease = positive_ms("leaseMs", ms, MAX_MS)?;
+        Ok(self)
+    }
+
+    /// How often held leases are renewed (`extendEveryMs`); default a third of the lease.
+    pub fn extend_every(mut self, ms: f64) -> Result<Self> {
+        self.extend_every = Some(positive_ms("extendEveryMs", ms, MAX_MS)?);
+        Ok(self)
+    }
+
+    /// A prefix for every key (`keyPrefix`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// How long one server may take to answer one command (`serverTimeoutMs`, default 1 000).
+    pub fn server_timeout(mut self, ms: f64) -> Result<Self> {
+        self.server_timeout = positive_ms("serverTimeoutMs", ms, 60_000.0)?;
+        Ok(self)
+    }
+
+    /// Checks the options against each other.
+    pub(crate) fn check(&self) -> Result<()> {
+        let every = self.renew_period();
+        if every >= self.lease {
+            return Err(Error::invalid(
+                "extendEveryMs",
+                format!(
+                    "must be shorter than leaseMs ({} ms), got {} ms",
+                    self.lease.as_millis(),
+                    every.as_millis()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The renewal period.
+    pub(crate) fn renew_period(&self) -> Duration {
+        self.extend_every.unwrap_or(self.lease / 3)
+    }
+
+    /// The servers' labels, for messages.
+    pub fn servers(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.label.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_errors() {
+        let one = RedisOptions::parse(&["redis://:pw@127.0.0.1:6390/2"]).unwrap();
+        assert_eq!(one.servers(), vec!["127.0.0.1:6390"]);
+        assert!(!format!("{one:?}").contains("pw"));
+        let three = RedisOptions::parse(&["redis://a:1", "redis://b:1", "redis://c:1"]).unwrap();
+        assert_eq!(three.servers.len(), 3);
+        let cluster =
+            RedisOptions::parse(&["redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001"]).unwrap();
+        let label = &cluster.servers()[0];
+        assert!(
+            label.starts_with("cluster ")
+                && label.contains("127.0.0.1:7000")
+                && label.contains("127.0.0.1:7001"),
+            "{label}"
+        );
+
+        let err = |urls: &[&str]| {
+            RedisOptions::parse(urls)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap()
+        };
+        assert!(err(&[]).starts_with("urls must list"));
+        let bad = err(&["http://user:secret@host"]);
+        assert!(bad.contains("[0] is not a valid Redis URL"), "{bad}");
+        assert!(!bad.contains("secret"), "{bad}");
+        assert!(err(&["redis://a:1", "redis://a:1"]).contains("repeats [0]"));
+        assert!(
+            err(&["redis://a:1", "redis-cluster://b:1"]).contains("independent single servers")
+        );
+    }
+
+    #[test]
+    fn lease_rules() {
+        let o = RedisOptions::parse(&["redis://x"]).unwrap();
+        assert!(
+            o.clone()
+                .lease(50.0)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("at least 100")
+        );
+        assert!(o.clone().lease(f64::NAN).is_err());
+        let short = o
+            .clone()
+            .lease(1000.0)
+            .unwrap()
+            .extend_every(1000.0)
+            .unwrap();
+        assert!(
+            short
+                .check()
+                .err()
+                .unwrap()
+                .to_string()
+                .starts_with("extendEveryMs")
+        );
+        let ok = o.lease(900.0).unwrap();
+        assert_eq!(ok.renew_period(), Duration::from_millis(300));
+        assert!(ok.check().is_ok());
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("redis://u:p@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:p@h"), "redis://:***@h");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,266 @@
+//! Background lease renewal, batched: one task per provider, and per wake-up one script per
+//! server (per cluster slot) carrying every lease that is due, instead of a timer and a round
+//! trip per lock. The same task fires the lost signal of a lock whose local deadline passed
+//! without a successful renewal.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use distlock_core::{Lease, LostSignal};
+use fred::types::{Key, Value};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::scripts::Scripts;
+use crate::{Inner, Op, Side, lock};
+
+/// Most leases one script renews.
+const CHUNK: usize = 500;
+
+/// One held lock the renewer looks after.
+pub struct Tracked {
+    pub op: Op,
+    pub lease_ms: i64,
+    pub lease: Arc<Lease>,
+    pub lost: LostSignal,
+    pub floor: u64,
+    pub target: String,
+    /// When the next renewal should be sent.
+    pub due: Instant,
+    pub in_flight: bool,
+}
+
+#[derive(Default)]
+pub struct Renewals {
+    locks: Mutex<HashMap<u64, Tracked>>,
+    changed: Arc<Notify>,
+    started: OnceLock<()>,
+    /// When the renewer wakes next; a lock due earlier than that wakes it now.
+    wake_at: Mutex<Option<Instant>>,
+    sent: AtomicU64,
+    batches: AtomicU64,
+}
+
+enum Outcome {
+    Renewed,
+    Gone,
+    Unknown,
+}
+
+impl Renewals {
+    pub fn track(&self, inner: &Arc<Inner>, uid: u64, t: Tracked) {
+        let due = t.due;
+        let mut locks = lock(&self.locks);
+        locks.insert(uid, t);
+        if self.started.set(()).is_ok() {
+            tokio::spawn(run(Arc::downgrade(inner)));
+        }
+        // Under the locks' mutex, which the renewer also holds while it sets `wake_at`.
+        self.wake_by(due);
+        drop(locks);
+    }
+
+    /// Wakes the renewer if it sleeps past `at` (it rescans every lock when it wakes, so it is
+    /// not woken for locks that fall due after its next wake anyway). Call with the locks'
+    /// mutex held.
+    fn wake_by(&self, at: Instant) {
+        let wake_at = *lock(&self.wake_at);
+        if wake_at.is_none_or(|w| at < w) {
+            self.changed.notify_one();
+        }
+    }
+
+    pub fn untrack(&self, uid: u64) {
+        lock(&self.locks).remove(&uid);
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+}
+
+async fn run(inner: Weak<Inner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        if me.closed.is_cancelled() {
+            return;
+        }
+        let period = me.opts.renew_period();
+        let now = Instant::now();
+        // Renew early rather than alone: anything due within half a period joins this batch.
+        let horizon = now + period / 2;
+        let mut next = now + Duration::from_secs(3600);
+        let mut batch: Vec<(u64, Op, i64, u64)> = Vec::new();
+        {
+            let mut locks = lock(&me.renewals.locks);
+            let mut gone = Vec::new();
+            for (uid, t) in locks.iter_mut() {
+                if t.lost.is_lost() {
+                    gone.push(*uid);
+                    continue;
+                }
+                let deadline = t.lease.deadline();
+                if now >= deadline {
+                    t.lost.fire(format!(
+                        "its lease ran out at the local deadline without a successful renewal ({})",
+                        t.target
+                    ));
+                    gone.push(*uid);
+                    continue;
+                }
+                next = next.min(deadline);
+                if t.in_flight {
+                    continue;
+                }
+                if t.due <= horizon {
+                    t.in_flight = true;
+                    batch.push((*uid, t.op.clone(), t.lease_ms, t.floor));
+                } else {
+                    next = next.min(t.due);
+                }
+            }
+            for uid in gone {
+                locks.remove(&uid);
+            }
+            *lock(&me.renewals.wake_at) = Some(next);
+        }
+        if !batch.is_empty() {
+            for chunk in chunks(&me, batch) {
+                tokio::spawn(renew_chunk(me.clone(), chunk));
+            }
+        }
+        let changed = me.renewals.changed.clone();
+        let closed = me.closed.clone();
+        drop(me);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = changed.notified() => {}
+            _ = closed.cancelled() => return,
+        }
+    }
+}
+
+/// Splits a batch into scripts: by cluster slot on a cluster (a script's keys share a slot),
+/// and at most [`CHUNK`] leases each.
+fn chunks(inner: &Inner, batch: Vec<(u64, Op, i64, u64)>) -> Vec<Vec<(u64, Op, i64, u64)>> {
+    let mut groups: HashMap<u16, Vec<(u64, Op, i64, u64)>> = HashMap::new();
+    for b in batch {
+        let slot = if inner.cluster { b.1.keys.slot } else { 0 };
+        groups.entry(slot).or_default().push(b);
+    }
+    let mut out = Vec::new();
+    for (_, mut g) in groups {
+        while g.len() > CHUNK {
+            let rest = g.split_off(CHUNK);
+            out.push(g);
+            g = rest;
+        }
+        out.push(g);
+    }
+    out
+}
+
+async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
+    let sent = Instant::now();
+    let mut keys: Vec<Key> = Vec::with_capacity(chunk.len() * 2);
+    let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
+    for (_, op, lease_ms, floor) in &chunk {
+        keys.push(Key::from(op.grant_key()));
+        keys.push(Key::from(op.keys.fence.as_str()));
+        args.push(Value::from(op.side.code()));
+        args.push(Value::from(op.id.as_ref()));
+        args.push(Value::from(*lease_ms));
+        args.push(Value::from(i64::try_from(*floor).unwrap_or(i64::MAX)));
+    }
+    let script = &Scripts::get().renew;
+    inner
+        .renewals
+        .sent
+        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    let answers = futures_join(inner.servers.iter().map(|s| {
+        let (s, keys, args) = (s.clone(), keys.clone(), args.clone());
+        inner.renewals.batches.fetch_add(1, Ordering::Relaxed);
+        async move { s.eval(script, keys, args).await.ok() }
+    }))
+    .await;
+    let n = inner.servers.len();
+    let mut outcomes = Vec::with_capacity(chunk.len());
+    for i in 0..chunk.len() {
+        let (mut yes, mut no) = (0, 0);
+        for a in &answers {
+            match a.as_ref().and_then(|v| flag(v, i)) {
+                Some(true) => yes += 1,
+                Some(false) => no += 1,
+                None => {}
+            }
+        }
+        outcomes.push(if yes >= inner.quorum {
+            Outcome::Renewed
+        } else if no > n - inner.quorum {
+            Outcome::Gone
+        } else {
+            Outcome::Unknown
+        });
+    }
+    let period = inner.opts.renew_period();
+    let now = Instant::now();
+    let mut soonest: Option<Instant> = None;
+    let mut locks = lock(&inner.renewals.locks);
+    for ((uid, ..), outcome) in chunk.iter().zip(outcomes) {
+        let Some(t) = locks.get_mut(uid) else {
+            continue;
+        };
+        t.in_flight = false;
+        match outcome {
+            Outcome::Renewed => {
+                t.lease.renewed(sent);
+                t.due = sent + period;
+                soonest = Some(soonest.map_or(t.due, |s| s.min(t.due)));
+            }
+            Outcome::Gone => {
+                let side = if t.op.side == Side::W { "key" } else { "entry" };
+                t.lost.fire(format!(
+                    "a renewal found its {side} gone or owned by someone else ({})",
+                    t.target
+                ));
+                locks.remove(uid);
+            }
+            // A failed round trip: try again soon, well before the deadline.
+            Outcome::Unknown => {
+                t.due = now + (period / 4).max(Duration::from_millis(10));
+                soonest = Some(soonest.map_or(t.due, |s| s.min(t.due)));
+            }
+        }
+    }
+    if let Some(at) = soonest {
+        inner.renewals.wake_by(at);
+    }
+    drop(locks);
+}
+
+fn flag(v: &Value, i: usize) -> Option<bool> {
+    match v {
+        Value::Array(items) => items.get(i).and_then(Value::as_i64).map(|x| x == 1),
+        _ => None,
+    }
+}
+
+/// Runs the futures concurrently and collects their outputs in order.
+async fn futures_join<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<T> {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}

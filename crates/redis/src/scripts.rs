@@ -1,0 +1,221 @@
+//! The Lua scripts distlock runs on Redis, one per operation. Each runs atomically on the server
+//! and takes the five keys of [`crate::keys::Keys::all`] (the batched renewal takes pairs).
+//!
+//! Kinds: `w` is a mutex or writer (the main key holds the token, as redlock lays it out), `r` a
+//! reader and `s` a semaphore permit (members of a sorted set scored by their expiry in server
+//! milliseconds, from `TIME`). A waiter queues as the member `kind .. token` of the queue set.
+
+use sha1::{Digest, Sha1};
+
+/// A script and its SHA-1, for `EVALSHA` with an `EVAL` fallback.
+#[derive(Debug)]
+pub struct Script {
+    pub lua: &'static str,
+    pub sha: String,
+}
+
+impl Script {
+    fn new(lua: &'static str) -> Self {
+        let sha = Sha1::digest(lua.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self { lua, sha }
+    }
+}
+
+const PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// ARGV: kind, token, lease ms, max count, wait ms (0: do not queue), fair (1|0), channel.
+/// Returns `{1, fence}` when granted, `{0, hint}` when busy, where `hint` is the number of ms
+/// after which the holder's or a dead waiter's expiry may free the lock (-1: unknown).
+const ACQUIRE: &str = r"
+local lock, set, fence, queue, dl = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local kind, id, lease, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local waitms, fair, channel = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7]
+local me = kind .. id
+
+local function bump()
+  local ok, n = pcall(redis.call, 'INCR', fence)
+  if ok then return n end
+  if kind == 'w' then redis.call('DEL', lock) else redis.call('ZREM', set, id) end
+  return redis.error_reply('WRONGTYPE the fencing counter ' .. fence .. ' is not an integer')
+end
+
+local holder = false
+if kind ~= 's' then holder = redis.call('GET', lock) end
+-- A command retried after a dropped connection finds its own grant.
+if kind == 'w' and holder == id then
+  redis.call('PEXPIRE', lock, lease)
+  return {1, bump()}
+end
+if kind ~= 'w' and redis.call('ZSCORE', set, id) then
+  return {1, bump()}
+end
+
+redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+local count = redis.call('ZCARD', set)
+local free
+if kind == 'w' then free = (not holder) and count == 0
+elseif kind == 'r' then free = not holder
+else free = count < max end
+
+local hint = -1
+local function soonest(ms) if ms > 0 and (hint < 0 or ms < hint) then hint = ms end end
+
+local turn = true
+if fair then
+  local head
+  for _ = 1, 16 do
+    head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not head then break end
+    local d = tonumber(redis.call('HGET', dl, head) or '0')
+    if d > now then break end
+    redis.call('ZREM', queue, head)
+    redis.call('HDEL', dl, head)
+    head = nil
+  end
+  if head and head ~= me then
+    local rank = redis.call('ZRANK', queue, me)
+    if kind == 'w' then
+      turn = false
+    elseif kind == 'r' then
+      -- Readers pass readers, never a writer that queued before them.
+      for _, m in ipairs(redis.call('ZRANGE', queue, 0, rank and rank - 1 or -1)) do
+        if string.sub(m, 1, 1) == 'w' then turn = false break end
+      end
+    else
+      turn = (rank or redis.call('ZCARD', queue)) < max - count
+    end
+    if not turn then soonest(tonumber(redis.call('HGET', dl, head) or '0') - now) end
+  end
+end
+
+if free and turn then
+  if kind == 'w' then
+    redis.call('SET', lock, id, 'PX', lease)
+  else
+    redis.call('ZADD', set, now + lease, id)
+    if redis.call('PTTL', set) < lease then redis.call('PEXPIRE', set, lease) end
+  end
+  if fair and redis.call('ZREM', queue, me) == 1 then
+    redis.call('HDEL', dl, me)
+    -- Others behind a reader or a permit may be able to go too.
+    if kind ~= 'w' and redis.call('ZCARD', queue) > 0 then redis.call('PUBLISH', channel, '*') end
+  end
+  return {1, bump()}
+end
+
+if holder then soonest(redis.call('PTTL', lock)) end
+if count > 0 and kind ~= 'r' then
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  if first[2] then soonest(tonumber(first[2]) - now) end
+end
+if fair and waitms > 0 then
+  if not redis.call('ZSCORE', queue, me) then
+    redis.call('ZADD', queue, redis.call('HINCRBY', dl, '#', 1), me)
+  end
+  redis.call('HSET', dl, me, now + waitms)
+  redis.call('PEXPIRE', queue, waitms * 2)
+  redis.call('PEXPIRE', dl, waitms * 2)
+end
+return {0, hint}
+";
+
+/// ARGV: kind, token, fair (1|0), channel, fence floor (0: none). Returns 1 if the token held
+/// the lock, else 0. Wakes the head waiter (or every waiter, when readers or permits may go).
+const RELEASE: &str = r"
+local lock, set, fence, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local kind, id, fair, channel, floor = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5])
+local released
+if kind == 'w' then
+  released = redis.call('GET', lock) == id
+  if released then redis.call('DEL', lock) end
+else
+  released = redis.call('ZREM', set, id) == 1
+end
+if not released then return 0 end
+if floor > 0 and tonumber(redis.call('GET', fence) or '0') < floor then redis.call('SET', fence, floor) end
+if fair then
+  local head = redis.call('ZRANGE', queue, 0, 0)[1]
+  if head then
+    if string.sub(head, 1, 1) == 'r' then head = '*' end
+    redis.call('PUBLISH', channel, head)
+  end
+else
+  redis.call('PUBLISH', channel, '*')
+end
+return 1
+";
+
+/// ARGV: kind, token, channel. A waiter that gives up leaves the queue; if it was at the head,
+/// the next waiter is woken.
+const LEAVE: &str = r"
+local queue, dl = KEYS[4], KEYS[5]
+local me = ARGV[1] .. ARGV[2]
+local head = redis.call('ZRANGE', queue, 0, 0)[1]
+if redis.call('ZREM', queue, me) == 0 then return 0 end
+redis.call('HDEL', dl, me)
+if head == me and redis.call('ZCARD', queue) > 0 then redis.call('PUBLISH', ARGV[3], '*') end
+return 1
+";
+
+/// KEYS: pairs (main or set key, fence key). ARGV: quads (kind, token, lease ms, fence floor).
+/// Returns one 1 (extended) or 0 (no longer ours) per pair.
+const RENEW: &str = r"
+local out = {}
+for i = 1, #KEYS / 2 do
+  local key, fence = KEYS[2 * i - 1], KEYS[2 * i]
+  local kind, id = ARGV[4 * i - 3], ARGV[4 * i - 2]
+  local lease, floor = tonumber(ARGV[4 * i - 1]), tonumber(ARGV[4 * i])
+  local ok = 0
+  if kind == 'w' then
+    local got, v = pcall(redis.call, 'GET', key)
+    if got and v == id then redis.call('PEXPIRE', key, lease) ok = 1 end
+  else
+    local got, s = pcall(redis.call, 'ZSCORE', key, id)
+    if got and s and tonumber(s) > now then
+      redis.call('ZADD', key, 'XX', now + lease, id)
+      if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+      ok = 1
+    elseif got and s then
+      redis.call('ZREM', key, id)
+    end
+  end
+  if ok == 1 and floor > 0 then
+    local got, f = pcall(redis.call, 'GET', fence)
+    if got and tonumber(f or '0') < floor then redis.call('SET', fence, floor) end
+  end
+  out[i] = ok
+end
+return out
+";
+
+/// The scripts, hashed once.
+#[derive(Debug)]
+pub struct Scripts {
+    pub acquire: Script,
+    pub release: Script,
+    pub leave: Script,
+    pub renew: Script,
+}
+
+impl Scripts {
+    pub fn get() -> &'static Scripts {
+        static S: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+        S.get_or_init(|| {
+            let with_clock = |body: &str| -> &'static str {
+                Box::leak(format!("{PRELUDE}{body}").into_boxed_str())
+            };
+            Scripts {
+                acquire: Script::new(with_clock(ACQUIRE)),
+                release: Script::new(RELEASE),
+                leave: Script::new(LEAVE),
+                renew: Script::new(with_clock(RENEW)),
+            }
+        })
+    }
+}

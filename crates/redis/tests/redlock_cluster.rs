@@ -1,0 +1,180 @@
+//! RedLock over independent servers and Redis Cluster, against real redis-server processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use distlock_core::{Backend, LockKind};
+use fred::prelude::*;
+use support::*;
+use tokio::time::Instant;
+
+fn urls(servers: &[RedisProc]) -> Vec<String> {
+    servers.iter().map(RedisProc::url).collect()
+}
+
+async fn holders(servers: &[RedisProc], key: &str) -> usize {
+    let mut n = 0;
+    for s in servers {
+        let c = raw(&s.url()).await;
+        let e: i64 = c.exists(key).await.unwrap();
+        n += e as usize;
+    }
+    n
+}
+
+#[tokio::test]
+async fn redlock_grants_on_a_quorum_and_survives_one_server_down() {
+    let mut servers: Vec<RedisProc> = (0..3).map(|_| RedisProc::start(&[])).collect();
+    let a = backend(&urls(&servers), |o| o.server_timeout(300.0).unwrap());
+    let b = backend(&urls(&servers), |o| o.server_timeout(300.0).unwrap());
+    let h = try_get(&a, "rl", LockKind::Mutex).await.unwrap();
+    assert_eq!(holders(&servers, "rl").await, 3);
+    assert!(try_get(&b, "rl", LockKind::Mutex).await.is_none());
+    let t1 = h.fencing_token();
+    h.release().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(holders(&servers, "rl").await, 0);
+
+    // One server hangs (SIGSTOP): acquires still succeed, without waiting for its timeout.
+    servers[2].pause();
+    let start = Instant::now();
+    let h = try_get(&b, "rl", LockKind::Mutex).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(250),
+        "waited for the hung server: {:?}",
+        start.elapsed()
+    );
+    assert!(h.fencing_token() > t1);
+    let start = Instant::now();
+    h.release().await.unwrap();
+    assert!(start.elapsed() < Duration::from_millis(250));
+    servers[2].resume();
+
+    // One server stopped for good.
+    servers[0].kill();
+    let h = get(&a, req("rl", LockKind::Mutex, Some(2_000.0)))
+        .await
+        .unwrap();
+    assert!(try_get(&b, "rl", LockKind::Mutex).await.is_none());
+    h.release().await.unwrap();
+
+    // A majority down: a backend error, not a timeout, and nothing left held.
+    servers[1].kill();
+    let err = a
+        .acquire(req("rl2", LockKind::Mutex, Some(1_000.0)))
+        .unwrap()
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "BACKEND", "{err}");
+    assert!(err.to_string().contains("no quorum of 2 of 3"), "{err}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        holders(&servers[2..], "rl2").await,
+        0,
+        "the partial grant was released"
+    );
+}
+
+#[tokio::test]
+async fn redlock_reader_writer_and_no_semaphore() {
+    let servers: Vec<RedisProc> = (0..3).map(|_| RedisProc::start(&[])).collect();
+    let a = backend(&urls(&servers), |o| o);
+    let b = backend(&urls(&servers), |o| o);
+    let r = try_get(&a, "rw", LockKind::Read).await.unwrap();
+    assert!(try_get(&b, "rw", LockKind::Read).await.is_some());
+    assert!(try_get(&b, "rw", LockKind::Write).await.is_none());
+    r.release().await.unwrap();
+    let err = a
+        .acquire(req("s", LockKind::Semaphore { max_count: 2 }, Some(0.0)))
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "INVALID_ARGUMENT");
+    assert!(err.to_string().contains("RedLock"), "{err}");
+}
+
+#[tokio::test]
+async fn redlock_waiters_wake_on_release() {
+    let servers: Vec<RedisProc> = (0..3).map(|_| RedisProc::start(&[])).collect();
+    let a = backend(&urls(&servers), |o| o);
+    let b = backend(&urls(&servers), |o| o);
+    let h = try_get(&a, "w", LockKind::Mutex).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let h = get(&b, req("w", LockKind::Mutex, Some(10_000.0))).await;
+        (h.is_some(), Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    h.release().await.unwrap();
+    let (ok, at) = waiter.await.unwrap();
+    assert!(ok);
+    assert!(
+        at - released < Duration::from_millis(500),
+        "{:?}",
+        at - released
+    );
+}
+
+#[tokio::test]
+async fn cluster_locks_span_slots_and_tokens_increase_per_name() {
+    let cluster = Cluster::start();
+    let a = backend(&[cluster.url()], |o| o.lease(1_000.0).unwrap());
+    let b = backend(&[cluster.url()], |o| o);
+    let mut last = Vec::new();
+    let names: Vec<String> = (0..30).map(|i| format!("c-{i}")).collect();
+    let mut held = Vec::new();
+    for n in &names {
+        let h = try_get(&a, n, LockKind::Mutex).await.unwrap();
+        last.push(h.fencing_token());
+        held.push(h);
+    }
+    let slots: std::collections::HashSet<u16> = names
+        .iter()
+        .map(|n| distlock_redis::keys::slot(n.as_bytes()) / 5462)
+        .collect();
+    assert_eq!(slots.len(), 3, "the names land on every master");
+    for n in &names {
+        assert!(try_get(&b, n, LockKind::Mutex).await.is_none());
+    }
+    // Renewals run per slot on the right master: still held after several leases.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(held.iter().all(|h| !h.lost().is_lost()));
+    for h in held {
+        h.release().await.unwrap();
+    }
+    for (n, t) in names.iter().zip(last) {
+        let h = try_get(&b, n, LockKind::Mutex).await.unwrap();
+        assert!(h.fencing_token() > t);
+        h.release().await.unwrap();
+    }
+    // Reader-writer locks and semaphores use several keys in one script: one slot.
+    for n in ["x}y", "{tag}a", "plain"] {
+        let r = try_get(&a, n, LockKind::Read).await.unwrap();
+        assert!(try_get(&b, n, LockKind::Write).await.is_none());
+        r.release().await.unwrap();
+        let s = try_get(&a, n, LockKind::Semaphore { max_count: 1 })
+            .await
+            .unwrap();
+        assert!(
+            try_get(&b, n, LockKind::Semaphore { max_count: 1 })
+                .await
+                .is_none()
+        );
+        s.release().await.unwrap();
+    }
+    // A waiter on a cluster is woken by the release.
+    let h = try_get(&a, "cw", LockKind::Mutex).await.unwrap();
+    let b2 = b.clone();
+    let waiter = tokio::spawn(async move {
+        get(&b2, req("cw", LockKind::Mutex, Some(10_000.0)))
+            .await
+            .is_some()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    h.release().await.unwrap();
+    assert!(waiter.await.unwrap());
+    assert!(released.elapsed() < Duration::from_millis(500));
+}
