@@ -839,5 +839,6 @@ module.exports.CancelToken = nativeBinding.CancelToken
 module.exports.NativeFileProvider = nativeBinding.NativeFileProvider
 module.exports.NativeHandle = nativeBinding.NativeHandle
 module.exports.NativePostgresProvider = nativeBinding.NativePostgresProvider
+module.exports.NativeRedisProvider = nativeBinding.NativeRedisProvider
 module.exports.validateMaxCount = nativeBinding.validateMaxCount
 module.exports.validateName = nativeBinding.validateName

@@ -54,6 +54,19 @@ export declare class NativePostgresProvider {
   close(): Promise<undefined>
 }
 
+/** The Redis provider: one server, a cluster, a Sentinel group, or RedLock over several servers. */
+export declare class NativeRedisProvider {
+  constructor(options: RedisOptions)
+  /** Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out. */
+  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null): NativeHandle | undefined | null | Promise<NativeHandle | undefined | null>
+  /** Locks held through this provider now. */
+  get heldCount(): number
+  /** Lease renewals sent so far, and the scripts (round trips per server) that carried them. */
+  get renewalStats(): Array<number>
+  get isClosed(): boolean
+  close(): Promise<undefined>
+}
+
 /** Options of the PostgreSQL provider, validated in TS for types and here for values. */
 export interface PostgresOptions {
   connectionString: string
@@ -61,6 +74,15 @@ export interface PostgresOptions {
   keepaliveMs?: number
   scope?: string
   fencingSequence?: string
+}
+
+/** Options of the Redis provider, validated in TS for types and here for values. */
+export interface RedisOptions {
+  urls: Array<string>
+  leaseMs?: number
+  extendEveryMs?: number
+  keyPrefix?: string
+  serverTimeoutMs?: number
 }
 
 /** Checks a semaphore's `maxCount` now, so `createSemaphore(name, 0)` throws at once. */

@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { join } from 'node:path'
-import { describe, expect, it } from 'vitest'
-import { FileLockProvider, PostgresLockProvider } from 'distlock'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { FileLockProvider, PostgresLockProvider, RedisLockProvider } from 'distlock'
 
 import { ROOT, eventually, tempDir } from './helpers'
 
@@ -179,6 +179,59 @@ describe('distlock run --postgres', () => {
       '--',
       'true',
     ])
+    expect(res.status).toBe(69)
+    expect(res.stderr).toContain('127.0.0.1:9')
+  })
+})
+
+describe('distlock run --redis', () => {
+  let urls: string[] = []
+  let services: typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+  beforeAll(async () => {
+    services = await import('../scripts/test-services.mjs')
+    urls = await Promise.all([0, 1, 2].map(async () => (await services.startRedis()).url))
+  })
+  afterAll(() => services.stopServices())
+
+  it('holds a RedLock lock over three servers while the command runs, then releases it', async () => {
+    const name = `cli-redis-${process.pid}-${Date.now()}`
+    await using p = new RedisLockProvider({ urls })
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'run',
+        '--redis',
+        ...urls,
+        name,
+        '--',
+        process.execPath,
+        '-e',
+        'console.log("in"); setTimeout(() => {}, 60000)',
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    let out = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    await eventually(() => out.includes('in'), 10_000)
+    expect(await p.createLock(name).tryAcquire()).toBeNull()
+    child.kill('SIGTERM')
+    await new Promise((r) => child.on('exit', r))
+    const h = await p.createLock(name).acquire({ timeoutMs: 5000 })
+    await h.release()
+  })
+
+  it('a malformed URL and a second backend are usage errors', () => {
+    const bad = cli(['run', 'x', '--redis', 'http://nope', '--', 'true'])
+    expect(bad.status).toBe(64)
+    expect(bad.stderr).toContain('urls [0] is not a valid Redis URL')
+    const both = cli(['run', 'x', '--redis', urls[0]!, '--file', tempDir('cli-both'), '--', 'true'])
+    expect(both.status).toBe(64)
+    expect(both.stderr).toContain('--file and --redis exclude each other')
+  })
+
+  it('an unreachable server fails with a backend error', () => {
+    const res = cli(['run', 'x', '--redis', 'redis://127.0.0.1:9', '--timeout', '1000', '--', 'true'])
     expect(res.status).toBe(69)
     expect(res.stderr).toContain('127.0.0.1:9')
   })

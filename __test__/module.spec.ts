@@ -55,6 +55,7 @@ describe('module formats', () => {
       'NativeFileProvider',
       'NativeHandle',
       'NativePostgresProvider',
+      'NativeRedisProvider',
       'validateMaxCount',
       'validateName',
     ])

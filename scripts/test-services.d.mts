@@ -8,3 +8,15 @@ export interface Cluster {
 export function startCluster(options?: { ssl?: boolean; password?: string }): Promise<Cluster | null>
 export function findPostgres(): Promise<{ url: string; how: string }>
 export function stopServices(): void
+export interface RedisServer {
+  url: string
+  port: number
+  pid: number
+  /** SIGSTOP: the server keeps its sockets and stops answering. */
+  pause(): void
+  resume(): void
+  stop(): void
+}
+export function redisServerBin(): string
+export function startRedis(args?: string[]): Promise<RedisServer>
+export function startRedisCluster(): Promise<{ url: string; nodes: RedisServer[]; stop(): void }>

@@ -1,7 +1,9 @@
 // Finds the servers the tests need, or starts private ones, or fails saying how to get them.
 // PostgreSQL: $DISTLOCK_TEST_PG_URL, else 127.0.0.1:5432 (user postgres), else a private cluster
 // (initdb + pg_ctl on a free loopback port in a temp dir, stopped by stopServices()).
-import { spawnSync } from 'node:child_process'
+// Redis: never a shared server; every test starts its own redis-server processes on free
+// loopback ports (startRedis, startRedisCluster) and stops them after.
+import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, connect } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -192,5 +194,100 @@ export function stopServices() {
     } catch {
       // best effort on the way out
     }
+  }
+}
+
+/** The redis-server binary ($DISTLOCK_REDIS_SERVER, else PATH), or an error saying how to get it. */
+export function redisServerBin() {
+  const bin = process.env.DISTLOCK_REDIS_SERVER || which('redis-server')
+  if (!bin) {
+    throw new Error(
+      'redis-server was not found. The Redis tests start their own servers: install Redis ' +
+        '(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set DISTLOCK_REDIS_SERVER to its path',
+    )
+  }
+  return bin
+}
+
+let exitHook = false
+
+async function waitFor(check, what, ms = 10_000) {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (await check()) return
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+  throw new Error(`${what} did not happen within ${ms} ms`)
+}
+
+/** A redis-server of its own on a free loopback port; extra `args` as on its command line. */
+export async function startRedis(args = []) {
+  const bin = redisServerBin()
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), 'distlock-redis-'))
+  const child = spawn(
+    bin,
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...args],
+    { stdio: 'ignore' },
+  )
+  let exited = false
+  child.on('exit', () => (exited = true))
+  const stop = () => {
+    if (!exited) {
+      try {
+        process.kill(child.pid, 'SIGCONT')
+      } catch {}
+      child.kill('SIGKILL')
+    }
+    rmSync(dir, { recursive: true, force: true })
+  }
+  stops.push(stop)
+  if (!exitHook) {
+    // Also when a test worker ends without its afterAll: no redis-server outlives the run.
+    exitHook = true
+    process.once('exit', stopServices)
+  }
+  await waitFor(
+    async () => exited || (await reachable('127.0.0.1', port, 200)),
+    `redis-server on port ${port} starting`,
+  )
+  if (exited) throw new Error(`redis-server (${bin}) exited at start on port ${port}`)
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    pid: child.pid,
+    pause: () => process.kill(child.pid, 'SIGSTOP'),
+    resume: () => process.kill(child.pid, 'SIGCONT'),
+    stop,
+  }
+}
+
+/** A Redis Cluster of three masters on loopback (needs redis-cli, which comes with Redis). */
+export async function startRedisCluster() {
+  const nodes = []
+  for (let i = 0; i < 3; i++)
+    nodes.push(await startRedis(['--cluster-enabled', 'yes', '--cluster-node-timeout', '5000']))
+  const cli = which('redis-cli')
+  if (!cli) throw new Error('redis-cli was not found; it comes with Redis (Debian: apt-get install redis-tools)')
+  const res = spawnSync(
+    cli,
+    ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'],
+    { encoding: 'utf8', timeout: 30_000 },
+  )
+  if (res.status !== 0) throw new Error(`redis-cli --cluster create failed: ${res.stdout}${res.stderr}`)
+  for (const n of nodes) {
+    await waitFor(
+      () =>
+        spawnSync(cli, ['-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' }).stdout.includes(
+          'cluster_state:ok',
+        ),
+      'the cluster becoming ready',
+    )
+  }
+  const [first, ...rest] = nodes
+  return {
+    url: `redis-cluster://127.0.0.1:${first.port}?${rest.map((n) => `node=127.0.0.1:${n.port}`).join('&')}`,
+    nodes,
+    stop: () => nodes.forEach((n) => n.stop()),
   }
 }

@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync, readdirSync } from 'node:fs'
 
-import { findPostgres, stopServices } from './test-services.mjs'
+import { findPostgres, redisServerBin, stopServices } from './test-services.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 
@@ -31,6 +31,8 @@ try {
   const pg = await findPostgres()
   process.env.DISTLOCK_TEST_PG_URL = pg.url
   console.log(`distlock test: PostgreSQL: ${pg.how} (${pg.url})`)
+  process.env.DISTLOCK_REDIS_SERVER = redisServerBin()
+  console.log(`distlock test: Redis: private redis-server processes from ${process.env.DISTLOCK_REDIS_SERVER}`)
 } catch (err) {
   console.error(`distlock test: ${err.message}`)
   stopServices()

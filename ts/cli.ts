@@ -7,7 +7,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 
 import { LockBackendError, LockTimeoutError } from './errors'
-import { FileLockProvider, PostgresLockProvider, type LockProvider } from './providers'
+import { FileLockProvider, PostgresLockProvider, RedisLockProvider, type LockProvider } from './providers'
 
 /** Exit code when `--timeout` runs out before the lock is granted (EX_TEMPFAIL). */
 export const EXIT_TIMEOUT = 75
@@ -30,6 +30,10 @@ Options:
                     default dir: ${path.join(os.tmpdir(), 'distlock')})
   --postgres <url>  lock with a PostgreSQL advisory lock on the server at <url>
                     (postgres://user:password@host:5432/db?sslmode=verify-full)
+  --redis <url>...  lock with Redis: one URL is a server (redis://host:6379,
+                    rediss:// for TLS), a cluster (redis-cluster://…) or a
+                    Sentinel group (redis-sentinel://…); several URLs (or a
+                    repeated --redis) are independent servers for RedLock
   --timeout <ms>    give up after <ms> milliseconds (default: wait forever);
                     exits with code ${EXIT_TIMEOUT} on timeout
   -h, --help        show this help
@@ -44,6 +48,7 @@ interface RunArgs {
   name: string
   directory: string | undefined
   postgres: string | undefined
+  redis: string[]
   timeoutMs: number | undefined
   command: string[]
 }
@@ -58,6 +63,7 @@ function parse(argv: string[]): RunArgs | 'help' {
   let name: string | undefined
   let directory: string | undefined
   let postgres: string | undefined
+  const redis: string[] = []
   let timeoutMs: number | undefined
   for (let i = 0; i < opts.length; i++) {
     const arg = opts[i]
@@ -69,7 +75,11 @@ function parse(argv: string[]): RunArgs | 'help' {
     if (arg === '-h' || arg === '--help') return 'help'
     else if (arg === '--file') directory = value()
     else if (arg === '--postgres') postgres = value()
-    else if (arg === '--timeout') {
+    else if (arg === '--redis') {
+      redis.push(value())
+      // More URLs may follow: anything with a scheme, up to the next option or the name.
+      while (opts[i + 1]?.includes('://')) redis.push(opts[++i]!)
+    } else if (arg === '--timeout') {
       const raw = value()
       timeoutMs = Number(raw)
       if (raw.trim() === '' || !Number.isFinite(timeoutMs) || timeoutMs < 0) {
@@ -80,10 +90,15 @@ function parse(argv: string[]): RunArgs | 'help' {
     else throw new UsageError(`unexpected argument ${JSON.stringify(arg)}; put the command after --`)
   }
   if (name === undefined || name === '') throw new UsageError('missing the lock <name>')
-  if (directory !== undefined && postgres !== undefined)
-    throw new UsageError('--file and --postgres exclude each other')
+  const backends = [
+    directory !== undefined && '--file',
+    postgres !== undefined && '--postgres',
+    redis.length > 0 && '--redis',
+  ]
+  const chosen = backends.filter(Boolean)
+  if (chosen.length > 1) throw new UsageError(`${chosen.join(' and ')} exclude each other`)
   if (command.length === 0) throw new UsageError('missing the command: distlock run <name> -- <command> [args...]')
-  return { name, directory, postgres, timeoutMs, command }
+  return { name, directory, postgres, redis, timeoutMs, command }
 }
 
 function say(message: string): void {
@@ -107,9 +122,11 @@ export async function main(argv: string[]): Promise<number> {
   let provider: LockProvider
   try {
     provider =
-      args.postgres === undefined
-        ? new FileLockProvider(args.directory === undefined ? {} : { directory: args.directory })
-        : new PostgresLockProvider({ connectionString: args.postgres })
+      args.postgres !== undefined
+        ? new PostgresLockProvider({ connectionString: args.postgres })
+        : args.redis.length > 0
+          ? new RedisLockProvider({ urls: args.redis })
+          : new FileLockProvider(args.directory === undefined ? {} : { directory: args.directory })
   } catch (err) {
     say((err as Error).message)
     return EXIT_USAGE

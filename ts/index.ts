@@ -20,7 +20,9 @@ export {
 export {
   FileLockProvider,
   PostgresLockProvider,
+  RedisLockProvider,
   type FileLockProviderOptions,
   type LockProvider,
   type PostgresLockProviderOptions,
+  type RedisLockProviderOptions,
 } from './providers'

@@ -176,3 +176,79 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
   }
   return { connectionString, maxConnections, keepaliveMs, scope, fencingSequence }
 }
+
+/** Options of {@link RedisLockProvider}. */
+export interface RedisLockProviderOptions {
+  /**
+   * The servers, as URLs. One URL is one deployment: a server (`redis://[user:password@]host:port/db`,
+   * `rediss://` for TLS), a cluster (`redis-cluster://host:port?node=host2:port2&node=…`) or a
+   * Sentinel group (`redis-sentinel://host:26379/0?sentinelServiceName=mymaster&node=…`).
+   * Several URLs are independent servers for RedLock: a lock needs a majority of them.
+   */
+  urls: string | readonly string[]
+  /** How long a lock lives on the server unless renewed, in ms (≥ 100; default 30 000). */
+  leaseMs?: number
+  /** How often held leases are renewed, in ms (default a third of `leaseMs`). */
+  extendEveryMs?: number
+  /** Prepended to every key (default `''`, which keeps keys identical to the `redlock` package's). */
+  keyPrefix?: string
+  /** How long one server may take to answer one command, in ms (default 1 000). */
+  serverTimeoutMs?: number
+}
+
+/**
+ * Locks on Redis: leases renewed in the background, waiters woken by the release (pub/sub) in
+ * arrival order, fencing tokens from a per-name counter, and a mutex layout compatible with the
+ * `redlock` npm package.
+ */
+export class RedisLockProvider extends BaseProvider {
+  readonly #native: InstanceType<typeof native.NativeRedisProvider>
+
+  constructor(options: RedisLockProviderOptions) {
+    let nativeProvider
+    try {
+      nativeProvider = new native.NativeRedisProvider(redisOptions(options))
+    } catch (err) {
+      throw toLockError(err)
+    }
+    super(nativeProvider, 'redis')
+    this.#native = nativeProvider
+  }
+
+  /** Locks held through this provider now. */
+  get heldCount(): number {
+    return this.#native.heldCount
+  }
+
+  /** Lease renewals sent so far, and the scripts (round trips per server) that carried them. */
+  get renewalStats(): { renewals: number; scripts: number } {
+    const [renewals = 0, scripts = 0] = this.#native.renewalStats
+    return { renewals, scripts }
+  }
+}
+
+function redisOptions(options: RedisLockProviderOptions) {
+  if (options === null || typeof options !== 'object') {
+    throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+  }
+  const { urls, leaseMs, extendEveryMs, keyPrefix, serverTimeoutMs } = options
+  const list = typeof urls === 'string' ? [urls] : urls
+  if (!Array.isArray(list) || list.some((u) => typeof u !== 'string')) {
+    throw invalidArgType(
+      `The "options.urls" property must be a string or an array of strings. Received ${typeName(urls)}`,
+    )
+  }
+  for (const [key, value] of [
+    ['leaseMs', leaseMs],
+    ['extendEveryMs', extendEveryMs],
+    ['serverTimeoutMs', serverTimeoutMs],
+  ] as const) {
+    if (value !== undefined && typeof value !== 'number') {
+      throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
+    }
+  }
+  if (keyPrefix !== undefined && typeof keyPrefix !== 'string') {
+    throw invalidArgType(`The "options.keyPrefix" property must be of type string. Received ${typeName(keyPrefix)}`)
+  }
+  return { urls: [...list] as string[], leaseMs, extendEveryMs, keyPrefix, serverTimeoutMs }
+}

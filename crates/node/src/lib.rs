@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind, Timeout};
 use distlock_file::FileBackend;
 use distlock_postgres::{PgOptions, PostgresBackend, Scope};
+use distlock_redis::{RedisBackend, RedisOptions as RedisConfig};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
@@ -337,6 +338,99 @@ impl NativePostgresProvider {
     #[napi(getter)]
     pub fn connections(&self) -> u32 {
         u32::try_from(self.postgres.connections()).unwrap_or(u32::MAX)
+    }
+
+    #[napi(getter)]
+    pub fn is_closed(&self) -> bool {
+        self.backend.is_closed()
+    }
+
+    #[napi]
+    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        let closing = self.backend.close();
+        env.spawn_future(async move { closing.await.map_err(to_js) })
+    }
+}
+
+/// Options of the Redis provider, validated in TS for types and here for values.
+#[napi(object)]
+pub struct RedisOptions {
+    pub urls: Vec<String>,
+    pub lease_ms: Option<f64>,
+    pub extend_every_ms: Option<f64>,
+    pub key_prefix: Option<String>,
+    pub server_timeout_ms: Option<f64>,
+}
+
+/// The Redis provider: one server, a cluster, a Sentinel group, or RedLock over several servers.
+#[napi]
+pub struct NativeRedisProvider {
+    backend: Arc<dyn Backend>,
+    redis: RedisBackend,
+}
+
+#[napi]
+impl NativeRedisProvider {
+    #[napi(constructor)]
+    pub fn new(options: RedisOptions) -> Result<Self> {
+        let build = || -> distlock_core::Result<RedisBackend> {
+            let mut opts = RedisConfig::parse(&options.urls)?;
+            if let Some(ms) = options.lease_ms {
+                opts = opts.lease(ms)?;
+            }
+            if let Some(ms) = options.extend_every_ms {
+                opts = opts.extend_every(ms)?;
+            }
+            if let Some(prefix) = &options.key_prefix {
+                opts = opts.key_prefix(prefix.as_str());
+            }
+            if let Some(ms) = options.server_timeout_ms {
+                opts = opts.server_timeout(ms)?;
+            }
+            RedisBackend::new(opts)
+        };
+        let redis = build().map_err(to_js)?;
+        Ok(Self {
+            backend: Arc::new(redis.clone()),
+            redis,
+        })
+    }
+
+    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out.
+    #[napi]
+    pub fn acquire<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+        kind: String,
+        max_count: Option<f64>,
+        timeout_ms: Option<f64>,
+        cancel: Option<&CancelToken>,
+    ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
+        acquire_on(
+            env,
+            &self.backend,
+            name,
+            kind,
+            max_count,
+            timeout_ms,
+            cancel,
+        )
+    }
+
+    /// Locks held through this provider now.
+    #[napi(getter)]
+    pub fn held_count(&self) -> u32 {
+        u32::try_from(self.redis.held_count()).unwrap_or(u32::MAX)
+    }
+
+    /// Lease renewals sent so far, and the scripts (round trips per server) that carried them.
+    #[napi(getter)]
+    pub fn renewal_stats(&self) -> Vec<f64> {
+        vec![
+            self.redis.renewals_sent() as f64,
+            self.redis.renewal_batches() as f64,
+        ]
     }
 
     #[napi(getter)]

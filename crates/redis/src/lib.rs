@@ -284,7 +284,6 @@ impl Backend for RedisBackend {
             }
         };
         let ticket = entry.queue.enqueue(weight);
-        let _ = inner.runtime.get_or_init(tokio::runtime::Handle::current);
         let op = Op {
             keys: Arc::new(op_keys),
             side,
@@ -649,6 +648,8 @@ impl Inner {
         ticket: Ticket,
     ) -> Held {
         let uid = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Runs inside the runtime: remembered for releases from `Drop` on other threads.
+        let _ = self.runtime.get_or_init(tokio::runtime::Handle::current);
         let lease_state = Arc::new(Lease::new(lease - drift(lease), sent));
         let lost = LostSignal::new();
         // On RedLock the counters of the servers differ; carrying the token to every server on
