@@ -836,9 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.CancelToken = nativeBinding.CancelToken
-module.exports.NativeFileProvider = nativeBinding.NativeFileProvider
 module.exports.NativeHandle = nativeBinding.NativeHandle
-module.exports.NativePostgresProvider = nativeBinding.NativePostgresProvider
-module.exports.NativeRedisProvider = nativeBinding.NativeRedisProvider
+module.exports.NativeProvider = nativeBinding.NativeProvider
 module.exports.validateMaxCount = nativeBinding.validateMaxCount
 module.exports.validateName = nativeBinding.validateName

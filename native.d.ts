@@ -16,55 +16,61 @@ export declare class CancelToken {
   cancel(): void
 }
 
-/** The file-lock provider. */
-export declare class NativeFileProvider {
-  constructor(directory: string)
-  /**
-   * Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; a Promise of
-   * that when the answer is not known at once.
-   */
-  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null): NativeHandle | undefined | null | Promise<NativeHandle | undefined | null>
-  get isClosed(): boolean
-  close(): Promise<undefined>
-}
-
 /** A held lock. Dropping it (garbage collection) releases the lock. */
 export declare class NativeHandle {
   /** The fencing token of this grant. */
   get fencingToken(): bigint
   /** Whether the lock has been released (by `release`, or by the provider on close). */
   get isReleased(): boolean
+  /** Why the lock was lost, if it was (`null` while it is held or after a normal release). */
+  get lostReason(): string | null
   /**
    * Calls `callback(reason)` once if the lock is lost while held. The callback does not keep
    * the process alive.
    */
   onLost(callback: (arg: string) => void): void
+  /** Extends the lease to `ms` from now (backends with leases; a no-op for the others). */
+  extend(ms: number): Promise<undefined>
   /** Releases the lock; idempotent. Returns a Promise only when the backend must wait. */
   release(): undefined | Promise<undefined>
 }
 
-/** The PostgreSQL advisory-lock provider. */
-export declare class NativePostgresProvider {
-  constructor(options: PostgresOptions)
-  /** Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out. */
-  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null): NativeHandle | undefined | null | Promise<NativeHandle | undefined | null>
-  /** Server connections open now. */
-  get connections(): number
+/** A lock provider on one backend; the factories pick which. */
+export declare class NativeProvider {
+  /** OS file locks in `directory`. */
+  static file(directory: string): NativeProvider
+  /** PostgreSQL advisory locks. */
+  static postgres(options: PostgresOptions): NativeProvider
+  /** Redis: one server, a cluster, a Sentinel group, or RedLock over several servers. */
+  static redis(options: RedisOptions): NativeProvider
+  /** Locks inside this process, for tests. */
+  static memory(): NativeProvider
+  /**
+   * Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; a Promise of
+   * that when the answer is not known at once.
+   */
+  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null, leaseMs?: number | undefined | null): NativeHandle | undefined | null | Promise<NativeHandle | undefined | null>
+  /** A snapshot of the lock's state. */
+  inspect(name: string, kind: string, maxCount?: number | undefined | null): Promise<NativeLockInfo>
+  /** Server connections open now (PostgreSQL). */
+  get connections(): number | null
+  /** Locks held through this provider now (Redis). */
+  get heldCount(): number | null
+  /**
+   * Lease renewals sent so far, and the scripts (round trips per server) that carried them
+   * (Redis).
+   */
+  get renewalStats(): Array<number> | null
   get isClosed(): boolean
   close(): Promise<undefined>
 }
 
-/** The Redis provider: one server, a cluster, a Sentinel group, or RedLock over several servers. */
-export declare class NativeRedisProvider {
-  constructor(options: RedisOptions)
-  /** Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out. */
-  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null): NativeHandle | undefined | null | Promise<NativeHandle | undefined | null>
-  /** Locks held through this provider now. */
-  get heldCount(): number
-  /** Lease renewals sent so far, and the scripts (round trips per server) that carried them. */
-  get renewalStats(): Array<number>
-  get isClosed(): boolean
-  close(): Promise<undefined>
+/** What `getInfo` reports (see `distlock_core::LockInfo`). */
+export interface NativeLockInfo {
+  held: boolean
+  holders?: number
+  leaseRemainingMs?: number
+  fencingToken?: bigint
 }
 
 /** Options of the PostgreSQL provider, validated in TS for types and here for values. */

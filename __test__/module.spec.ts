@@ -52,10 +52,8 @@ describe('module formats', () => {
     const keys = Object.keys(raw).filter((k) => !k.startsWith('__'))
     expect(keys.toSorted()).toEqual([
       'CancelToken',
-      'NativeFileProvider',
       'NativeHandle',
-      'NativePostgresProvider',
-      'NativeRedisProvider',
+      'NativeProvider',
       'validateMaxCount',
       'validateName',
     ])

@@ -170,7 +170,6 @@ const services = await import('../scripts/test-services.mjs')
 const one = [(await services.startRedis()).url]
 const three = await Promise.all([0, 1, 2].map(async () => (await services.startRedis()).url))
 const urlsOf = (c) => (c.group === 'one' ? one : three)
-const port = Number(new URL(one[0]).port)
 
 const cases = CASES.filter((c) => !ONLY || ONLY.includes(c.id))
 const results = []
@@ -217,13 +216,12 @@ function redisBenchmark(args) {
 const floorServer = await services.startRedis()
 let floor = null
 try {
-  const set = redisBenchmark(['SET', 'floor', 'v', 'PX', '30000'])
-  const del = redisBenchmark(['EVAL', RELEASE_LUA, '1', 'floor', 'v'])
+  const set = redisBenchmark(floorServer.port, ['SET', 'floor', 'v', 'PX', '30000'])
+  const del = redisBenchmark(floorServer.port, ['EVAL', RELEASE_LUA, '1', 'floor', 'v'])
   if (set && del) floor = { setPerSec: set, releasePerSec: del, cyclesPerSec: 1 / (1 / set + 1 / del) }
 } finally {
   services.stopServices()
 }
-void floorServer
 
 const version = spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).stdout.trim()
 console.log(`\n${version}\nNode ${process.version}, ${REPS} reps × ${RUN_S} s, medians\n`)

@@ -3,21 +3,33 @@
  * message starting with a stable `CODE: `; {@link toLockError} turns it into one of these.
  */
 
+/**
+ * The three outcomes callers of keyed lock APIs branch on: the key is held and no waiting was
+ * allowed, waiting ran out, or the backend failed (everything else: lost, closed, aborted).
+ */
+export type LockErrorKind = 'already_locked' | 'timeout' | 'backend_error'
+
 /** Base class of every lock error; `code` is stable and safe to branch on. */
 export class LockError extends Error {
   /** Stable machine-readable code, e.g. `ERR_LOCK_TIMEOUT`. */
   readonly code: string
+  /** The coarse category of {@link LockErrorKind}; `code` is the precise one. */
+  readonly kind: LockErrorKind
 
-  constructor(message: string, code: string, options?: ErrorOptions) {
+  constructor(message: string, code: string, options?: ErrorOptions & { kind?: LockErrorKind }) {
     super(message, options)
     this.name = new.target.name
     this.code = code
+    this.kind = options?.kind ?? (code === 'ERR_LOCK_TIMEOUT' ? 'timeout' : 'backend_error')
   }
 }
 
-/** An `acquire` ran out of its `timeoutMs` because the lock stayed busy. */
+/**
+ * An `acquire` ran out of its `timeoutMs` because the lock stayed busy. `kind` is `'timeout'`,
+ * or `'already_locked'` when no waiting was allowed (a keyed lock with no retry budget).
+ */
 export class LockTimeoutError extends LockError {
-  constructor(message: string, options?: ErrorOptions) {
+  constructor(message: string, options?: ErrorOptions & { kind?: 'already_locked' | 'timeout' }) {
     super(message, 'ERR_LOCK_TIMEOUT', options)
   }
 }

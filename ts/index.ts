@@ -8,7 +8,15 @@
  * ```
  * @packageDocumentation
  */
-export { AbortError, LockBackendError, LockClosedError, LockError, LockLostError, LockTimeoutError } from './errors'
+export {
+  AbortError,
+  LockBackendError,
+  LockClosedError,
+  LockError,
+  LockLostError,
+  LockTimeoutError,
+  type LockErrorKind,
+} from './errors'
 export {
   DistributedLock,
   DistributedReaderWriterLock,
@@ -16,9 +24,11 @@ export {
   LockHandle,
   type AcquireOptions,
   type LockedFn,
+  type LockInfo,
 } from './locks'
 export {
   FileLockProvider,
+  MemoryLockProvider,
   PostgresLockProvider,
   RedisLockProvider,
   type FileLockProviderOptions,
@@ -26,3 +36,12 @@ export {
   type PostgresLockProviderOptions,
   type RedisLockProviderOptions,
 } from './providers'
+export {
+  FileDistributedLock,
+  LockGuard,
+  MemoryDistributedLock,
+  PostgresDistributedLock,
+  RedisDistributedLock,
+  type KeyedAcquireOptions,
+  type LockConfig,
+} from './keyed'

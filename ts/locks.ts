@@ -14,6 +14,26 @@ export interface AcquireOptions {
   timeoutMs?: number
   /** Cancels the wait: the call rejects with {@link AbortError} and nothing stays held. */
   signal?: AbortSignal
+  /**
+   * The lease of this grant, in ms (≥ 100), instead of the provider's `leaseMs`. Only backends
+   * whose locks expire (Redis) use it; the others ignore it.
+   */
+  leaseMs?: number
+}
+
+/** A snapshot of a lock's state from {@link DistributedLock.getInfo} and friends. */
+export interface LockInfo {
+  /**
+   * Whether an acquire would have to wait now: the lock is held (for a reader-writer lock, by a
+   * reader or the writer); for a semaphore, every permit is taken.
+   */
+  held: boolean
+  /** How many hold it, where the backend can count them (file locks cannot count readers). */
+  holders: number | null
+  /** The longest remaining lease of a holder, in ms (Redis); `null` where locks have no lease. */
+  leaseRemainingMs: number | null
+  /** The last fencing token granted for the name, where the backend keeps one per name. */
+  fencingToken: bigint | null
 }
 
 /** What a provider gives its lock objects: the native side and the names used in messages. */
@@ -65,16 +85,21 @@ function checkOptions(options: unknown): AcquireOptions {
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
-  const { timeoutMs, signal } = options as AcquireOptions
-  if (timeoutMs !== undefined && typeof timeoutMs !== 'number') {
-    throw invalidArgType(`The "options.timeoutMs" property must be of type number. Received ${typeName(timeoutMs)}`)
+  const { timeoutMs, signal, leaseMs } = options as AcquireOptions
+  for (const [key, value] of [
+    ['timeoutMs', timeoutMs],
+    ['leaseMs', leaseMs],
+  ] as const) {
+    if (value !== undefined && typeof value !== 'number') {
+      throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
+    }
   }
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw invalidArgType(
       `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
     )
   }
-  return { timeoutMs, signal }
+  return { timeoutMs, signal, leaseMs }
 }
 
 /**
@@ -104,8 +129,12 @@ export class LockHandle implements AsyncDisposable {
       const controller = new AbortController()
       this.#controller = controller
       const what = this.#what
+      const lost = (reason: string) => controller.abort(new LockLostError(`${what} was lost: ${reason}`))
+      const already = this.#native.lostReason
+      // Already lost: abort now, so `signal.aborted` is true the moment it is read.
+      if (already != null) lost(already)
       // The callback holds the controller, not the handle, so garbage collection still works.
-      this.#native.onLost((reason) => controller.abort(new LockLostError(`${what} was lost: ${reason}`)))
+      else this.#native.onLost(lost)
     }
     return this.#controller.signal
   }
@@ -121,6 +150,22 @@ export class LockHandle implements AsyncDisposable {
   /** Whether the lock has been released. */
   get isReleased(): boolean {
     return this.#native.isReleased
+  }
+
+  /**
+   * Sets the lease to `ms` from now (≥ 100), and uses that length for later renewals. Locks
+   * without a lease (file, PostgreSQL, memory) cannot expire while held: for them it only
+   * checks `ms` and resolves. Rejects with {@link LockLostError} if the lock is already lost.
+   */
+  async extend(ms: number): Promise<void> {
+    if (typeof ms !== 'number') {
+      throw invalidArgType(`The "ms" argument must be of type number. Received ${typeName(ms)}`)
+    }
+    try {
+      await this.#native.extend(ms)
+    } catch (err) {
+      throw toLockError(err)
+    }
   }
 
   /** Releases the lock. Idempotent; never throws because the lock was already lost. */
@@ -146,7 +191,7 @@ async function acquire(
   options: unknown,
   tryOnly: boolean,
 ): Promise<LockHandle | null> {
-  const { timeoutMs = tryOnly ? 0 : undefined, signal } = checkOptions(options)
+  const { timeoutMs = tryOnly ? 0 : undefined, signal, leaseMs } = checkOptions(options)
   const what = describe(source, kind, name)
   if (signal?.aborted) throw new AbortError(`The wait for ${what} was aborted`, { cause: signal.reason })
   source.assertOpen()
@@ -159,7 +204,7 @@ async function acquire(
     signal.addEventListener('abort', onAbort, { once: true })
   }
   try {
-    const handle = await source.native.acquire(name, kind, maxCount, timeoutMs, cancel)
+    const handle = await source.native.acquire(name, kind, maxCount, timeoutMs, cancel, leaseMs)
     if (handle) return new LockHandle(handle, name, what)
     if (tryOnly) return null
     throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what}`)
@@ -205,6 +250,22 @@ abstract class NamedLock {
   protected tryAcquireAs(kind: Kind, options: unknown, maxCount?: number): Promise<LockHandle | null> {
     return acquire(this.#source, this.name, kind, maxCount, options, true)
   }
+
+  /** @internal */
+  protected async inspectAs(kind: Kind, maxCount?: number): Promise<LockInfo> {
+    this.#source.assertOpen()
+    try {
+      const info = await this.#source.native.inspect(this.name, kind, maxCount)
+      return {
+        held: info.held,
+        holders: info.holders ?? null,
+        leaseRemainingMs: info.leaseRemainingMs ?? null,
+        fencingToken: info.fencingToken ?? null,
+      }
+    } catch (err) {
+      throw toLockError(err)
+    }
+  }
 }
 
 /** A function run while a lock is held; its result is passed through. */
@@ -225,6 +286,16 @@ export class DistributedLock extends NamedLock {
   /** Runs `fn` while holding the lock and releases it afterwards, also when `fn` throws. */
   withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
     return runLocked(fn, () => this.acquire(options))
+  }
+
+  /** Whether the lock is held now, by anyone (a snapshot, for monitoring). */
+  async isLocked(): Promise<boolean> {
+    return (await this.getInfo()).held
+  }
+
+  /** A snapshot of the lock's state: held?, holders, remaining lease, last fencing token. */
+  getInfo(): Promise<LockInfo> {
+    return this.inspectAs('mutex')
   }
 }
 
@@ -258,6 +329,16 @@ export class DistributedReaderWriterLock extends NamedLock {
   /** Runs `fn` holding the write lock. */
   withWriteLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
     return runLocked(fn, () => this.acquireWrite(options))
+  }
+
+  /** Whether the lock is held now, by a reader or the writer (a snapshot, for monitoring). */
+  async isLocked(): Promise<boolean> {
+    return (await this.getInfo()).held
+  }
+
+  /** A snapshot of the lock's state: held?, holders, remaining lease, last fencing token. */
+  getInfo(): Promise<LockInfo> {
+    return this.inspectAs('write')
   }
 }
 
@@ -293,6 +374,16 @@ export class DistributedSemaphore extends NamedLock {
   /** Runs `fn` holding a permit. */
   withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
     return runLocked(fn, () => this.acquire(options))
+  }
+
+  /** Whether every permit is taken now (a snapshot, for monitoring). */
+  async isLocked(): Promise<boolean> {
+    return (await this.getInfo()).held
+  }
+
+  /** A snapshot: held (no permit free), holders, remaining lease, last fencing token. */
+  getInfo(): Promise<LockInfo> {
+    return this.inspectAs('semaphore', this.maxCount)
   }
 }
 

@@ -8,15 +8,5 @@ export default binding
 export type NativeHandle = Native.NativeHandle
 export type CancelToken = Native.CancelToken
 
-/** What every native provider class offers. */
-export interface NativeProvider {
-  acquire(
-    name: string,
-    kind: string,
-    maxCount?: number | null,
-    timeoutMs?: number | null,
-    cancel?: Native.CancelToken | null,
-  ): Native.NativeHandle | undefined | null | Promise<Native.NativeHandle | undefined | null>
-  readonly isClosed: boolean
-  close(): Promise<unknown>
-}
+export type NativeProvider = Native.NativeProvider
+export type NativeLockInfo = Native.NativeLockInfo

@@ -84,7 +84,7 @@ export class FileLockProvider extends BaseProvider {
 
   constructor(options: FileLockProviderOptions = {}) {
     const directory = fileDirectory(options)
-    super(new native.NativeFileProvider(directory), 'file')
+    super(native.NativeProvider.file(directory), 'file')
     this.directory = directory
   }
 }
@@ -139,7 +139,7 @@ export class PostgresLockProvider extends BaseProvider {
   constructor(options: PostgresLockProviderOptions) {
     let nativeProvider
     try {
-      nativeProvider = new native.NativePostgresProvider(postgresOptions(options))
+      nativeProvider = native.NativeProvider.postgres(postgresOptions(options))
     } catch (err) {
       throw toLockError(err)
     }
@@ -202,12 +202,12 @@ export interface RedisLockProviderOptions {
  * `redlock` npm package.
  */
 export class RedisLockProvider extends BaseProvider {
-  readonly #native: InstanceType<typeof native.NativeRedisProvider>
+  readonly #native: NativeProvider
 
   constructor(options: RedisLockProviderOptions) {
     let nativeProvider
     try {
-      nativeProvider = new native.NativeRedisProvider(redisOptions(options))
+      nativeProvider = native.NativeProvider.redis(redisOptions(options))
     } catch (err) {
       throw toLockError(err)
     }
@@ -217,12 +217,12 @@ export class RedisLockProvider extends BaseProvider {
 
   /** Locks held through this provider now. */
   get heldCount(): number {
-    return this.#native.heldCount
+    return this.#native.heldCount ?? 0
   }
 
   /** Lease renewals sent so far, and the scripts (round trips per server) that carried them. */
   get renewalStats(): { renewals: number; scripts: number } {
-    const [renewals = 0, scripts = 0] = this.#native.renewalStats
+    const [renewals = 0, scripts = 0] = this.#native.renewalStats ?? []
     return { renewals, scripts }
   }
 }
@@ -251,4 +251,16 @@ function redisOptions(options: RedisLockProviderOptions) {
     throw invalidArgType(`The "options.keyPrefix" property must be of type string. Received ${typeName(keyPrefix)}`)
   }
   return { urls: [...list] as string[], leaseMs, extendEveryMs, keyPrefix, serverTimeoutMs }
+}
+
+/**
+ * Locks inside this process only, with the same interface, semantics and errors as the other
+ * providers (FIFO waiting, reader-writer locks with writer preference, semaphores, fencing
+ * tokens, timeouts, `AbortSignal`, `close()`): for unit tests that should not need a server.
+ * Locks have no lease and are lost only when the provider is closed.
+ */
+export class MemoryLockProvider extends BaseProvider {
+  constructor() {
+    super(native.NativeProvider.memory(), 'memory')
+  }
 }

@@ -79,6 +79,26 @@ pub trait HeldLock: Send + Sync + 'static {
     fn is_released(&self) -> bool;
     /// Releases the lock. Never fails because the lock was already lost or released.
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>>;
+    /// Extends the lease to `lease` from now, for backends whose locks expire. A lock without a
+    /// lease (file, PostgreSQL, memory) cannot expire while held, so the default does nothing.
+    fn extend(self: Arc<Self>, lease: Duration) -> BoxFuture<'static, Result<()>> {
+        let _ = lease;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A snapshot of a lock's state, for monitoring: it may be stale by the time it is read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockInfo {
+    /// Whether an acquire would have to wait: the lock (or, for a reader-writer lock, either
+    /// side) is held; for a semaphore, every permit is taken.
+    pub held: bool,
+    /// How many holders there are, where the backend can count them.
+    pub holders: Option<u32>,
+    /// The longest remaining lease among the holders, for backends with leases.
+    pub lease_remaining: Option<Duration>,
+    /// The last fencing token granted for the name, where the backend keeps one per name.
+    pub fencing_token: Option<u64>,
 }
 
 /// A held lock behind a shared pointer.
@@ -94,6 +114,9 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Validates the request and joins the queue now; the returned future does the waiting.
     fn acquire(&self, request: AcquireRequest) -> Result<Acquiring>;
+    /// Looks at the lock of `name` (`kind` picks the lock family or the semaphore) without
+    /// acquiring it.
+    fn inspect(&self, name: &str, kind: LockKind) -> BoxFuture<'static, Result<LockInfo>>;
     /// Whether `close` has been called.
     fn is_closed(&self) -> bool;
     /// Rejects pending waits, releases every held lock (their lost signals fire) and frees

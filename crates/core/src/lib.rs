@@ -10,16 +10,18 @@ pub mod backend;
 pub mod error;
 pub mod lease;
 pub mod lost;
+pub mod memory;
 pub mod options;
 pub mod queue;
 
 pub use backend::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, Held, HeldLock, Interrupted, LockKind, Waited,
-    race,
+    AcquireRequest, Acquiring, Backend, BoxFuture, Held, HeldLock, Interrupted, LockInfo, LockKind,
+    Waited, race,
 };
 pub use error::{Error, Result, Target};
 pub use lease::Lease;
 pub use lost::LostSignal;
+pub use memory::MemoryBackend;
 pub use options::{Timeout, validate_max_count, validate_name};
 pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
 pub use tokio_util::sync::CancellationToken;

@@ -111,6 +111,20 @@ pub fn positive_ms(argument: &'static str, ms: f64, max: f64) -> Result<Duration
     Ok(Duration::from_millis(ms as u64))
 }
 
+/// The shortest lease accepted (`leaseMs`): below it a renewal cannot reliably land in time.
+pub const MIN_LEASE_MS: f64 = 100.0;
+
+/// Parses a lease in milliseconds: a whole number from [`MIN_LEASE_MS`] to [`MAX_TIMEOUT_MS`].
+pub fn lease_ms(ms: f64) -> Result<Duration> {
+    if ms.is_finite() && ms > 0.0 && ms < MIN_LEASE_MS {
+        return Err(Error::invalid(
+            "leaseMs",
+            format!("must be at least {MIN_LEASE_MS} ms so renewals can land in time, got {ms}"),
+        ));
+    }
+    positive_ms("leaseMs", ms, MAX_TIMEOUT_MS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -229,6 +229,12 @@ impl<K: Hash + Eq + Clone, T> Registry<K, T> {
         entry
     }
 
+    /// The entry for `key` if someone holds or waits on it now.
+    pub fn get(&self, key: &K) -> Option<Arc<Entry<T>>> {
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).and_then(Weak::upgrade)
+    }
+
     /// Keys with a live entry (for tests and inspection).
     pub fn live(&self) -> usize {
         let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());

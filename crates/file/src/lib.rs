@@ -25,7 +25,7 @@ use std::time::Duration;
 use distlock_core::queue::Entry;
 use distlock_core::{
     AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock,
-    Interrupted, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket, race,
+    Interrupted, LockInfo, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket, race,
     validate_name,
 };
 use tokio::sync::Notify;
@@ -175,6 +175,57 @@ impl Backend for FileBackend {
                 }))
             }
         }
+    }
+
+    fn inspect(&self, name: &str, kind: LockKind) -> BoxFuture<'static, Result<LockInfo>> {
+        let (inner, name) = (self.inner.clone(), name.to_owned());
+        Box::pin(async move {
+            validate_name(&name)?;
+            let stem = file_stem(&name);
+            // A probe on a file of its own: flock conflicts with this process's locks too.
+            let probe = |path: PathBuf| -> Result<Option<(bool, u64)>> {
+                let file = match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::io(BACKEND, &path, e)),
+                };
+                let free = os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))?;
+                let token = os::read_counter(&file).map_err(io_at(&path))?;
+                Ok(Some((!free, token)))
+            };
+            match kind {
+                LockKind::Semaphore { max_count } => {
+                    let mut busy = 0u32;
+                    for slot in 0..max_count {
+                        if let Some((true, _)) = probe(inner.dir.join(format!("{stem}.sem{slot}")))?
+                        {
+                            busy += 1;
+                        }
+                    }
+                    let token = probe(inner.dir.join(format!("{stem}.semtoken")))?.map(|p| p.1);
+                    Ok(LockInfo {
+                        held: busy >= max_count,
+                        holders: Some(busy),
+                        lease_remaining: None,
+                        fencing_token: token.filter(|&t| t > 0),
+                    })
+                }
+                _ => {
+                    let found = probe(inner.dir.join(format!("{stem}.lock")))?;
+                    Ok(LockInfo {
+                        held: found.is_some_and(|f| f.0),
+                        // Readers share one OS lock per process: the OS cannot count them.
+                        holders: None,
+                        lease_remaining: None,
+                        fencing_token: found.map(|f| f.1).filter(|&t| t > 0),
+                    })
+                }
+            }
+        })
     }
 
     fn is_closed(&self) -> bool {

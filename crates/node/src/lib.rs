@@ -5,7 +5,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind, Timeout};
+use distlock_core::{
+    AcquireRequest, Backend, CancellationToken, Held, LockKind, MemoryBackend, Timeout,
+};
 use distlock_file::FileBackend;
 use distlock_postgres::{PgOptions, PostgresBackend, Scope};
 use distlock_redis::{RedisBackend, RedisOptions as RedisConfig};
@@ -52,29 +54,6 @@ where
         Poll::Ready(value) => value.map(Either::A),
         Poll::Pending => env.spawn_future(fut).map(Either::B),
     }
-}
-
-/// The shared acquire of every provider class: validate, queue (synchronously), then wait.
-fn acquire_on<'env>(
-    env: &'env Env,
-    backend: &Arc<dyn Backend>,
-    name: String,
-    kind: String,
-    max_count: Option<f64>,
-    timeout_ms: Option<f64>,
-    cancel: Option<&CancelToken>,
-) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
-    let request = AcquireRequest {
-        name,
-        kind: lock_kind(&kind, max_count).map_err(to_js)?,
-        timeout: Timeout::from_ms(timeout_ms).map_err(to_js)?,
-        cancel: cancel.map(|c| c.token.clone()),
-        lease: None,
-    };
-    let waiting = backend.acquire(request).map_err(to_js)?;
-    now_or_spawn(env, async move {
-        Ok(waiting.await.map_err(to_js)?.map(NativeHandle::new))
-    })
 }
 
 /// Checks a lock name now, so `createLock('')` throws at once rather than at acquire.
@@ -161,6 +140,13 @@ impl NativeHandle {
         self.current().is_none_or(|h| h.is_released())
     }
 
+    /// Why the lock was lost, if it was (`null` while it is held or after a normal release).
+    #[napi(getter)]
+    pub fn lost_reason(&self) -> Option<String> {
+        self.current()
+            .and_then(|h| h.lost().reason().map(str::to_owned))
+    }
+
     /// Calls `callback(reason)` once if the lock is lost while held. The callback does not keep
     /// the process alive.
     #[napi]
@@ -185,6 +171,22 @@ impl NativeHandle {
         Ok(())
     }
 
+    /// Extends the lease to `ms` from now (backends with leases; a no-op for the others).
+    #[napi]
+    pub fn extend<'env>(&self, env: &'env Env, ms: f64) -> Result<PromiseRaw<'env, ()>> {
+        let lease = distlock_core::options::lease_ms(ms).map_err(to_js)?;
+        let held = self.current();
+        env.spawn_future(async move {
+            match held {
+                Some(h) => h.extend(lease).await.map_err(to_js),
+                None => Err(to_js(distlock_core::Error::invalid(
+                    "handle",
+                    "was released; a released lock cannot be extended",
+                ))),
+            }
+        })
+    }
+
     /// Releases the lock; idempotent. Returns a Promise only when the backend must wait.
     #[napi]
     pub fn release<'env>(&self, env: &'env Env) -> Result<Either<(), PromiseRaw<'env, ()>>> {
@@ -205,56 +207,6 @@ impl Drop for NativeHandle {
     }
 }
 
-/// The file-lock provider.
-#[napi]
-pub struct NativeFileProvider {
-    backend: Arc<dyn Backend>,
-}
-
-#[napi]
-impl NativeFileProvider {
-    #[napi(constructor)]
-    pub fn new(directory: String) -> Self {
-        Self {
-            backend: Arc::new(FileBackend::new(directory)),
-        }
-    }
-
-    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; a Promise of
-    /// that when the answer is not known at once.
-    #[napi]
-    pub fn acquire<'env>(
-        &self,
-        env: &'env Env,
-        name: String,
-        kind: String,
-        max_count: Option<f64>,
-        timeout_ms: Option<f64>,
-        cancel: Option<&CancelToken>,
-    ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
-        acquire_on(
-            env,
-            &self.backend,
-            name,
-            kind,
-            max_count,
-            timeout_ms,
-            cancel,
-        )
-    }
-
-    #[napi(getter)]
-    pub fn is_closed(&self) -> bool {
-        self.backend.is_closed()
-    }
-
-    #[napi]
-    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
-        let closing = self.backend.close();
-        env.spawn_future(async move { closing.await.map_err(to_js) })
-    }
-}
-
 /// Options of the PostgreSQL provider, validated in TS for types and here for values.
 #[napi(object)]
 pub struct PostgresOptions {
@@ -263,93 +215,6 @@ pub struct PostgresOptions {
     pub keepalive_ms: Option<f64>,
     pub scope: Option<String>,
     pub fencing_sequence: Option<String>,
-}
-
-/// The PostgreSQL advisory-lock provider.
-#[napi]
-pub struct NativePostgresProvider {
-    backend: Arc<dyn Backend>,
-    postgres: PostgresBackend,
-}
-
-#[napi]
-impl NativePostgresProvider {
-    #[napi(constructor)]
-    pub fn new(options: PostgresOptions) -> Result<Self> {
-        let build = || -> distlock_core::Result<PostgresBackend> {
-            let mut opts = PgOptions::parse(&options.connection_string)?;
-            if let Some(n) = options.max_connections {
-                opts = opts.max_connections(n)?;
-            }
-            if let Some(ms) = options.keepalive_ms {
-                opts = opts.keepalive(distlock_core::options::positive_ms(
-                    "keepaliveMs",
-                    ms,
-                    3_600_000.0,
-                )?);
-            }
-            if let Some(scope) = options.scope.as_deref() {
-                opts = opts.scope(match scope {
-                    "session" => Scope::Session,
-                    "transaction" => Scope::Transaction,
-                    other => {
-                        return Err(distlock_core::Error::invalid(
-                            "scope",
-                            format!("must be 'session' or 'transaction', got {other:?}"),
-                        ));
-                    }
-                });
-            }
-            if let Some(seq) = options.fencing_sequence.as_deref() {
-                opts = opts.fencing_sequence(seq)?;
-            }
-            PostgresBackend::new(opts)
-        };
-        let postgres = build().map_err(to_js)?;
-        Ok(Self {
-            backend: Arc::new(postgres.clone()),
-            postgres,
-        })
-    }
-
-    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out.
-    #[napi]
-    pub fn acquire<'env>(
-        &self,
-        env: &'env Env,
-        name: String,
-        kind: String,
-        max_count: Option<f64>,
-        timeout_ms: Option<f64>,
-        cancel: Option<&CancelToken>,
-    ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
-        acquire_on(
-            env,
-            &self.backend,
-            name,
-            kind,
-            max_count,
-            timeout_ms,
-            cancel,
-        )
-    }
-
-    /// Server connections open now.
-    #[napi(getter)]
-    pub fn connections(&self) -> u32 {
-        u32::try_from(self.postgres.connections()).unwrap_or(u32::MAX)
-    }
-
-    #[napi(getter)]
-    pub fn is_closed(&self) -> bool {
-        self.backend.is_closed()
-    }
-
-    #[napi]
-    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
-        let closing = self.backend.close();
-        env.spawn_future(async move { closing.await.map_err(to_js) })
-    }
 }
 
 /// Options of the Redis provider, validated in TS for types and here for values.
@@ -362,42 +227,118 @@ pub struct RedisOptions {
     pub server_timeout_ms: Option<f64>,
 }
 
-/// The Redis provider: one server, a cluster, a Sentinel group, or RedLock over several servers.
+/// What `getInfo` reports (see `distlock_core::LockInfo`).
+#[napi(object)]
+pub struct NativeLockInfo {
+    pub held: bool,
+    pub holders: Option<u32>,
+    pub lease_remaining_ms: Option<f64>,
+    pub fencing_token: Option<BigInt>,
+}
+
+fn postgres_backend(options: PostgresOptions) -> distlock_core::Result<PostgresBackend> {
+    let mut opts = PgOptions::parse(&options.connection_string)?;
+    if let Some(n) = options.max_connections {
+        opts = opts.max_connections(n)?;
+    }
+    if let Some(ms) = options.keepalive_ms {
+        opts = opts.keepalive(distlock_core::options::positive_ms(
+            "keepaliveMs",
+            ms,
+            3_600_000.0,
+        )?);
+    }
+    if let Some(scope) = options.scope.as_deref() {
+        opts = opts.scope(match scope {
+            "session" => Scope::Session,
+            "transaction" => Scope::Transaction,
+            other => {
+                return Err(distlock_core::Error::invalid(
+                    "scope",
+                    format!("must be 'session' or 'transaction', got {other:?}"),
+                ));
+            }
+        });
+    }
+    if let Some(seq) = options.fencing_sequence.as_deref() {
+        opts = opts.fencing_sequence(seq)?;
+    }
+    PostgresBackend::new(opts)
+}
+
+fn redis_backend(options: RedisOptions) -> distlock_core::Result<RedisBackend> {
+    let mut opts = RedisConfig::parse(&options.urls)?;
+    if let Some(ms) = options.lease_ms {
+        opts = opts.lease(ms)?;
+    }
+    if let Some(ms) = options.extend_every_ms {
+        opts = opts.extend_every(ms)?;
+    }
+    if let Some(prefix) = &options.key_prefix {
+        opts = opts.key_prefix(prefix.as_str());
+    }
+    if let Some(ms) = options.server_timeout_ms {
+        opts = opts.server_timeout(ms)?;
+    }
+    RedisBackend::new(opts)
+}
+
+/// A lock provider on one backend; the factories pick which.
 #[napi]
-pub struct NativeRedisProvider {
+pub struct NativeProvider {
     backend: Arc<dyn Backend>,
-    redis: RedisBackend,
+    postgres: Option<PostgresBackend>,
+    redis: Option<RedisBackend>,
 }
 
 #[napi]
-impl NativeRedisProvider {
-    #[napi(constructor)]
-    pub fn new(options: RedisOptions) -> Result<Self> {
-        let build = || -> distlock_core::Result<RedisBackend> {
-            let mut opts = RedisConfig::parse(&options.urls)?;
-            if let Some(ms) = options.lease_ms {
-                opts = opts.lease(ms)?;
-            }
-            if let Some(ms) = options.extend_every_ms {
-                opts = opts.extend_every(ms)?;
-            }
-            if let Some(prefix) = &options.key_prefix {
-                opts = opts.key_prefix(prefix.as_str());
-            }
-            if let Some(ms) = options.server_timeout_ms {
-                opts = opts.server_timeout(ms)?;
-            }
-            RedisBackend::new(opts)
-        };
-        let redis = build().map_err(to_js)?;
+impl NativeProvider {
+    /// OS file locks in `directory`.
+    #[napi(factory)]
+    pub fn file(directory: String) -> Self {
+        Self {
+            backend: Arc::new(FileBackend::new(directory)),
+            postgres: None,
+            redis: None,
+        }
+    }
+
+    /// PostgreSQL advisory locks.
+    #[napi(factory)]
+    pub fn postgres(options: PostgresOptions) -> Result<Self> {
+        let pg = postgres_backend(options).map_err(to_js)?;
         Ok(Self {
-            backend: Arc::new(redis.clone()),
-            redis,
+            backend: Arc::new(pg.clone()),
+            postgres: Some(pg),
+            redis: None,
         })
     }
 
-    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out.
+    /// Redis: one server, a cluster, a Sentinel group, or RedLock over several servers.
+    #[napi(factory)]
+    pub fn redis(options: RedisOptions) -> Result<Self> {
+        let redis = redis_backend(options).map_err(to_js)?;
+        Ok(Self {
+            backend: Arc::new(redis.clone()),
+            postgres: None,
+            redis: Some(redis),
+        })
+    }
+
+    /// Locks inside this process, for tests.
+    #[napi(factory)]
+    pub fn memory() -> Self {
+        Self {
+            backend: Arc::new(MemoryBackend::new()),
+            postgres: None,
+            redis: None,
+        }
+    }
+
+    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; a Promise of
+    /// that when the answer is not known at once.
     #[napi]
+    #[allow(clippy::too_many_arguments)]
     pub fn acquire<'env>(
         &self,
         env: &'env Env,
@@ -406,31 +347,66 @@ impl NativeRedisProvider {
         max_count: Option<f64>,
         timeout_ms: Option<f64>,
         cancel: Option<&CancelToken>,
+        lease_ms: Option<f64>,
     ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
-        acquire_on(
-            env,
-            &self.backend,
+        let request = AcquireRequest {
             name,
-            kind,
-            max_count,
-            timeout_ms,
-            cancel,
-        )
+            kind: lock_kind(&kind, max_count).map_err(to_js)?,
+            timeout: Timeout::from_ms(timeout_ms).map_err(to_js)?,
+            cancel: cancel.map(|c| c.token.clone()),
+            lease: lease(lease_ms).map_err(to_js)?,
+        };
+        let waiting = self.backend.acquire(request).map_err(to_js)?;
+        now_or_spawn(env, async move {
+            Ok(waiting.await.map_err(to_js)?.map(NativeHandle::new))
+        })
     }
 
-    /// Locks held through this provider now.
-    #[napi(getter)]
-    pub fn held_count(&self) -> u32 {
-        u32::try_from(self.redis.held_count()).unwrap_or(u32::MAX)
+    /// A snapshot of the lock's state.
+    #[napi]
+    pub fn inspect<'env>(
+        &self,
+        env: &'env Env,
+        name: String,
+        kind: String,
+        max_count: Option<f64>,
+    ) -> Result<PromiseRaw<'env, NativeLockInfo>> {
+        let kind = lock_kind(&kind, max_count).map_err(to_js)?;
+        let looking = self.backend.inspect(&name, kind);
+        env.spawn_future(async move {
+            let info = looking.await.map_err(to_js)?;
+            Ok(NativeLockInfo {
+                held: info.held,
+                holders: info.holders,
+                lease_remaining_ms: info.lease_remaining.map(|d| d.as_millis() as f64),
+                fencing_token: info.fencing_token.map(BigInt::from),
+            })
+        })
     }
 
-    /// Lease renewals sent so far, and the scripts (round trips per server) that carried them.
+    /// Server connections open now (PostgreSQL).
     #[napi(getter)]
-    pub fn renewal_stats(&self) -> Vec<f64> {
-        vec![
-            self.redis.renewals_sent() as f64,
-            self.redis.renewal_batches() as f64,
-        ]
+    pub fn connections(&self) -> Option<u32> {
+        self.postgres
+            .as_ref()
+            .map(|p| u32::try_from(p.connections()).unwrap_or(u32::MAX))
+    }
+
+    /// Locks held through this provider now (Redis).
+    #[napi(getter)]
+    pub fn held_count(&self) -> Option<u32> {
+        self.redis
+            .as_ref()
+            .map(|r| u32::try_from(r.held_count()).unwrap_or(u32::MAX))
+    }
+
+    /// Lease renewals sent so far, and the scripts (round trips per server) that carried them
+    /// (Redis).
+    #[napi(getter)]
+    pub fn renewal_stats(&self) -> Option<Vec<f64>> {
+        self.redis
+            .as_ref()
+            .map(|r| vec![r.renewals_sent() as f64, r.renewal_batches() as f64])
     }
 
     #[napi(getter)]
@@ -443,6 +419,11 @@ impl NativeRedisProvider {
         let closing = self.backend.close();
         env.spawn_future(async move { closing.await.map_err(to_js) })
     }
+}
+
+/// Parses an optional per-acquire `leaseMs` (backends without leases ignore it).
+fn lease(ms: Option<f64>) -> distlock_core::Result<Option<std::time::Duration>> {
+    ms.map(distlock_core::options::lease_ms).transpose()
 }
 
 /// The runtime every backend runs on: one worker thread by default. distlock's work is waiting

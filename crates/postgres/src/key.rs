@@ -47,6 +47,16 @@ impl AdvisoryKey {
     pub fn sql_args(self) -> String {
         self.to_string()
     }
+
+    /// How `pg_locks` shows this key: `(classid, objid, objsubid)`, the ids as unsigned 32-bit
+    /// numbers (a bigint key is split into its high and low halves, `objsubid` 1; a pair keeps
+    /// its two halves, `objsubid` 2).
+    pub fn pg_locks_columns(self) -> (u32, u32, u8) {
+        match self {
+            AdvisoryKey::Bigint(k) => ((k >> 32) as u32, k as u32, 1),
+            AdvisoryKey::Pair(a, b) => (a as u32, b as u32, 2),
+        }
+    }
 }
 
 impl fmt::Display for AdvisoryKey {

@@ -26,7 +26,8 @@ use std::time::Duration;
 use distlock_core::queue::Entry;
 use distlock_core::{
     AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock,
-    Interrupted, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket, Timeout, race,
+    Interrupted, LockInfo, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket,
+    Timeout, race,
 };
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
@@ -201,6 +202,65 @@ impl Backend for PostgresBackend {
                 }))
             }
         }
+    }
+
+    fn inspect(&self, name: &str, kind: LockKind) -> BoxFuture<'static, Result<LockInfo>> {
+        let (inner, name) = (self.inner.clone(), name.to_owned());
+        Box::pin(async move {
+            distlock_core::validate_name(&name)?;
+            let (keys, max) = match kind {
+                LockKind::Semaphore { max_count } => (
+                    (0..max_count)
+                        .map(|i| AdvisoryKey::Bigint(semaphore_key(&name, i)))
+                        .collect(),
+                    Some(max_count),
+                ),
+                _ => (vec![AdvisoryKey::from_name(&name)], None),
+            };
+            let wanted = keys
+                .iter()
+                .map(|k| {
+                    let (class, obj, sub) = k.pg_locks_columns();
+                    format!(
+                        "(classid::bigint = {class} AND objid::bigint = {obj} AND objsubid = {sub})"
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = format!(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 AND ({wanted})"
+            );
+            let usage = inner.attempt_usage();
+            let s = inner.pool.session(usage).await?;
+            let rows = s.query(&sql).await;
+            if usage == Use::Busy {
+                s.unbusy();
+            }
+            let rows = rows.map_err(|e| Error::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "inspecting {name:?} on {}: {}",
+                    inner.pool.opts.server(),
+                    describe(&e)
+                ),
+            })?;
+            let holders: u32 = rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Ok(LockInfo {
+                held: max.map_or(holders > 0, |m| holders >= m),
+                // pg_locks shows sessions, and one session may hold a shared lock for several
+                // readers: only permits (one key each) can be counted.
+                holders: max.map(|_| holders),
+                lease_remaining: None,
+                // Tokens come from one sequence for every name: no per-name token to report.
+                fencing_token: None,
+            })
+        })
     }
 
     fn is_closed(&self) -> bool {

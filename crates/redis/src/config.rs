@@ -7,8 +7,7 @@ use distlock_core::options::positive_ms;
 use distlock_core::{Error, Result};
 use fred::prelude::{Config, ServerConfig};
 
-/// The shortest lease accepted: below it a renewal cannot reliably land before the deadline.
-pub const MIN_LEASE_MS: f64 = 100.0;
+pub use distlock_core::options::MIN_LEASE_MS;
 const MAX_MS: f64 = 2_147_483_647.0;
 
 /// Validated options of a [`crate::RedisBackend`].
@@ -171,15 +170,7 @@ impl RedisOptions {
 
     /// How long a lock lives on the server unless renewed (`leaseMs`, at least 100).
     pub fn lease(mut self, ms: f64) -> Result<Self> {
-        if ms.is_finite() && ms < MIN_LEASE_MS && ms > 0.0 {
-            return Err(Error::invalid(
-                "leaseMs",
-                format!(
-                    "must be at least {MIN_LEASE_MS} ms so renewals can land in time, got {ms}"
-                ),
-            ));
-        }
-        self.lease = positive_ms("leaseMs", ms, MAX_MS)?;
+        self.lease = distlock_core::options::lease_ms(ms)?;
         Ok(self)
     }
 

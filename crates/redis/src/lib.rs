@@ -34,7 +34,7 @@ use std::time::Duration;
 use distlock_core::queue::Entry;
 use distlock_core::{
     AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock, Lease,
-    LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket, Timeout, race,
+    LockInfo, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket, Timeout, race,
 };
 use fred::types::{Key, Value};
 use tokio::sync::mpsc;
@@ -228,16 +228,8 @@ impl Backend for RedisBackend {
                 detail: format!("; cannot acquire {}", req.target(BACKEND)),
             });
         }
-        if let Some(lease) = req.lease
-            && lease < Duration::from_millis(MIN_LEASE_MS as u64)
-        {
-            return Err(Error::invalid(
-                "leaseMs",
-                format!(
-                    "must be at least {MIN_LEASE_MS} ms, got {}",
-                    lease.as_millis()
-                ),
-            ));
+        if let Some(lease) = req.lease {
+            distlock_core::options::lease_ms(lease.as_millis() as f64)?;
         }
         let prefix = &inner.opts.key_prefix;
         let (op_keys, side, entry, weight, max) = match req.kind {
@@ -292,6 +284,51 @@ impl Backend for RedisBackend {
         Ok(Box::pin(async move {
             inner.acquire(req, op, max, entry, ticket).await
         }))
+    }
+
+    fn inspect(&self, name: &str, kind: LockKind) -> BoxFuture<'static, Result<LockInfo>> {
+        let (inner, name) = (self.inner.clone(), name.to_owned());
+        Box::pin(async move {
+            distlock_core::validate_name(&name)?;
+            let prefix = &inner.opts.key_prefix;
+            let (keys, side, max) = match kind {
+                LockKind::Semaphore { max_count } => {
+                    (Keys::semaphore(prefix, &name), Side::S, Some(max_count))
+                }
+                _ => (Keys::lock(prefix, &name), Side::W, None),
+            };
+            let op = Op {
+                keys: Arc::new(keys),
+                side,
+                id: Arc::from(""),
+            };
+            // The first server that answers (on RedLock: a snapshot of one server's view).
+            let mut errors = Vec::new();
+            for s in &inner.servers {
+                let args = vec![Value::from(side.code())];
+                match s.eval(&Scripts::get().inspect, op.keys(), args).await {
+                    Ok(Value::Array(v)) if v.len() == 3 => {
+                        let n = |i: usize| v[i].as_i64().unwrap_or(0);
+                        let holders = u32::try_from(n(0)).unwrap_or(0);
+                        return Ok(LockInfo {
+                            held: max.map_or(holders > 0, |m| holders >= m),
+                            holders: Some(holders),
+                            lease_remaining: u64::try_from(n(1))
+                                .ok()
+                                .filter(|_| holders > 0)
+                                .map(Duration::from_millis),
+                            fencing_token: u64::try_from(n(2)).ok().filter(|&t| t > 0),
+                        });
+                    }
+                    Ok(v) => errors.push(format!("{}: unexpected reply {v:?}", s.label)),
+                    Err(e) => errors.push(describe(&s.label, s.command_timeout(), &e)),
+                }
+            }
+            Err(Error::Backend {
+                backend: BACKEND,
+                message: format!("inspecting {name:?}: {}", errors.join("; ")),
+            })
+        })
     }
 
     fn is_closed(&self) -> bool {
@@ -677,7 +714,6 @@ impl Inner {
                 lease: lease_state,
                 lost,
                 floor,
-                target: held.target.clone(),
                 due: sent + self.opts.renew_period(),
                 in_flight: false,
             },
@@ -747,6 +783,45 @@ impl RedisHeld {
     }
 }
 
+impl RedisHeld {
+    /// Sets the lease to `lease` from now on every server, and uses it for later renewals.
+    async fn extend_now(&self, lease: Duration) -> Result<()> {
+        distlock_core::options::lease_ms(lease.as_millis() as f64)?;
+        let lost = |reason: String| Error::Lost {
+            target: distlock_core::Target::new(BACKEND, "lock", self.target.clone()),
+            reason,
+        };
+        if self.is_released() {
+            return Err(lost(String::from("it was released")));
+        }
+        if let Some(reason) = self.lost.reason() {
+            return Err(lost(reason.to_owned()));
+        }
+        let sent = Instant::now();
+        match self.inner.renew_one(&self.op, ms(lease), self.floor).await {
+            Some(true) => {
+                self.lease.set_length(lease - drift(lease));
+                self.lease.renewed(sent);
+                self.inner.renewals.set_lease(self.uid, ms(lease));
+                Ok(())
+            }
+            Some(false) => {
+                let reason = String::from("an extend found its key gone or owned by someone else");
+                self.lost.fire(reason.clone());
+                Err(lost(reason))
+            }
+            None => Err(Error::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "extending {}: no quorum of servers answered; the lease ends within {} ms unless a renewal succeeds",
+                    self.target,
+                    self.lease.remaining(Instant::now()).as_millis()
+                ),
+            }),
+        }
+    }
+}
+
 impl HeldLock for RedisHeld {
     fn fencing_token(&self) -> u64 {
         self.fence
@@ -762,6 +837,10 @@ impl HeldLock for RedisHeld {
 
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move { self.release_now().await })
+    }
+
+    fn extend(self: Arc<Self>, lease: Duration) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { self.extend_now(lease).await })
     }
 }
 

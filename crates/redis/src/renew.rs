@@ -26,7 +26,6 @@ pub struct Tracked {
     pub lease: Arc<Lease>,
     pub lost: LostSignal,
     pub floor: u64,
-    pub target: String,
     /// When the next renewal should be sent.
     pub due: Instant,
     pub in_flight: bool,
@@ -72,6 +71,13 @@ impl Renewals {
         }
     }
 
+    /// A manual extend changed the lease length renewals use.
+    pub fn set_lease(&self, uid: u64, lease_ms: i64) {
+        if let Some(t) = lock(&self.locks).get_mut(&uid) {
+            t.lease_ms = lease_ms;
+        }
+    }
+
     pub fn untrack(&self, uid: u64) {
         lock(&self.locks).remove(&uid);
     }
@@ -107,10 +113,9 @@ async fn run(inner: Weak<Inner>) {
                 }
                 let deadline = t.lease.deadline();
                 if now >= deadline {
-                    t.lost.fire(format!(
-                        "its lease ran out at the local deadline without a successful renewal ({})",
-                        t.target
-                    ));
+                    t.lost.fire(
+                        "its lease ran out at the local deadline without a successful renewal",
+                    );
                     gone.push(*uid);
                     continue;
                 }
@@ -166,11 +171,28 @@ fn chunks(inner: &Inner, batch: Vec<(u64, Op, i64, u64)>) -> Vec<Vec<(u64, Op, i
     out
 }
 
-async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
-    let sent = Instant::now();
+impl Inner {
+    /// Renews one lock now: `Some(true)` renewed on a quorum, `Some(false)` gone, `None` unknown.
+    pub(crate) async fn renew_one(
+        self: &Arc<Self>,
+        op: &Op,
+        lease_ms: i64,
+        floor: u64,
+    ) -> Option<bool> {
+        let outcome = vote(self, &[(0, op.clone(), lease_ms, floor)]).await;
+        match outcome.first() {
+            Some(Outcome::Renewed) => Some(true),
+            Some(Outcome::Gone) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one renewal script for `chunk` on every server and counts the votes per lease.
+async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> Vec<Outcome> {
     let mut keys: Vec<Key> = Vec::with_capacity(chunk.len() * 2);
     let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
-    for (_, op, lease_ms, floor) in &chunk {
+    for (_, op, lease_ms, floor) in chunk {
         keys.push(Key::from(op.grant_key()));
         keys.push(Key::from(op.keys.fence.as_str()));
         args.push(Value::from(op.side.code()));
@@ -179,10 +201,6 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
         args.push(Value::from(i64::try_from(*floor).unwrap_or(i64::MAX)));
     }
     let script = &Scripts::get().renew;
-    inner
-        .renewals
-        .sent
-        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     let answers = futures_join(inner.servers.iter().map(|s| {
         let (s, keys, args) = (s.clone(), keys.clone(), args.clone());
         inner.renewals.batches.fetch_add(1, Ordering::Relaxed);
@@ -208,6 +226,16 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
             Outcome::Unknown
         });
     }
+    outcomes
+}
+
+async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
+    let sent = Instant::now();
+    inner
+        .renewals
+        .sent
+        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    let outcomes = vote(&inner, &chunk).await;
     let period = inner.opts.renew_period();
     let now = Instant::now();
     let mut soonest: Option<Instant> = None;
@@ -226,8 +254,7 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
             Outcome::Gone => {
                 let side = if t.op.side == Side::W { "key" } else { "entry" };
                 t.lost.fire(format!(
-                    "a renewal found its {side} gone or owned by someone else ({})",
-                    t.target
+                    "a renewal found its {side} gone or owned by someone else"
                 ));
                 locks.remove(uid);
             }

@@ -194,6 +194,22 @@ end
 return out
 ";
 
+/// ARGV: kind. Returns `{holders, longest remaining lease ms (-1: none), last fence}`.
+const INSPECT: &str = r"
+local lock, set, fence = KEYS[1], KEYS[2], KEYS[3]
+redis.call('ZREMRANGEBYSCORE', set, '-inf', now)
+local holders, left = redis.call('ZCARD', set), -1
+if holders > 0 then left = tonumber(redis.call('ZRANGE', set, -1, -1, 'WITHSCORES')[2]) - now end
+if ARGV[1] ~= 's' then
+  local p = redis.call('PTTL', lock)
+  if p ~= -2 then
+    holders = holders + 1
+    if p > left then left = p end
+  end
+end
+return {holders, left, tonumber(redis.call('GET', fence) or '0')}
+";
+
 /// The scripts, hashed once.
 #[derive(Debug)]
 pub struct Scripts {
@@ -201,6 +217,7 @@ pub struct Scripts {
     pub release: Script,
     pub leave: Script,
     pub renew: Script,
+    pub inspect: Script,
 }
 
 impl Scripts {
@@ -215,6 +232,7 @@ impl Scripts {
                 release: Script::new(RELEASE),
                 leave: Script::new(LEAVE),
                 renew: Script::new(with_clock(RENEW)),
+                inspect: Script::new(with_clock(INSPECT)),
             }
         })
     }

@@ -1,0 +1,305 @@
+//! The in-memory backend: the same locks, semantics and errors as the others, inside one
+//! process, for users' unit tests. A lock is a place in the name's [`FairQueue`]: FIFO,
+//! writer-preferring reader-writer locks and counted semaphores come with the queue.
+//!
+//! [`FairQueue`]: crate::FairQueue
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{
+    AcquireRequest, Acquiring, Backend, BoxFuture, HeldLock, LockInfo, LockKind, race,
+};
+use crate::error::{Error, Result};
+use crate::lost::LostSignal;
+use crate::options::{Timeout, validate_name};
+use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
+
+const BACKEND: &str = "memory";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain field updates only: a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Locks that live in this process only.
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    locks: Registry<String, Names>,
+    semaphores: Registry<String, Names>,
+    /// One counter for every name: strictly increasing per name, as fencing needs.
+    tokens: AtomicU64,
+    held: Mutex<HashMap<u64, Weak<MemoryHeld>>>,
+    next_id: AtomicU64,
+    closed: CancellationToken,
+}
+
+/// Per-name state beside the queue.
+#[derive(Default)]
+struct Names {
+    last_token: AtomicU64,
+}
+
+impl MemoryBackend {
+    /// An empty provider.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Locks held through this provider now.
+    pub fn held_count(&self) -> usize {
+        lock(&self.inner.held).len()
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
+        validate_name(&req.name)?;
+        if self.inner.closed.is_cancelled() {
+            return Err(Error::Closed {
+                backend: BACKEND,
+                detail: format!("; cannot acquire {}", req.target(BACKEND)),
+            });
+        }
+        let (entry, weight) = match req.kind {
+            LockKind::Semaphore { max_count } => {
+                let entry =
+                    self.inner
+                        .semaphores
+                        .entry(&req.name, u64::from(max_count), Names::default);
+                if entry.queue.capacity() != u64::from(max_count) {
+                    return Err(Error::invalid(
+                        "maxCount",
+                        format!(
+                            "of {} is {max_count}, but this process already uses it with maxCount {}",
+                            req.target(BACKEND),
+                            entry.queue.capacity()
+                        ),
+                    ));
+                }
+                (entry, 1)
+            }
+            kind => (
+                self.inner
+                    .locks
+                    .entry(&req.name, SHARED_CAPACITY, Names::default),
+                if kind == LockKind::Read {
+                    1
+                } else {
+                    SHARED_CAPACITY
+                },
+            ),
+        };
+        let mut ticket = entry.queue.enqueue(weight);
+        let inner = self.inner.clone();
+        Ok(Box::pin(async move {
+            let granted = if req.timeout == Timeout::Zero {
+                ticket.is_granted()
+            } else {
+                let deadline = req.timeout.deadline(tokio::time::Instant::now());
+                match race(
+                    ticket.granted(),
+                    deadline,
+                    req.cancel.as_ref(),
+                    &inner.closed,
+                )
+                .await
+                .done()
+                {
+                    Ok(()) => true,
+                    Err(why) => return why.into_outcome(&req, BACKEND),
+                }
+            };
+            if !granted {
+                return Ok(None);
+            }
+            let token = inner.tokens.fetch_add(1, Ordering::Relaxed) + 1;
+            entry.state.last_token.store(token, Ordering::Relaxed);
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let held = Arc::new(MemoryHeld {
+                inner: Arc::downgrade(&inner),
+                id,
+                token,
+                lost: LostSignal::new(),
+                released: AtomicBool::new(false),
+                turn: Mutex::new(Some((ticket, entry))),
+            });
+            lock(&inner.held).insert(id, Arc::downgrade(&held));
+            Ok(Some(held as crate::Held))
+        }))
+    }
+
+    fn inspect(&self, name: &str, kind: LockKind) -> BoxFuture<'static, Result<LockInfo>> {
+        let info = validate_name(name).map(|()| {
+            let (entry, semaphore) = match kind {
+                LockKind::Semaphore { .. } => (self.inner.semaphores.get(&name.to_owned()), true),
+                _ => (self.inner.locks.get(&name.to_owned()), false),
+            };
+            let Some(entry) = entry else {
+                return LockInfo {
+                    holders: Some(0),
+                    ..LockInfo::default()
+                };
+            };
+            let used = entry.queue.in_use();
+            let holders = if used >= SHARED_CAPACITY { 1 } else { used };
+            LockInfo {
+                held: if semaphore {
+                    used >= entry.queue.capacity()
+                } else {
+                    used > 0
+                },
+                holders: Some(u32::try_from(holders).unwrap_or(u32::MAX)),
+                lease_remaining: None,
+                fencing_token: Some(entry.state.last_token.load(Ordering::Relaxed))
+                    .filter(|&t| t > 0),
+            }
+        });
+        Box::pin(async move { info })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    fn close(&self) -> BoxFuture<'static, Result<()>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            inner.closed.cancel();
+            let held: Vec<Arc<MemoryHeld>> = lock(&inner.held)
+                .drain()
+                .filter_map(|(_, w)| w.upgrade())
+                .collect();
+            for h in held {
+                h.lost.fire("the lock provider was closed");
+                h.release_now();
+            }
+            Ok(())
+        })
+    }
+}
+
+struct MemoryHeld {
+    inner: Weak<Inner>,
+    id: u64,
+    token: u64,
+    lost: LostSignal,
+    released: AtomicBool,
+    turn: Mutex<Option<(Ticket, Arc<Entry<Names>>)>>,
+}
+
+impl MemoryHeld {
+    fn release_now(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(inner) = self.inner.upgrade() {
+            lock(&inner.held).remove(&self.id);
+        }
+        drop(lock(&self.turn).take());
+    }
+}
+
+impl HeldLock for MemoryHeld {
+    fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    fn lost(&self) -> &LostSignal {
+        &self.lost
+    }
+
+    fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
+        self.release_now();
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Drop for MemoryHeld {
+    fn drop(&mut self) {
+        self.release_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn req(name: &str, kind: LockKind, timeout: Timeout) -> AcquireRequest {
+        AcquireRequest {
+            name: name.into(),
+            kind,
+            timeout,
+            cancel: None,
+            lease: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn exclusion_tokens_inspection_and_fifo() {
+        let m = MemoryBackend::new();
+        let a = m
+            .acquire(req("x", LockKind::Mutex, Timeout::Zero))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            m.acquire(req("x", LockKind::Read, Timeout::Zero))
+                .unwrap()
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let info = m.inspect("x", LockKind::Mutex).await.unwrap();
+        assert!(info.held);
+        assert_eq!(info.fencing_token, Some(a.fencing_token()));
+        let waiter = m
+            .acquire(req(
+                "x",
+                LockKind::Mutex,
+                Timeout::After(Duration::from_secs(5)),
+            ))
+            .unwrap();
+        let t1 = a.fencing_token();
+        a.release().await.unwrap();
+        let b = waiter.await.unwrap().unwrap();
+        assert!(b.fencing_token() > t1);
+        drop(b);
+        assert!(!m.inspect("x", LockKind::Mutex).await.unwrap().held);
+        let sem = LockKind::Semaphore { max_count: 2 };
+        let s1 = m
+            .acquire(req("s", sem, Timeout::Zero))
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(!m.inspect("s", sem).await.unwrap().held);
+        let s2 = m
+            .acquire(req("s", sem, Timeout::Zero))
+            .unwrap()
+            .await
+            .unwrap();
+        let info = m.inspect("s", sem).await.unwrap();
+        assert!(info.held && info.holders == Some(2));
+        drop((s1, s2));
+        m.close().await.unwrap();
+        assert!(m.acquire(req("x", LockKind::Mutex, Timeout::Zero)).is_err());
+    }
+}

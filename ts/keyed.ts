@@ -1,0 +1,224 @@
+/**
+ * Keyed lock classes: one object, many keys, a config with the TTL and the retry budget, and a
+ * guard back — the shape other TypeScript lock libraries use. Thin wrappers over the providers:
+ * every call is one provider call, with the provider's semantics (event-driven waiting, lost
+ * signals, fencing tokens).
+ */
+import { LockTimeoutError, invalidArgType, invalidArgValue } from './errors'
+import type { LockHandle, LockInfo } from './locks'
+import { typeName } from './locks'
+import {
+  FileLockProvider,
+  MemoryLockProvider,
+  PostgresLockProvider,
+  RedisLockProvider,
+  type FileLockProviderOptions,
+  type LockProvider,
+  type PostgresLockProviderOptions,
+  type RedisLockProviderOptions,
+} from './providers'
+
+/** How keyed locks acquire. */
+export interface LockConfig {
+  /**
+   * The lease of each grant in ms (default 30 000): Redis keys expire after it unless renewed
+   * (they are renewed while held). File, PostgreSQL and memory locks do not expire while held.
+   */
+  ttlMs?: number
+  /**
+   * With `maxRetries`, the wait budget of `acquire`: `retryIntervalMs × maxRetries` ms (defaults
+   * 100 × 10 = 1 s). Waiting itself is event-driven (a release wakes the next waiter); these only
+   * bound how long it may take. `maxRetries: 0` means no waiting at all.
+   */
+  retryIntervalMs?: number
+  /** See `retryIntervalMs`. */
+  maxRetries?: number
+}
+
+/** Per-call options of the keyed classes. */
+export interface KeyedAcquireOptions {
+  /** Cancels the wait (rejects with `AbortError`; nothing stays held). */
+  signal?: AbortSignal
+  /** This grant's lease in ms, instead of the config's `ttlMs`. */
+  ttlMs?: number
+}
+
+/** A held key. Release it with `release()` or `await using`. */
+export class LockGuard implements AsyncDisposable {
+  /** The key this guard holds. */
+  readonly key: string
+  /** A string unique to this grant of the key: the fencing token in decimal. */
+  readonly token: string
+  /** The underlying handle of the provider API. */
+  readonly handle: LockHandle
+
+  /** @internal */
+  constructor(key: string, handle: LockHandle) {
+    this.key = key
+    this.handle = handle
+    this.token = handle.fencingToken.toString()
+  }
+
+  /** Strictly greater than every earlier grant's of the key: pass it to the storage you write. */
+  get fencingToken(): bigint {
+    return this.handle.fencingToken
+  }
+
+  /** Aborts with `LockLostError` the moment the key is known lost. */
+  get signal(): AbortSignal {
+    return this.handle.signal
+  }
+
+  /** Releases the key; idempotent. */
+  release(): Promise<void> {
+    return this.handle.release()
+  }
+
+  /** Sets the lease to `ttlMs` from now (Redis; a no-op where locks have no lease). */
+  extend(ttlMs: number): Promise<void> {
+    return this.handle.extend(ttlMs)
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.release()
+  }
+}
+
+function checkWhole(name: string, value: unknown, min: number): number | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'number') {
+    throw invalidArgType(`The "options.${name}" property must be of type number. Received ${typeName(value)}`)
+  }
+  if (!Number.isInteger(value) || value < min) {
+    throw invalidArgValue(`The "options.${name}" property must be a whole number >= ${min}. Received ${value}`)
+  }
+  return value
+}
+
+/** What the keyed classes share. */
+abstract class KeyedLock<P extends LockProvider> implements AsyncDisposable {
+  /** The provider underneath, for everything the keyed API does not cover. */
+  readonly provider: P
+  /** The lease of each grant, in ms. */
+  readonly ttlMs: number
+  /** How long `acquire` may wait, in ms (`retryIntervalMs × maxRetries`). */
+  readonly waitBudgetMs: number
+
+  /** @internal */
+  protected constructor(provider: P, config: LockConfig) {
+    this.provider = provider
+    this.ttlMs = checkWhole('ttlMs', config.ttlMs, 100) ?? 30_000
+    const interval = checkWhole('retryIntervalMs', config.retryIntervalMs, 0) ?? 100
+    const retries = checkWhole('maxRetries', config.maxRetries, 0) ?? 10
+    this.waitBudgetMs = interval * retries
+  }
+
+  /**
+   * Acquires `key`, waiting at most the retry budget. Rejects with `LockTimeoutError` whose
+   * `kind` is `'timeout'`, or `'already_locked'` when the budget is 0.
+   */
+  async acquire(key: string, options: KeyedAcquireOptions = {}): Promise<LockGuard> {
+    const handle = await this.provider
+      .createLock(key)
+      .tryAcquire({ timeoutMs: this.waitBudgetMs, signal: options.signal, leaseMs: options.ttlMs ?? this.ttlMs })
+    if (handle) return new LockGuard(key, handle)
+    throw this.waitBudgetMs === 0
+      ? new LockTimeoutError(`The key ${JSON.stringify(key)} is already locked`, { kind: 'already_locked' })
+      : new LockTimeoutError(`Timed out after ${this.waitBudgetMs} ms waiting for the key ${JSON.stringify(key)}`)
+  }
+
+  /** One attempt: a guard, or `null` when the key is held. */
+  async tryAcquire(key: string, options: KeyedAcquireOptions = {}): Promise<LockGuard | null> {
+    const handle = await this.provider
+      .createLock(key)
+      .tryAcquire({ timeoutMs: 0, signal: options.signal, leaseMs: options.ttlMs ?? this.ttlMs })
+    return handle && new LockGuard(key, handle)
+  }
+
+  /** Whether `key` is held now, by anyone (a snapshot, for monitoring). */
+  isLocked(key: string): Promise<boolean> {
+    return this.provider.createLock(key).isLocked()
+  }
+
+  /** A snapshot of `key`'s state. */
+  getInfo(key: string): Promise<LockInfo> {
+    return this.provider.createLock(key).getInfo()
+  }
+
+  /** Sets `guard`'s lease to `ttlMs` (default the config's) from now. */
+  extend(guard: LockGuard, ttlMs: number = this.ttlMs): Promise<void> {
+    if (!(guard instanceof LockGuard)) {
+      throw invalidArgType(`The "guard" argument must be an instance of LockGuard. Received ${typeName(guard)}`)
+    }
+    return guard.extend(ttlMs)
+  }
+
+  /** Runs `fn` holding `key`, releasing it afterwards. */
+  async withLock<T>(key: string, fn: (guard: LockGuard) => T | Promise<T>): Promise<T> {
+    const guard = await this.acquire(key)
+    try {
+      return await fn(guard)
+    } finally {
+      await guard.release()
+    }
+  }
+
+  /** Closes the provider underneath. */
+  close(): Promise<void> {
+    return this.provider.close()
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+}
+
+function configOf(options: unknown): LockConfig {
+  if (options === null || typeof options !== 'object') {
+    throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+  }
+  return options as LockConfig
+}
+
+/** Keyed locks on Redis; `ttlMs` is the lease (renewed while held). */
+export class RedisDistributedLock extends KeyedLock<RedisLockProvider> {
+  constructor(options: RedisLockProviderOptions & LockConfig) {
+    const config = configOf(options)
+    const { ttlMs, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
+    super(new RedisLockProvider({ leaseMs: ttlMs, ...rest }), config)
+  }
+}
+
+/** Keyed locks on PostgreSQL advisory locks. */
+export class PostgresDistributedLock extends KeyedLock<PostgresLockProvider> {
+  constructor(options: PostgresLockProviderOptions & LockConfig) {
+    const config = configOf(options)
+    const { ttlMs: _t, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
+    super(new PostgresLockProvider(rest), config)
+  }
+}
+
+/** Keyed locks on OS file locks in one directory. */
+export class FileDistributedLock extends KeyedLock<FileLockProvider> {
+  constructor(options: FileLockProviderOptions & LockConfig = {}) {
+    const config = configOf(options)
+    const { ttlMs: _t, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
+    super(new FileLockProvider(rest), config)
+  }
+}
+
+/**
+ * Keyed locks inside this process, for tests. Each instance has its own locks unless several
+ * are given the same `provider`, e.g. to stand for two services contending.
+ */
+export class MemoryDistributedLock extends KeyedLock<MemoryLockProvider> {
+  constructor(options: LockConfig & { provider?: MemoryLockProvider } = {}) {
+    const config = configOf(options)
+    if (options.provider !== undefined && !(options.provider instanceof MemoryLockProvider)) {
+      throw invalidArgType(
+        `The "options.provider" property must be an instance of MemoryLockProvider. Received ${typeName(options.provider)}`,
+      )
+    }
+    super(options.provider ?? new MemoryLockProvider(), config)
+  }
+}
