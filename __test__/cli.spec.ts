@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { FileLockProvider, PostgresLockProvider, RedisLockProvider } from 'distlock'
+import { FileLockProvider, PostgresLockProvider, RedisLockProvider, type LockProvider } from 'distlock'
 
 import { ROOT, eventually, tempDir } from './helpers'
 
@@ -9,6 +9,23 @@ const CLI = join(ROOT, 'bin', 'distlock.js')
 
 function cli(args: string[]) {
   return spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', timeout: 20_000 })
+}
+
+/** Runs `distlock run <name> <backend...> -- node …` and checks that it holds `name` while the command runs. */
+async function holdsWhileRunning(p: LockProvider, name: string, backend: string[]) {
+  const command = [process.execPath, '-e', 'console.log("in"); setTimeout(() => {}, 60000)']
+  const child = spawn(process.execPath, [CLI, 'run', name, ...backend, '--', ...command], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let out = ''
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+  await eventually(() => out.includes('in'), 10_000)
+  expect(await p.createLock(name).tryAcquire()).toBeNull()
+  child.kill('SIGTERM')
+  await new Promise((r) => child.on('exit', r))
+  const h = await p.createLock(name).acquire({ timeoutMs: 5000 })
+  await h.release()
 }
 
 describe('distlock run', () => {
@@ -135,31 +152,8 @@ describe('distlock run --postgres', () => {
   const url = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 
   it('holds a PostgreSQL advisory lock while the command runs, then releases it', async () => {
-    const name = `cli-pg-${process.pid}-${Date.now()}`
     await using p = new PostgresLockProvider({ connectionString: url })
-    const child = spawn(
-      process.execPath,
-      [
-        CLI,
-        'run',
-        name,
-        '--postgres',
-        url,
-        '--',
-        process.execPath,
-        '-e',
-        'console.log("in"); setTimeout(() => {}, 60000)',
-      ],
-      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    )
-    let out = ''
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    await eventually(() => out.includes('in'), 10_000)
-    expect(await p.createLock(name).tryAcquire()).toBeNull()
-    child.kill('SIGTERM')
-    await new Promise((r) => child.on('exit', r))
-    const h = await p.createLock(name).acquire({ timeoutMs: 5000 })
-    await h.release()
+    await holdsWhileRunning(p, `cli-pg-${process.pid}-${Date.now()}`, ['--postgres', url])
   })
 
   it('a bad connection string is a usage error that names it', () => {
@@ -194,31 +188,8 @@ describe('distlock run --redis', () => {
   afterAll(() => services.stopServices())
 
   it('holds a RedLock lock over three servers while the command runs, then releases it', async () => {
-    const name = `cli-redis-${process.pid}-${Date.now()}`
     await using p = new RedisLockProvider({ urls })
-    const child = spawn(
-      process.execPath,
-      [
-        CLI,
-        'run',
-        '--redis',
-        ...urls,
-        name,
-        '--',
-        process.execPath,
-        '-e',
-        'console.log("in"); setTimeout(() => {}, 60000)',
-      ],
-      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    )
-    let out = ''
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
-    await eventually(() => out.includes('in'), 10_000)
-    expect(await p.createLock(name).tryAcquire()).toBeNull()
-    child.kill('SIGTERM')
-    await new Promise((r) => child.on('exit', r))
-    const h = await p.createLock(name).acquire({ timeoutMs: 5000 })
-    await h.release()
+    await holdsWhileRunning(p, `cli-redis-${process.pid}-${Date.now()}`, ['--redis', ...urls])
   })
 
   it('a malformed URL and a second backend are usage errors', () => {

@@ -53,6 +53,16 @@ async function waitingOnLock(app: string): Promise<number> {
 }
 
 describe('PostgresLockProvider', () => {
+  it('many held locks share a few connections (the connections getter)', async () => {
+    const p = provider()
+    expect(p.connections).toBe(0)
+    const tag = unique('share')
+    const handles = await Promise.all(Array.from({ length: 200 }, (_, i) => p.createLock(`${tag}-${i}`).acquire()))
+    expect(p.connections).toBeGreaterThanOrEqual(1)
+    expect(p.connections).toBeLessThanOrEqual(10)
+    await Promise.all(handles.map((h) => h.release()))
+  })
+
   it('excludes, times out, and hands out increasing fencing tokens', async () => {
     const a = provider()
     const b = provider()
@@ -288,14 +298,17 @@ describe('PostgresLockProvider across processes', () => {
   it('4 processes incrementing a counter under the lock lose no update', async () => {
     const dir = tempDir('pg-counter')
     const name = unique('counter')
-    const children = Array.from({ length: 4 }, () => new Child('pg-child.cjs', ['counter', PG_URL, name, dir, '50']))
+    const children = Array.from(
+      { length: 4 },
+      () => new Child('child.cjs', ['postgres', 'counter', PG_URL, name, dir, '50']),
+    )
     for (const c of children) expect((await c.exited).code, c.lines.join('\n')).toBe(0)
     expect(Number(readFileSync(join(dir, 'counter.txt'), 'utf8'))).toBe(200)
   })
 
   it('the server frees the lock of a holder killed with kill -9', async () => {
     const name = unique('kill9')
-    const holder = new Child('pg-child.cjs', ['hold', PG_URL, name])
+    const holder = new Child('child.cjs', ['postgres', 'hold', PG_URL, name])
     await holder.line('HOLDING')
     const p = provider()
     expect(await p.createLock(name).tryAcquire()).toBeNull()

@@ -144,7 +144,7 @@ describe('RedisLockProvider on one server', () => {
     const name = unique('counter')
     const kids = Array.from(
       { length: 4 },
-      () => new Child('redis-child.cjs', ['counter', server.url, name, '', dir, '50']),
+      () => new Child('child.cjs', ['redis', 'counter', server.url, name, dir, '50']),
     )
     for (const k of kids) {
       expect((await k.exit(60_000)).code, k.lines.join('\n')).toBe(0)
@@ -154,7 +154,7 @@ describe('RedisLockProvider on one server', () => {
 
   it('a holder killed with kill -9 frees the lock when its lease runs out', async () => {
     const name = unique('kill9')
-    const holder = new Child('redis-child.cjs', ['hold', server.url, name, '1000'])
+    const holder = new Child('child.cjs', ['redis', 'hold', server.url, name, '', '', '1000'])
     await holder.line('HOLDING')
     const p = provider()
     expect(await p.createLock(name).tryAcquire()).toBeNull()
@@ -168,7 +168,7 @@ describe('RedisLockProvider on one server', () => {
 
   it('a holder stopped past its lease learns it lost the lock, and does not crash', async () => {
     const name = unique('sigstop')
-    const holder = new Child('redis-child.cjs', ['hold', server.url, name, '600'])
+    const holder = new Child('child.cjs', ['redis', 'hold', server.url, name, '', '', '600'])
     await holder.line('HOLDING')
     holder.kill('SIGSTOP')
     const p = provider()

@@ -16,7 +16,7 @@ const argv = process.argv.slice(2)
 export const opt = (name) => argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3)
 export const QUICK = argv.includes('--quick')
 export const REPS = Number(opt('reps') ?? (QUICK ? 1 : 3))
-export const RUN_S = Number(opt('seconds') ?? (QUICK ? 1 : 3))
+export const RUN_S = Number(opt('seconds') ?? (QUICK ? 0.3 : 3))
 export const ONLY = opt('only')?.split(',')
 const MAX_ITERS = 2_000_000
 export const LOOPS = { W1: 1, W2: 64, W3: 16, W4: 1 }
@@ -38,6 +38,20 @@ export const median = (xs) => {
 }
 
 const yieldOnce = () => new Promise((r) => setImmediate(r))
+
+/** A distlock provider as a bench instance: one loop per name, acquire() then release(). */
+export function providerLoops(provider, names) {
+  return {
+    loops: names.map((n) => {
+      const lock = provider.createLock(n)
+      return async () => {
+        const h = await lock.acquire()
+        return () => h.release()
+      }
+    }),
+    close: () => provider.close(),
+  }
+}
 
 /**
  * Runs the loops of one instance for RUN_S seconds after a short warm-up. On a shared name it
@@ -116,7 +130,7 @@ export async function runLoops(inst, { shared }) {
 export async function runProcesses(script, caseId, extraArgs) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-w4-'))
   const name = freshName('W4')
-  const start = Date.now() + 1500
+  const start = Date.now() + (QUICK ? 800 : 1500)
   const kids = Array.from({ length: W4_PROCESSES }, (_, id) => {
     const child = spawn(
       process.execPath,
@@ -163,6 +177,43 @@ export async function runProcesses(script, caseId, extraArgs) {
 
 /** Milliseconds on a clock the processes of one machine share. */
 const now = () => performance.timeOrigin + performance.now()
+
+/**
+ * Runs in-process loops in a child process (`script --isolated=<case> --workload=W`), for cases
+ * that can hang their process (fs-ext's async flock exhausts libuv's thread pool under
+ * contention): a child that does not finish in time is killed and the cell reports a stall.
+ */
+export async function runIsolated(script, caseId, w, extraArgs) {
+  const child = spawn(
+    process.execPath,
+    [script, `--isolated=${caseId}`, `--workload=${w}`, `--seconds=${RUN_S}`, ...extraArgs],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  )
+  let out = ''
+  child.stdout.on('data', (d) => (out += d))
+  const limit = RUN_S * 1000 + 15_000
+  const code = await new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), limit)
+    child.on('exit', (c) => (clearTimeout(timer), resolve(c)))
+  })
+  if (code === 0 && out) return JSON.parse(out)
+  return {
+    ops: 0,
+    opsPerSec: 0,
+    p50Us: null,
+    p99Us: null,
+    handoffP50Us: null,
+    handoffP99Us: null,
+    cpuUsPerOp: null,
+    violations: 0,
+    sameOwnerPct: null,
+    perLoopMin: 0,
+    perLoopMax: 0,
+    stalled: true,
+  }
+}
 
 /** The child side of runProcesses: one loop of `acquire`, then prints its stats as JSON. */
 export async function childLoop(acquire) {
@@ -238,6 +289,7 @@ export function summarize(w, c, rs) {
     handoffP99Us: m('handoffP99Us'),
     cpuUsPerOp: m('cpuUsPerOp'),
     violations: rs.reduce((a, x) => a + x.violations, 0),
+    stalls: rs.filter((x) => x.stalled).length,
     sameOwnerPct: m('sameOwnerPct'),
     perLoop: `${m('perLoopMin')}..${m('perLoopMax')}`,
   }
@@ -256,7 +308,7 @@ export function printTable(results) {
     const ratio = base ? (base.opsPerSec / r.opsPerSec).toFixed(2) : '–'
     const multi = LOOPS[r.workload] > 1 || r.workload === 'W4'
     console.log(
-      `| ${r.workload} | ${r.label} | ${fmt(r.opsPerSec)} | ${ratio} | ${fmt(r.p50Us)} | ${fmt(r.p99Us)} | ${fmt(r.handoffP99Us)} | ${fmt(r.cpuUsPerOp, 1)} | ${fmt(r.sameOwnerPct, 1)} | ${multi ? r.perLoop : '–'} | ${r.violations} |`,
+      `| ${r.workload} | ${r.label} | ${fmt(r.opsPerSec)} | ${ratio} | ${fmt(r.p50Us)} | ${fmt(r.p99Us)} | ${fmt(r.handoffP99Us)} | ${fmt(r.cpuUsPerOp, 1)} | ${fmt(r.sameOwnerPct, 1)} | ${multi ? r.perLoop : '–'} | ${r.violations}${r.stalls ? ` (${r.stalls} of ${r.reps.length} reps stalled)` : ''} |`,
     )
   }
 }

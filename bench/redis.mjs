@@ -23,6 +23,7 @@ import {
   freshName,
   opt,
   printTable,
+  providerLoops,
   root,
   runLoops,
   runProcesses,
@@ -54,17 +55,7 @@ const CASES = [
     label: 'distlock RedisLockProvider',
     workloads: ['W1', 'W2', 'W3', 'W4'],
     async make(urls, names) {
-      const p = new distlock.RedisLockProvider({ urls })
-      return {
-        loops: names.map((n) => {
-          const lock = p.createLock(n)
-          return async () => {
-            const h = await lock.acquire()
-            return () => h.release()
-          }
-        }),
-        close: () => p.close(),
-      }
+      return providerLoops(new distlock.RedisLockProvider({ urls }), names)
     },
   },
   {
@@ -201,7 +192,7 @@ try {
 }
 
 // The floor: redis-benchmark, one client, the two commands of a plain lock cycle.
-function redisBenchmark(args) {
+function redisBenchmark(port, args) {
   const res = spawnSync(
     'redis-benchmark',
     ['-p', String(port), '-c', '1', '-n', QUICK ? '5000' : '50000', '-q', ...args],

@@ -136,6 +136,8 @@ export interface PostgresLockProviderOptions {
  * lazily; many held locks share a few sessions; a session that ends aborts its locks' signals.
  */
 export class PostgresLockProvider extends BaseProvider {
+  readonly #native: NativeProvider
+
   constructor(options: PostgresLockProviderOptions) {
     let nativeProvider
     try {
@@ -144,6 +146,12 @@ export class PostgresLockProvider extends BaseProvider {
       throw toLockError(err)
     }
     super(nativeProvider, 'postgres')
+    this.#native = nativeProvider
+  }
+
+  /** Server connections open now (held locks share them). */
+  get connections(): number {
+    return this.#native.connections ?? 0
   }
 }
 

@@ -1,0 +1,109 @@
+#!/usr/bin/env node
+// The extra scenarios of issue 5, per backend (file, PostgreSQL, Redis on a server it starts):
+// - 10 000 locks held at once: Node RSS growth, server connections (PostgreSQL), renewal
+//   traffic per second (Redis, leaseMs 3 000 so renewals run every second);
+// - 1 000 waiters on one name: all granted, in call order, and how long the drain takes;
+// - acquire/release cycles with RSS before and after (100 000 on file and memory; Redis and
+//   PostgreSQL 20 000, or 2 000 with --quick), to show nothing leaks.
+//
+//   node bench/scenarios.mjs [--quick] [--url=postgres://...]
+import { createRequire } from 'node:module'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+
+import { QUICK, opt, root, saveResults } from './lib.mjs'
+
+const require = createRequire(path.join(root, 'package.json'))
+const distlock = require(root)
+const URL_PG = opt('url') ?? process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const services = await import('../scripts/test-services.mjs')
+const redis = await services.startRedis()
+
+const mb = (bytes) => Math.round(bytes / 2 ** 20)
+const rss = () => {
+  globalThis.gc?.()
+  return process.memoryUsage().rss
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+const BACKENDS = {
+  file: () => new distlock.FileLockProvider({ directory: fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-scen-')) }),
+  memory: () => new distlock.MemoryLockProvider(),
+  postgres: () => new distlock.PostgresLockProvider({ connectionString: URL_PG, maxConnections: 16 }),
+  redis: () => new distlock.RedisLockProvider({ urls: [redis.url], leaseMs: 3_000 }),
+}
+const tag = `${process.pid}-${Date.now()}`
+const out = { held: {}, waiters: {}, cycles: {} }
+
+try {
+  for (const [name, make] of Object.entries(BACKENDS)) {
+    // The file backend keeps one open file per held lock: 10 000 needs `ulimit -n` above that.
+    const p = make()
+    const before = rss()
+    const handles = []
+    for (let i = 0; i < 10_000; i += 500) {
+      handles.push(
+        ...(await Promise.all(Array.from({ length: 500 }, (_, j) => p.createLock(`held-${tag}-${i + j}`).acquire()))),
+      )
+    }
+    const row = { locks: handles.length, rssGrowthMb: mb(rss() - before) }
+    if (name === 'postgres') row.connections = p.connections ?? null
+    if (name === 'redis') {
+      const s0 = p.renewalStats
+      await sleep(QUICK ? 2_000 : 5_000)
+      const s1 = p.renewalStats
+      const secs = QUICK ? 2 : 5
+      row.renewalsPerSec = Math.round((s1.renewals - s0.renewals) / secs)
+      row.scriptsPerSec = Math.round((s1.scripts - s0.scripts) / secs)
+      row.lost = handles.filter((h) => h.signal.aborted).length
+    }
+    await Promise.all(handles.map((h) => h.release()))
+    await p.close()
+    out.held[name] = row
+    console.log(`10 000 held, ${name}:`, row)
+  }
+
+  for (const [name, make] of Object.entries(BACKENDS)) {
+    const p = make()
+    const lock = p.createLock(`waiters-${tag}`)
+    const first = await lock.acquire()
+    const order = []
+    const start = performance.now()
+    const waiters = Array.from({ length: 1_000 }, (_, i) =>
+      lock.acquire({ timeoutMs: 120_000 }).then(async (h) => {
+        order.push(i)
+        await h.release()
+      }),
+    )
+    await first.release()
+    await Promise.all(waiters)
+    const row = {
+      waiters: 1_000,
+      drainMs: Math.round(performance.now() - start),
+      inCallOrder: order.every((v, i) => v === i),
+    }
+    await p.close()
+    out.waiters[name] = row
+    console.log(`1 000 waiters, ${name}:`, row)
+  }
+
+  for (const [name, make] of Object.entries(BACKENDS)) {
+    const n = name === 'file' || name === 'memory' ? (QUICK ? 10_000 : 100_000) : QUICK ? 2_000 : 20_000
+    const p = make()
+    const lock = p.createLock(`cycles-${tag}`)
+    for (let i = 0; i < 1_000; i++) await (await lock.acquire()).release()
+    const before = rss()
+    const start = performance.now()
+    for (let i = 0; i < n; i++) await (await lock.acquire()).release()
+    const secs = (performance.now() - start) / 1000
+    await sleep(100)
+    const row = { cycles: n, opsPerSec: Math.round(n / secs), rssBeforeMb: mb(before), rssAfterMb: mb(rss()) }
+    await p.close()
+    out.cycles[name] = row
+    console.log(`${n} cycles, ${name}:`, row)
+  }
+} finally {
+  services.stopServices()
+}
+console.log(`\nraw results: ${saveResults('scenarios', out)}`)
