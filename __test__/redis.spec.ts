@@ -139,6 +139,30 @@ describe('RedisLockProvider on one server', () => {
     expect((e3 as Error).message).toMatch(/another Redis type/)
   })
 
+  it('speaks TLS through rediss:// URLs, trusting the CAs in SSL_CERT_FILE', async () => {
+    const tls = await services.startRedis([], { tls: true })
+    const saved = process.env.SSL_CERT_FILE
+    // The roots are read when the provider is made: the system's, or SSL_CERT_FILE's.
+    process.env.SSL_CERT_FILE = tls.caFile
+    let trusting: RedisLockProvider
+    try {
+      trusting = provider({ urls: [tls.url] })
+    } finally {
+      if (saved === undefined) delete process.env.SSL_CERT_FILE
+      else process.env.SSL_CERT_FILE = saved
+    }
+    const h = await trusting.createLock(unique('tls')).acquire({ timeoutMs: 5_000 })
+    await h.release()
+    const untrusting = provider({ urls: [tls.url] })
+    const e = await untrusting
+      .createLock(unique('tls'))
+      .acquire({ timeoutMs: 2_000 })
+      .catch((err: Error) => err)
+    expect(e).toBeInstanceOf(LockBackendError)
+    const plain = provider({ urls: [`redis://127.0.0.1:${tls.port}`], serverTimeoutMs: 500 })
+    await expect(plain.createLock(unique('tls')).acquire({ timeoutMs: 1_000 })).rejects.toBeInstanceOf(LockBackendError)
+  })
+
   it('excludes across processes: 4 children × 50 increments lose none', async () => {
     const dir = tempDir('redis-counter')
     const name = unique('counter')

@@ -10,6 +10,8 @@ export function findPostgres(): Promise<{ url: string; how: string }>
 export function stopServices(): void
 export interface RedisServer {
   url: string
+  /** With `tls`: the private CA that signed the server's certificate. */
+  caFile: string | undefined
   port: number
   pid: number
   /** SIGSTOP: the server keeps its sockets and stops answering. */
@@ -18,5 +20,5 @@ export interface RedisServer {
   stop(): void
 }
 export function redisServerBin(): string
-export function startRedis(args?: string[]): Promise<RedisServer>
+export function startRedis(args?: string[], options?: { tls?: boolean }): Promise<RedisServer>
 export function startRedisCluster(): Promise<{ url: string; nodes: RedisServer[]; stop(): void }>

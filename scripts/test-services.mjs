@@ -61,6 +61,61 @@ function loginWorks(url) {
 }
 
 /**
+ * A private CA (`caFile`, what a client trusts) and a certificate for "localhost" signed by it
+ * (`certFile`, `keyFile`), made with openssl in `dir`.
+ */
+function makeCertificates(dir) {
+  const caFile = join(dir, 'ca.crt')
+  const caKey = join(dir, 'ca.key')
+  const certFile = join(dir, 'server.crt')
+  const keyFile = join(dir, 'server.key')
+  const csr = join(dir, 'server.csr')
+  const ext = join(dir, 'server.ext')
+  writeFileSync(ext, 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n')
+  const subject = (cn) => ['-subj', `/CN=${cn}`]
+  const steps = [
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '2',
+      ...subject('distlock test CA'),
+      '-keyout',
+      caKey,
+      '-out',
+      caFile,
+    ],
+    ['req', '-newkey', 'rsa:2048', '-nodes', ...subject('localhost'), '-keyout', keyFile, '-out', csr],
+    [
+      'x509',
+      '-req',
+      '-in',
+      csr,
+      '-CA',
+      caFile,
+      '-CAkey',
+      caKey,
+      '-CAcreateserial',
+      '-days',
+      '2',
+      '-extfile',
+      ext,
+      '-out',
+      certFile,
+    ],
+  ]
+  for (const step of steps) {
+    const res = spawnSync('openssl', step, { encoding: 'utf8', timeout: 60_000 })
+    if (res.status !== 0) throw new Error(`openssl could not make a test certificate: ${res.stderr || res.error}`)
+  }
+  chmodSync(keyFile, 0o600)
+  return { caFile, certFile, keyFile }
+}
+
+/**
  * Starts a private PostgreSQL cluster (initdb + pg_ctl) on a free loopback port, as the postgres
  * (or nobody) user when running as root. With `ssl`, the server requires nothing but offers TLS
  * with a fresh self-signed certificate for `localhost` (returned as `certFile`).
@@ -103,53 +158,10 @@ export async function startCluster({ ssl = false, password } = {}) {
   if (ssl) {
     // A private CA (returned as certFile, what a client trusts) and a server certificate for
     // localhost signed by it.
-    certFile = join(dir, 'ca.crt')
-    const caKey = join(dir, 'ca.key')
-    const serverCrt = join(dir, 'server.crt')
-    const keyFile = join(dir, 'server.key')
-    const csr = join(dir, 'server.csr')
-    const ext = join(dir, 'server.ext')
-    writeFileSync(ext, 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n')
-    const steps = [
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-days',
-        '2',
-        '-subj',
-        '/CN=distlock test CA',
-        '-keyout',
-        caKey,
-        '-out',
-        certFile,
-      ],
-      ['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', keyFile, '-out', csr],
-      [
-        'x509',
-        '-req',
-        '-in',
-        csr,
-        '-CA',
-        certFile,
-        '-CAkey',
-        caKey,
-        '-CAcreateserial',
-        '-days',
-        '2',
-        '-extfile',
-        ext,
-        '-out',
-        serverCrt,
-      ],
-    ]
-    for (const step of steps) {
-      res = spawnSync('openssl', step, { encoding: 'utf8', timeout: 60_000 })
-      if (res.status !== 0) throw new Error(`openssl could not make a test certificate: ${res.stderr || res.error}`)
-    }
-    chmodSync(keyFile, 0o600)
+    const made = makeCertificates(dir)
+    certFile = made.caFile
+    const serverCrt = made.certFile
+    const keyFile = made.keyFile
     if (owner) {
       chownSync(keyFile, ...owner)
       chownSync(serverCrt, ...owner)
@@ -220,14 +232,35 @@ async function waitFor(check, what, ms = 10_000) {
   throw new Error(`${what} did not happen within ${ms} ms`)
 }
 
-/** A redis-server of its own on a free loopback port; extra `args` as on its command line. */
-export async function startRedis(args = []) {
+/**
+ * A redis-server of its own on a free loopback port; extra `args` as on its command line. With
+ * `tls`, it speaks only TLS, with a certificate for "localhost" from a fresh private CA
+ * (`caFile`), and the URL is `rediss://localhost:<port>`.
+ */
+export async function startRedis(args = [], { tls = false } = {}) {
   const bin = redisServerBin()
   const port = await freePort()
   const dir = mkdtempSync(join(tmpdir(), 'distlock-redis-'))
+  let caFile
+  let listen = ['--port', String(port)]
+  if (tls) {
+    const made = makeCertificates(dir)
+    caFile = made.caFile
+    listen = [
+      '--port',
+      '0',
+      '--tls-port',
+      String(port),
+      '--tls-cert-file',
+      made.certFile,
+      '--tls-key-file',
+      made.keyFile,
+    ]
+    listen.push('--tls-ca-cert-file', made.caFile, '--tls-auth-clients', 'no')
+  }
   const child = spawn(
     bin,
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...args],
+    [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, ...args],
     { stdio: 'ignore' },
   )
   let exited = false
@@ -253,7 +286,8 @@ export async function startRedis(args = []) {
   )
   if (exited) throw new Error(`redis-server (${bin}) exited at start on port ${port}`)
   return {
-    url: `redis://127.0.0.1:${port}`,
+    url: tls ? `rediss://localhost:${port}` : `redis://127.0.0.1:${port}`,
+    caFile,
     port,
     pid: child.pid,
     pause: () => process.kill(child.pid, 'SIGSTOP'),
