@@ -126,7 +126,7 @@ for (const w of ['W1', 'W2', 'W3', 'W4']) {
 function pgbench(script) {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-pgbench-')), 'cycle.sql')
   fs.writeFileSync(file, script)
-  const res = spawnSync('pgbench', ['-n', '-c', '1', '-T', QUICK ? '2' : '5', '-f', file, URL_PG], {
+  const res = spawnSync('pgbench', ['-n', '-c', '1', '-T', QUICK ? '1' : '5', '-f', file, URL_PG], {
     encoding: 'utf8',
     timeout: 60_000,
   })

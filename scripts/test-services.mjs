@@ -72,7 +72,6 @@ function makeCertificates(dir) {
   const csr = join(dir, 'server.csr')
   const ext = join(dir, 'server.ext')
   writeFileSync(ext, 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n')
-  const subject = (cn) => ['-subj', `/CN=${cn}`]
   const steps = [
     [
       'req',
@@ -82,13 +81,14 @@ function makeCertificates(dir) {
       '-nodes',
       '-days',
       '2',
-      ...subject('distlock test CA'),
+      '-subj',
+      '/CN=distlock test CA',
       '-keyout',
       caKey,
       '-out',
       caFile,
     ],
-    ['req', '-newkey', 'rsa:2048', '-nodes', ...subject('localhost'), '-keyout', keyFile, '-out', csr],
+    ['req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', keyFile, '-out', csr],
     [
       'x509',
       '-req',
