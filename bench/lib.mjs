@@ -130,7 +130,7 @@ export async function runLoops(inst, { shared }) {
 export async function runProcesses(script, caseId, extraArgs) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-w4-'))
   const name = freshName('W4')
-  const start = Date.now() + (QUICK ? 700 : 1500)
+  const start = Date.now() + (QUICK ? 500 : 1500)
   const kids = Array.from({ length: W4_PROCESSES }, (_, id) => {
     const child = spawn(
       process.execPath,
