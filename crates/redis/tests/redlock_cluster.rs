@@ -178,3 +178,28 @@ async fn cluster_locks_span_slots_and_tokens_increase_per_name() {
     assert!(waiter.await.unwrap());
     assert!(released.elapsed() < Duration::from_millis(500));
 }
+
+#[tokio::test]
+async fn sentinel_finds_the_master_and_locks_on_it() {
+    let master = RedisProc::start(&[]);
+    let sentinel = Sentinel::start(&master);
+    let a = backend(&[sentinel.url()], |o| o);
+    let b = backend(&[sentinel.url()], |o| o);
+    let h = get(&a, req("sent", LockKind::Mutex, Some(5_000.0)))
+        .await
+        .unwrap();
+    let raw = raw(&master.url()).await;
+    let on_master: i64 = raw.exists("sent").await.unwrap();
+    assert_eq!(
+        on_master, 1,
+        "the lock key lives on the master the sentinel names"
+    );
+    assert!(try_get(&b, "sent", LockKind::Mutex).await.is_none());
+    let t1 = h.fencing_token();
+    h.release().await.unwrap();
+    let h2 = get(&b, req("sent", LockKind::Mutex, Some(2_000.0)))
+        .await
+        .unwrap();
+    assert!(h2.fencing_token() > t1);
+    h2.release().await.unwrap();
+}
