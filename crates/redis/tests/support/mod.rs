@@ -222,9 +222,11 @@ impl Sentinel {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        // Owned before waiting, so a failed start is killed and reaped by Drop.
+        let sentinel = Self { port, child, dir };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { port, child, dir };
+                return sentinel;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
