@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod held;
 pub mod lease;
 pub mod lost;
 pub mod memory;
@@ -19,6 +20,7 @@ pub use backend::{
     Waited, race,
 };
 pub use error::{Error, Result, Target};
+pub use held::HeldSet;
 pub use lease::Lease;
 pub use lost::LostSignal;
 pub use memory::MemoryBackend;

@@ -4,7 +4,6 @@
 //!
 //! [`FairQueue`]: crate::FairQueue
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -14,6 +13,7 @@ use crate::backend::{
     AcquireRequest, Acquiring, Backend, BoxFuture, HeldLock, LockInfo, LockKind, race,
 };
 use crate::error::{Error, Result};
+use crate::held::HeldSet;
 use crate::lost::LostSignal;
 use crate::options::{Timeout, validate_name};
 use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
@@ -37,8 +37,7 @@ struct Inner {
     semaphores: Registry<String, Names>,
     /// One counter for every name: strictly increasing per name, as fencing needs.
     tokens: AtomicU64,
-    held: Mutex<HashMap<u64, Weak<MemoryHeld>>>,
-    next_id: AtomicU64,
+    held: HeldSet<MemoryHeld>,
     closed: CancellationToken,
 }
 
@@ -56,7 +55,7 @@ impl MemoryBackend {
 
     /// Locks held through this provider now.
     pub fn held_count(&self) -> usize {
-        lock(&self.inner.held).len()
+        self.inner.held.len()
     }
 }
 
@@ -127,7 +126,7 @@ impl Backend for MemoryBackend {
             }
             let token = inner.tokens.fetch_add(1, Ordering::Relaxed) + 1;
             entry.state.last_token.store(token, Ordering::Relaxed);
-            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = inner.held.next_id();
             let held = Arc::new(MemoryHeld {
                 inner: Arc::downgrade(&inner),
                 id,
@@ -136,7 +135,7 @@ impl Backend for MemoryBackend {
                 released: AtomicBool::new(false),
                 turn: Mutex::new(Some((ticket, entry))),
             });
-            lock(&inner.held).insert(id, Arc::downgrade(&held));
+            inner.held.insert(id, &held);
             Ok(Some(held as crate::Held))
         }))
     }
@@ -178,11 +177,7 @@ impl Backend for MemoryBackend {
         let inner = self.inner.clone();
         Box::pin(async move {
             inner.closed.cancel();
-            let held: Vec<Arc<MemoryHeld>> = lock(&inner.held)
-                .drain()
-                .filter_map(|(_, w)| w.upgrade())
-                .collect();
-            for h in held {
+            for h in inner.held.drain() {
                 h.lost.fire("the lock provider was closed");
                 h.release_now();
             }
@@ -206,7 +201,7 @@ impl MemoryHeld {
             return;
         }
         if let Some(inner) = self.inner.upgrade() {
-            lock(&inner.held).remove(&self.id);
+            inner.held.remove(self.id);
         }
         drop(lock(&self.turn).take());
     }

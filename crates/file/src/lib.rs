@@ -14,14 +14,14 @@
 mod names;
 mod os;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use distlock_core::HeldSet;
 use distlock_core::queue::Entry;
 use distlock_core::{
     AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock,
@@ -58,8 +58,7 @@ struct Inner {
     locks: Registry<String, LockState>,
     semaphores: Registry<String, SemState>,
     closed: CancellationToken,
-    held: Mutex<HashMap<u64, Weak<FileHeld>>>,
-    next_id: AtomicU64,
+    held: HeldSet<FileHeld>,
 }
 
 /// Per-name state of a lock file in this process.
@@ -99,8 +98,7 @@ impl FileBackend {
                 locks: Registry::default(),
                 semaphores: Registry::default(),
                 closed: CancellationToken::new(),
-                held: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(1),
+                held: HeldSet::default(),
             }),
         }
     }
@@ -112,7 +110,7 @@ impl FileBackend {
 
     /// How many locks this backend holds right now.
     pub fn held_count(&self) -> usize {
-        lock(&self.inner.held).len()
+        self.inner.held.len()
     }
 }
 
@@ -234,11 +232,7 @@ impl Backend for FileBackend {
 
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         self.inner.closed.cancel();
-        let held: Vec<Arc<FileHeld>> = lock(&self.inner.held)
-            .drain()
-            .filter_map(|(_, w)| w.upgrade())
-            .collect();
-        for h in held {
+        for h in self.inner.held.drain() {
             h.lost.fire("the file lock provider was closed");
             h.release_now();
         }
@@ -510,7 +504,7 @@ impl Inner {
         state: HeldState,
         start: Instant,
     ) -> Result<Held> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.held.next_id();
         let held = Arc::new(FileHeld {
             id,
             token,
@@ -519,7 +513,7 @@ impl Inner {
             state: Mutex::new(Some(state)),
             backend: Arc::downgrade(self),
         });
-        lock(&self.held).insert(id, Arc::downgrade(&held));
+        self.held.insert(id, &held);
         tracing::debug!(backend = BACKEND, name = %req.name, kind = ?req.kind, token, waited_us = start.elapsed().as_micros() as u64, "acquired");
         if self.closed.is_cancelled() {
             // close() ran while we were acquiring: do not hand out a lock nobody will release.
@@ -602,7 +596,7 @@ impl FileHeld {
         }
         self.released.store(true, Ordering::Release);
         if let Some(backend) = self.backend.upgrade() {
-            lock(&backend.held).remove(&self.id);
+            backend.held.remove(self.id);
         }
         tracing::debug!(backend = BACKEND, token = self.token, "released");
         true

@@ -18,11 +18,12 @@ mod config;
 pub mod key;
 mod pool;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
+use distlock_core::HeldSet;
 use distlock_core::queue::Entry;
 use distlock_core::{
     AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock,
@@ -59,8 +60,7 @@ struct Inner {
     /// Mutexes and reader-writer locks of one name share a queue (a mutex is the writer side).
     locks: Registry<String, ()>,
     semaphores: Registry<(String, u32), SemState>,
-    held: Mutex<HashMap<u64, Weak<PgHeld>>>,
-    next_id: AtomicU64,
+    held: HeldSet<PgHeld>,
     sequence: OnceCell<()>,
     keepalive_started: OnceLock<()>,
 }
@@ -81,8 +81,7 @@ impl PostgresBackend {
                 closed: CancellationToken::new(),
                 locks: Registry::default(),
                 semaphores: Registry::default(),
-                held: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(1),
+                held: HeldSet::default(),
                 sequence: OnceCell::new(),
                 keepalive_started: OnceLock::new(),
             }),
@@ -96,7 +95,7 @@ impl PostgresBackend {
 
     /// Locks held through this provider now.
     pub fn held_count(&self) -> usize {
-        lock(&self.inner.held).len()
+        self.inner.held.len()
     }
 }
 
@@ -271,11 +270,7 @@ impl Backend for PostgresBackend {
         let inner = self.inner.clone();
         Box::pin(async move {
             inner.closed.cancel();
-            let held: Vec<Arc<PgHeld>> = lock(&inner.held)
-                .drain()
-                .filter_map(|(_, w)| w.upgrade())
-                .collect();
-            let releases = held.into_iter().map(|h| {
+            let releases = inner.held.drain().into_iter().map(|h| {
                 h.lost.fire("the lock provider was closed");
                 h.take_and_unlock()
             });
@@ -772,7 +767,7 @@ impl Inner {
         keep: Keep,
         start: Instant,
     ) -> Result<Option<Held>> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.held.next_id();
         let lost = LostSignal::new();
         session.hold(id, lost.clone());
         if self.pool.opts.scope == Scope::Session {
@@ -793,7 +788,7 @@ impl Inner {
             runtime: tokio::runtime::Handle::current(),
             owner: Arc::downgrade(self),
         });
-        lock(&self.held).insert(id, Arc::downgrade(&held));
+        self.held.insert(id, &held);
         tracing::debug!(backend = BACKEND, name = %req.name, kind = ?req.kind, token, waited_us = start.elapsed().as_micros() as u64, "acquired");
         if self.closed.is_cancelled() {
             held.lost.fire("the lock provider was closed");
@@ -856,7 +851,7 @@ impl PgHeld {
         let grant = lock(&self.grant).take();
         self.released.store(true, Ordering::Release);
         if let Some(owner) = self.owner.upgrade() {
-            lock(&owner.held).remove(&self.id);
+            owner.held.remove(self.id);
         }
         let (id, token, scope) = (self.id, self.token, self.scope);
         async move {

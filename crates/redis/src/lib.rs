@@ -26,11 +26,11 @@ mod scripts;
 mod server;
 mod wake;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use distlock_core::HeldSet;
 use distlock_core::queue::Entry;
 use distlock_core::{
     AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock, Lease,
@@ -106,8 +106,7 @@ struct Inner {
     semaphores: Registry<String, ()>,
     wakes: Arc<Wakes>,
     renewals: Renewals,
-    held: Mutex<HashMap<u64, Weak<RedisHeld>>>,
-    next_id: AtomicU64,
+    held: HeldSet<RedisHeld>,
     closed: CancellationToken,
     runtime: OnceLock<tokio::runtime::Handle>,
 }
@@ -190,8 +189,7 @@ impl RedisBackend {
                 semaphores: Registry::default(),
                 wakes: Arc::default(),
                 renewals: Renewals::default(),
-                held: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(1),
+                held: HeldSet::default(),
                 closed: CancellationToken::new(),
                 runtime: OnceLock::new(),
             }),
@@ -200,7 +198,7 @@ impl RedisBackend {
 
     /// Locks held through this provider now.
     pub fn held_count(&self) -> usize {
-        lock(&self.inner.held).len()
+        self.inner.held.len()
     }
 
     /// Leases renewed so far, in total (batched: many per round trip).
@@ -339,11 +337,7 @@ impl Backend for RedisBackend {
         let inner = self.inner.clone();
         Box::pin(async move {
             inner.closed.cancel();
-            let held: Vec<Arc<RedisHeld>> = lock(&inner.held)
-                .drain()
-                .filter_map(|(_, w)| w.upgrade())
-                .collect();
-            let releases = held.into_iter().map(|h| {
+            let releases = inner.held.drain().into_iter().map(|h| {
                 h.lost.fire("the lock provider was closed");
                 async move {
                     let _ = h.release_now().await;
@@ -684,7 +678,7 @@ impl Inner {
         entry: Arc<Entry<()>>,
         ticket: Ticket,
     ) -> Held {
-        let uid = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let uid = self.held.next_id();
         // Runs inside the runtime: remembered for releases from `Drop` on other threads.
         let _ = self.runtime.get_or_init(tokio::runtime::Handle::current);
         let lease_state = Arc::new(Lease::new(lease - drift(lease), sent));
@@ -704,7 +698,7 @@ impl Inner {
             released: AtomicBool::new(false),
             turn: Mutex::new(Some((ticket, entry))),
         });
-        lock(&self.held).insert(uid, Arc::downgrade(&held));
+        self.held.insert(uid, &held);
         self.renewals.track(
             self,
             uid,
@@ -763,7 +757,7 @@ impl RedisHeld {
             return Ok(());
         }
         self.inner.renewals.untrack(self.uid);
-        lock(&self.inner.held).remove(&self.uid);
+        self.inner.held.remove(self.uid);
         let expired = self.lost.is_lost() || Instant::now() >= self.lease.deadline();
         let result = self.inner.release(&self.op, self.floor).await;
         drop(lock(&self.turn).take());
@@ -851,7 +845,7 @@ impl Drop for RedisHeld {
         }
         // Dropped without release (a garbage-collected handle): release in the background.
         self.inner.renewals.untrack(self.uid);
-        lock(&self.inner.held).remove(&self.uid);
+        self.inner.held.remove(self.uid);
         let (inner, op, floor) = (self.inner.clone(), self.op.clone(), self.floor);
         let turn = lock(&self.turn).take();
         if let Some(rt) = self.inner.runtime.get() {
