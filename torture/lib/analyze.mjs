@@ -1,0 +1,109 @@
+// The checks of one run, from the grant records of every worker (see torture/worker.mjs).
+//
+// Overlap: two critical sections [tEnter, tExit] that intersect on the shared monotonic time
+// line, where at least one is exclusive (mutex, write) — or, for a semaphore, more than maxCount
+// sections at once. In mode 'strict' every overlap violates the promise. In mode 'allowed' (faults
+// that make an overlap impossible to prevent) an overlap is allowed only when each earlier holder
+// involved saw its synchronous isHeld check false at every step after the later grant (its
+// lastHeldAt, the last step whose check was not false, is before the later grant) and the later
+// fencing token is larger.
+//
+// Fencing: exclusive grants' tokens strictly increase in grant order; and whenever a grant
+// completed before another acquire started, its token is smaller (or, when the later one is a
+// reader, not larger).
+
+const EXCLUSIVE = new Set(['mutex', 'write'])
+
+/** Whether the holders `set` (plus `b`) exceed what the primitive admits. */
+function conflict(set, b, maxCount) {
+  if (set.length === 0) return false
+  if (b.kind === 'semaphore') return set.length + 1 > maxCount
+  return EXCLUSIVE.has(b.kind) || set.some((a) => EXCLUSIVE.has(a.kind))
+}
+
+/**
+ * @param {object[]} grants grant records
+ * @param {{ mode: 'strict'|'allowed', maxCount?: number }} opts
+ */
+export function analyze(grants, { mode, maxCount = 1 }) {
+  const out = {
+    grants: grants.length,
+    overlaps: 0,
+    allowedOverlaps: 0,
+    overlapViolations: 0,
+    markerCollisions: 0,
+    fencingViolations: 0,
+    lostSignals: 0,
+    examples: [],
+  }
+  const example = (text) => {
+    if (out.examples.length < 5) out.examples.push(text)
+  }
+  for (const g of grants) {
+    g.tok = BigInt(g.token)
+    if (g.overlapDetected) out.markerCollisions++
+    if (g.lostAt != null) out.lostSignals++
+  }
+
+  // Overlaps: a sweep over sections by entry time, keeping those still open.
+  const byEnter = grants.toSorted((a, b) => a.tEnter - b.tEnter)
+  let open = []
+  for (const b of byEnter) {
+    open = open.filter((a) => a.tExit > b.tEnter)
+    if (conflict(open, b, maxCount)) {
+      out.overlaps++
+      // Which earlier holders still believed they held the lock after b was granted.
+      const believers = open.filter((a) => a.lastHeldAt == null || a.lastHeldAt >= b.tGranted)
+      const tokensOk = EXCLUSIVE.has(b.kind) ? open.every((a) => b.tok > a.tok) : true
+      const allowed = mode === 'allowed' && !conflict(believers, b, maxCount) && tokensOk
+      if (allowed) out.allowedOverlaps++
+      else {
+        out.overlapViolations++
+        const a = open[0]
+        const isHeld = a.isHeldBeforeEachStep.includes('?') ? 'isHeld unavailable' : `isHeld ${a.isHeldBeforeEachStep}`
+        example(
+          `overlap: pid ${b.pid} ${b.kind} token ${b.token} entered ${((a.tExit - b.tEnter) / 1e6).toFixed(2)} ms before ` +
+            `pid ${a.pid} ${a.kind} token ${a.token} left (its ${isHeld}, signal ${a.abortedBeforeEachStep}, ` +
+            `last held ${a.lastHeldAt == null ? '-' : ((a.lastHeldAt - b.tGranted) / 1e6).toFixed(2) + ' ms after the later grant'})`,
+        )
+      }
+    }
+    open.push(b)
+  }
+
+  // Fencing 1: exclusive grants in grant order.
+  const exclusive = grants.filter((g) => EXCLUSIVE.has(g.kind)).toSorted((a, b) => a.tGranted - b.tGranted)
+  for (let i = 1; i < exclusive.length; i++) {
+    if (exclusive[i].tok <= exclusive[i - 1].tok) {
+      out.fencingViolations++
+      example(`fencing: exclusive token ${exclusive[i].token} granted after ${exclusive[i - 1].token}`)
+    }
+  }
+  // Fencing 2: a grant completed before another acquire started has the smaller token.
+  const byGrant = grants.toSorted((a, b) => a.tGranted - b.tGranted)
+  const prefixMax = []
+  let max = -1n
+  for (const g of byGrant) {
+    if (g.tok > max) max = g.tok
+    prefixMax.push(max)
+  }
+  for (const b of grants) {
+    // The last grant completed before b's acquire started.
+    let lo = 0
+    let hi = byGrant.length
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (byGrant[mid].tGranted < b.tAcqStart) lo = mid + 1
+      else hi = mid
+    }
+    if (lo === 0) continue
+    const m = prefixMax[lo - 1]
+    const bad = b.kind === 'read' ? b.tok < m : b.tok <= m
+    if (bad) {
+      out.fencingViolations++
+      example(`fencing: ${b.kind} token ${b.token} acquired after a grant of token ${m} had completed`)
+    }
+  }
+  for (const g of grants) delete g.tok
+  return out
+}
