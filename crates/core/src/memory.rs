@@ -2,6 +2,9 @@
 //! process, for users' unit tests. A lock is a place in the name's [`FairQueue`]: FIFO,
 //! writer-preferring reader-writer locks and counted semaphores come with the queue.
 //!
+//! A memory lock is lost only when its provider is closed: `close` fires the signal and gives
+//! the place in the queue back in the same step, so nothing in the process waits on a lost lock.
+//!
 //! [`FairQueue`]: crate::FairQueue
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -296,5 +299,28 @@ mod tests {
         drop((s1, s2));
         m.close().await.unwrap();
         assert!(m.acquire(req("x", LockKind::Mutex, Timeout::Zero)).is_err());
+    }
+
+    /// Close is the only way a memory lock is lost: its signal fires and its turn is given back
+    /// in the same step, before `release()` (issue 11 item 9).
+    #[tokio::test]
+    async fn close_fires_lost_and_frees_the_turn_before_release() {
+        let m = MemoryBackend::new();
+        let h = m
+            .acquire(req("x", LockKind::Mutex, Timeout::Zero))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        let entry = m.inner.locks.get(&"x".to_owned()).unwrap();
+        assert_eq!(entry.queue.in_use(), SHARED_CAPACITY);
+        m.close().await.unwrap();
+        assert!(h.lost().is_lost());
+        assert_eq!(
+            entry.queue.in_use(),
+            0,
+            "the turn is back without release()"
+        );
+        h.release().await.unwrap();
     }
 }
