@@ -7,18 +7,49 @@
 //! - Callers in one process queue FIFO in memory (distlock-core's queue); only the caller at the
 //!   head talks to the OS. A contended OS wait runs on a dedicated thread, so waiting never
 //!   parks a tokio worker or a libuv pool thread, and a cancelled wait leaves nothing held.
-//! - The fencing counter is kept in the lock file and bumped while the lock is held.
-//! - Lock files are never deleted: deleting a lock file while another process waits on it would
-//!   let two processes lock two different files of the same name.
+//! - The fencing counter is kept in the lock file and bumped while the lock is held. Tokens
+//!   never go back to or below one this process has seen for the name (see `fence`).
+//! - Lock files are never deleted by distlock.
+//!
+//! # A lock file (or the directory) deleted while held
+//!
+//! `flock` locks an inode, not a path. If someone deletes a lock file while it is held, the
+//! holder keeps a lock on a file nobody can open any more, and the next caller creates and locks
+//! a new file of the same name. What distlock does about it:
+//!
+//! - **No grant on a stale file.** After every OS grant (a try, a blocking wait, a wait resumed
+//!   from an earlier caller, a semaphore slot, the semaphore's counter file), the backend checks
+//!   that the path still names the locked file (`fstat` of the descriptor against `stat` of the
+//!   path: device and inode). If not, it closes that descriptor and opens and locks the path
+//!   again, up to [`MAX_REOPENS`] times and within the acquire's deadline. A waiter that was
+//!   blocked on the deleted file therefore queues behind whoever holds the new one, instead of
+//!   being granted beside it.
+//! - **Fencing tokens do not repeat** for a name this process has locked before: a new file's
+//!   counter is raised above the largest token this process has seen for the name. A process
+//!   that never saw the name and finds a fresh file starts at 1 again: only a surviving process
+//!   remembers the old counter. Do not delete lock files.
+//! - **The earlier holder is told.** While a backend holds locks, a check runs every
+//!   [`DEFAULT_LOST_CHECK`] (see [`FileBackend::with_lost_check_interval`]) and `stat`s the path
+//!   of every held lock. A lock whose file was deleted or replaced is reported lost
+//!   (`handle.signal` aborts) and gives back its descriptor and its place in the in-process
+//!   queue at once, so a re-acquire in the same process proceeds without `release()`. Between
+//!   the deletion and the next check (at most one interval), the holder does not know; a
+//!   newcomer can hold the new file meanwhile. This overlap is the residual risk of deleting
+//!   lock files, and it is why they must stay in place.
+//!
+//! Apart from the deletion above and `close()`, a file lock is never lost while its process
+//! lives: the OS holds it until the descriptor is closed.
 
+mod fence;
 mod names;
 mod os;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use distlock_core::HeldSet;
@@ -32,9 +63,16 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use names::file_stem;
-use os::{Mode, PendingLock};
+use os::{FileId, Mode, PendingLock};
 
 const BACKEND: &str = "file";
+
+/// How many times one acquire reopens a lock file that was deleted or replaced under it before
+/// it gives up with a backend error (someone keeps deleting the lock directory).
+pub const MAX_REOPENS: u32 = 64;
+
+/// How often a backend holding locks checks that their files are still in place.
+pub const DEFAULT_LOST_CHECK: Duration = Duration::from_secs(1);
 
 /// Maps an I/O error to [`Error::Io`] naming `path`.
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
@@ -55,10 +93,22 @@ pub struct FileBackend {
 struct Inner {
     dir: PathBuf,
     dir_ready: AtomicBool,
+    /// The directory canonicalized once it exists, for the fencing floor's keys.
+    canonical_dir: OnceLock<PathBuf>,
     locks: Registry<String, LockState>,
     semaphores: Registry<String, SemState>,
     closed: CancellationToken,
     held: HeldSet<FileHeld>,
+    /// `None`: no check that held files stay in place.
+    lost_check: Option<Duration>,
+    watched: Mutex<Watched>,
+}
+
+/// The held locks whose files the lost check looks at, and whether its task runs.
+#[derive(Default)]
+struct Watched {
+    files: HashMap<u64, (PathBuf, FileId, Weak<FileHeld>)>,
+    running: bool,
 }
 
 /// Per-name state of a lock file in this process.
@@ -66,16 +116,17 @@ struct Inner {
 struct LockState {
     /// Serializes OS acquisition: one caller per process and name talks to the OS at a time.
     gate: Arc<tokio::sync::Mutex<()>>,
-    /// The OS shared lock all readers of this process share, with their count.
-    shared: Mutex<Option<SharedOs>>,
+    /// The OS shared lock all readers of this process share, while any of them holds it.
+    shared: Mutex<Weak<SharedOs>>,
     /// An OS wait left running by a caller that timed out or was cancelled, for the next caller.
     pending: Mutex<Option<(Mode, PendingLock)>>,
 }
 
 struct SharedOs {
-    /// Kept open: the OS shared lock lives exactly as long as this file.
+    /// Kept open: the OS shared lock lives exactly as long as this file, that is until the last
+    /// reader holding this `Arc` lets go.
     _file: File,
-    holders: usize,
+    id: FileId,
     token: u64,
 }
 
@@ -95,12 +146,24 @@ impl FileBackend {
             inner: Arc::new(Inner {
                 dir: directory.into(),
                 dir_ready: AtomicBool::new(false),
+                canonical_dir: OnceLock::new(),
                 locks: Registry::default(),
                 semaphores: Registry::default(),
                 closed: CancellationToken::new(),
                 held: HeldSet::default(),
+                lost_check: Some(DEFAULT_LOST_CHECK),
+                watched: Mutex::default(),
             }),
         }
+    }
+
+    /// Sets how often held locks check that their files are still in place (`None`: never).
+    /// Each check is one `stat` per held lock. Call before the first acquire.
+    pub fn with_lost_check_interval(mut self, every: Option<Duration>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.lost_check = every.filter(|d| !d.is_zero());
+        }
+        self
     }
 
     /// The lock directory.
@@ -259,8 +322,24 @@ impl Inner {
             }
             Err(e) => return Err(Error::io(BACKEND, &self.dir, e)),
         }
+        if self.canonical_dir.get().is_none()
+            && let Ok(canonical) = std::fs::canonicalize(&self.dir)
+        {
+            let _ = self.canonical_dir.set(canonical);
+        }
         self.dir_ready.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The fencing floor's key for the file `file_name` in the lock directory.
+    fn fence_key(&self, file_name: &str) -> u64 {
+        fence::key(
+            &self
+                .canonical_dir
+                .get()
+                .unwrap_or(&self.dir)
+                .join(file_name),
+        )
     }
 
     /// Opens a lock file, recreating the directory if someone removed it since.
@@ -303,50 +382,56 @@ impl Inner {
             Ok(gate) => gate,
             Err(why) => return why.into_outcome(&req, BACKEND),
         };
+        let file_name = format!("{}.lock", file_stem(&req.name));
+        let path = self.dir.join(&file_name);
         if mode == Mode::Shared {
-            let mut shared = lock(&entry.state.shared);
-            if let Some(os) = shared.as_mut() {
-                os.holders += 1;
-                let token = os.token;
-                drop(shared);
+            let readers = lock(&entry.state.shared).upgrade();
+            // Join the readers' OS lock only while the path still names its file.
+            if let Some(os) = readers
+                && os::path_identity(&path).map_err(io_at(&path))? == Some(os.id)
+            {
                 drop(gate);
+                let (token, id) = (os.token, os.id);
+                let state = HeldState::Shared { os, ticket, entry };
                 return self
-                    .register(&req, token, HeldState::Shared { ticket, entry }, start)
+                    .register(&req, token, state, Some((path, id)), start)
                     .map(Some);
             }
         }
-        let path = self.dir.join(format!("{}.lock", file_stem(&req.name)));
-        let Some(file) = self.os_lock(&req, &path, &entry, mode, deadline).await? else {
+        let Some((file, id)) = self.os_lock(&req, &path, &entry, mode, deadline).await? else {
             return Ok(None);
         };
-        let state = match mode {
+        let key = self.fence_key(&file_name);
+        let (token, state) = match mode {
             Mode::Exclusive => {
-                let token = os::bump_counter(&file).map_err(io_at(&path))?;
-                (
-                    token,
-                    HeldState::Exclusive {
-                        file,
-                        ticket,
-                        entry,
-                    },
-                )
+                let token = fence::next_token(key, &file).map_err(io_at(&path))?;
+                let state = HeldState::Exclusive {
+                    file,
+                    ticket,
+                    entry,
+                };
+                (token, state)
             }
             Mode::Shared => {
-                let token = os::read_counter(&file).map_err(io_at(&path))?;
-                *lock(&entry.state.shared) = Some(SharedOs {
+                let token = fence::observe(key, os::read_counter(&file).map_err(io_at(&path))?);
+                let os = Arc::new(SharedOs {
                     _file: file,
-                    holders: 1,
+                    id,
                     token,
                 });
-                (token, HeldState::Shared { ticket, entry })
+                *lock(&entry.state.shared) = Arc::downgrade(&os);
+                (token, HeldState::Shared { os, ticket, entry })
             }
         };
         drop(gate);
-        self.register(&req, state.0, state.1, start).map(Some)
+        self.register(&req, token, state, Some((path, id)), start)
+            .map(Some)
     }
 
     /// Takes the OS lock on `path`: one non-blocking try, then (unless the timeout is zero) a
-    /// wait on a dedicated thread, resuming a wait an earlier caller left running.
+    /// wait on a dedicated thread, resuming a wait an earlier caller left running. A grant on a
+    /// file the path no longer names (deleted or replaced meanwhile) is dropped and the path is
+    /// opened and locked again, at most [`MAX_REOPENS`] times, within the deadline.
     async fn os_lock(
         &self,
         req: &AcquireRequest,
@@ -354,22 +439,57 @@ impl Inner {
         entry: &Entry<LockState>,
         mode: Mode,
         deadline: Option<Instant>,
-    ) -> Result<Option<File>> {
-        let left_running = lock(&entry.state.pending).take();
-        let mut pending = match left_running {
-            Some((m, rx)) if m == mode => rx,
-            // A wait for the other mode is dropped: its thread lets go the moment it is granted.
-            _ => {
-                let file = self.open(path)?;
-                if os::try_lock(&file, mode).map_err(io_at(path))? {
-                    return Ok(Some(file));
+    ) -> Result<Option<(File, FileId)>> {
+        // A wait for the other mode is dropped: its thread lets go the moment it is granted.
+        let mut resumed = lock(&entry.state.pending)
+            .take()
+            .filter(|(m, _)| *m == mode)
+            .map(|(_, rx)| rx);
+        for _ in 0..=MAX_REOPENS {
+            let pending = match resumed.take() {
+                Some(pending) => pending,
+                None => {
+                    let file = self.open(path)?;
+                    if os::try_lock(&file, mode).map_err(io_at(path))? {
+                        if let Some(id) = os::still_named(&file, path).map_err(io_at(path))? {
+                            return Ok(Some((file, id)));
+                        }
+                        tracing::debug!(backend = BACKEND, path = %path.display(), "lock file replaced while locking it; locking the path again");
+                        continue;
+                    }
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Ok(None);
+                    }
+                    os::lock_in_background(file, mode).map_err(io_at(path))?
                 }
-                if deadline.is_some_and(|d| d <= Instant::now()) {
-                    return Ok(None);
-                }
-                os::lock_in_background(file, mode).map_err(io_at(path))?
+            };
+            let Some(file) = self
+                .wait_os(req, path, entry, mode, pending, deadline)
+                .await?
+            else {
+                return Ok(None);
+            };
+            if let Some(id) = os::still_named(&file, path).map_err(io_at(path))? {
+                return Ok(Some((file, id)));
             }
-        };
+            // Granted on a file that was deleted (and maybe recreated) while we waited: that
+            // lock excludes nobody who opens the path now.
+            tracing::debug!(backend = BACKEND, path = %path.display(), "lock file replaced while waiting on it; locking the path again");
+        }
+        Err(replaced_too_often(req, path))
+    }
+
+    /// Waits for a background OS wait. On a timeout, cancel or close the wait keeps running
+    /// for the next caller instead of starting another thread.
+    async fn wait_os(
+        &self,
+        req: &AcquireRequest,
+        path: &Path,
+        entry: &Entry<LockState>,
+        mode: Mode,
+        mut pending: PendingLock,
+        deadline: Option<Instant>,
+    ) -> Result<Option<File>> {
         match race(&mut pending, deadline, req.cancel.as_ref(), &self.closed)
             .await
             .done()
@@ -384,7 +504,6 @@ impl Inner {
                 ),
             }),
             Err(why) => {
-                // Keep the OS wait for the next caller instead of starting another thread.
                 *lock(&entry.state.pending) = Some((mode, pending));
                 why.into_outcome(req, BACKEND)
             }
@@ -420,12 +539,12 @@ impl Inner {
         };
         let stem = file_stem(&req.name);
         let mut backoff = Duration::from_millis(1);
-        let (slot, file) = loop {
+        let (slot, file, id) = loop {
             // Listen for slots this process frees before scanning, so none is missed.
             let freed = entry.state.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(found) = self.try_slots(&stem, &entry)? {
+            if let Some(found) = self.try_slots(&req, &stem, &entry)? {
                 break found;
             }
             // Slots held by other processes cannot signal us: poll them with a capped backoff.
@@ -444,6 +563,7 @@ impl Inner {
             backoff = (backoff * 2).min(Duration::from_millis(50));
         };
         drop(gate);
+        let path = self.dir.join(format!("{stem}.sem{slot}"));
         let state = HeldState::Slot {
             file,
             slot,
@@ -457,20 +577,38 @@ impl Inner {
                 return Err(e);
             }
         };
-        self.register(&req, token, state, start).map(Some)
+        self.register(&req, token, state, Some((path, id)), start)
+            .map(Some)
     }
 
-    fn try_slots(&self, stem: &str, entry: &Entry<SemState>) -> Result<Option<(usize, File)>> {
+    /// One pass over the slots this process does not hold: the first free one whose file is
+    /// still in place.
+    fn try_slots(
+        &self,
+        req: &AcquireRequest,
+        stem: &str,
+        entry: &Entry<SemState>,
+    ) -> Result<Option<(usize, File, FileId)>> {
         let count = lock(&entry.state.taken).len();
         for slot in 0..count {
             if lock(&entry.state.taken)[slot] {
                 continue;
             }
             let path = self.dir.join(format!("{stem}.sem{slot}"));
-            let file = self.open(&path)?;
-            if os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
-                lock(&entry.state.taken)[slot] = true;
-                return Ok(Some((slot, file)));
+            let mut reopens = 0;
+            loop {
+                let file = self.open(&path)?;
+                if !os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
+                    break;
+                }
+                if let Some(id) = os::still_named(&file, &path).map_err(io_at(&path))? {
+                    lock(&entry.state.taken)[slot] = true;
+                    return Ok(Some((slot, file, id)));
+                }
+                reopens += 1;
+                if reopens > MAX_REOPENS {
+                    return Err(replaced_too_often(req, &path));
+                }
             }
         }
         Ok(None)
@@ -479,11 +617,26 @@ impl Inner {
     /// The semaphore's fencing counter lives in its own file, bumped under a short exclusive
     /// lock (holders of different slots run concurrently).
     async fn bump_semaphore_counter(&self, stem: &str, req: &AcquireRequest) -> Result<u64> {
-        let path = self.dir.join(format!("{stem}.semtoken"));
-        let file = self.open(&path)?;
+        let file_name = format!("{stem}.semtoken");
+        let path = self.dir.join(&file_name);
+        let key = self.fence_key(&file_name);
+        let mut file = self.open(&path)?;
+        let mut reopens = 0;
         loop {
             if os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
-                return os::bump_counter(&file).map_err(io_at(&path));
+                if os::still_named(&file, &path)
+                    .map_err(io_at(&path))?
+                    .is_some()
+                {
+                    return fence::next_token(key, &file).map_err(io_at(&path));
+                }
+                // The counter file was deleted or replaced: bump the one the path names.
+                reopens += 1;
+                if reopens > MAX_REOPENS {
+                    return Err(replaced_too_often(req, &path));
+                }
+                file = self.open(&path)?;
+                continue;
             }
             // Another process is inside its few-microsecond bump; yield and retry.
             let retry = async { tokio::time::sleep(Duration::from_micros(200)).await };
@@ -502,6 +655,7 @@ impl Inner {
         req: &AcquireRequest,
         token: u64,
         state: HeldState,
+        watch: Option<(PathBuf, FileId)>,
         start: Instant,
     ) -> Result<Held> {
         let id = self.held.next_id();
@@ -514,6 +668,9 @@ impl Inner {
             backend: Arc::downgrade(self),
         });
         self.held.insert(id, &held);
+        if let Some((path, file_id)) = watch {
+            self.watch(id, path, file_id, &held);
+        }
         tracing::debug!(backend = BACKEND, name = %req.name, kind = ?req.kind, token, waited_us = start.elapsed().as_micros() as u64, "acquired");
         if self.closed.is_cancelled() {
             // close() ran while we were acquiring: do not hand out a lock nobody will release.
@@ -525,6 +682,76 @@ impl Inner {
         }
         Ok(held)
     }
+
+    /// Adds a held lock to the lost check, starting the check's task if it is not running.
+    fn watch(self: &Arc<Self>, id: u64, path: PathBuf, file_id: FileId, held: &Arc<FileHeld>) {
+        let Some(every) = self.lost_check else {
+            return;
+        };
+        let mut watched = lock(&self.watched);
+        watched
+            .files
+            .insert(id, (path, file_id, Arc::downgrade(held)));
+        if watched.running {
+            return;
+        }
+        // Outside a tokio runtime there is nothing to run the check on; the next grant inside
+        // one starts it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        watched.running = true;
+        drop(watched);
+        runtime.spawn(check_files(Arc::downgrade(self), every));
+    }
+
+    fn unwatch(&self, id: u64) {
+        if self.lost_check.is_some() {
+            lock(&self.watched).files.remove(&id);
+        }
+    }
+}
+
+/// The lost check: every `every`, `stat`s the path of each held lock and reports the locks
+/// whose file was deleted or replaced as lost. Ends when nothing is held (the next grant starts
+/// it again) or the backend is gone.
+async fn check_files(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let files: Vec<(PathBuf, FileId, Weak<FileHeld>)> = {
+            let mut watched = lock(&inner.watched);
+            if watched.files.is_empty() || inner.closed.is_cancelled() {
+                watched.running = false;
+                return;
+            }
+            watched.files.values().cloned().collect()
+        };
+        drop(inner);
+        for (path, id, held) in files {
+            // An error other than "not found" (permissions, I/O) proves nothing: keep the lock.
+            let gone = os::path_identity(&path).is_ok_and(|now| now != Some(id));
+            if gone && let Some(held) = held.upgrade() {
+                held.lose(format!(
+                    "its lock file {} was deleted or replaced while held",
+                    path.display()
+                ));
+            }
+        }
+    }
+}
+
+fn replaced_too_often(req: &AcquireRequest, path: &Path) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        message: format!(
+            "the lock file {} of {} was deleted or replaced {MAX_REOPENS} times while locking it",
+            path.display(),
+            req.target(BACKEND)
+        ),
+    }
 }
 
 /// What a held file lock owns; dropping it releases the OS lock, then the in-process turn.
@@ -535,6 +762,7 @@ enum HeldState {
         entry: Arc<Entry<LockState>>,
     },
     Shared {
+        os: Arc<SharedOs>,
         ticket: Ticket,
         entry: Arc<Entry<LockState>>,
     },
@@ -546,22 +774,10 @@ enum HeldState {
     },
 }
 
-struct FileHeld {
-    id: u64,
-    token: u64,
-    lost: LostSignal,
-    released: AtomicBool,
-    state: Mutex<Option<HeldState>>,
-    backend: Weak<Inner>,
-}
-
-impl FileHeld {
-    /// Releases now; returns whether this call did it.
-    fn release_now(&self) -> bool {
-        let Some(state) = lock(&self.state).take() else {
-            return false;
-        };
-        match state {
+impl HeldState {
+    /// Lets go of the OS lock (the last reader closes the shared file), then the turn.
+    fn give_back(self) {
+        match self {
             HeldState::Exclusive {
                 file,
                 ticket,
@@ -571,16 +787,10 @@ impl FileHeld {
                 drop(ticket);
                 drop(entry);
             }
-            HeldState::Shared { ticket, entry } => {
-                let mut shared = lock(&entry.state.shared);
-                if let Some(os) = shared.as_mut() {
-                    os.holders -= 1;
-                    if os.holders == 0 {
-                        *shared = None;
-                    }
-                }
-                drop(shared);
+            HeldState::Shared { os, ticket, entry } => {
+                drop(os);
                 drop(ticket);
+                drop(entry);
             }
             HeldState::Slot {
                 file,
@@ -594,12 +804,51 @@ impl FileHeld {
                 drop(ticket);
             }
         }
+    }
+}
+
+struct FileHeld {
+    id: u64,
+    token: u64,
+    lost: LostSignal,
+    released: AtomicBool,
+    state: Mutex<Option<HeldState>>,
+    backend: Weak<Inner>,
+}
+
+impl FileHeld {
+    /// Releases now; returns whether this call let go of the lock (false if it was released
+    /// or lost before).
+    fn release_now(&self) -> bool {
+        let state = lock(&self.state).take();
         self.released.store(true, Ordering::Release);
-        if let Some(backend) = self.backend.upgrade() {
-            backend.held.remove(self.id);
-        }
+        let Some(state) = state else {
+            return false;
+        };
+        state.give_back();
+        self.forget();
         tracing::debug!(backend = BACKEND, token = self.token, "released");
         true
+    }
+
+    /// The lock is known lost: fire the signal, and give back the OS lock and the in-process
+    /// turn at once, so a re-acquire in this process does not wait for `release()`.
+    fn lose(&self, reason: String) {
+        let state = lock(&self.state).take();
+        let Some(state) = state else {
+            return;
+        };
+        tracing::debug!(backend = BACKEND, token = self.token, reason = %reason, "lost");
+        self.lost.fire(reason);
+        state.give_back();
+        self.forget();
+    }
+
+    fn forget(&self) {
+        if let Some(backend) = self.backend.upgrade() {
+            backend.held.remove(self.id);
+            backend.unwatch(self.id);
+        }
     }
 }
 

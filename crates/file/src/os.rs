@@ -68,6 +68,59 @@ pub fn lock_in_background(file: File, mode: Mode) -> io::Result<PendingLock> {
     Ok(rx)
 }
 
+/// Which file an open file or a path is: device and inode on Unix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The identity of an open file (`fstat`).
+#[cfg(unix)]
+pub fn identity(file: &File) -> io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    Ok(FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// The identity of the file `path` names now (`stat`), or `None` if nothing is there.
+#[cfg(unix)]
+pub fn path_identity(path: &Path) -> io::Result<Option<FileId>> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+// Windows refuses to delete a file another handle has open unless it was opened with
+// FILE_SHARE_DELETE, and the stable API has no file index to compare: every open file counts as
+// the one its path names.
+#[cfg(not(unix))]
+pub fn identity(_file: &File) -> io::Result<FileId> {
+    Ok(FileId { dev: 0, ino: 0 })
+}
+
+#[cfg(not(unix))]
+pub fn path_identity(_path: &Path) -> io::Result<Option<FileId>> {
+    Ok(Some(FileId { dev: 0, ino: 0 }))
+}
+
+/// Whether `path` still names `file`: after a lock is granted, the file may have been deleted
+/// (and maybe recreated) while we waited, and a lock on a file nobody can open any more
+/// excludes nobody. Returns the identity when it does.
+pub fn still_named(file: &File, path: &Path) -> io::Result<Option<FileId>> {
+    let id = identity(file)?;
+    Ok((path_identity(path)? == Some(id)).then_some(id))
+}
+
 /// Reads the fencing counter stored in the first 8 bytes of `file` (0 for a new file).
 pub fn read_counter(file: &File) -> io::Result<u64> {
     let mut buf = [0u8; 8];
@@ -86,17 +139,25 @@ pub fn read_counter(file: &File) -> io::Result<u64> {
     })
 }
 
-/// Adds one to the fencing counter of `file`, which the caller holds exclusively, and returns
-/// the new value. Written to the page cache, not synced: it survives process crashes, not an
-/// OS crash.
-pub fn bump_counter(file: &File) -> io::Result<u64> {
-    let next = read_counter(file)?.wrapping_add(1).max(1);
-    let bytes = next.to_le_bytes();
+/// Sets the fencing counter of `file`, which the caller holds exclusively, to the greater of its
+/// value and `floor`, plus one, and returns the new value. `floor` is the largest token this
+/// process has seen for the name, so a deleted and recreated file does not start over while
+/// this process lives. Written to the page cache, not synced: it survives process crashes, not
+/// an OS crash.
+pub fn bump_counter(file: &File, floor: u64) -> io::Result<u64> {
+    let next = read_counter(file)?.max(floor).saturating_add(1);
+    write_counter(file, next)?;
+    Ok(next)
+}
+
+/// Writes `value` as the fencing counter of `file`.
+pub fn write_counter(file: &File, value: u64) -> io::Result<()> {
+    let bytes = value.to_le_bytes();
     let mut written = 0;
     while written < bytes.len() {
         written += write_at(file, &bytes[written..], written as u64)?;
     }
-    Ok(next)
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -149,9 +210,31 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let f = open(&path).unwrap();
         assert_eq!(read_counter(&f).unwrap(), 0);
-        assert_eq!(bump_counter(&f).unwrap(), 1);
-        assert_eq!(bump_counter(&f).unwrap(), 2);
+        assert_eq!(bump_counter(&f, 0).unwrap(), 1);
+        assert_eq!(bump_counter(&f, 0).unwrap(), 2);
         assert_eq!(read_counter(&open(&path).unwrap()).unwrap(), 2);
+        assert_eq!(
+            bump_counter(&f, 10).unwrap(),
+            11,
+            "a floor above the file wins"
+        );
+        assert_eq!(
+            bump_counter(&f, 3).unwrap(),
+            12,
+            "a floor below it does not"
+        );
+    }
+
+    #[test]
+    fn still_named_sees_a_deleted_or_replaced_file() {
+        let path = temp_path("ident");
+        let f = open(&path).unwrap();
+        assert!(still_named(&f, &path).unwrap().is_some());
+        std::fs::remove_file(&path).unwrap();
+        assert!(still_named(&f, &path).unwrap().is_none(), "deleted");
+        let g = open(&path).unwrap();
+        assert!(still_named(&f, &path).unwrap().is_none(), "replaced");
+        assert!(still_named(&g, &path).unwrap().is_some());
     }
 
     #[tokio::test]
