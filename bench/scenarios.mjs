@@ -4,9 +4,13 @@
 //   traffic per second (Redis, leaseMs 3 000 so renewals run every second);
 // - 1 000 waiters on one name: all granted, in call order, and how long the drain takes;
 // - acquire/release cycles with RSS before and after (100 000 on file and memory; Redis and
-//   PostgreSQL 20 000, or 2 000 with --quick), to show nothing leaks.
+//   PostgreSQL 20 000, or 2 000 with --quick), to show nothing leaks;
+// - waiter drain (issue 11): 10 000, 30 000 and 100 000 waiters on one name in one process
+//   (memory and file; 10 000 on PostgreSQL and Redis), time to queue them and to drain them,
+//   µs per waiter (flat when the drain is linear) and whether grants kept call order.
 //
-//   node bench/scenarios.mjs [--quick] [--url=postgres://...]
+//   node bench/scenarios.mjs [--quick] [--url=postgres://...] [--parts=held,waiters,cycles,drain]
+//   [--drain=10000,30000,100000] [--drain-backends=memory,file,postgres,redis]
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -17,8 +21,13 @@ import { QUICK, opt, root, saveResults } from './lib.mjs'
 const require = createRequire(path.join(root, 'package.json'))
 const distlock = require(root)
 const URL_PG = opt('url') ?? process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const PARTS = (opt('parts') ?? 'held,waiters,cycles,drain').split(',')
+const DRAIN_SIZES = (opt('drain') ?? (QUICK ? '2000,5000' : '10000,30000,100000')).split(',').map(Number)
+// The server backends drain the smallest size only: their per-grant round trip dominates.
+const DRAIN_BACKENDS = (opt('drain-backends') ?? 'memory,file,postgres,redis').split(',')
 const services = await import('../scripts/test-services.mjs')
-const redis = await services.startRedis()
+const needsServers = PARTS.some((p) => p !== 'drain') || DRAIN_BACKENDS.some((b) => b === 'postgres' || b === 'redis')
+const redis = needsServers ? await services.startRedis() : null
 
 const mb = (bytes) => Math.round(bytes / 2 ** 20)
 const rss = () => {
@@ -33,13 +42,14 @@ const BACKENDS = {
   postgres: () => new distlock.PostgresLockProvider({ connectionString: URL_PG, maxConnections: 16 }),
   redis: () => new distlock.RedisLockProvider({ urls: [redis.url], leaseMs: 3_000 }),
 }
+const SERVERS = new Set(['postgres', 'redis'])
 const tag = `${process.pid}-${Date.now()}`
 // --quick holds 2 000 locks instead of 10 000: a smoke check, not the measurement.
 const HELD = QUICK ? 2_000 : 10_000
-const out = { held: {}, waiters: {}, cycles: {} }
+const out = { held: {}, waiters: {}, cycles: {}, drain: {} }
 
 try {
-  for (const [name, make] of Object.entries(BACKENDS)) {
+  for (const [name, make] of PARTS.includes('held') ? Object.entries(BACKENDS) : []) {
     // The file backend keeps one open file per held lock: 10 000 needs `ulimit -n` above that.
     const p = make()
     const before = rss()
@@ -66,7 +76,7 @@ try {
     console.log(`${HELD} held, ${name}:`, row)
   }
 
-  for (const [name, make] of Object.entries(BACKENDS)) {
+  for (const [name, make] of PARTS.includes('waiters') ? Object.entries(BACKENDS) : []) {
     const p = make()
     const lock = p.createLock(`waiters-${tag}`)
     const first = await lock.acquire()
@@ -90,7 +100,7 @@ try {
     console.log(`1 000 waiters, ${name}:`, row)
   }
 
-  for (const [name, make] of Object.entries(BACKENDS)) {
+  for (const [name, make] of PARTS.includes('cycles') ? Object.entries(BACKENDS) : []) {
     const n = name === 'file' || name === 'memory' ? (QUICK ? 5_000 : 100_000) : QUICK ? 1_000 : 20_000
     const p = make()
     const lock = p.createLock(`cycles-${tag}`)
@@ -104,6 +114,41 @@ try {
     await p.close()
     out.cycles[name] = row
     console.log(`${n} cycles, ${name}:`, row)
+  }
+
+  // Waiter drain: N acquires queue on one held name, then the holder releases and each waiter
+  // releases as soon as it is granted. Linear means µs per waiter stays flat as N grows.
+  for (const name of PARTS.includes('drain') ? DRAIN_BACKENDS : []) {
+    const rows = []
+    for (const n of SERVERS.has(name) ? DRAIN_SIZES.slice(0, 1) : DRAIN_SIZES) {
+      const p = BACKENDS[name]()
+      const lock = p.createLock(`drain-${tag}-${n}`)
+      const first = await lock.acquire()
+      const order = []
+      const t0 = performance.now()
+      const waiters = new Array(n)
+      for (let i = 0; i < n; i++) {
+        waiters[i] = lock.acquire({ timeoutMs: 600_000 }).then(async (h) => {
+          order.push(i)
+          await h.release()
+        })
+      }
+      const t1 = performance.now()
+      await first.release()
+      await Promise.all(waiters)
+      const t2 = performance.now()
+      const row = {
+        waiters: n,
+        queueMs: Math.round(t1 - t0),
+        drainMs: Math.round(t2 - t1),
+        usPerWaiter: Math.round(((t2 - t0) * 1000) / n),
+        inCallOrder: order.length === n && order.every((v, i) => v === i),
+      }
+      await p.close()
+      rows.push(row)
+      console.log(`waiter drain, ${name}:`, row)
+    }
+    out.drain[name] = rows
   }
 } finally {
   services.stopServices()
