@@ -46,8 +46,16 @@ pub struct PgOptions {
     pub root_pem: Option<Vec<u8>>,
     /// At most this many server connections.
     pub max_connections: usize,
-    /// Probe sessions that hold locks this often; a failed probe marks their locks lost.
+    /// Probe sessions that hold locks this often; a probe not answered within the same period
+    /// closes the session and marks its locks lost. On by default ([`DEFAULT_KEEPALIVE`]), with
+    /// TCP keepalives and `TCP_USER_TIMEOUT` (Linux) of the same scale, so a silent partition
+    /// is reported within twice the period.
     pub keepalive: Option<Duration>,
+    /// The bound on every statement that does not wait for a lock: a try (`timeout` 0: the
+    /// connect and the attempt together), an unlock, `inspect`, creating the fencing sequence,
+    /// and the cleanup after an interrupted wait. A release or cleanup that gets no answer within
+    /// it closes its session (the server then frees what the session held).
+    pub op_timeout: Duration,
     /// Session or transaction scope.
     pub scope: Scope,
     /// The sequence fencing tokens come from (created if missing).
@@ -71,6 +79,10 @@ impl std::fmt::Debug for PgOptions {
 pub const DEFAULT_SEQUENCE: &str = "distlock_fencing_token";
 /// The default pool size.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10;
+/// The default [`PgOptions::op_timeout`], and the default `connect_timeout`.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default keepalive period: a silent partition is reported within twice this.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
 
 impl PgOptions {
     /// Parses `connection_string` (URL or `key=value` form) with the defaults for the rest.
@@ -98,7 +110,7 @@ impl PgOptions {
             config.application_name("distlock");
         }
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
+            config.connect_timeout(DEFAULT_OP_TIMEOUT);
         }
         let verify = verify_override.unwrap_or(match config.get_ssl_mode() {
             SslMode::Disable => Verify::Off,
@@ -119,9 +131,11 @@ impl PgOptions {
             root_pem,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             keepalive: None,
+            op_timeout: DEFAULT_OP_TIMEOUT,
             scope: Scope::Session,
             fencing_sequence: DEFAULT_SEQUENCE.to_owned(),
-        };
+        }
+        .keepalive(DEFAULT_KEEPALIVE);
         opts.tls()?; // a bad sslrootcert fails now, not at the first acquire
         Ok(opts)
     }
@@ -149,6 +163,12 @@ impl PgOptions {
             .keepalives_interval(tcp)
             .keepalives_retries(2)
             .tcp_user_timeout(period * 2);
+        self
+    }
+
+    /// Sets [`PgOptions::op_timeout`].
+    pub fn op_timeout(mut self, bound: Duration) -> Self {
+        self.op_timeout = bound.max(Duration::from_millis(1));
         self
     }
 

@@ -19,6 +19,7 @@ pub mod key;
 mod pool;
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -28,14 +29,14 @@ use distlock_core::queue::Entry;
 use distlock_core::{
     AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock,
     Interrupted, LockInfo, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket,
-    Timeout, race,
+    Timeout, Waited, race,
 };
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 
 pub use config::{PgOptions, Scope, Verify};
 pub use key::AdvisoryKey;
-use pool::{Pool, Session, Use, describe};
+use pool::{Fault, Pool, Session, Use, describe};
 
 /// The backend's name in errors and logs.
 pub const BACKEND: &str = "postgres";
@@ -232,19 +233,32 @@ impl Backend for PostgresBackend {
                  AND ({wanted})"
             );
             let usage = inner.attempt_usage();
-            let s = inner.pool.session(usage).await?;
-            let rows = s.query(&sql).await;
-            if usage == Use::Busy {
-                s.unbusy();
-            }
-            let rows = rows.map_err(|e| Error::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "inspecting {name:?} on {}: {}",
-                    inner.pool.opts.server(),
-                    describe(&e)
-                ),
-            })?;
+            let op = inner.pool.opts.op_timeout;
+            let ask = async {
+                let s = inner.pool.session(usage).await.map_err(Fault::into_error)?;
+                let rows = s.query(&sql).await;
+                if usage == Use::Busy {
+                    s.unbusy();
+                }
+                rows.map_err(|e| Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "inspecting {name:?} on {}: {}",
+                        inner.pool.opts.server(),
+                        describe(&e)
+                    ),
+                })
+            };
+            let rows = tokio::time::timeout(op, ask)
+                .await
+                .map_err(|_| Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "inspecting {name:?}: no answer from {} within {} ms",
+                        inner.pool.opts.server(),
+                        op.as_millis()
+                    ),
+                })??;
             let holders: u32 = rows
                 .first()
                 .and_then(|r| r.first().cloned().flatten())
@@ -289,6 +303,58 @@ impl Backend for PostgresBackend {
     }
 }
 
+/// A statement in flight that owns what it needs, so it can outlive the caller that sent it
+/// (the caller's deadline passed; the answer still has to be looked at and undone).
+type Rows = Vec<Vec<Option<String>>>;
+type Query = Pin<Box<dyn Future<Output = std::result::Result<Rows, tokio_postgres::Error>> + Send>>;
+
+fn send(s: &Arc<Session>, text: String) -> Query {
+    let s = s.clone();
+    Box::pin(async move { s.query(&text).await })
+}
+
+/// What undoes a grant an abandoned attempt may have received: from its rows, the statement to
+/// run on its session (session scope; in transaction scope the rollback does it).
+type Undo = Box<dyn FnOnce(&Rows) -> Option<String> + Send>;
+
+/// Why one round of an acquire did not end in a grant or a "busy".
+enum Miss {
+    /// The deadline passed, the caller cancelled, or the provider closed.
+    Stop(Interrupted),
+    /// The server failed or could not be reached.
+    Fault(Fault),
+    /// The deadline passed with no answer at all from the server since the call began.
+    Silent(String),
+}
+
+/// The first reply cell of the first row.
+fn first_cell(rows: &Rows) -> Option<String> {
+    rows.first().and_then(|r| r.first()).cloned().flatten()
+}
+
+/// How long a cancelled or closed wait waits for the server to confirm the cancel before it
+/// settles anyway (the cleanup then goes on in the background).
+const CANCEL_SETTLE: Duration = Duration::from_secs(1);
+/// The first and the longest pause between reconnects of a waiter riding out a fault.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A waiter's reconnect state: how long to pause next, and the fault it is riding out (cleared
+/// once the server answers again).
+struct Retry {
+    backoff: Duration,
+    cause: Option<String>,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self {
+            backoff: FIRST_BACKOFF,
+            cause: None,
+        }
+    }
+}
+
 impl Inner {
     fn closed_error(&self, req: &AcquireRequest) -> Error {
         Error::Closed {
@@ -297,15 +363,15 @@ impl Inner {
         }
     }
 
-    fn backend_error(&self, req: &AcquireRequest, what: &str, e: &tokio_postgres::Error) -> Error {
-        Error::Backend {
-            backend: BACKEND,
+    fn fault(&self, req: &AcquireRequest, what: &str, e: &tokio_postgres::Error) -> Fault {
+        Fault {
             message: format!(
                 "{what} {} on {}: {}",
                 req.target(BACKEND),
                 self.pool.opts.server(),
                 describe(e)
             ),
+            transient: pool::is_transient(e),
         }
     }
 
@@ -317,22 +383,72 @@ impl Inner {
         }
     }
 
-    /// A session, raced against the caller's deadline and cancel and the provider's close.
+    /// What an acquire returns for `miss`, once it will not try again.
+    fn finish(&self, req: &AcquireRequest, miss: Miss, retry: &Retry) -> Result<Option<Held>> {
+        match miss {
+            Miss::Fault(f) => Err(f.into_error()),
+            Miss::Silent(message) => Err(Error::Backend {
+                backend: BACKEND,
+                message: match &retry.cause {
+                    Some(cause) => format!("{message}; earlier: {cause}"),
+                    None => message,
+                },
+            }),
+            // Out of time while riding out a fault: the server was not reachable, which is
+            // not the same as the lock being busy.
+            Miss::Stop(Interrupted::TimedOut) => match &retry.cause {
+                Some(cause) => Err(Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "the timeout of {} ran out while {} could not be reached: {cause}",
+                        req.target(BACKEND),
+                        self.pool.opts.server()
+                    ),
+                }),
+                None => Ok(None),
+            },
+            Miss::Stop(why) => why.into_outcome(req, BACKEND),
+        }
+    }
+
+    /// After a round missed: `None` to go again (a transient fault, time left: pause first),
+    /// or the acquire's result.
+    async fn again(
+        &self,
+        req: &AcquireRequest,
+        miss: Miss,
+        retry: &mut Retry,
+        deadline: Option<Instant>,
+    ) -> Option<Result<Option<Held>>> {
+        let Miss::Fault(f) = &miss else {
+            return Some(self.finish(req, miss, retry));
+        };
+        if !f.transient || req.timeout == Timeout::Zero {
+            return Some(self.finish(req, miss, retry));
+        }
+        tracing::info!(backend = BACKEND, name = %req.name, cause = %f.message, pause_ms = retry.backoff.as_millis() as u64, "reconnecting");
+        retry.cause = Some(f.message.clone());
+        let pause = tokio::time::sleep(retry.backoff);
+        retry.backoff = (retry.backoff * 2).min(MAX_BACKOFF);
+        match race(pause, deadline, req.cancel.as_ref(), &self.closed)
+            .await
+            .done()
+        {
+            Ok(()) => None,
+            Err(why) => Some(self.finish(req, Miss::Stop(why), retry)),
+        }
+    }
+
+    /// A session, raced against `until` and the caller's cancel and the provider's close.
     async fn session(
         &self,
         usage: Use,
         req: &AcquireRequest,
-        deadline: Option<Instant>,
-    ) -> std::result::Result<Arc<Session>, Outcome> {
-        // Connecting is not waiting for the lock: a zero timeout still gets its one attempt.
-        let deadline = if req.timeout == Timeout::Zero {
-            None
-        } else {
-            deadline
-        };
+        until: Option<Instant>,
+    ) -> std::result::Result<Arc<Session>, Miss> {
         match race(
             self.pool.session(usage),
-            deadline,
+            until,
             req.cancel.as_ref(),
             &self.closed,
         )
@@ -340,73 +456,81 @@ impl Inner {
         .done()
         {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(Outcome::Fail(e)),
+            Ok(Err(f)) => Err(Miss::Fault(f)),
             // Out of time with no connection at all: the server is slow or unreachable, which
             // is not the same as the lock being busy.
             Err(Interrupted::TimedOut) if self.pool.connections() == 0 => {
-                Err(Outcome::Fail(Error::Backend {
-                    backend: BACKEND,
-                    message: format!(
-                        "no connection to {} could be opened within the timeout of {}",
-                        self.pool.opts.server(),
-                        req.target(BACKEND)
-                    ),
-                }))
+                Err(Miss::Silent(format!(
+                    "no connection to {} could be opened within the timeout of {}",
+                    self.pool.opts.server(),
+                    req.target(BACKEND)
+                )))
             }
-            Err(why) => Err(Outcome::Stop(why)),
+            Err(why) => Err(Miss::Stop(why)),
         }
     }
 
     /// Creates the fencing sequence once per provider if it is missing.
-    async fn ensure_sequence(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<()> {
-        self.sequence
-            .get_or_try_init(|| async {
-                let seq = &self.pool.opts.fencing_sequence;
-                let s = match self.session(Use::Shared, req, deadline).await {
-                    Ok(s) => s,
-                    Err(Outcome::Fail(e)) => return Err(e),
-                    Err(Outcome::Stop(why)) => {
-                        return why.into_outcome::<()>(req, BACKEND).map(|_| ());
-                    }
-                };
-                let created = s
-                    .query(&format!("CREATE SEQUENCE IF NOT EXISTS {seq}"))
-                    .await;
-                let Err(create_err) = created else {
-                    return Ok(());
-                };
-                // Without CREATE on the schema, or when another process created it at the same
-                // moment: fine if it exists now.
-                let exists = s
-                    .query(&format!("SELECT to_regclass('{seq}') IS NOT NULL"))
-                    .await
-                    .map_err(|e| self.backend_error(req, "checking the fencing sequence for", &e))?;
-                if exists.first().and_then(|r| r.first()).cloned().flatten().as_deref() == Some("t") {
-                    return Ok(());
-                }
-                Err(Error::Backend {
-                    backend: BACKEND,
-                    message: format!(
-                        "cannot create the fencing-token sequence {seq} on {} ({}); create it once \
-                         as a privileged user (CREATE SEQUENCE {seq}; GRANT USAGE ON SEQUENCE {seq} \
-                         TO <user>) or point the fencingSequence option at one you can use",
-                        self.pool.opts.server(),
-                        describe(&create_err)
-                    ),
-                })
+    async fn ensure_sequence(
+        &self,
+        req: &AcquireRequest,
+        until: Option<Instant>,
+    ) -> std::result::Result<(), Miss> {
+        if self.sequence.initialized() {
+            return Ok(());
+        }
+        let init = self.sequence.get_or_try_init(|| async {
+            let seq = &self.pool.opts.fencing_sequence;
+            let s = self.pool.session(Use::Shared).await?;
+            let created = s
+                .query(&format!("CREATE SEQUENCE IF NOT EXISTS {seq}"))
+                .await;
+            let Err(create_err) = created else {
+                return Ok(());
+            };
+            if pool::is_transient(&create_err) {
+                return Err(self.fault(req, "creating the fencing sequence for", &create_err));
+            }
+            // Without CREATE on the schema, or when another process created it at the same
+            // moment: fine if it exists now.
+            let exists = s
+                .query(&format!("SELECT to_regclass('{seq}') IS NOT NULL"))
+                .await
+                .map_err(|e| self.fault(req, "checking the fencing sequence for", &e))?;
+            if first_cell(&exists).as_deref() == Some("t") {
+                return Ok(());
+            }
+            Err(Fault {
+                message: format!(
+                    "cannot create the fencing-token sequence {seq} on {} ({}); create it once \
+                     as a privileged user (CREATE SEQUENCE {seq}; GRANT USAGE ON SEQUENCE {seq} \
+                     TO <user>) or point the fencingSequence option at one you can use",
+                    self.pool.opts.server(),
+                    describe(&create_err)
+                ),
+                transient: false,
             })
-            .await
-            .map(|_| ())
+        });
+        match race(init, until, req.cancel.as_ref(), &self.closed).await {
+            Waited::Done(Ok(())) => Ok(()),
+            Waited::Done(Err(f)) => Err(Miss::Fault(f)),
+            Waited::TimedOut => Err(Miss::Silent(format!(
+                "no answer from {} within the timeout of {} (preparing the fencing sequence)",
+                self.pool.opts.server(),
+                req.target(BACKEND)
+            ))),
+            Waited::Cancelled => Err(Miss::Stop(Interrupted::Cancelled)),
+            Waited::Closed => Err(Miss::Stop(Interrupted::Closed)),
+        }
     }
 
-    /// Waits for this caller's turn in the process, then makes sure the provider is ready
-    /// (keepalive running, fencing sequence present).
+    /// Waits for this caller's turn in the process.
     async fn take_turn(
         self: &Arc<Self>,
         req: &AcquireRequest,
         ticket: &mut Ticket,
         deadline: Option<Instant>,
-    ) -> std::result::Result<(), Outcome> {
+    ) -> std::result::Result<(), Interrupted> {
         race(
             ticket.granted(),
             deadline,
@@ -414,12 +538,9 @@ impl Inner {
             &self.closed,
         )
         .await
-        .done()
-        .map_err(Outcome::Stop)?;
+        .done()?;
         self.start_keepalive();
-        self.ensure_sequence(req, deadline)
-            .await
-            .map_err(Outcome::Fail)
+        Ok(())
     }
 
     /// Which session an attempt that never waits runs on: a shared one in session scope
@@ -431,20 +552,87 @@ impl Inner {
         }
     }
 
-    /// Runs one non-waiting attempt `text`; returns its session and rows.
+    /// Runs one non-waiting attempt `text` by `until`; returns its session and rows. If `until`
+    /// passes (or the caller cancels) first, the answer is awaited in the background and what
+    /// it granted is undone with `undo`.
     async fn attempt(
-        &self,
+        self: &Arc<Self>,
         req: &AcquireRequest,
-        deadline: Option<Instant>,
-        text: &str,
-    ) -> std::result::Result<(Arc<Session>, Vec<Vec<Option<String>>>), Outcome> {
-        let s = self.session(self.attempt_usage(), req, deadline).await?;
-        match s.query(text).await {
-            Ok(rows) => Ok((s, rows)),
-            Err(e) => {
+        start: Instant,
+        until: Option<Instant>,
+        text: String,
+        undo: Undo,
+    ) -> std::result::Result<(Arc<Session>, Rows), Miss> {
+        let s = self.session(self.attempt_usage(), req, until).await?;
+        let mut q = send(&s, text);
+        match race(&mut q, until, req.cancel.as_ref(), &self.closed).await {
+            Waited::Done(Ok(rows)) => Ok((s, rows)),
+            Waited::Done(Err(e)) => {
+                let f = self.fault(req, "trying", &e);
                 self.end_attempt(&s).await;
-                Err(Outcome::Fail(self.backend_error(req, "trying", &e)))
+                Err(Miss::Fault(f))
             }
+            Waited::TimedOut => {
+                let heard = s.heard_since(start);
+                self.abandon_attempt(s, q, undo);
+                if heard {
+                    Err(Miss::Stop(Interrupted::TimedOut))
+                } else {
+                    Err(Miss::Silent(format!(
+                        "no answer from {} within the timeout of {}",
+                        self.pool.opts.server(),
+                        req.target(BACKEND)
+                    )))
+                }
+            }
+            Waited::Cancelled => {
+                self.abandon_attempt(s, q, undo);
+                Err(Miss::Stop(Interrupted::Cancelled))
+            }
+            Waited::Closed => {
+                self.abandon_attempt(s, q, undo);
+                Err(Miss::Stop(Interrupted::Closed))
+            }
+        }
+    }
+
+    /// Looks at the answer of an attempt whose caller stopped waiting, in the background, and
+    /// undoes its grant. A session that does not answer within `op_timeout` is closed.
+    fn abandon_attempt(self: &Arc<Self>, s: Arc<Session>, q: Query, undo: Undo) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let op = inner.pool.opts.op_timeout;
+            match tokio::time::timeout(op, q).await {
+                Ok(Ok(rows)) => {
+                    if inner.pool.opts.scope == Scope::Session
+                        && let Some(text) = undo(&rows)
+                    {
+                        inner
+                            .bounded(&s, &text, "undoing a grant its caller gave up on")
+                            .await;
+                    }
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    s.kill(format!(
+                        "an attempt got no answer within {} ms",
+                        op.as_millis()
+                    ));
+                    return;
+                }
+            }
+            inner.end_attempt(&s).await;
+        });
+    }
+
+    /// Runs `text` on `s` within `op_timeout`; a session that fails or does not answer is
+    /// closed (the server then frees what it held).
+    async fn bounded(&self, s: &Arc<Session>, text: &str, what: &str) {
+        let op = self.pool.opts.op_timeout;
+        match tokio::time::timeout(op, s.query(text)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => s.kill(format!("{what} failed: {}", describe(&e))),
+            Err(_) => s.kill(format!("{what} got no answer within {} ms", op.as_millis())),
         }
     }
 
@@ -464,9 +652,54 @@ impl Inner {
     ) -> Result<Option<Held>> {
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
-        if let Err(o) = self.take_turn(&req, &mut ticket, deadline).await {
-            return o.finish(&req);
+        if let Err(why) = self.take_turn(&req, &mut ticket, deadline).await {
+            return why.into_outcome(&req, BACKEND);
         }
+        let mut retry = Retry::new();
+        loop {
+            let miss = match self.key_round(&req, sql, start, deadline, &mut retry).await {
+                Ok(Some((s, token))) => {
+                    let turn = Turn {
+                        ticket,
+                        keep: Keep::Entry(entry),
+                    };
+                    return self.grant(&req, s, sql.unlock(), token, turn, start);
+                }
+                Ok(None) => return Ok(None),
+                Err(miss) => miss,
+            };
+            if let Some(done) = self.again(&req, miss, &mut retry, deadline).await {
+                return done;
+            }
+        }
+    }
+
+    /// The end of a try: `timeout` 0 has no time to wait for the lock, but `op_timeout` for
+    /// the answer.
+    fn until(
+        &self,
+        req: &AcquireRequest,
+        start: Instant,
+        deadline: Option<Instant>,
+    ) -> Option<Instant> {
+        match req.timeout {
+            Timeout::Zero => Some(start + self.pool.opts.op_timeout),
+            _ => deadline,
+        }
+    }
+
+    /// One round of a mutex or reader-writer acquire: a try on a shared session, then a wait
+    /// on a session of its own. `Ok(None)` is "busy" (a try) or `lock_timeout`.
+    async fn key_round(
+        self: &Arc<Self>,
+        req: &AcquireRequest,
+        sql: Sql,
+        start: Instant,
+        deadline: Option<Instant>,
+        retry: &mut Retry,
+    ) -> std::result::Result<Option<(Arc<Session>, u64)>, Miss> {
+        let until = self.until(req, start, deadline);
+        self.ensure_sequence(req, until).await?;
         let seq = &self.pool.opts.fencing_sequence;
         let try_sql = format!(
             "{}SELECT CASE WHEN {} THEN nextval('{seq}') END",
@@ -474,22 +707,22 @@ impl Inner {
             sql.func(true)
         );
         loop {
-            let (s, rows) = match self.attempt(&req, deadline, &try_sql).await {
-                Ok(answer) => answer,
-                Err(o) => return o.finish(&req),
-            };
-            let token = rows.first().and_then(|r| r.first()).cloned().flatten();
-            if let Some(token) = token {
-                let token = parse_token(Some(&token))?;
-                return self.grant(
-                    &req,
-                    s,
-                    sql.unlock(),
-                    token,
-                    ticket,
-                    Keep::Entry(entry),
-                    start,
-                );
+            let undo: Undo = Box::new(move |rows| first_cell(rows).map(|_| sql.unlock()));
+            let (s, rows) = self
+                .attempt(req, start, until, try_sql.clone(), undo)
+                .await?;
+            retry.cause = None; // the server answers again
+            if let Some(token) = first_cell(&rows) {
+                return match parse_token(Some(&token)) {
+                    Ok(token) => Ok(Some((s, token))),
+                    Err(e) => {
+                        s.kill(String::from("the server answered an attempt unexpectedly"));
+                        Err(Miss::Fault(Fault {
+                            message: e.to_string(),
+                            transient: false,
+                        }))
+                    }
+                };
             }
             self.end_attempt(&s).await;
             if req.timeout == Timeout::Zero {
@@ -514,37 +747,32 @@ impl Inner {
             .done()
             {
                 Ok(Some(Ok(s))) => s,
-                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Err(f))) => return Err(Miss::Fault(f)),
                 Ok(None) => continue,
-                Err(why) => return why.into_outcome(&req, BACKEND),
+                Err(why) => return Err(Miss::Stop(why)),
             };
-            return match self.wait_on(&s, &req, sql, deadline).await {
-                Ok(Some(token)) => self.grant(
-                    &req,
-                    s,
-                    sql.unlock(),
-                    token,
-                    ticket,
-                    Keep::Entry(entry),
-                    start,
-                ),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            };
+            return self
+                .wait_on(&s, req, sql, deadline)
+                .await
+                .map(|t| t.map(|t| (s, t)));
         }
     }
 
     /// Runs the blocking statement on a busy session; returns the fencing token, or `None` when
-    /// `lock_timeout` ran out. On cancel or close, cancels the statement on the server and
-    /// undoes a grant that raced it.
+    /// `lock_timeout` ran out. Settles at the deadline whatever the server does: the statement
+    /// is then finished in the background (a grant that raced the deadline is undone). On
+    /// cancel or close, cancels the statement on the server (waiting up to [`CANCEL_SETTLE`]
+    /// for that) and undoes a grant that raced it.
     async fn wait_on(
-        &self,
+        self: &Arc<Self>,
         s: &Arc<Session>,
         req: &AcquireRequest,
         sql: Sql,
         deadline: Option<Instant>,
-    ) -> Result<Option<u64>> {
+    ) -> std::result::Result<Option<u64>, Miss> {
         let seq = &self.pool.opts.fencing_sequence;
+        // The server gives up by itself too, so a wait whose caller is gone (or cut off) never
+        // turns into a grant long after the deadline.
         let timeout = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
@@ -557,93 +785,90 @@ impl Inner {
             begin(sql.scope),
             sql.func(false)
         );
-        let query = s.query(&text);
-        tokio::pin!(query);
-        let cancelled = async {
-            match &req.cancel {
-                Some(c) => c.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let interrupted = tokio::select! {
-            biased;
-            _ = cancelled => Interrupted::Cancelled,
-            _ = self.closed.cancelled() => Interrupted::Closed,
-            result = &mut query => {
-                return match result {
-                    Ok(rows) => {
-                        let token = rows.first().and_then(|r| r.get(1)).cloned().flatten();
-                        let token = parse_token(token.as_deref());
-                        if token.is_err() {
-                            self.clean_after(s, sql.scope).await;
-                        }
-                        token.map(Some)
-                    }
-                    Err(e) if e.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) => {
-                        self.after_lock_timeout(s, req, sql).await
-                    }
+        let mut q = send(s, text);
+        let why = match race(&mut q, deadline, req.cancel.as_ref(), &self.closed).await {
+            Waited::Done(Ok(rows)) => {
+                let token = rows.first().and_then(|r| r.get(1)).cloned().flatten();
+                return match parse_token(token.as_deref()) {
+                    Ok(token) => Ok(Some(token)),
                     Err(e) => {
-                        let err = self.backend_error(req, "waiting for", &e);
-                        self.clean_after(s, sql.scope).await;
-                        Err(err)
+                        self.spawn_clean(s);
+                        Err(Miss::Fault(Fault {
+                            message: e.to_string(),
+                            transient: false,
+                        }))
                     }
                 };
             }
+            Waited::Done(Err(e)) if e.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) => {
+                // A grant can race lock_timeout: the cleanup drops it.
+                self.spawn_clean(s);
+                return Ok(None);
+            }
+            Waited::Done(Err(e)) => {
+                let f = self.fault(req, "waiting for", &e);
+                self.spawn_clean(s);
+                return Err(Miss::Fault(f));
+            }
+            Waited::TimedOut => {
+                tokio::spawn(self.clone().finish_wait(s.clone(), q, false));
+                return Err(Miss::Stop(Interrupted::TimedOut));
+            }
+            Waited::Cancelled => Interrupted::Cancelled,
+            Waited::Closed => Interrupted::Closed,
         };
-        s.cancel_running(self.pool.tls.clone()).await;
-        let _ = query.await; // cancelled, or granted just before the cancel arrived
-        self.clean_after(s, sql.scope).await;
-        interrupted.into_outcome::<u64>(req, BACKEND)
+        let mut cleanup = Box::pin(self.clone().finish_wait(s.clone(), q, true));
+        if tokio::time::timeout(CANCEL_SETTLE, &mut cleanup)
+            .await
+            .is_err()
+        {
+            tokio::spawn(cleanup);
+        }
+        Err(Miss::Stop(why))
     }
 
-    /// `lock_timeout` fired. The grant can race the timeout, so look at what the session holds.
-    async fn after_lock_timeout(
-        &self,
-        s: &Arc<Session>,
-        req: &AcquireRequest,
-        sql: Sql,
-    ) -> Result<Option<u64>> {
-        if sql.scope == Scope::Transaction {
-            // The transaction is aborted; rolling back drops whatever it was granted.
-            self.clean_after(s, sql.scope).await;
-            return Ok(None);
+    /// Ends a wait whose caller stopped waiting: lets the statement end (lock_timeout) or
+    /// cancels it, then drops whatever the session was granted and hands it back. Each step is
+    /// bounded by `op_timeout`; a session that does not answer is closed.
+    async fn finish_wait(self: Arc<Self>, s: Arc<Session>, mut q: Query, cancel_first: bool) {
+        let op = self.pool.opts.op_timeout;
+        if !cancel_first && tokio::time::timeout(op, &mut q).await.is_ok() {
+            self.clean_after(&s, self.pool.opts.scope).await;
+            return;
         }
-        let seq = &self.pool.opts.fencing_sequence;
-        let check = format!(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-             AND pid = pg_backend_pid() AND granted) THEN nextval('{seq}') END"
-        );
-        match s.query(&check).await {
-            Ok(rows) => match rows.first().and_then(|r| r.first()).cloned().flatten() {
-                Some(token) => parse_token(Some(&token)).map(Some),
-                None => {
-                    s.unbusy();
-                    Ok(None)
-                }
-            },
-            Err(e) => {
-                let err = self.backend_error(req, "checking pg_locks for", &e);
-                self.clean_after(s, sql.scope).await;
-                Err(err)
-            }
+        let _ = tokio::time::timeout(op, s.cancel_running(self.pool.tls.clone())).await;
+        if tokio::time::timeout(op, &mut q).await.is_err() {
+            s.kill(format!(
+                "an interrupted wait did not end within {} ms",
+                op.as_millis()
+            ));
+            return;
         }
+        self.clean_after(&s, self.pool.opts.scope).await;
+    }
+
+    fn spawn_clean(self: &Arc<Self>, s: &Arc<Session>) {
+        let (inner, s) = (self.clone(), s.clone());
+        tokio::spawn(async move { inner.clean_after(&s, inner.pool.opts.scope).await });
     }
 
     /// Drops anything a busy session may hold and hands it back; a session that cannot be
-    /// cleaned is closed (the server then frees what it held).
+    /// cleaned within `op_timeout` is closed (the server then frees what it held).
     async fn clean_after(&self, s: &Arc<Session>, scope: Scope) {
         if s.is_dead() {
             return;
         }
+        let op = self.pool.opts.op_timeout;
         for _ in 0..3 {
-            match s.query(reset(scope)).await {
-                Ok(_) => {
+            match tokio::time::timeout(op, s.query(reset(scope))).await {
+                Ok(Ok(_)) => {
                     s.unbusy();
                     return;
                 }
                 // A cancel request can land on the statement after the one it was meant for.
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {}
-                Err(_) => break,
+                Ok(Err(e))
+                    if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {}
+                _ => break,
             }
         }
         s.kill(String::from(
@@ -660,9 +885,52 @@ impl Inner {
     ) -> Result<Option<Held>> {
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
-        if let Err(o) = self.take_turn(&req, &mut ticket, deadline).await {
-            return o.finish(&req);
+        if let Err(why) = self.take_turn(&req, &mut ticket, deadline).await {
+            return why.into_outcome(&req, BACKEND);
         }
+        let mut retry = Retry::new();
+        loop {
+            let miss = match self
+                .slot_round(&req, &entry, max_count, start, deadline, &mut retry)
+                .await
+            {
+                Ok(Some((s, slot, token))) => {
+                    lock(&entry.state.taken).insert(slot);
+                    let unlock = match self.pool.opts.scope {
+                        Scope::Session => format!(
+                            "SELECT pg_advisory_unlock({})",
+                            semaphore_key(&req.name, slot)
+                        ),
+                        Scope::Transaction => String::from("ROLLBACK"),
+                    };
+                    let turn = Turn {
+                        ticket,
+                        keep: Keep::Slot(entry, slot),
+                    };
+                    return self.grant(&req, s, unlock, token, turn, start);
+                }
+                Ok(None) => return Ok(None),
+                Err(miss) => miss,
+            };
+            if let Some(done) = self.again(&req, miss, &mut retry, deadline).await {
+                return done;
+            }
+        }
+    }
+
+    /// One round of a semaphore acquire: non-waiting attempts on the free permits, polled
+    /// (woken at once by a permit freed in this process) until the deadline.
+    async fn slot_round(
+        self: &Arc<Self>,
+        req: &AcquireRequest,
+        entry: &Arc<Entry<SemState>>,
+        max_count: u32,
+        start: Instant,
+        deadline: Option<Instant>,
+        retry: &mut Retry,
+    ) -> std::result::Result<Option<(Arc<Session>, u32, u64)>, Miss> {
+        let until = self.until(req, start, deadline);
+        self.ensure_sequence(req, until).await?;
         let scope = self.pool.opts.scope;
         let seq = &self.pool.opts.fencing_sequence;
         let mut backoff = Duration::from_millis(2);
@@ -681,21 +949,26 @@ impl Inner {
             let slots: Vec<String> = free.iter().map(u32::to_string).collect();
             let text = format!(
                 "{}SELECT t.i, nextval('{seq}') FROM unnest('{{{}}}'::bigint[], '{{{}}}'::int[]) \
-                 AS t(k, i) WHERE pg{}_advisory{}_lock(t.k) LIMIT 1",
+                 AS t(k, i) WHERE pg_try_advisory{}_lock(t.k) LIMIT 1",
                 begin(scope),
                 keys.join(","),
                 slots.join(","),
-                "_try",
                 if scope == Scope::Transaction {
                     "_xact"
                 } else {
                     ""
                 },
             );
-            let (s, rows) = match self.attempt(&req, deadline, &text).await {
-                Ok(answer) => answer,
-                Err(o) => return o.finish(&req),
-            };
+            let name = req.name.clone();
+            let undo: Undo = Box::new(move |rows| {
+                let slot = first_cell(rows)?.parse::<u32>().ok()?;
+                Some(format!(
+                    "SELECT pg_advisory_unlock({})",
+                    semaphore_key(&name, slot)
+                ))
+            });
+            let (s, rows) = self.attempt(req, start, until, text, undo).await?;
+            retry.cause = None; // the server answers again
             if let Some(row) = rows.first() {
                 let slot = row
                     .first()
@@ -707,33 +980,15 @@ impl Inner {
                     s.kill(String::from(
                         "the server answered a semaphore attempt unexpectedly",
                     ));
-                    return Err(Error::Backend {
-                        backend: BACKEND,
+                    return Err(Miss::Fault(Fault {
                         message: format!(
                             "unexpected answer {row:?} acquiring {}",
                             req.target(BACKEND)
                         ),
-                    });
+                        transient: false,
+                    }));
                 };
-                lock(&entry.state.taken).insert(slot);
-                let unlock = match scope {
-                    Scope::Session => {
-                        format!(
-                            "SELECT pg_advisory_unlock({})",
-                            semaphore_key(&req.name, slot)
-                        )
-                    }
-                    Scope::Transaction => String::from("ROLLBACK"),
-                };
-                return self.grant(
-                    &req,
-                    s,
-                    unlock,
-                    token,
-                    ticket,
-                    Keep::Slot(entry.clone(), slot),
-                    start,
-                );
+                return Ok(Some((s, slot, token)));
             }
             self.end_attempt(&s).await;
             if req.timeout == Timeout::Zero {
@@ -746,30 +1001,33 @@ impl Inner {
                     _ = tokio::time::sleep(backoff) => {}
                 }
             };
-            if let Err(why) = race(pause, deadline, req.cancel.as_ref(), &self.closed)
+            race(pause, deadline, req.cancel.as_ref(), &self.closed)
                 .await
                 .done()
-            {
-                return why.into_outcome(&req, BACKEND);
-            }
+                .map_err(Miss::Stop)?;
             backoff = (backoff * 2).min(Duration::from_millis(50));
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn grant(
         self: &Arc<Self>,
         req: &AcquireRequest,
         session: Arc<Session>,
         unlock: String,
         token: u64,
-        ticket: Ticket,
-        keep: Keep,
+        turn: Turn,
         start: Instant,
     ) -> Result<Option<Held>> {
         let id = self.held.next_id();
         let lost = LostSignal::new();
-        session.hold(id, lost.clone());
+        let turn = Arc::new(Mutex::new(Some(turn)));
+        // A session that dies gives the turn back after the lost signal fired: the name is
+        // free in this process at once, without waiting for the holder's release().
+        let on_lost = {
+            let turn = turn.clone();
+            Box::new(move || drop(lock(&turn).take()))
+        };
+        session.hold(id, lost.clone(), on_lost);
         if self.pool.opts.scope == Scope::Session {
             session.unbusy();
         }
@@ -778,13 +1036,10 @@ impl Inner {
             token,
             lost,
             released: AtomicBool::new(false),
-            grant: Mutex::new(Some(Grant {
-                session,
-                unlock,
-                ticket,
-                keep,
-            })),
+            grant: Mutex::new(Some(Grant { session, unlock })),
+            turn,
             scope: self.pool.opts.scope,
+            op_timeout: self.pool.opts.op_timeout,
             runtime: tokio::runtime::Handle::current(),
             owner: Arc::downgrade(self),
         });
@@ -805,32 +1060,34 @@ fn semaphore_key(name: &str, slot: u32) -> i64 {
     key::hashed(&format!("distlock-semaphore\u{0}{name}\u{0}{slot}"))
 }
 
-/// How a session or queue wait ended without a session.
-enum Outcome {
-    Fail(Error),
-    Stop(Interrupted),
-}
-
-impl Outcome {
-    fn finish(self, req: &AcquireRequest) -> Result<Option<Held>> {
-        match self {
-            Outcome::Fail(e) => Err(e),
-            Outcome::Stop(why) => why.into_outcome(req, BACKEND),
-        }
-    }
-}
-
 /// What a grant keeps alive besides its session: its place in the in-process queue.
 enum Keep {
     Entry(#[allow(dead_code)] Arc<Entry<()>>),
     Slot(Arc<Entry<SemState>>, u32),
 }
 
+/// A grant's share of this process: its turn in the in-process queue and, for a semaphore, its
+/// permit slot. Dropping it lets the next caller of this process in.
+struct Turn {
+    #[allow(dead_code)] // kept for its Drop
+    ticket: Ticket,
+    keep: Keep,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Keep::Slot(entry, slot) = &self.keep {
+            lock(&entry.state.taken).remove(slot);
+            entry.state.freed.notify_waiters();
+        }
+        // The ticket is dropped after this body: the queue moves on once the slot is free.
+    }
+}
+
+/// A grant's share of the server: the session it lives on and how to undo it there.
 struct Grant {
     session: Arc<Session>,
     unlock: String,
-    ticket: Ticket,
-    keep: Keep,
 }
 
 struct PgHeld {
@@ -839,36 +1096,32 @@ struct PgHeld {
     lost: LostSignal,
     released: AtomicBool,
     grant: Mutex<Option<Grant>>,
+    /// Shared with the session, which drops it if it dies first.
+    turn: Arc<Mutex<Option<Turn>>>,
     scope: Scope,
+    op_timeout: Duration,
     runtime: tokio::runtime::Handle,
     owner: Weak<Inner>,
 }
 
 impl PgHeld {
-    /// Takes the grant (once) and returns the future that unlocks it on the server, then lets
-    /// the next caller of this process in.
+    /// Takes the grant (once) and returns the future that unlocks it on the server (within
+    /// `op_timeout`, else the session is closed), then lets the next caller of this process in.
     fn take_and_unlock(&self) -> impl Future<Output = ()> + Send + use<> {
         let grant = lock(&self.grant).take();
         self.released.store(true, Ordering::Release);
         if let Some(owner) = self.owner.upgrade() {
             owner.held.remove(self.id);
         }
-        let (id, token, scope) = (self.id, self.token, self.scope);
+        let (id, token, scope, op) = (self.id, self.token, self.scope, self.op_timeout);
+        let turn = self.turn.clone();
         async move {
             let Some(grant) = grant else { return };
             let s = grant.session;
             if !s.is_dead() {
-                match s.query(&grant.unlock).await {
-                    Ok(rows) => {
-                        if scope == Scope::Session
-                            && rows
-                                .first()
-                                .and_then(|r| r.first())
-                                .cloned()
-                                .flatten()
-                                .as_deref()
-                                == Some("f")
-                        {
+                match tokio::time::timeout(op, s.query(&grant.unlock)).await {
+                    Ok(Ok(rows)) => {
+                        if scope == Scope::Session && first_cell(&rows).as_deref() == Some("f") {
                             tracing::warn!(
                                 backend = BACKEND,
                                 token,
@@ -876,23 +1129,23 @@ impl PgHeld {
                             );
                         }
                     }
-                    Err(e) if !s.is_dead() => {
+                    Ok(Err(e)) if !s.is_dead() => {
                         // The lock may still be held on a live session: close it so the server
                         // frees it (the session's other locks report lost).
                         s.kill(format!("unlocking failed: {}", describe(&e)));
                     }
-                    Err(_) => {}
+                    Ok(Err(_)) => {}
+                    Err(_) => s.kill(format!(
+                        "an unlock got no answer within {} ms",
+                        op.as_millis()
+                    )),
                 }
             }
             s.forget(id);
             if scope == Scope::Transaction {
                 s.unbusy();
             }
-            if let Keep::Slot(entry, slot) = &grant.keep {
-                lock(&entry.state.taken).remove(slot);
-                entry.state.freed.notify_waiters();
-            }
-            drop(grant.ticket);
+            drop(lock(&turn).take());
             tracing::debug!(backend = BACKEND, token, "released");
         }
     }

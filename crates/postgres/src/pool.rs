@@ -8,16 +8,20 @@
 //!
 //! Each session's connection runs on its own task; when it ends (the server terminated the
 //! backend, the socket closed, a keepalive probe failed) every lock the session held fires its
-//! lost signal.
+//! lost signal, then gives its in-process turn back (so the name is free in this process at once).
+//!
+//! Connections are opened on their own task, bounded by `connect_timeout`: a caller that stops
+//! waiting (deadline, cancel) does not waste the login, the session joins the pool.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use distlock_core::{Error, LostSignal, Result};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +58,40 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     out
 }
 
+/// A server error or an unreachable server, and whether trying again may help.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    pub(crate) message: String,
+    /// The connection broke or the server is restarting (not a refusal such as a bad password):
+    /// a waiter with time left reconnects and queues again.
+    pub(crate) transient: bool,
+}
+
+impl Fault {
+    pub(crate) fn into_error(self) -> Error {
+        Error::Backend {
+            backend: BACKEND,
+            message: self.message,
+        }
+    }
+}
+
+/// Whether a driver error is one a reconnect can cure: the connection broke (I/O, closed,
+/// reset), the server is shutting down, starting up or out of connections, or our statement
+/// was cancelled by someone else.
+pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "57014")
+        }
+        None => true,
+    }
+}
+
+/// What runs when a session dies with a lock on it, after the lock's lost signal fired.
+pub(crate) type OnLost = Box<dyn FnOnce() + Send>;
+
 /// One server connection.
 pub(crate) struct Session {
     pub(crate) id: u64,
@@ -67,13 +105,15 @@ pub(crate) struct Session {
 #[derive(Default)]
 struct SessionState {
     /// Locks held on this session, by grant id.
-    held: HashMap<u64, LostSignal>,
+    held: HashMap<u64, (LostSignal, OnLost)>,
     /// Owned by one caller (blocking wait, or a transaction-scoped lock).
     busy: bool,
     /// Statements sent and not yet answered.
     inflight: usize,
     /// Why the connection ended.
     death: Option<String>,
+    /// When the server last answered a statement on this session.
+    heard: Option<Instant>,
 }
 
 /// Counts a statement in flight for as long as it lives.
@@ -95,6 +135,7 @@ impl Session {
         lock(&self.st).inflight += 1;
         let _guard = Inflight(self);
         let messages = self.client.simple_query(sql).await?;
+        lock(&self.st).heard = Some(Instant::now());
         Ok(messages
             .into_iter()
             .filter_map(|m| match m {
@@ -106,6 +147,11 @@ impl Session {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Whether the server answered a statement on this session at or after `t`.
+    pub(crate) fn heard_since(&self, t: Instant) -> bool {
+        lock(&self.st).heard.is_some_and(|h| h >= t)
     }
 
     /// Asks the server to cancel whatever this session is running (a new short connection).
@@ -121,14 +167,17 @@ impl Session {
         self.dead.is_cancelled()
     }
 
-    /// Records a lock held on this session; if the session already died, fires it at once.
-    pub(crate) fn hold(&self, id: u64, lost: LostSignal) {
+    /// Records a lock held on this session; if the session dies, `lost` fires and then
+    /// `on_lost` runs. If it already died, both happen at once.
+    pub(crate) fn hold(&self, id: u64, lost: LostSignal, on_lost: OnLost) {
         let mut st = lock(&self.st);
-        if let Some(reason) = &st.death {
-            lost.fire(reason.clone());
+        if let Some(reason) = st.death.clone() {
+            drop(st);
+            lost.fire(reason);
+            on_lost();
             return;
         }
-        st.held.insert(id, lost);
+        st.held.insert(id, (lost, on_lost));
     }
 
     /// Forgets a released lock; a session left holding nothing is free for blocking waits.
@@ -165,8 +214,12 @@ impl Session {
         if !held.is_empty() {
             tracing::warn!(backend = BACKEND, session = self.id, locks = held.len(), %reason, "session lost");
         }
-        for lost in held.values() {
+        // Every signal first, so no holder can still believe it holds when a turn moves on.
+        for (lost, _) in held.values() {
             lost.fire(reason.clone());
+        }
+        for (_, on_lost) in held.into_values() {
+            on_lost();
         }
         if let Some(pool) = self.pool.upgrade() {
             pool.remove(self.id);
@@ -190,6 +243,9 @@ pub(crate) struct Pool {
     st: Mutex<PoolState>,
     changed: Notify,
     next_id: AtomicU64,
+    /// Whether a session was ever opened: until then a server that cannot be reached is taken
+    /// for a configuration error (wrong host, port or credentials), not a passing fault.
+    ever_connected: AtomicBool,
 }
 
 #[derive(Default)]
@@ -198,10 +254,10 @@ struct PoolState {
     opening: usize,
 }
 
-/// Counts a connection being opened, also when the caller gives up halfway.
-struct Opening<'a>(&'a Pool);
+/// Counts a connection being opened until the login ends, whoever waits for it.
+struct Opening(Arc<Pool>);
 
-impl Drop for Opening<'_> {
+impl Drop for Opening {
     fn drop(&mut self) {
         lock(&self.0.st).opening -= 1;
         self.0.changed.notify_waiters();
@@ -226,7 +282,13 @@ impl Pool {
             st: Mutex::new(PoolState::default()),
             changed: Notify::new(),
             next_id: AtomicU64::new(1),
+            ever_connected: AtomicBool::new(false),
         }))
+    }
+
+    /// Whether a session was ever opened.
+    pub(crate) fn ever_connected(&self) -> bool {
+        self.ever_connected.load(Ordering::Acquire)
     }
 
     /// Open connections (for tests and inspection).
@@ -246,7 +308,10 @@ impl Pool {
 
     /// A session of the kind asked for: an existing one, a new one while under the bound, or
     /// the next one to come free. The caller races this against its deadline and cancel.
-    pub(crate) async fn session(self: &Arc<Self>, usage: Use) -> Result<Arc<Session>> {
+    pub(crate) async fn session(
+        self: &Arc<Self>,
+        usage: Use,
+    ) -> std::result::Result<Arc<Session>, Fault> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -263,48 +328,65 @@ impl Pool {
                 room
             };
             if may_open {
-                let _opening = Opening(self);
-                return self.open(usage).await;
+                let opening = Opening(self.clone());
+                let login = tokio::spawn(async move {
+                    let out = opening.0.open().await;
+                    drop(opening);
+                    out
+                });
+                let opened = match login.await {
+                    Ok(opened) => opened?,
+                    Err(e) => {
+                        return Err(Fault {
+                            message: format!("connecting to {}: {e}", self.opts.server()),
+                            transient: false,
+                        });
+                    }
+                };
+                if let Some(s) = claim(&opened, usage) {
+                    return Ok(s);
+                }
+                // Someone else took the new session first: look again.
+                continue;
             }
             notified.await;
         }
     }
 
-    async fn open(self: &Arc<Self>, usage: Use) -> Result<Arc<Session>> {
+    /// Opens a session (not busy) and adds it to the pool.
+    async fn open(self: &Arc<Self>) -> std::result::Result<Arc<Session>, Fault> {
         // tokio-postgres bounds the TCP connect only; bound the TLS and startup handshake too.
         let limit = self
             .opts
             .config
             .get_connect_timeout()
             .copied()
-            .unwrap_or(Duration::from_secs(10));
+            .unwrap_or(crate::config::DEFAULT_OP_TIMEOUT);
         let connecting = self.opts.config.connect(self.tls.clone());
         let (client, connection) = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
-                return Err(Error::Backend {
-                    backend: BACKEND,
+                return Err(Fault {
                     message: format!("cannot connect to {}: {}", self.opts.server(), describe(&e)),
+                    transient: is_transient(&e) && self.ever_connected(),
                 });
             }
             Err(_) => {
-                return Err(Error::Backend {
-                    backend: BACKEND,
+                return Err(Fault {
                     message: format!(
                         "cannot connect to {}: no answer to the login within {} ms",
                         self.opts.server(),
                         limit.as_millis()
                     ),
+                    transient: self.ever_connected(),
                 });
             }
         };
+        self.ever_connected.store(true, Ordering::Release);
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             client,
-            st: Mutex::new(SessionState {
-                busy: usage == Use::Busy,
-                ..SessionState::default()
-            }),
+            st: Mutex::new(SessionState::default()),
             dead: CancellationToken::new(),
             driver: Mutex::new(None),
             pool: Arc::downgrade(self),
@@ -360,6 +442,14 @@ impl Pool {
                 });
             }
         }
+    }
+}
+
+/// Takes the session `s` for `usage` if it is still free for it.
+fn claim(s: &Arc<Session>, usage: Use) -> Option<Arc<Session>> {
+    match usage {
+        Use::Shared => (!s.is_dead()).then(|| s.clone()),
+        Use::Busy => pick(std::slice::from_ref(s), Use::Busy),
     }
 }
 

@@ -319,16 +319,10 @@ async fn terminated_session_fires_lost_only_for_its_locks_and_new_acquires_recon
     assert!(reason.contains("terminat"), "{reason}");
     assert!(start.elapsed() < Duration::from_secs(2));
     assert!(!hb.lost().is_lost());
-    // A lost handle keeps its turn in this process until released (so two callers here never
-    // both believe they hold it); releasing it does not fail.
-    assert!(
-        get(&a, req(&n1, LockKind::Mutex, Some(0.0)))
-            .await
-            .is_none()
-    );
-    ha.release().await.unwrap();
-    // The server freed it; the provider reconnects for new acquires.
+    // The server freed it; the provider reconnects for new acquires (the lost handle gave its
+    // turn in this process back: see faults.rs), and releasing the lost handle does not fail.
     let again = get(&a, req(&n1, LockKind::Mutex, Some(0.0))).await.unwrap();
+    ha.release().await.unwrap();
     again.release().await.unwrap();
     hb.release().await.unwrap();
 }
