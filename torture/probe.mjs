@@ -162,17 +162,32 @@ const scenarios = {
     // Connected first, so the calls below are in flight on open connections.
     const warm = await got(caller.createLock(`${cfg.name}:warm`).acquire({ timeoutMs: 5_000 }))
     await warm.release()
-    await fault('sigstop')
-    const calls = await Promise.all(
-      names.map((n, i) =>
-        timed(
+    // Loops acquire and release on every name, so calls are on the wire when the servers stop.
+    let stopping = false
+    const loops = names.map(async (n, i) => {
+      const seen = []
+      for (let k = 0; k < 10_000 && !stopping; k++) {
+        const res = await timed(
           () => (i % 2 ? caller.createLock(n).tryAcquire() : caller.createLock(n).acquire({ timeoutMs: 1_500 })),
           5_000,
-        ),
-      ),
-    )
+        )
+        if (res.outcome !== 'granted' && res.outcome !== 'null') {
+          seen.push(strip(res))
+          break
+        }
+        const rel = await timed(() => res.handle?.release(), 5_000)
+        if (rel.outcome !== 'null') {
+          seen.push({ ...strip(rel), outcome: `release ${rel.outcome}` })
+          break
+        }
+      }
+      return seen
+    })
+    await sleep(300)
+    await fault('sigstop')
+    stopping = true
+    const calls = (await Promise.all(loops)).flat()
     await fault('sigcont')
-    for (const c of calls) await c.handle?.release?.().catch(() => {})
     const fresh = provider(cfg.direct)
     const after = await Promise.all(
       names.map(async (n) => {
@@ -184,7 +199,7 @@ const scenarios = {
         return strip(res)
       }),
     )
-    return { during: calls.map(strip), after }
+    return { during: calls, after }
   },
 
   /** After a handle's lost signal fires, the same process re-acquires the name without release(). */

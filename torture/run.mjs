@@ -162,8 +162,8 @@ for (const [topology, t] of Object.entries(TOPOLOGIES)) {
       backend: `${t.backend} (${topology})`,
       primitive,
       mode: 'strict',
-      promise: PROMISE.strict + ' No lost signal.',
-      noLostSignals: true,
+      promise: PROMISE.strict + ' No lost signal and no backend error.',
+      noFault: true,
       workers: 8,
       durationMs: long ? 60_000 : 20_000,
       smoke: SMOKE_MATRIX.has(`${topology}/${primitive}`) ? { workers: 4, durationMs: 2_000 } : null,
@@ -861,7 +861,12 @@ async function runWorkers(row) {
   if (row.mode === 'strict' && a.markerCollisions) violations.push(`${a.markerCollisions} marker collisions`)
   if (a.fencingViolations) violations.push(`${a.fencingViolations} fencing violations`)
   if (m.lostUpdates !== 0) violations.push(`${m.lostUpdates} lost updates (counter ${counter}, writes ${writes})`)
-  if (row.noLostSignals && a.lostSignals) violations.push(`${a.lostSignals} lost signals with no fault`)
+  if (row.noFault && a.lostSignals) violations.push(`${a.lostSignals} lost signals with no fault`)
+  const backendErrors = Object.entries(m.acquireErrors).filter(([code]) => code !== 'ERR_LOCK_TIMEOUT')
+  if (row.noFault && backendErrors.length) {
+    const first = summaries.find((s) => s.firstError)?.firstError
+    violations.push(`acquire errors with no fault: ${backendErrors.map(([k, v]) => `${k}×${v}`).join(' ')} (${first})`)
+  }
   if (m.maxAcquireOvershootMs > BOUNDS.workerSlackMs) {
     violations.push(
       `an acquire settled ${m.maxAcquireOvershootMs} ms after its timeoutMs (bound ${BOUNDS.workerSlackMs})`,

@@ -213,7 +213,7 @@ async function main() {
       const settle = ms(now() - tAcqStart)
       stats.maxAcquireSettleMs = Math.max(stats.maxAcquireSettleMs, settle)
       stats.maxAcquireOvershootMs = Math.max(stats.maxAcquireOvershootMs, settle - timeoutMs)
-      if (!stats.firstError) stats.firstError = `${code}: ${err?.message}`.slice(0, 300)
+      if (!stats.firstError && code !== 'ERR_LOCK_TIMEOUT') stats.firstError = `${code}: ${err?.message}`.slice(0, 300)
       await sleep(20)
       continue
     }

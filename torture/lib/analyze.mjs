@@ -53,7 +53,7 @@ export function analyze(grants, { mode, maxCount = 1 }) {
     if (conflict(open, b, maxCount)) {
       out.overlaps++
       // Which earlier holders still believed they held the lock after b was granted.
-      const believers = open.filter((a) => a.lastHeldAt == null || a.lastHeldAt >= b.tGranted)
+      const believers = open.filter((a) => a.lastHeldAt != null && a.lastHeldAt >= b.tGranted)
       const tokensOk = EXCLUSIVE.has(b.kind) ? open.every((a) => b.tok > a.tok) : true
       const allowed = mode === 'allowed' && !conflict(believers, b, maxCount) && tokensOk
       if (allowed) out.allowedOverlaps++
