@@ -15,6 +15,7 @@ import {
   openSync,
   readFileSync,
   readdirSync,
+  renameSync,
   unlinkSync,
   writeFileSync,
 } from 'node:fs'
@@ -63,6 +64,7 @@ function makeProvider(p) {
 const provider = makeProvider(cfg.provider)
 const markers = join(cfg.dir, 'markers')
 const counterFile = join(cfg.dir, 'counter')
+const counterTmp = join(cfg.dir, `counter.${process.pid}`)
 const EXCL = join(markers, 'excl')
 
 let pending = []
@@ -176,7 +178,10 @@ async function critical(h, kind, rec) {
         rec.resumedAt = now()
       }
       if (check()) {
-        writeFileSync(counterFile, String(value + 1))
+        // Replaced atomically, so a reader never sees a half-written file: an overlap loses
+        // exactly the increments it overwrites, no more.
+        writeFileSync(counterTmp, String(value + 1))
+        renameSync(counterTmp, counterFile)
         rec.wrote = true
         stats.writes++
       }
