@@ -22,6 +22,11 @@ export declare class NativeHandle {
   get fencingToken(): bigint
   /** Whether the lock has been released (by `release`, or by the provider on close). */
   get isReleased(): boolean
+  /**
+   * Whether the lock is held right now, checked against the clock at the call: false once it
+   * is released, lost, past its local lease deadline, or on a connection in doubt.
+   */
+  get isHeld(): boolean
   /** Why the lock was lost, if it was (`null` while it is held or after a normal release). */
   get lostReason(): string | null
   /**

@@ -147,6 +147,18 @@ export class LockHandle implements AsyncDisposable {
     return this.#native.fencingToken
   }
 
+  /**
+   * Whether the lock is held right now, as far as this process can tell without a round trip:
+   * false once it was released or lost, once its local lease deadline passed (Redis; checked
+   * against the clock when read, so a process that was paused past its lease sees `false` at
+   * once, before any timer or event has run), or while the connection its grant depends on is
+   * in doubt. Check it synchronously before each step of work the lock protects; `signal`
+   * aborts too, but only once the event loop gets to run.
+   */
+  get isHeld(): boolean {
+    return this.#native.isHeld
+  }
+
   /** Whether the lock has been released. */
   get isReleased(): boolean {
     return this.#native.isReleased

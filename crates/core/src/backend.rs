@@ -77,6 +77,14 @@ pub trait HeldLock: Send + Sync + 'static {
     fn lost(&self) -> &LostSignal;
     /// Whether `release` has run (or the provider released it on close).
     fn is_released(&self) -> bool;
+    /// Whether the lock is held right now, as far as this process can tell without a round
+    /// trip: not released, not lost, and, for backends with leases, its local deadline not
+    /// passed (read from the clock at the call, so a process that was paused past its lease
+    /// sees `false` before any timer of its own has run) and no connection it depends on in
+    /// doubt. Check it synchronously before each step of work the lock protects.
+    fn is_held(&self) -> bool {
+        !self.is_released() && !self.lost().is_lost()
+    }
     /// Releases the lock. Never fails because the lock was already lost or released.
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>>;
     /// Extends the lease to `lease` from now, for backends whose locks expire. A lock without a

@@ -140,6 +140,13 @@ impl NativeHandle {
         self.current().is_none_or(|h| h.is_released())
     }
 
+    /// Whether the lock is held right now, checked against the clock at the call: false once it
+    /// is released, lost, past its local lease deadline, or on a connection in doubt.
+    #[napi(getter)]
+    pub fn is_held(&self) -> bool {
+        self.current().is_some_and(|h| h.is_held())
+    }
+
     /// Why the lock was lost, if it was (`null` while it is held or after a normal release).
     #[napi(getter)]
     pub fn lost_reason(&self) -> Option<String> {

@@ -18,7 +18,6 @@ pub struct RedisOptions {
     pub(crate) extend_every: Option<Duration>,
     pub(crate) key_prefix: String,
     pub(crate) server_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
 }
 
 /// The URL schemes fred understands, with and without TLS.
@@ -164,7 +163,6 @@ impl RedisOptions {
             extend_every: None,
             key_prefix: String::new(),
             server_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(5),
         })
     }
 

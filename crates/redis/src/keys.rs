@@ -69,6 +69,9 @@ pub struct Keys {
     pub queue: String,
     /// Hash of waiter deadlines (server time), plus the arrival counter.
     pub deadlines: String,
+    /// Sorted set of grant tokens revoked before their acquire ran (a request that timed out
+    /// or failed may still reach the server later; it must not grant then), scored by expiry.
+    pub revoked: String,
     /// The pub/sub channel releases publish on when someone waits.
     pub channel: String,
     /// The cluster slot all of these keys share.
@@ -118,6 +121,7 @@ impl Keys {
             fence: companion("fence"),
             queue: companion("queue"),
             deadlines: companion("queue-deadlines"),
+            revoked: companion("revoked"),
             channel: format!("distlock:{}", companion("wake")),
             lock,
             slot,
@@ -125,13 +129,14 @@ impl Keys {
     }
 
     /// The keys in the order the scripts take them.
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 6] {
         [
             &self.lock,
             &self.set,
             &self.fence,
             &self.queue,
             &self.deadlines,
+            &self.revoked,
         ]
     }
 }

@@ -18,6 +18,17 @@
 //!   renewal, fires its lost signal.
 //! - RedLock: quorum ⌊N/2⌋+1; an acquire returns as soon as a quorum granted (or cannot), so a
 //!   hung server costs nothing; grants of a failed attempt are released.
+//! - Every attempt carries a fresh grant token. An attempt the caller gave up on (timed out,
+//!   failed, lost its quorum) is revoked on every server it may have reached: released if it
+//!   was granted, else remembered as revoked so that the request, should it still arrive, does
+//!   not grant. Revokes retry until the server answers, so a stalled server leaves no orphan.
+//! - Calls keep to their budget: each attempt races the caller's deadline (a try: the server
+//!   timeout); transient trouble (a reset, a stalled or restarting server) is retried with
+//!   backoff until the budget ends, and only then reported, with its cause.
+//! - A lock on a server whose connection dropped is in doubt (`is_held` is false) until, after
+//!   the reconnect, a renewal finds its key again; if the key is gone (a server restarted empty,
+//!   a promoted replica that never saw it) the lost signal fires. The fencing counters this
+//!   process has seen are raised back to their floor on every reconnect and with each acquire.
 
 mod config;
 pub mod keys;
@@ -26,15 +37,17 @@ mod scripts;
 mod server;
 mod wake;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use distlock_core::HeldSet;
 use distlock_core::queue::Entry;
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock, Lease,
-    LockInfo, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket, Timeout, race,
+    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock,
+    Interrupted, Lease, LockInfo, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket,
+    Timeout, Waited, race,
 };
 use fred::types::{Key, Value};
 use tokio::sync::mpsc;
@@ -44,7 +57,7 @@ pub use config::{MIN_LEASE_MS, RedisOptions, redact};
 use keys::Keys;
 use renew::Renewals;
 use scripts::{Script, Scripts};
-use server::{Server, describe};
+use server::{Event, Server, transient};
 use wake::{Waiting, Wakes};
 
 /// The backend's name in errors and logs.
@@ -55,6 +68,16 @@ pub const BACKEND: &str = "redis";
 const QUEUE_TTL: Duration = Duration::from_secs(3);
 /// How often a waiter re-checks without a wake-up.
 const REFRESH: Duration = Duration::from_secs(1);
+/// How often a waiter re-checks while the wake-up subscription is not up.
+const REFRESH_UNSUBSCRIBED: Duration = Duration::from_millis(50);
+/// Backoff between attempts that met transient trouble: from the first to the last value.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
+/// How long a revoke keeps trying to reach its server.
+const REVOKE_FOR: Duration = Duration::from_secs(300);
+/// Most revokes in flight per provider; past it the lease alone ends an orphan.
+const MAX_REVOKES: usize = 10_000;
+/// Most fencing floors remembered per provider.
+const MAX_FLOORS: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Short critical sections of plain field updates: a poisoned lock is still consistent.
@@ -109,12 +132,29 @@ struct Inner {
     held: HeldSet<RedisHeld>,
     closed: CancellationToken,
     runtime: OnceLock<tokio::runtime::Handle>,
+    /// Connection events of the servers, handled by one task started on first use.
+    events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    /// The largest fencing token seen per fencing key (and its slot): never handed out again.
+    floors: Mutex<HashMap<String, (u64, u16)>>,
+    revokes: AtomicUsize,
 }
 
 /// What one attempt found.
 enum Try {
-    Granted { fence: u64 },
-    Busy { hint: Option<Duration> },
+    /// Granted by these servers (a quorum on RedLock).
+    Granted {
+        fence: u64,
+        by: Vec<usize>,
+    },
+    Busy {
+        hint: Option<Duration>,
+    },
+}
+
+/// Why an attempt failed, and whether trying again may help.
+struct Failure {
+    message: String,
+    transient: bool,
 }
 
 /// One primitive's side: `w` mutex or writer, `r` reader, `s` semaphore permit.
@@ -140,10 +180,21 @@ impl Side {
 struct Op {
     keys: Arc<Keys>,
     side: Side,
+    /// The waiter's place in the server queue, the same for all its attempts.
+    waiter: Arc<str>,
+    /// The grant token of one attempt (and, once granted, of the held lock).
     id: Arc<str>,
 }
 
 impl Op {
+    /// The same operation with the fresh grant token of a new attempt.
+    fn attempt(&self) -> Op {
+        Op {
+            id: Arc::from(token()),
+            ..self.clone()
+        }
+    }
+
     fn keys(&self) -> Vec<Key> {
         self.keys.all().iter().map(|k| Key::from(*k)).collect()
     }
@@ -162,14 +213,17 @@ impl RedisBackend {
     /// A provider with these options. Connects lazily, on the first acquire.
     pub fn new(opts: RedisOptions) -> Result<Self> {
         opts.check()?;
+        let (events, events_rx) = mpsc::unbounded_channel();
         let servers: Vec<Arc<Server>> = opts
             .servers
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 Arc::new(Server::new(
+                    i,
                     s.clone(),
-                    opts.connect_timeout,
                     opts.server_timeout,
+                    events.clone(),
                 ))
             })
             .collect();
@@ -192,6 +246,9 @@ impl RedisBackend {
                 held: HeldSet::default(),
                 closed: CancellationToken::new(),
                 runtime: OnceLock::new(),
+                events: Mutex::new(Some(events_rx)),
+                floors: Mutex::default(),
+                revokes: AtomicUsize::new(0),
             }),
         })
     }
@@ -274,10 +331,12 @@ impl Backend for RedisBackend {
             }
         };
         let ticket = entry.queue.enqueue(weight);
+        let waiter: Arc<str> = Arc::from(token());
         let op = Op {
             keys: Arc::new(op_keys),
             side,
-            id: Arc::from(token()),
+            id: waiter.clone(),
+            waiter,
         };
         Ok(Box::pin(async move {
             inner.acquire(req, op, max, entry, ticket).await
@@ -298,6 +357,7 @@ impl Backend for RedisBackend {
             let op = Op {
                 keys: Arc::new(keys),
                 side,
+                waiter: Arc::from(""),
                 id: Arc::from(""),
             };
             // The first server that answers (on RedLock: a snapshot of one server's view).
@@ -319,7 +379,7 @@ impl Backend for RedisBackend {
                         });
                     }
                     Ok(v) => errors.push(format!("{}: unexpected reply {v:?}", s.label)),
-                    Err(e) => errors.push(describe(&s.label, s.command_timeout(), &e)),
+                    Err(e) => errors.push(s.explain(&e)),
                 }
             }
             Err(Error::Backend {
@@ -366,6 +426,58 @@ impl Inner {
         }
     }
 
+    /// Starts, once and inside the runtime, the task that follows the servers' connections.
+    fn start(self: &Arc<Self>) {
+        let _ = self.runtime.get_or_init(tokio::runtime::Handle::current);
+        let rx = lock(&self.events).take();
+        if let Some(rx) = rx {
+            tokio::spawn(follow(Arc::downgrade(self), rx));
+        }
+    }
+
+    /// The fencing floor of `keys`: the largest token this provider has seen for the name.
+    fn floor(&self, keys: &Keys) -> u64 {
+        lock(&self.floors).get(&keys.fence).map_or(0, |f| f.0)
+    }
+
+    fn saw(&self, keys: &Keys, fence: u64) {
+        let mut floors = lock(&self.floors);
+        if floors.len() >= MAX_FLOORS && !floors.contains_key(&keys.fence) {
+            // Bounded memory: start over (the counters on the servers keep the floors unless
+            // one restarts empty; the README names this residual case).
+            floors.clear();
+        }
+        let f = floors.entry(keys.fence.clone()).or_insert((0, keys.slot));
+        f.0 = f.0.max(fence);
+    }
+
+    /// Why no quorum can be reached now, if so.
+    fn unreachable(&self) -> Option<String> {
+        let down: Vec<String> = self
+            .servers
+            .iter()
+            .filter_map(|s| s.last_error().map(|e| format!("{} ({e})", s.label)))
+            .collect();
+        (down.len() > self.servers.len() - self.quorum)
+            .then(|| format!("cannot reach {}", down.join(", ")))
+    }
+
+    fn interrupted(
+        &self,
+        deadline: Option<Instant>,
+        cancel: Option<&CancellationToken>,
+    ) -> Option<Interrupted> {
+        if self.closed.is_cancelled() {
+            Some(Interrupted::Closed)
+        } else if cancel.is_some_and(CancellationToken::is_cancelled) {
+            Some(Interrupted::Cancelled)
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(Interrupted::TimedOut)
+        } else {
+            None
+        }
+    }
+
     async fn acquire(
         self: Arc<Self>,
         req: AcquireRequest,
@@ -374,6 +486,7 @@ impl Inner {
         entry: Arc<Entry<()>>,
         mut ticket: Ticket,
     ) -> Result<Option<Held>> {
+        self.start();
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
         let cancel = req.cancel.as_ref();
@@ -385,58 +498,91 @@ impl Inner {
             return why.into_outcome(&req, BACKEND);
         }
         let lease = req.lease.unwrap_or(self.opts.lease);
-        let wait = if req.timeout == Timeout::Zero {
-            Duration::ZERO
-        } else {
-            QUEUE_TTL
-        };
+        let zero = req.timeout == Timeout::Zero;
+        let wait = if zero { Duration::ZERO } else { QUEUE_TTL };
         let target = req.target(BACKEND).to_string();
         let mut waiting: Option<Waiting> = None;
+        // The last transient failure while it lasts, the backoff before the next attempt, and
+        // whether any server answered at all (a timeout claims the lock was busy).
+        let mut trouble: Option<String> = None;
+        let mut backoff = BACKOFF.0;
+        let mut answered = false;
         loop {
             if let Some(w) = waiting.as_mut() {
                 w.mark();
             }
+            let attempt = op.attempt();
             let sent = Instant::now();
-            let hint = match self.try_once(&op, lease, max, wait, &target).await {
-                Ok(Try::Granted { fence }) => {
-                    let held = self.grant(&req, op, fence, lease, sent, entry, ticket);
+            // A try gets one attempt of at most the server timeout; a wait, its deadline.
+            let bound = if zero {
+                Some(sent + self.opts.server_timeout + Duration::from_millis(20))
+            } else {
+                deadline
+            };
+            let tried = race(
+                self.try_once(&attempt, lease, max, wait),
+                bound,
+                cancel,
+                &self.closed,
+            )
+            .await;
+            let mut hint = None;
+            match tried {
+                Waited::Done(Ok(Try::Granted { fence, by })) => {
+                    let held = self.grant(&req, attempt, fence, by, lease, sent, entry, ticket);
                     return Ok(Some(held));
                 }
-                Ok(Try::Busy { hint }) => hint,
-                Err(e) => {
-                    if waiting.is_some() {
-                        self.leave(&op);
+                Waited::Done(Ok(Try::Busy { hint: h })) => {
+                    (trouble, backoff, answered, hint) = (None, BACKOFF.0, true, h);
+                }
+                Waited::Done(Err(f)) if !f.transient => {
+                    self.leave(&op, wait);
+                    return Err(self.backend_error("acquiring", &target, &f.message));
+                }
+                Waited::Done(Err(f)) => trouble = Some(f.message),
+                Waited::TimedOut | Waited::Cancelled | Waited::Closed => {
+                    // The attempt may still reach a server: take it back everywhere.
+                    self.revoke_all(&attempt, lease);
+                    if zero && matches!(tried, Waited::TimedOut) {
+                        trouble = Some(self.unreachable().unwrap_or_else(|| {
+                            format!(
+                                "no answer within {} ms",
+                                self.opts.server_timeout.as_millis()
+                            )
+                        }));
                     }
-                    return Err(e);
                 }
-            };
-            let now = Instant::now();
-            let interrupted = if self.closed.is_cancelled() {
-                Some(distlock_core::Interrupted::Closed)
-            } else if cancel.is_some_and(CancellationToken::is_cancelled) {
-                Some(distlock_core::Interrupted::Cancelled)
-            } else if deadline.is_some_and(|d| now >= d) {
-                Some(distlock_core::Interrupted::TimedOut)
-            } else {
-                None
-            };
-            if let Some(why) = interrupted {
-                if wait > Duration::ZERO {
-                    self.leave(&op);
+            }
+            if let Some(why) = self.interrupted(deadline, cancel) {
+                self.leave(&op, wait);
+                return self.give_up(why, &req, &target, start, trouble, answered);
+            }
+            if trouble.is_some() {
+                // Ride out the trouble: back off, then try again with a fresh attempt.
+                let nap = tokio::time::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF.1);
+                if let Err(why) = race(nap, deadline, cancel, &self.closed).await.done() {
+                    self.leave(&op, wait);
+                    return self.give_up(why, &req, &target, start, trouble, answered);
                 }
-                return why.into_outcome(&req, BACKEND);
+                continue;
             }
             let Some(w) = waiting.as_mut() else {
                 // First time busy: listen for releases, then look again at once, so a release
-                // that happened while subscribing is not missed.
-                self.subscribe().await;
+                // that happened while joining is not missed.
+                self.subscribe();
                 waiting = Some(
                     self.wakes
-                        .join(&op.keys.channel, format!("{}{}", op.side.code(), op.id)),
+                        .join(&op.keys.channel, format!("{}{}", op.side.code(), op.waiter)),
                 );
                 continue;
             };
-            let nap = hint.map_or(REFRESH, |h| h.min(REFRESH));
+            let refresh = if self.servers.iter().all(|s| s.subscribed()) {
+                REFRESH
+            } else {
+                REFRESH_UNSUBSCRIBED
+            };
+            let nap = hint.map_or(refresh, |h| h.min(refresh));
             let woken = async {
                 tokio::select! {
                     _ = w.woken() => {}
@@ -444,8 +590,8 @@ impl Inner {
                 }
             };
             if let Err(why) = race(woken, deadline, cancel, &self.closed).await.done() {
-                self.leave(&op);
-                return why.into_outcome(&req, BACKEND);
+                self.leave(&op, wait);
+                return self.give_up(why, &req, &target, start, trouble, answered);
             }
             if !self.fair {
                 // Waiters woken together would split RedLock's votes; spread their retries.
@@ -455,26 +601,55 @@ impl Inner {
         }
     }
 
-    /// Subscribes every server to the wake-up channels (once). A server that cannot be reached
-    /// here is not an error: waiters fall back to re-checking every second.
-    async fn subscribe(self: &Arc<Self>) {
+    /// What an acquire that stopped early reports: a timeout is "busy" only if the servers
+    /// answered and no trouble is ongoing; otherwise the backend's trouble is the error.
+    fn give_up(
+        &self,
+        why: Interrupted,
+        req: &AcquireRequest,
+        target: &str,
+        start: Instant,
+        trouble: Option<String>,
+        answered: bool,
+    ) -> Result<Option<Held>> {
+        if why == Interrupted::TimedOut {
+            let cause = trouble.or_else(|| self.unreachable()).or_else(|| {
+                (!answered).then(|| {
+                    let labels: Vec<&str> = self.servers.iter().map(|s| s.label.as_str()).collect();
+                    format!("no answer from {}", labels.join(", "))
+                })
+            });
+            if let Some(cause) = cause {
+                return Err(self.backend_error(
+                    "acquiring",
+                    target,
+                    &format!("gave up after {} ms: {cause}", start.elapsed().as_millis()),
+                ));
+            }
+        }
+        why.into_outcome(req, BACKEND)
+    }
+
+    /// Starts the wake-up subscriptions (once). A server that cannot be reached is not an
+    /// error: waiters re-check on their own until the subscription is up.
+    fn subscribe(self: &Arc<Self>) {
         for s in &self.servers {
-            if let Err(e) = s.subscribe(&self.wakes).await {
+            if let Err(e) = s.subscribe(&self.wakes) {
                 tracing::warn!(server = %s.label, error = %e, "distlock: cannot subscribe to wake-ups; waiters will poll");
             }
         }
     }
 
     /// Takes a waiter out of the server queue in the background (it would expire anyway).
-    fn leave(self: &Arc<Self>, op: &Op) {
-        if !self.fair {
+    fn leave(self: &Arc<Self>, op: &Op, wait: Duration) {
+        if !self.fair || wait.is_zero() {
             return;
         }
         let (inner, op) = (self.clone(), op.clone());
         tokio::spawn(async move {
             let args = vec![
                 Value::from(op.side.code()),
-                Value::from(op.id.as_ref()),
+                Value::from(op.waiter.as_ref()),
                 Value::from(op.keys.channel.as_str()),
             ];
             let _ = inner.servers[0]
@@ -492,42 +667,44 @@ impl Inner {
             Value::from(ms(wait)),
             Value::from(if self.fair { "1" } else { "0" }),
             Value::from(op.keys.channel.as_str()),
+            Value::from(op.waiter.as_ref()),
+            Value::from(i64::try_from(self.floor(&op.keys)).unwrap_or(i64::MAX)),
         ]
     }
 
-    /// One attempt on the server, or on every RedLock server with a quorum decision.
+    /// One attempt on the server, or on every RedLock server with a quorum decision. Whatever
+    /// does not end in a grant is revoked where it may have landed.
     async fn try_once(
         self: &Arc<Self>,
         op: &Op,
         lease: Duration,
         max: u32,
         wait: Duration,
-        target: &str,
-    ) -> Result<Try> {
+    ) -> std::result::Result<Try, Failure> {
         let script = &Scripts::get().acquire;
         let args = self.acquire_args(op, lease, max, wait);
         if self.servers.len() == 1 {
             let s = &self.servers[0];
             return match s.eval(script, op.keys(), args).await {
-                Ok(v) => parse_attempt(&v).ok_or_else(|| {
-                    self.backend_error(
-                        "acquiring",
-                        target,
-                        &format!("{}: unexpected reply {v:?}", s.label),
-                    )
-                }),
+                Ok(v) => match parse_attempt(&v) {
+                    Some(Try::Granted { fence, .. }) => Ok(Try::Granted { fence, by: vec![0] }),
+                    Some(busy) => Ok(busy),
+                    None => Err(Failure {
+                        message: format!("{}: unexpected reply {v:?}", s.label),
+                        transient: false,
+                    }),
+                },
                 Err(e) => {
-                    // The script may have run before the connection failed: undo it.
-                    self.spawn_release(0, op.clone(), 0);
-                    Err(self.backend_error(
-                        "acquiring",
-                        target,
-                        &describe(&s.label, s.command_timeout(), &e),
-                    ))
+                    // The script may have run, or may still run: take the attempt back.
+                    self.revoke(0, op.clone(), lease);
+                    Err(Failure {
+                        message: s.explain(&e),
+                        transient: transient(&e) && !s.refused(),
+                    })
                 }
             };
         }
-        self.try_quorum(op, script, args, lease, target).await
+        self.try_quorum(op, script, args, lease).await
     }
 
     async fn try_quorum(
@@ -536,8 +713,7 @@ impl Inner {
         script: &'static Script,
         args: Vec<Value>,
         lease: Duration,
-        target: &str,
-    ) -> Result<Try> {
+    ) -> std::result::Result<Try, Failure> {
         let sent = Instant::now();
         let n = self.servers.len();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -553,10 +729,11 @@ impl Inner {
         let mut busy = 0;
         let mut hint: Option<Duration> = None;
         let mut errors: Vec<String> = Vec::new();
+        let mut permanent = false;
         while let Some((i, r)) = rx.recv().await {
             let s = &self.servers[i];
             match r.as_ref().ok().and_then(parse_attempt) {
-                Some(Try::Granted { fence }) => granted.push((i, fence)),
+                Some(Try::Granted { fence, .. }) => granted.push((i, fence)),
                 Some(Try::Busy { hint: h }) => {
                     busy += 1;
                     hint = match (hint, h) {
@@ -564,10 +741,19 @@ impl Inner {
                         (a, b) => a.or(b),
                     };
                 }
-                None => errors.push(match r {
-                    Err(e) => describe(&s.label, s.command_timeout(), &e),
-                    Ok(v) => format!("{}: unexpected reply {v:?}", s.label),
-                }),
+                None => {
+                    self.revoke(i, op.clone(), lease);
+                    errors.push(match r {
+                        Err(e) => {
+                            permanent |= !transient(&e) || s.refused();
+                            s.explain(&e)
+                        }
+                        Ok(v) => {
+                            permanent = true;
+                            format!("{}: unexpected reply {v:?}", s.label)
+                        }
+                    });
+                }
             }
             if granted.len() >= self.quorum || busy + errors.len() > n - self.quorum {
                 break;
@@ -578,74 +764,116 @@ impl Inner {
             // Late grants from the remaining servers stay: renewals and the release cover
             // every server.
             let fence = granted.iter().map(|g| g.1).max().unwrap_or(0);
-            return Ok(Try::Granted { fence });
+            let by = granted.iter().map(|g| g.0).collect();
+            return Ok(Try::Granted { fence, by });
         }
-        // No quorum: release what was granted, now and as late answers arrive.
+        // No quorum: take back what was granted, now and as late answers arrive.
         for (i, _) in &granted {
-            self.spawn_release(*i, op.clone(), 0);
+            self.revoke(*i, op.clone(), lease);
         }
         let (inner, op2) = (self.clone(), op.clone());
         tokio::spawn(async move {
-            while let Some((i, _)) = rx.recv().await {
-                inner.spawn_release(i, op2.clone(), 0);
+            while let Some((i, r)) = rx.recv().await {
+                if !matches!(
+                    r.as_ref().ok().and_then(parse_attempt),
+                    Some(Try::Busy { .. })
+                ) {
+                    inner.revoke(i, op2.clone(), lease);
+                }
             }
         });
         if errors.len() > n - self.quorum {
-            return Err(self.backend_error(
-                "acquiring",
-                target,
-                &format!(
+            return Err(Failure {
+                message: format!(
                     "no quorum of {} of {n} servers could be reached: {}",
                     self.quorum,
                     errors.join("; ")
                 ),
-            ));
+                transient: !permanent,
+            });
         }
         Ok(Try::Busy { hint })
     }
 
-    fn release_args(&self, op: &Op, floor: u64) -> Vec<Value> {
+    fn release_args(&self, op: &Op, floor: u64, revoke: Option<Duration>) -> Vec<Value> {
         vec![
             Value::from(op.side.code()),
             Value::from(op.id.as_ref()),
             Value::from(if self.fair { "1" } else { "0" }),
             Value::from(op.keys.channel.as_str()),
             Value::from(i64::try_from(floor).unwrap_or(i64::MAX)),
+            Value::from(revoke.map_or(0, ms)),
         ]
     }
 
-    fn spawn_release(self: &Arc<Self>, server: usize, op: Op, floor: u64) {
+    /// Takes the attempt `op` back on every server (see [`Inner::revoke`]).
+    fn revoke_all(self: &Arc<Self>, op: &Op, lease: Duration) {
+        for i in 0..self.servers.len() {
+            self.revoke(i, op.clone(), lease);
+        }
+    }
+
+    /// Takes the attempt `op` back on server `server`, in the background: releases its grant
+    /// if it was granted, else marks its token revoked so the request, should it still reach
+    /// the server (a stalled server, a request buffered on a dead connection), cannot grant.
+    /// Retries until the server answers, for at most [`REVOKE_FOR`].
+    fn revoke(self: &Arc<Self>, server: usize, op: Op, lease: Duration) {
+        if self.revokes.fetch_add(1, Ordering::AcqRel) >= MAX_REVOKES {
+            self.revokes.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(server = %self.servers[server].label, "distlock: too many revokes in flight; the lease alone ends this attempt's grant");
+            return;
+        }
         let inner = self.clone();
+        // Long enough for any request still on its way: it was sent before the revoke.
+        let remember = (lease * 2).max(Duration::from_secs(60));
         tokio::spawn(async move {
-            let args = inner.release_args(&op, floor);
-            let _ = inner.servers[server]
-                .eval(&Scripts::get().release, op.keys(), args)
-                .await;
+            let args = inner.release_args(&op, 0, Some(remember));
+            let until = Instant::now() + REVOKE_FOR;
+            let mut backoff = BACKOFF.0;
+            while Instant::now() < until {
+                let s = &inner.servers[server];
+                if s.eval_text(&Scripts::get().release, op.keys(), args.clone())
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+            inner.revokes.fetch_sub(1, Ordering::AcqRel);
         });
     }
 
     /// Releases on every server; done once a quorum answered (the rest finish in the
-    /// background). Fails only if no server answered.
-    async fn release(self: &Arc<Self>, op: &Op, floor: u64) -> std::result::Result<(), String> {
+    /// background). A server that could not be reached is revoked in the background, so a
+    /// late grant cannot outlive the release. Fails only if no server answered.
+    async fn release(
+        self: &Arc<Self>,
+        op: &Op,
+        floor: u64,
+        lease: Duration,
+    ) -> std::result::Result<(), String> {
         let script = &Scripts::get().release;
-        let args = self.release_args(op, floor);
-        if self.servers.len() == 1 {
-            let s = &self.servers[0];
-            return s
-                .eval(script, op.keys(), args)
-                .await
-                .map(drop)
-                .map_err(|e| describe(&s.label, s.command_timeout(), &e));
-        }
+        let args = self.release_args(op, floor, None);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        for s in &self.servers {
-            let (s, tx, keys, args) = (s.clone(), tx.clone(), op.keys(), args.clone());
+        for (i, s) in self.servers.iter().enumerate() {
+            let (inner, s, tx, op, args) = (
+                self.clone(),
+                s.clone(),
+                tx.clone(),
+                op.clone(),
+                args.clone(),
+            );
             tokio::spawn(async move {
                 let r = s
-                    .eval(script, keys, args)
+                    .eval(script, op.keys(), args)
                     .await
                     .map(drop)
-                    .map_err(|e| describe(&s.label, s.command_timeout(), &e));
+                    .map_err(|e| {
+                        inner.revoke(i, op, lease);
+                        s.explain(&e)
+                    });
                 let _ = tx.send(r);
             });
         }
@@ -673,19 +901,20 @@ impl Inner {
         req: &AcquireRequest,
         op: Op,
         fence: u64,
+        by: Vec<usize>,
         lease: Duration,
         sent: Instant,
         entry: Arc<Entry<()>>,
         ticket: Ticket,
     ) -> Held {
         let uid = self.held.next_id();
-        // Runs inside the runtime: remembered for releases from `Drop` on other threads.
-        let _ = self.runtime.get_or_init(tokio::runtime::Handle::current);
+        self.saw(&op.keys, fence);
         let lease_state = Arc::new(Lease::new(lease - drift(lease), sent));
         let lost = LostSignal::new();
-        // On RedLock the counters of the servers differ; carrying the token to every server on
-        // renewal and release keeps later grants above it (see the README's fencing notes).
-        let floor = if self.fair { 0 } else { fence };
+        // Renewals and the release carry the token as the counter's floor to every server: on
+        // RedLock the servers' counters differ, and a server restarted empty forgets its own.
+        let floor = fence;
+        let turn: Turn = Arc::new(Mutex::new(Some((ticket, entry))));
         let held = Arc::new(RedisHeld {
             inner: self.clone(),
             uid,
@@ -693,10 +922,12 @@ impl Inner {
             op: op.clone(),
             fence,
             floor,
+            by,
+            lease_len: lease,
             lease: lease_state.clone(),
             lost: lost.clone(),
             released: AtomicBool::new(false),
-            turn: Mutex::new(Some((ticket, entry))),
+            turn: turn.clone(),
         });
         self.held.insert(uid, &held);
         self.renewals.track(
@@ -708,13 +939,72 @@ impl Inner {
                 lease: lease_state,
                 lost,
                 floor,
+                turn,
                 due: sent + self.opts.renew_period(),
                 in_flight: false,
             },
         );
         held
     }
+
+    /// After server `i` reconnected: renew every held lock at once (a key that is gone fires
+    /// its lock's lost signal), raise the fencing counters this provider saw back to their
+    /// floors, then clear the doubt on the server's locks.
+    async fn confirm(self: &Arc<Self>, i: usize) {
+        let server = &self.servers[i];
+        let losses = server.losses();
+        if !server.in_doubt() {
+            return;
+        }
+        self.renewals.renew_all(self).await;
+        let floors: Vec<(String, u64, u16)> = lock(&self.floors)
+            .iter()
+            .map(|(k, f)| (k.clone(), f.0, f.1))
+            .collect();
+        let mut groups: HashMap<u16, Vec<(String, u64)>> = HashMap::new();
+        for (k, f, slot) in floors {
+            groups
+                .entry(if self.cluster { slot } else { 0 })
+                .or_default()
+                .push((k, f));
+        }
+        let mut restored = true;
+        for (_, group) in groups {
+            for chunk in group.chunks(500) {
+                let keys: Vec<Key> = chunk.iter().map(|(k, _)| Key::from(k.as_str())).collect();
+                let args: Vec<Value> = chunk
+                    .iter()
+                    .map(|(_, f)| Value::from(i64::try_from(*f).unwrap_or(i64::MAX)))
+                    .collect();
+                restored &= server.eval(&Scripts::get().floor, keys, args).await.is_ok();
+            }
+        }
+        if restored {
+            server.confirmed(losses);
+        }
+    }
 }
+
+/// Follows the servers' connection events for as long as the provider lives.
+async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
+    while let Some(event) = rx.recv().await {
+        let Some(me) = inner.upgrade() else { return };
+        if me.closed.is_cancelled() {
+            return;
+        }
+        match event {
+            Event::Lost(i) => {
+                tracing::debug!(server = %me.servers[i].label, "distlock: connection lost; its locks are in doubt until confirmed");
+            }
+            Event::Connected(i) => {
+                tokio::spawn(async move { me.confirm(i).await });
+            }
+        }
+    }
+}
+
+/// A held lock's in-process turn: given back at release, or the moment the lock is lost.
+type Turn = Arc<Mutex<Option<(Ticket, Arc<Entry<()>>)>>>;
 
 /// Parses the acquire script's reply.
 fn parse_attempt(v: &Value) -> Option<Try> {
@@ -725,7 +1015,10 @@ fn parse_attempt(v: &Value) -> Option<Try> {
     match n(0)? {
         1 => Some(Try::Granted {
             fence: u64::try_from(n(1)?).ok()?,
+            by: Vec::new(),
         }),
+        // Revoked: an attempt its caller gave up on.
+        2 => Some(Try::Busy { hint: None }),
         0 => Some(Try::Busy {
             hint: u64::try_from(n(1)?)
                 .ok()
@@ -744,11 +1037,14 @@ struct RedisHeld {
     op: Op,
     fence: u64,
     floor: u64,
+    /// The servers whose grants made the quorum.
+    by: Vec<usize>,
+    lease_len: Duration,
     lease: Arc<Lease>,
     lost: LostSignal,
     released: AtomicBool,
-    /// This handle's in-process turn; given back after the server release.
-    turn: Mutex<Option<(Ticket, Arc<Entry<()>>)>>,
+    /// This handle's in-process turn; given back after the server release, or when lost.
+    turn: Turn,
 }
 
 impl RedisHeld {
@@ -759,7 +1055,10 @@ impl RedisHeld {
         self.inner.renewals.untrack(self.uid);
         self.inner.held.remove(self.uid);
         let expired = self.lost.is_lost() || Instant::now() >= self.lease.deadline();
-        let result = self.inner.release(&self.op, self.floor).await;
+        let result = self
+            .inner
+            .release(&self.op, self.floor, self.lease_len)
+            .await;
         drop(lock(&self.turn).take());
         match result {
             Ok(()) => Ok(()),
@@ -775,9 +1074,13 @@ impl RedisHeld {
             }),
         }
     }
-}
 
-impl RedisHeld {
+    /// Fires the lost signal and gives the in-process turn back.
+    fn lose(&self, reason: &str) {
+        self.lost.fire(reason);
+        drop(lock(&self.turn).take());
+    }
+
     /// Sets the lease to `lease` from now on every server, and uses it for later renewals.
     async fn extend_now(&self, lease: Duration) -> Result<()> {
         distlock_core::options::lease_ms(lease.as_millis() as f64)?;
@@ -788,11 +1091,15 @@ impl RedisHeld {
         if self.is_released() {
             return Err(lost(String::from("it was released")));
         }
-        if let Some(reason) = self.lost.reason() {
+        if !self.is_held()
+            && let Some(reason) = self.lost.reason()
+        {
             return Err(lost(reason.to_owned()));
         }
         let sent = Instant::now();
-        match self.inner.renew_one(&self.op, ms(lease), self.floor).await {
+        let renewing = self.inner.renew_one(&self.op, ms(lease), self.floor);
+        let bound = self.inner.opts.server_timeout + Duration::from_millis(20);
+        match tokio::time::timeout(bound, renewing).await.ok().flatten() {
             Some(true) => {
                 self.lease.set_length(lease - drift(lease));
                 self.lease.renewed(sent);
@@ -800,9 +1107,9 @@ impl RedisHeld {
                 Ok(())
             }
             Some(false) => {
-                let reason = String::from("an extend found its key gone or owned by someone else");
-                self.lost.fire(reason.clone());
-                Err(lost(reason))
+                let reason = "an extend found its key gone or owned by someone else";
+                self.lose(reason);
+                Err(lost(reason.to_owned()))
             }
             None => Err(Error::Backend {
                 backend: BACKEND,
@@ -829,6 +1136,25 @@ impl HeldLock for RedisHeld {
         self.released.load(Ordering::Acquire)
     }
 
+    /// Held: not released, not lost, the local lease deadline not passed (checked against the
+    /// clock now, whether or not any timer ran), and no connection in doubt among the servers
+    /// whose grants made the quorum.
+    fn is_held(&self) -> bool {
+        if self.is_released() || self.lost.is_lost() {
+            return false;
+        }
+        if Instant::now() >= self.lease.deadline() {
+            self.lose("its lease ran out at the local deadline without a successful renewal");
+            return false;
+        }
+        let sure = self
+            .by
+            .iter()
+            .filter(|&&i| !self.inner.servers[i].in_doubt())
+            .count();
+        sure >= self.inner.quorum
+    }
+
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move { self.release_now().await })
     }
@@ -846,11 +1172,16 @@ impl Drop for RedisHeld {
         // Dropped without release (a garbage-collected handle): release in the background.
         self.inner.renewals.untrack(self.uid);
         self.inner.held.remove(self.uid);
-        let (inner, op, floor) = (self.inner.clone(), self.op.clone(), self.floor);
+        let (inner, op, floor, lease) = (
+            self.inner.clone(),
+            self.op.clone(),
+            self.floor,
+            self.lease_len,
+        );
         let turn = lock(&self.turn).take();
         if let Some(rt) = self.inner.runtime.get() {
             rt.spawn(async move {
-                let _ = inner.release(&op, floor).await;
+                let _ = inner.release(&op, floor, lease).await;
                 drop(turn);
             });
         }

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::scripts::Scripts;
-use crate::{Inner, Op, Side, lock};
+use crate::{Inner, Op, Side, Turn, lock};
 
 /// Most leases one script renews.
 const CHUNK: usize = 500;
@@ -26,6 +26,8 @@ pub struct Tracked {
     pub lease: Arc<Lease>,
     pub lost: LostSignal,
     pub floor: u64,
+    /// The lock's in-process turn, given back the moment it is lost.
+    pub turn: Turn,
     /// When the next renewal should be sent.
     pub due: Instant,
     pub in_flight: bool,
@@ -40,6 +42,16 @@ pub struct Renewals {
     wake_at: Mutex<Option<Instant>>,
     sent: AtomicU64,
     batches: AtomicU64,
+}
+
+impl Tracked {
+    /// Fires the lost signal (unless it fired already) and gives the in-process turn back.
+    fn lose(&self, reason: Option<&str>) {
+        if let Some(reason) = reason {
+            self.lost.fire(reason);
+        }
+        drop(lock(&self.turn).take());
+    }
 }
 
 enum Outcome {
@@ -78,6 +90,25 @@ impl Renewals {
         }
     }
 
+    /// Renews every tracked lock now (after a reconnect), and returns when the answers are in.
+    pub async fn renew_all(&self, inner: &Arc<Inner>) {
+        let batch: Vec<(u64, Op, i64, u64)> = lock(&self.locks)
+            .iter_mut()
+            .filter(|(_, t)| !t.lost.is_lost())
+            .map(|(uid, t)| {
+                t.in_flight = true;
+                (*uid, t.op.clone(), t.lease_ms, t.floor)
+            })
+            .collect();
+        let chunks: Vec<_> = chunks(inner, batch)
+            .into_iter()
+            .map(|c| renew_chunk(inner.clone(), c))
+            .collect();
+        for c in chunks {
+            c.await;
+        }
+    }
+
     pub fn untrack(&self, uid: u64) {
         lock(&self.locks).remove(&uid);
     }
@@ -108,14 +139,15 @@ async fn run(inner: Weak<Inner>) {
             let mut gone = Vec::new();
             for (uid, t) in locks.iter_mut() {
                 if t.lost.is_lost() {
+                    t.lose(None);
                     gone.push(*uid);
                     continue;
                 }
                 let deadline = t.lease.deadline();
                 if now >= deadline {
-                    t.lost.fire(
+                    t.lose(Some(
                         "its lease ran out at the local deadline without a successful renewal",
-                    );
+                    ));
                     gone.push(*uid);
                     continue;
                 }
@@ -253,9 +285,9 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
             }
             Outcome::Gone => {
                 let side = if t.op.side == Side::W { "key" } else { "entry" };
-                t.lost.fire(format!(
+                t.lose(Some(&format!(
                     "a renewal found its {side} gone or owned by someone else"
-                ));
+                )));
                 locks.remove(uid);
             }
             // A failed round trip: try again soon, well before the deadline.

@@ -1,5 +1,5 @@
 //! The Lua scripts distlock runs on Redis, one per operation. Each runs atomically on the server
-//! and takes the five keys of [`crate::keys::Keys::all`] (the batched renewal takes pairs).
+//! and takes the six keys of [`crate::keys::Keys::all`] (the batched renewal takes pairs).
 //!
 //! Kinds: `w` is a mutex or writer (the main key holds the token, as redlock lays it out), `r` a
 //! reader and `s` a semaphore permit (members of a sorted set scored by their expiry in server
@@ -29,18 +29,32 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// ARGV: kind, token, lease ms, max count, wait ms (0: do not queue), fair (1|0), channel.
-/// Returns `{1, fence}` when granted, `{0, hint}` when busy, where `hint` is the number of ms
-/// after which the holder's or a dead waiter's expiry may free the lock (-1: unknown).
+/// ARGV: kind, grant token, lease ms, max count, wait ms (0: do not queue), fair (1|0), channel,
+/// waiter id, fence floor. Returns `{1, fence}` when granted, `{0, hint}` when busy, where
+/// `hint` is the number of ms after which the holder's or a dead waiter's expiry may free the
+/// lock (-1: unknown), and `{2}` when the grant token was revoked (its caller gave up on it).
+///
+/// Each attempt carries a fresh grant token; the waiter id (its place in the queue) stays the
+/// same across attempts. A release or revoke of an abandoned attempt can therefore never
+/// remove a later attempt's grant. The fencing counter never goes below the floor: the largest
+/// token this client saw for the name (a server restarted empty forgets the counter).
 const ACQUIRE: &str = r"
-local lock, set, fence, queue, dl = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local lock, set, fence, queue, dl, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local kind, id, lease, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local waitms, fair, channel = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7]
-local me = kind .. id
+local me, floor = kind .. ARGV[8], tonumber(ARGV[9])
+
+if redis.call('ZSCORE', revoked, id) then return {2} end
 
 local function bump()
   local ok, n = pcall(redis.call, 'INCR', fence)
-  if ok then return n end
+  if ok then
+    if n <= floor then
+      n = floor + 1
+      redis.call('SET', fence, n)
+    end
+    return n
+  end
   if kind == 'w' then redis.call('DEL', lock) else redis.call('ZREM', set, id) end
   return redis.error_reply('WRONGTYPE the fencing counter ' .. fence .. ' is not an integer')
 end
@@ -125,11 +139,14 @@ end
 return {0, hint}
 ";
 
-/// ARGV: kind, token, fair (1|0), channel, fence floor (0: none). Returns 1 if the token held
-/// the lock, else 0. Wakes the head waiter (or every waiter, when readers or permits may go).
+/// ARGV: kind, token, fair (1|0), channel, fence floor (0: none), revoke ms (0: none). Returns 1
+/// if the token held the lock, else 0. Wakes the head waiter (or every waiter, when readers or
+/// permits may go). With a revoke time, a token that holds nothing is remembered as revoked for
+/// that long, so its acquire, if it is still on its way, does not grant.
 const RELEASE: &str = r"
-local lock, set, fence, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lock, set, fence, queue, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
 local kind, id, fair, channel, floor = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5])
+local revoke = tonumber(ARGV[6])
 local released
 if kind == 'w' then
   released = redis.call('GET', lock) == id
@@ -137,7 +154,16 @@ if kind == 'w' then
 else
   released = redis.call('ZREM', set, id) == 1
 end
-if not released then return 0 end
+if not released then
+  if revoke > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZREMRANGEBYSCORE', revoked, '-inf', now)
+    redis.call('ZADD', revoked, now + revoke, id)
+    if redis.call('PTTL', revoked) < revoke then redis.call('PEXPIRE', revoked, revoke) end
+  end
+  return 0
+end
 if floor > 0 and tonumber(redis.call('GET', fence) or '0') < floor then redis.call('SET', fence, floor) end
 if fair then
   local head = redis.call('ZRANGE', queue, 0, 0)[1]
@@ -164,7 +190,9 @@ return 1
 ";
 
 /// KEYS: pairs (main or set key, fence key). ARGV: quads (kind, token, lease ms, fence floor).
-/// Returns one 1 (extended) or 0 (no longer ours) per pair.
+/// Returns one 1 (extended) or 0 (no longer ours) per pair. The fencing counter is raised to
+/// the floor either way: a server restarted empty must not hand out a token below one a live
+/// client holds.
 const RENEW: &str = r"
 local out = {}
 for i = 1, #KEYS / 2 do
@@ -185,13 +213,24 @@ for i = 1, #KEYS / 2 do
       redis.call('ZREM', key, id)
     end
   end
-  if ok == 1 and floor > 0 then
+  if floor > 0 then
     local got, f = pcall(redis.call, 'GET', fence)
     if got and tonumber(f or '0') < floor then redis.call('SET', fence, floor) end
   end
   out[i] = ok
 end
 return out
+";
+
+/// KEYS: fencing counters. ARGV: one floor each. Raises every counter below its floor to it
+/// (after a reconnect to a server that may have restarted empty).
+const FLOOR: &str = r"
+for i = 1, #KEYS do
+  local f = tonumber(ARGV[i])
+  local got, v = pcall(redis.call, 'GET', KEYS[i])
+  if got and tonumber(v or '0') < f then redis.call('SET', KEYS[i], f) end
+end
+return #KEYS
 ";
 
 /// ARGV: kind. Returns `{holders, longest remaining lease ms (-1: none), last fence}`.
@@ -218,6 +257,7 @@ pub struct Scripts {
     pub leave: Script,
     pub renew: Script,
     pub inspect: Script,
+    pub floor: Script,
 }
 
 impl Scripts {
@@ -233,6 +273,7 @@ impl Scripts {
                 leave: Script::new(LEAVE),
                 renew: Script::new(with_clock(RENEW)),
                 inspect: Script::new(with_clock(INSPECT)),
+                floor: Script::new(FLOOR),
             }
         })
     }

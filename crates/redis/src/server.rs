@@ -1,26 +1,53 @@
-//! One Redis deployment (a server, a cluster or a Sentinel group) as two lazily connected fred
-//! clients: one for commands (pipelined), one subscribed to distlock's wake-up channels.
+//! One Redis deployment (a server, a cluster or a Sentinel group) as two fred clients: one for
+//! commands (pipelined), one subscribed to distlock's wake-up channels.
+//!
+//! Both connect in the background on first use and reconnect on their own; a command waits for
+//! the connection only as long as its caller's budget allows (every caller races its commands
+//! against its own deadline), so a server that hangs at connect never stretches a call. The
+//! command client reports its connection losses and reconnects as [`Event`]s: a lock on a
+//! server whose connection dropped is in doubt until a renewal after the reconnect finds its
+//! key again (a server restarted empty or a promoted replica may have lost it).
 
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::{Key, Value};
-use tokio::sync::OnceCell;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::ServerSpec;
 use crate::keys::CHANNEL_PATTERN;
 use crate::scripts::Script;
 use crate::wake::Wakes;
 
+/// What the command connection of server `.0` went through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The connection closed or failed: locks granted there are in doubt.
+    Lost(usize),
+    /// The client (re)connected.
+    Connected(usize),
+}
+
 pub struct Server {
     pub label: String,
+    index: usize,
     spec: ServerSpec,
-    connect_timeout: Duration,
     command_timeout: Duration,
-    client: OnceCell<Client>,
-    subscriber: OnceCell<SubscriberClient>,
+    client: OnceLock<Client>,
+    subscriber: OnceLock<SubscriberClient>,
+    subscribed: Arc<AtomicBool>,
+    /// The last connection error since the last successful connect (its cause, for messages,
+    /// and whether retrying can help).
+    last_error: Arc<Mutex<Option<(String, bool)>>>,
+    /// The connection dropped and no renewal has confirmed the locks since.
+    doubt: Arc<AtomicBool>,
+    /// Counts connection losses, so a confirmation that raced a new loss does not clear it.
+    losses: Arc<AtomicU64>,
+    events: UnboundedSender<Event>,
+    init: Mutex<()>,
 }
 
 /// Why a command to one server failed, as a sentence naming the server.
@@ -38,82 +65,187 @@ pub fn describe(label: &str, timeout: Duration, e: &fred::error::Error) -> Strin
     }
 }
 
+/// Whether trying again later can help: connection trouble and the server's own transient
+/// refusals, not a wrong password, a key of another type or a script error.
+pub fn transient(e: &fred::error::Error) -> bool {
+    let details = e.details();
+    const BUSY: [&str; 7] = [
+        "LOADING",
+        "BUSY",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "MASTERDOWN",
+        "READONLY",
+        "NOREPLICAS",
+    ];
+    if BUSY.iter().any(|p| details.starts_with(p)) {
+        return true;
+    }
+    matches!(
+        e.kind(),
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Backpressure
+            | ErrorKind::Cluster
+            | ErrorKind::Routing
+            | ErrorKind::Sentinel
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Server {
-    pub fn new(spec: ServerSpec, connect_timeout: Duration, command_timeout: Duration) -> Self {
+    pub fn new(
+        index: usize,
+        spec: ServerSpec,
+        command_timeout: Duration,
+        events: UnboundedSender<Event>,
+    ) -> Self {
         Self {
             label: spec.label.clone(),
+            index,
             spec,
-            connect_timeout,
             command_timeout,
-            client: OnceCell::new(),
-            subscriber: OnceCell::new(),
+            client: OnceLock::new(),
+            subscriber: OnceLock::new(),
+            subscribed: Arc::new(AtomicBool::new(false)),
+            last_error: Arc::default(),
+            doubt: Arc::new(AtomicBool::new(false)),
+            losses: Arc::default(),
+            events,
+            init: Mutex::new(()),
         }
     }
 
-    pub fn command_timeout(&self) -> Duration {
-        self.command_timeout
+    /// Whether the connection dropped and the locks there are not yet confirmed.
+    pub fn in_doubt(&self) -> bool {
+        self.doubt.load(Ordering::Acquire)
+    }
+
+    /// How many times the connection was lost so far.
+    pub fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Acquire)
+    }
+
+    /// The locks there were confirmed after a reconnect that followed `losses` losses.
+    pub fn confirmed(&self, losses: u64) {
+        if self.losses() == losses {
+            self.doubt.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether the last connection error is one a retry cannot fix (a wrong password, TLS).
+    pub fn refused(&self) -> bool {
+        self.refusal().is_some()
+    }
+
+    fn refusal(&self) -> Option<String> {
+        lock(&self.last_error)
+            .as_ref()
+            .filter(|e| !e.1)
+            .map(|e| e.0.clone())
+    }
+
+    /// The last connection error, if the server cannot be reached now.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).as_ref().map(|e| e.0.clone())
+    }
+
+    /// `describe`, plus the last connection error when the server could not be reached.
+    pub fn explain(&self, e: &fred::error::Error) -> String {
+        let base = describe(&self.label, self.command_timeout, e);
+        match lock(&self.last_error).as_ref() {
+            Some((cause, _)) if !base.contains(cause.as_str()) => {
+                format!("{base} (last connection error: {cause})")
+            }
+            _ => base,
+        }
     }
 
     fn builder(&self) -> Builder {
-        let mut b = Builder::from_config(self.spec.config.clone());
-        let connect = self.connect_timeout;
+        let mut config = self.spec.config.clone();
+        // Keep reconnecting from the first attempt on; callers bound their own waits.
+        config.fail_fast = false;
+        let mut b = Builder::from_config(config);
         let command = self.command_timeout;
         b.with_connection_config(|c| {
-            c.connection_timeout = connect;
-            c.internal_command_timeout = connect;
+            c.connection_timeout = command.max(Duration::from_millis(500));
+            c.internal_command_timeout = command.max(Duration::from_millis(500));
+            // A command is sent once: a request that may have run is cleaned up by its caller
+            // (release or revoke of its token), never replayed on a new connection.
+            c.max_command_attempts = 1;
             c.tcp = TcpConfig {
                 nodelay: Some(true),
                 ..TcpConfig::default()
             };
         })
         .with_performance_config(|p| p.default_command_timeout = command)
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        .set_policy(ReconnectPolicy::new_exponential(0, 20, 1_000, 2));
         b
     }
 
-    async fn connect<C: ClientLike>(&self, client: C) -> Result<C, fred::error::Error> {
-        let init = tokio::time::timeout(self.connect_timeout, client.init()).await;
-        match init {
-            Ok(Ok(_)) => Ok(client),
-            Ok(Err(e)) => {
-                let _ = client.quit().await;
-                Err(e)
-            }
-            Err(_) => {
-                let _ = client.quit().await;
-                Err(fred::error::Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "could not connect within {} ms",
-                        self.connect_timeout.as_millis()
-                    ),
-                ))
-            }
+    /// The command client; the first call starts it connecting (in the background).
+    pub fn client(&self) -> Result<&Client, fred::error::Error> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
         }
+        let _init = lock(&self.init);
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let client = self.builder().build()?;
+        watch(
+            &client,
+            self.index,
+            self.events.clone(),
+            self.last_error.clone(),
+            (self.doubt.clone(), self.losses.clone()),
+        );
+        drop(client.connect());
+        Ok(self.client.get_or_init(|| client))
     }
 
-    /// The command client, connected on first use. A failed connect is retried by the next call.
-    pub async fn client(&self) -> Result<&Client, fred::error::Error> {
-        self.client
-            .get_or_try_init(|| async { self.connect(self.builder().build()?).await })
-            .await
+    /// Whether wake-ups from this server reach the waiters now.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
     }
 
-    /// Subscribes (once) to every distlock channel and forwards messages to `wakes`.
-    pub async fn subscribe(&self, wakes: &Arc<Wakes>) -> Result<(), fred::error::Error> {
-        self.subscriber
-            .get_or_try_init(|| async {
-                let sub = self
-                    .connect(self.builder().build_subscriber_client()?)
-                    .await?;
-                sub.psubscribe(CHANNEL_PATTERN).await?;
-                // Detached: it re-subscribes after reconnects for as long as the client lives.
-                drop(sub.manage_subscriptions());
-                forward(&sub, Arc::downgrade(wakes));
-                Ok(sub)
-            })
-            .await
-            .map(drop)
+    /// Starts (once) the subscription to every distlock channel, forwarding messages to `wakes`.
+    /// Until it is up, waiters re-check on their own.
+    pub fn subscribe(&self, wakes: &Arc<Wakes>) -> Result<(), fred::error::Error> {
+        if self.subscriber.get().is_some() {
+            return Ok(());
+        }
+        let _init = lock(&self.init);
+        if self.subscriber.get().is_some() {
+            return Ok(());
+        }
+        let sub = self.builder().build_subscriber_client()?;
+        forward(&sub, Arc::downgrade(wakes), self.subscribed.clone());
+        drop(sub.connect());
+        // Re-subscribes after every reconnect for as long as the client lives.
+        drop(sub.manage_subscriptions());
+        let first = sub.clone();
+        let subscribed = self.subscribed.clone();
+        tokio::spawn(async move {
+            // Bounded: the pattern is registered with the client even if this times out, and
+            // `manage_subscriptions` sends it again on the next connect.
+            for _ in 0..600 {
+                if first.psubscribe(CHANNEL_PATTERN).await.is_ok() {
+                    subscribed.store(true, Ordering::Release);
+                    return;
+                }
+                if !first.is_connected() && first.state() == ClientState::Disconnected {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let _ = self.subscriber.set(sub);
+        Ok(())
     }
 
     /// Runs `script` (by SHA, loading it when the server does not know it yet).
@@ -123,7 +255,53 @@ impl Server {
         keys: Vec<Key>,
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
-        let client = self.client().await?;
+        self.run(script, keys, args, true).await
+    }
+
+    /// Runs `script` by its text: for a request that must work the first time it reaches the
+    /// server, even after a stall (a SHA the server does not know yet would fail with
+    /// `NOSCRIPT` when nobody waits for the answer any more).
+    pub async fn eval_text(
+        &self,
+        script: &Script,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+    ) -> Result<Value, fred::error::Error> {
+        self.run(script, keys, args, false).await
+    }
+
+    async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+        by_sha: bool,
+    ) -> Result<Value, fred::error::Error> {
+        let client = self.client()?;
+        if !client.is_connected() {
+            // A cluster client cannot route before it has the slot map: wait for the connect,
+            // within the command timeout (callers bound the whole call with their budget),
+            // and stop at once when the server refused us for good (a wrong password).
+            let waiting = client.wait_for_connect();
+            tokio::pin!(waiting);
+            let until = tokio::time::Instant::now() + self.command_timeout;
+            while tokio::time::Instant::now() < until {
+                if let Some(cause) = self.refusal() {
+                    return Err(fred::error::Error::new(ErrorKind::Auth, cause));
+                }
+                let tick = tokio::time::Instant::now() + Duration::from_millis(10);
+                tokio::select! {
+                    _ = &mut waiting => break,
+                    _ = tokio::time::sleep_until(tick.min(until)) => {}
+                }
+            }
+        }
+        if let Some(cause) = self.refusal() {
+            return Err(fred::error::Error::new(ErrorKind::Auth, cause));
+        }
+        if !by_sha {
+            return client.eval(script.lua, keys, args).await;
+        }
         match client
             .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
             .await
@@ -146,12 +324,61 @@ impl Server {
     }
 }
 
+/// Follows the command client's connection: errors put its locks in doubt and are kept as the
+/// cause for messages; every connect is reported so the locks can be confirmed.
+fn watch(
+    client: &Client,
+    index: usize,
+    events: UnboundedSender<Event>,
+    last_error: Arc<Mutex<Option<(String, bool)>>>,
+    (doubt, losses): (Arc<AtomicBool>, Arc<AtomicU64>),
+) {
+    let mut errors = client.error_rx();
+    let mut connects = client.reconnect_rx();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            tokio::select! {
+                e = errors.recv() => match e {
+                    Ok((e, _)) => {
+                        if e.is_canceled() {
+                            continue;
+                        }
+                        losses.fetch_add(1, Ordering::AcqRel);
+                        doubt.store(true, Ordering::Release);
+                        let permanent = matches!(e.kind(), ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url)
+                            || e.details().contains("WRONGPASS")
+                            || e.details().contains("NOAUTH");
+                        *lock(&last_error) = Some((e.details().to_owned(), !permanent));
+                        if events.send(Event::Lost(index)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
+                c = connects.recv() => match c {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        *lock(&last_error) = None;
+                        if events.send(Event::Connected(index)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+}
+
 /// Forwards the subscriber's messages to the waiters; a reconnect or a lagging receiver wakes
 /// everyone, since messages may have been missed.
-fn forward(sub: &SubscriberClient, wakes: Weak<Wakes>) {
+fn forward(sub: &SubscriberClient, wakes: Weak<Wakes>, subscribed: Arc<AtomicBool>) {
     let mut messages = sub.message_rx();
     let mut reconnects = sub.reconnect_rx();
+    let mut errors = sub.error_rx();
     tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
         loop {
             let woke = tokio::select! {
                 m = messages.recv() => match m {
@@ -159,14 +386,22 @@ fn forward(sub: &SubscriberClient, wakes: Weak<Wakes>) {
                         let payload = m.value.as_str().map(|s| s.to_string()).unwrap_or_default();
                         wakes.upgrade().map(|w| w.deliver(&m.channel, &payload))
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Err(RecvError::Lagged(_)) => wakes.upgrade().map(|w| w.wake_all()),
+                    Err(_) => None,
+                },
+                r = reconnects.recv() => match r {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        // `manage_subscriptions` subscribes again on every connect.
+                        subscribed.store(true, Ordering::Release);
                         wakes.upgrade().map(|w| w.wake_all())
                     }
                     Err(_) => None,
                 },
-                r = reconnects.recv() => match r {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        wakes.upgrade().map(|w| w.wake_all())
+                e = errors.recv() => match e {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        // Until the reconnect, waiters re-check on their own.
+                        subscribed.store(false, Ordering::Release);
+                        Some(())
                     }
                     Err(_) => None,
                 },

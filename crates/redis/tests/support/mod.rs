@@ -30,7 +30,17 @@ pub struct RedisProc {
 
 impl RedisProc {
     pub fn start(extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Kills the server (kill -9) and starts a new, empty one on the same port.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let port = self.port;
+        *self = Self::start_on(port, &[]);
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("distlock-redis-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
