@@ -10,7 +10,46 @@
 //!   lock queue is FIFO.
 //! - Fencing tokens come from one sequence (`nextval` in the statement that takes the lock),
 //!   created on first use if missing.
-//! - A session that ends fires the lost signal of every lock it held.
+//! - A session that ends fires the lost signal of every lock it held, then gives each lock's
+//!   in-process turn back, so the name is free in this process at once (no `release()` needed;
+//!   a later `release()` of the lost handle does nothing and does not fail).
+//!
+//! # Time bounds
+//!
+//! Every call settles within its budget whatever the network does (slow link, reset, silent
+//! partition, server stopped). With default options ([`PgOptions::op_timeout`] and
+//! [`PgOptions::keepalive`] both 5 s):
+//!
+//! | call | settles by |
+//! |---|---|
+//! | `acquire` with `timeout` T > 0 | T + scheduling slack (documented ≤ 50 ms; measured ≈ 1-2 ms, over a 200 ms/200 ms link too) |
+//! | `acquire` with `timeout` 0 (try) | `op_timeout` (5 s) for connect and attempt together |
+//! | `release` | `op_timeout` (5 s); no answer by then closes the session (the server frees its locks once it notices) |
+//! | `inspect` | `op_timeout` (5 s) |
+//! | cancel of a waiting `acquire` | 1 s (the server's confirmation of the cancel; cleanup goes on in the background) |
+//! | `close` | 5 s for the unlocks, then every session is closed |
+//!
+//! - The deadline is raced against the whole call: connecting, the attempt, the blocking wait.
+//!   A statement still in flight at the deadline is finished in the background, and a grant that
+//!   raced the deadline is undone there (`pg_advisory_unlock`, or `pg_advisory_unlock_all` on the
+//!   waiter's own session, or `ROLLBACK`), each step within `op_timeout`; a session that does not
+//!   answer is closed. So a call that failed or timed out leaves nothing held on a live session.
+//! - At the deadline the answer is "busy" (`None`) if the server answered during the call, else a
+//!   backend error (no connection, or no answer since the call began: a partition is not a busy
+//!   lock).
+//! - Dead sessions are detected by default: sessions that hold locks are probed every
+//!   `keepalive`; a probe unanswered within `keepalive` closes the session and fires its locks'
+//!   lost signals, so a silent partition is reported within 2 × `keepalive` (10 s) of the last
+//!   answer. TCP keepalives (idle and interval `keepalive`) and `TCP_USER_TIMEOUT`
+//!   (2 × `keepalive`, Linux) end dead connections that the probe does not cover.
+//! - Waiters ride out transient faults (the session terminated, the connection reset, the server
+//!   restarting or refusing connections): they reconnect and queue again, pausing 50 ms, doubling
+//!   up to 1 s, for as long as their timeout lasts (a waiter without timeout: until granted,
+//!   cancelled or closed). If the timeout ends while the server is still unreachable, the error
+//!   is a backend error that names the cause. Not retried: a try (`timeout` 0), refusals a
+//!   reconnect cannot cure (authentication, permissions), and a server this provider never
+//!   reached (taken for a configuration error). A waiter without timeout behind a partition that
+//!   keeps its socket alive waits until the network heals.
 //!
 //! [`FairQueue`]: distlock_core::FairQueue
 
@@ -49,7 +88,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A lock provider on one PostgreSQL database.
+/// A lock provider on one PostgreSQL database. See the crate documentation for the time bounds
+/// of every call.
 #[derive(Clone)]
 pub struct PostgresBackend {
     inner: Arc<Inner>,
@@ -511,9 +551,20 @@ impl Inner {
                 transient: false,
             })
         });
+        let op = self.pool.opts.op_timeout;
+        let init = tokio::time::timeout(op, init);
         match race(init, until, req.cancel.as_ref(), &self.closed).await {
-            Waited::Done(Ok(())) => Ok(()),
-            Waited::Done(Err(f)) => Err(Miss::Fault(f)),
+            Waited::Done(Ok(Ok(()))) => Ok(()),
+            Waited::Done(Ok(Err(f))) => Err(Miss::Fault(f)),
+            Waited::Done(Err(_)) => Err(Miss::Fault(Fault {
+                message: format!(
+                    "preparing the fencing sequence for {}: no answer from {} within {} ms",
+                    req.target(BACKEND),
+                    self.pool.opts.server(),
+                    op.as_millis()
+                ),
+                transient: self.pool.ever_connected(),
+            })),
             Waited::TimedOut => Err(Miss::Silent(format!(
                 "no answer from {} within the timeout of {} (preparing the fencing sequence)",
                 self.pool.opts.server(),
@@ -565,8 +616,28 @@ impl Inner {
     ) -> std::result::Result<(Arc<Session>, Rows), Miss> {
         let s = self.session(self.attempt_usage(), req, until).await?;
         let mut q = send(&s, text);
-        match race(&mut q, until, req.cancel.as_ref(), &self.closed).await {
+        // A statement that never waits gets op_timeout for its answer, also when the caller's
+        // deadline is further away: past that, its session is taken for cut off.
+        let op = self.pool.opts.op_timeout;
+        let op_end = Instant::now() + op;
+        let by_deadline = until.is_some_and(|u| u <= op_end);
+        let bound = if by_deadline { until } else { Some(op_end) };
+        match race(&mut q, bound, req.cancel.as_ref(), &self.closed).await {
             Waited::Done(Ok(rows)) => Ok((s, rows)),
+            Waited::TimedOut if !by_deadline => {
+                let message = format!(
+                    "trying {} on {}: no answer within {} ms",
+                    req.target(BACKEND),
+                    self.pool.opts.server(),
+                    op.as_millis()
+                );
+                // The server frees whatever the session held once it notices it closed.
+                s.kill(message.clone());
+                Err(Miss::Fault(Fault {
+                    message,
+                    transient: true,
+                }))
+            }
             Waited::Done(Err(e)) => {
                 let f = self.fault(req, "trying", &e);
                 self.end_attempt(&s).await;
