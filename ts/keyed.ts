@@ -69,6 +69,11 @@ export class LockGuard implements AsyncDisposable {
     return this.handle.signal
   }
 
+  /** Whether the key is held right now, checked against the clock when read (see `LockHandle.isHeld`). */
+  get isHeld(): boolean {
+    return this.handle.isHeld
+  }
+
   /** Releases the key; idempotent. */
   release(): Promise<void> {
     return this.handle.release()

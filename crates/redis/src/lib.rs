@@ -364,7 +364,17 @@ impl Backend for RedisBackend {
             let mut errors = Vec::new();
             for s in &inner.servers {
                 let args = vec![Value::from(side.code())];
-                match s.eval(&Scripts::get().inspect, op.keys(), args).await {
+                let bound = inner.opts.server_timeout + Duration::from_millis(50);
+                let looking = s.eval(&Scripts::get().inspect, op.keys(), args);
+                let answer = tokio::time::timeout(bound, looking)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(fred::error::Error::new(
+                            fred::error::ErrorKind::Timeout,
+                            "no answer in time",
+                        ))
+                    });
+                match answer {
                     Ok(Value::Array(v)) if v.len() == 3 => {
                         let n = |i: usize| v[i].as_i64().unwrap_or(0);
                         let holders = u32::try_from(n(0)).unwrap_or(0);
@@ -1055,10 +1065,16 @@ impl RedisHeld {
         self.inner.renewals.untrack(self.uid);
         self.inner.held.remove(self.uid);
         let expired = self.lost.is_lost() || Instant::now() >= self.lease.deadline();
-        let result = self
-            .inner
-            .release(&self.op, self.floor, self.lease_len)
-            .await;
+        // Bounded: a server that does not answer in time is revoked in the background.
+        let bound = self.inner.opts.server_timeout + Duration::from_millis(50);
+        let releasing = self.inner.release(&self.op, self.floor, self.lease_len);
+        let result = match tokio::time::timeout(bound, releasing).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no quorum of servers answered within {} ms",
+                bound.as_millis()
+            )),
+        };
         drop(lock(&self.turn).take());
         match result {
             Ok(()) => Ok(()),

@@ -178,7 +178,10 @@ async fn a_sentinel_failover_to_a_replica_without_the_key_fires_lost() {
         if matches!(&replicas, Value::Array(v) if !v.is_empty()) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "the sentinel never saw the replica");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the sentinel never saw the replica"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let a = backend(&[sentinel.url()], |o| o);
@@ -206,6 +209,8 @@ async fn a_sentinel_failover_to_a_replica_without_the_key_fires_lost() {
     assert!(!held.is_held());
     // The promoted replica grants the name to someone else, with a larger token.
     let b = backend(&[sentinel.url()], |o| o);
-    let h = get(&b, req("failover", LockKind::Mutex, Some(5_000.0))).await.unwrap();
+    let h = get(&b, req("failover", LockKind::Mutex, Some(5_000.0)))
+        .await
+        .unwrap();
     assert!(h.fencing_token() > held.fencing_token());
 }
