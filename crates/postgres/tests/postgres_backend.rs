@@ -2,18 +2,17 @@
 //! on 127.0.0.1:5432 (`npm test` finds or starts one and sets the variable).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind, Timeout};
 use distlock_postgres::{PgOptions, PostgresBackend, Scope};
+use support::proxy::Proxy;
+use support::{base_url, server_addr, with_app, with_port};
 use tokio::time::Instant;
-
-fn base_url() -> String {
-    std::env::var("DISTLOCK_TEST_PG_URL")
-        .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/postgres"))
-}
 
 static APP: AtomicU64 = AtomicU64::new(0);
 
@@ -24,11 +23,6 @@ fn app_name(tag: &str) -> String {
         std::process::id(),
         APP.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn with_app(url: &str, app: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}application_name={app}")
 }
 
 fn provider_opts(tag: &str, f: impl FnOnce(PgOptions) -> PgOptions) -> (PostgresBackend, String) {
@@ -477,63 +471,10 @@ async fn unreachable_server_and_unknown_role_are_backend_errors_not_busy() {
     assert!(err.to_string().contains("no_such_role_dl"), "{err}");
 }
 
-/// A TCP proxy that forwards one port to the server; it can cut every connection at once, or
-/// stall them (stop forwarding, keep the sockets open: a silent partition).
-struct Proxy {
-    port: u16,
-    cut: CancellationToken,
-    stall: CancellationToken,
-}
-
-async fn proxy(target: std::net::SocketAddr) -> Proxy {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (cut, stall) = (CancellationToken::new(), CancellationToken::new());
-    let (stop, pause) = (cut.clone(), stall.clone());
-    tokio::spawn(async move {
-        loop {
-            let (mut inbound, _) = tokio::select! {
-                a = listener.accept() => a.unwrap(),
-                _ = stop.cancelled() => return,
-            };
-            let (stop, pause) = (stop.clone(), pause.clone());
-            tokio::spawn(async move {
-                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    _ = stop.cancelled() => {}
-                    _ = pause.cancelled() => {
-                        // Hold both sockets open, forward nothing, until cut.
-                        stop.cancelled().await;
-                    }
-                }
-            });
-        }
-    });
-    Proxy { port, cut, stall }
-}
-
-/// The test server's address, and the URL with that address replaced by a proxy's.
+/// A fault proxy in front of the test server, and the URL through it.
 async fn proxied_url() -> (Proxy, String) {
-    let url = base_url();
-    let parsed: tokio_postgres::Config = url.parse().unwrap();
-    let host = match &parsed.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        _ => panic!("the test server must be reachable over TCP"),
-    };
-    let port = parsed.get_ports().first().copied().unwrap_or(5432);
-    let addr = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let p = proxy(addr).await;
-    let through = url.replacen(
-        &format!("{host}:{port}"),
-        &format!("127.0.0.1:{}", p.port),
-        1,
-    );
-    assert_ne!(through, url, "could not point {url} at the proxy");
+    let p = Proxy::start(server_addr(&base_url()).await).await;
+    let through = with_port(&base_url(), p.port);
     (p, through)
 }
 
@@ -545,7 +486,7 @@ async fn a_cut_connection_fires_lost_within_two_seconds() {
     let h = get(&a, req(&name, LockKind::Mutex, Some(0.0)))
         .await
         .unwrap();
-    p.cut.cancel();
+    p.reset();
     tokio::time::timeout(Duration::from_secs(2), h.lost().lost())
         .await
         .expect("lost did not fire within 2 s of the cut");
@@ -567,13 +508,13 @@ async fn keepalive_reports_a_silent_partition() {
     // Healthy: probes answer, nothing fires.
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(!h.lost().is_lost(), "{:?}", h.lost().reason());
-    p.stall.cancel();
+    p.blackhole(true);
     let reason = tokio::time::timeout(Duration::from_secs(2), h.lost().lost())
         .await
         .expect("a silent partition was not reported within 2 s");
     assert!(reason.contains("keepalive"), "{reason}");
     h.release().await.unwrap();
-    p.cut.cancel();
+    drop(p);
 }
 
 #[tokio::test]
