@@ -114,10 +114,17 @@ export interface PostgresLockProviderOptions {
   /** At most this many server connections (1..1000, default 10). Held locks share them. */
   maxConnections?: number
   /**
-   * Probe every session that holds locks this often (ms) and turn on TCP keepalives; a session
-   * that does not answer within one period is closed and its locks' signals abort. Off by default.
+   * Probe every session that holds locks this often (ms), with TCP keepalives and a TCP user
+   * timeout to match; a session that does not answer within one period is closed and its locks'
+   * signals abort. Default 5 000: a silent partition ends the held locks within about 10 s.
    */
   keepaliveMs?: number
+  /**
+   * The bound (ms) of every call that does not wait for a lock: a try (`timeoutMs: 0`, connect
+   * included), `release`, `getInfo`. A session that does not answer within it is closed. Default
+   * 5 000. An acquire with `timeoutMs: T` settles by T whatever the network does.
+   */
+  opTimeoutMs?: number
   /**
    * `'session'` (default): `pg_advisory_lock`, many locks per connection. `'transaction'`:
    * `pg_advisory_xact_lock` inside a transaction held open for the lock's lifetime, one connection
@@ -159,7 +166,7 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
-  const { connectionString, maxConnections, keepaliveMs, scope, fencingSequence } = options
+  const { connectionString, maxConnections, keepaliveMs, opTimeoutMs, scope, fencingSequence } = options
   if (typeof connectionString !== 'string') {
     throw invalidArgType(
       `The "options.connectionString" property must be of type string. Received ${typeName(connectionString)}`,
@@ -169,6 +176,7 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
   for (const [key, value] of [
     ['maxConnections', maxConnections],
     ['keepaliveMs', keepaliveMs],
+    ['opTimeoutMs', opTimeoutMs],
   ] as const) {
     if (value !== undefined && typeof value !== 'number') {
       throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
@@ -182,7 +190,7 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
       throw invalidArgType(`The "options.${key}" property must be of type string. Received ${typeName(value)}`)
     }
   }
-  return { connectionString, maxConnections, keepaliveMs, scope, fencingSequence }
+  return { connectionString, maxConnections, keepaliveMs, opTimeoutMs, scope, fencingSequence }
 }
 
 /** Options of {@link RedisLockProvider}. */
@@ -200,7 +208,12 @@ export interface RedisLockProviderOptions {
   extendEveryMs?: number
   /** Prepended to every key (default `''`, which keeps keys identical to the `redlock` package's). */
   keyPrefix?: string
-  /** How long one server may take to answer one command, in ms (default 1 000). */
+  /**
+   * How long one server may take to answer one command, in ms (default 1 000), connect
+   * included. It bounds a try (`timeoutMs: 0`), `release`, `extend` and, per server,
+   * `getInfo`. An acquire with `timeoutMs: T` settles by T whatever the network does; a
+   * failure that may pass (a reset, a stalled or restarting server) is retried until then.
+   */
   serverTimeoutMs?: number
 }
 

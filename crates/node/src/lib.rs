@@ -220,6 +220,7 @@ pub struct PostgresOptions {
     pub connection_string: String,
     pub max_connections: Option<f64>,
     pub keepalive_ms: Option<f64>,
+    pub op_timeout_ms: Option<f64>,
     pub scope: Option<String>,
     pub fencing_sequence: Option<String>,
 }
@@ -253,6 +254,13 @@ fn postgres_backend(options: PostgresOptions) -> distlock_core::Result<PostgresB
             "keepaliveMs",
             ms,
             3_600_000.0,
+        )?);
+    }
+    if let Some(ms) = options.op_timeout_ms {
+        opts = opts.op_timeout(distlock_core::options::positive_ms(
+            "opTimeoutMs",
+            ms,
+            600_000.0,
         )?);
     }
     if let Some(scope) = options.scope.as_deref() {
