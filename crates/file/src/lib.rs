@@ -28,14 +28,16 @@
 //!   counter is raised above the largest token this process has seen for the name. A process
 //!   that never saw the name and finds a fresh file starts at 1 again: only a surviving process
 //!   remembers the old counter. Do not delete lock files.
-//! - **The earlier holder is told.** While a backend holds locks, a check runs every
-//!   [`DEFAULT_LOST_CHECK`] (see [`FileBackend::with_lost_check_interval`]) and `stat`s the path
-//!   of every held lock. A lock whose file was deleted or replaced is reported lost
-//!   (`handle.signal` aborts) and gives back its descriptor and its place in the in-process
-//!   queue at once, so a re-acquire in the same process proceeds without `release()`. Between
-//!   the deletion and the next check (at most one interval), the holder does not know; a
-//!   newcomer can hold the new file meanwhile. This overlap is the residual risk of deleting
-//!   lock files, and it is why they must stay in place.
+//! - **The earlier holder is told.** `handle.isHeld` (`HeldLock::is_held`) `stat`s the path
+//!   synchronously and returns false as soon as the file is gone or replaced. While a backend
+//!   holds locks, a check also runs every [`DEFAULT_LOST_CHECK`] (see
+//!   [`FileBackend::with_lost_check_interval`]) and `stat`s the path of every held lock. Either
+//!   way, a lock whose file was deleted or replaced is reported lost (`handle.signal` aborts)
+//!   and gives back its descriptor and its place in the in-process queue at once, so a
+//!   re-acquire in the same process proceeds without `release()`. Until the holder checks or
+//!   the next periodic check runs (at most one interval), it does not know, and a newcomer can
+//!   hold the new file meanwhile. That overlap is the residual risk of deleting lock files, and
+//!   it is why they must stay in place.
 //!
 //! Apart from the deletion above and `close()`, a file lock is never lost while its process
 //! lives: the OS holds it until the descriptor is closed.
@@ -665,6 +667,7 @@ impl Inner {
             lost: LostSignal::new(),
             released: AtomicBool::new(false),
             state: Mutex::new(Some(state)),
+            file: watch.clone(),
             backend: Arc::downgrade(self),
         });
         self.held.insert(id, &held);
@@ -734,10 +737,7 @@ async fn check_files(inner: Weak<Inner>, every: Duration) {
             // An error other than "not found" (permissions, I/O) proves nothing: keep the lock.
             let gone = os::path_identity(&path).is_ok_and(|now| now != Some(id));
             if gone && let Some(held) = held.upgrade() {
-                held.lose(format!(
-                    "its lock file {} was deleted or replaced while held",
-                    path.display()
-                ));
+                held.lose_file(&path);
             }
         }
     }
@@ -813,10 +813,19 @@ struct FileHeld {
     lost: LostSignal,
     released: AtomicBool,
     state: Mutex<Option<HeldState>>,
+    /// The locked file's path and identity, for `is_held` and the lost check.
+    file: Option<(PathBuf, FileId)>,
     backend: Weak<Inner>,
 }
 
 impl FileHeld {
+    fn lose_file(&self, path: &Path) {
+        self.lose(format!(
+            "its lock file {} was deleted or replaced while held",
+            path.display()
+        ));
+    }
+
     /// Releases now; returns whether this call let go of the lock (false if it was released
     /// or lost before).
     fn release_now(&self) -> bool {
@@ -863,6 +872,21 @@ impl HeldLock for FileHeld {
 
     fn is_released(&self) -> bool {
         self.released.load(Ordering::Acquire)
+    }
+
+    /// Not released, not lost, and (one `stat`) the path still names the locked file. A file
+    /// found deleted or replaced makes the lock lost right here, as the periodic check would.
+    fn is_held(&self) -> bool {
+        if self.is_released() || self.lost.is_lost() {
+            return false;
+        }
+        if let Some((path, id)) = &self.file
+            && os::path_identity(path).is_ok_and(|now| now != Some(*id))
+        {
+            self.lose_file(path);
+            return false;
+        }
+        true
     }
 
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {

@@ -231,6 +231,16 @@ async fn a_deleted_lock_file_fires_lost_and_frees_the_name_in_process() {
     );
     assert!(!held.lost().is_lost());
     std::fs::remove_file(&path).unwrap();
+    // The synchronous check, with the periodic one turned off, sees it at once.
+    let unwatched = FileBackend::new(&dir).with_lost_check_interval(None);
+    let other = acquire(&unwatched, LockKind::Mutex, Timeout::Zero)
+        .await
+        .unwrap();
+    assert!(other.is_held());
+    std::fs::remove_file(&path).unwrap();
+    assert!(!other.is_held(), "is_held stats the path");
+    assert!(other.lost().is_lost(), "and reports the loss");
+    drop(other);
     let reason = tokio::time::timeout(Duration::from_secs(10), held.lost().lost())
         .await
         .expect("the holder of a deleted lock file must be told");
@@ -253,9 +263,19 @@ async fn a_deleted_lock_file_fires_lost_and_frees_the_name_in_process() {
 
     // Readers share one OS lock per process: a deleted file makes them all lost, and a new
     // reader does not join the lock on the deleted file.
-    let r1 = acquire(&reader_backend, LockKind::Read, Timeout::Zero)
-        .await
-        .unwrap();
+    let r1 = acquire(&reader_backend, LockKind::Read, Timeout::Zero).await;
+    let r1 = r1.unwrap_or_else(|| {
+        let ino = inode(&path);
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let mine: Vec<&str> = locks
+            .lines()
+            .filter(|l| l.contains(&format!(":{ino} ")))
+            .collect();
+        panic!(
+            "r1 refused; pid {}; locks on {ino}: {mine:?}",
+            std::process::id()
+        )
+    });
     let r2 = acquire(&reader_backend, LockKind::Read, Timeout::Zero)
         .await
         .unwrap();
