@@ -108,9 +108,9 @@ const scenarios = {
     const mine = await got(caller.createLock(`${cfg.name}:mine`).acquire({ timeoutMs: 5_000 }))
     await fault('blackhole')
     const [tryAcquire, acquire, release] = await Promise.all([
-      timed(() => caller.createLock(`${cfg.name}:free`).tryAcquire(), 5_000),
+      timed(() => caller.createLock(`${cfg.name}:free`).tryAcquire(), 8_000),
       timed(() => caller.createLock(cfg.name).acquire({ timeoutMs: cfg.timeoutMs }), 5_000),
-      timed(() => mine.release(), 5_000),
+      timed(() => mine.release(), 8_000),
     ])
     await fault('reset-then-pass')
     tryAcquire.handle?.release?.().catch(() => {})

@@ -145,7 +145,17 @@ pub fn read_counter(file: &File) -> io::Result<u64> {
 /// this process lives. Written to the page cache, not synced: it survives process crashes, not
 /// an OS crash.
 pub fn bump_counter(file: &File, floor: u64) -> io::Result<u64> {
-    let next = read_counter(file)?.max(floor).saturating_add(1);
+    let mut current = read_counter(file)?;
+    if current == 0 {
+        // A new file (a new name, or one deleted while in use): start at the clock in
+        // microseconds, above every token an earlier file of the name could have handed out
+        // (that would take a grant per microsecond), so tokens keep rising for processes that
+        // never saw the old file too.
+        current = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+    }
+    let next = current.max(floor).saturating_add(1);
     write_counter(file, next)?;
     Ok(next)
 }
@@ -205,24 +215,38 @@ mod tests {
     }
 
     #[test]
-    fn counter_starts_at_one_and_increases() {
+    fn counter_starts_at_the_clock_and_increases() {
         let path = temp_path("counter");
         let _ = std::fs::remove_file(&path);
         let f = open(&path).unwrap();
         assert_eq!(read_counter(&f).unwrap(), 0);
-        assert_eq!(bump_counter(&f, 0).unwrap(), 1);
-        assert_eq!(bump_counter(&f, 0).unwrap(), 2);
-        assert_eq!(read_counter(&open(&path).unwrap()).unwrap(), 2);
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let first = bump_counter(&f, 0).unwrap();
+        assert!(
+            first > before,
+            "a new file starts at the clock: {first} <= {before}"
+        );
+        assert_eq!(bump_counter(&f, 0).unwrap(), first + 1);
+        assert_eq!(read_counter(&open(&path).unwrap()).unwrap(), first + 1);
+        let high = first + 100;
         assert_eq!(
-            bump_counter(&f, 10).unwrap(),
-            11,
+            bump_counter(&f, high).unwrap(),
+            high + 1,
             "a floor above the file wins"
         );
         assert_eq!(
             bump_counter(&f, 3).unwrap(),
-            12,
+            high + 2,
             "a floor below it does not"
         );
+        // Deleted and created again: still above every earlier token.
+        drop(f);
+        std::fs::remove_file(&path).unwrap();
+        let g = open(&path).unwrap();
+        assert!(bump_counter(&g, 0).unwrap() > high + 2);
     }
 
     #[test]

@@ -36,8 +36,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ///
 /// Each attempt carries a fresh grant token; the waiter id (its place in the queue) stays the
 /// same across attempts. A release or revoke of an abandoned attempt can therefore never
-/// remove a later attempt's grant. The fencing counter never goes below the floor: the largest
-/// token this client saw for the name (a server restarted empty forgets the counter).
+/// remove a later attempt's grant. The fencing counter starts at the server's clock (in µs) and
+/// never goes below the floor: the largest token this client saw for the name.
 const ACQUIRE: &str = r"
 local lock, set, fence, queue, dl, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local kind, id, lease, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -49,10 +49,13 @@ if redis.call('ZSCORE', revoked, id) then return {2} end
 local function bump()
   local ok, n = pcall(redis.call, 'INCR', fence)
   if ok then
-    if n <= floor then
-      n = floor + 1
-      redis.call('SET', fence, n)
-    end
+    local was = n
+    -- A new counter (a new name, or a server that restarted empty or a replica promoted
+    -- without it) starts at the server clock in microseconds: above every token an earlier
+    -- life of the counter could have handed out (that would take a grant per microsecond).
+    if n == 1 then n = tonumber(t[1]) * 1000000 + tonumber(t[2]) end
+    if n <= floor then n = floor + 1 end
+    if n ~= was then redis.call('SET', fence, n) end
     return n
   end
   if kind == 'w' then redis.call('DEL', lock) else redis.call('ZREM', set, id) end

@@ -30,6 +30,11 @@ async fn redlock_grants_on_a_quorum_and_survives_one_server_down() {
     let a = backend(&urls(&servers), |o| o.server_timeout(300.0).unwrap());
     let b = backend(&urls(&servers), |o| o.server_timeout(300.0).unwrap());
     let h = try_get(&a, "rl", LockKind::Mutex).await.unwrap();
+    // The acquire returns at a quorum; the last server's grant lands a moment later.
+    let start = Instant::now();
+    while holders(&servers, "rl").await < 3 && start.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(holders(&servers, "rl").await, 3);
     assert!(try_get(&b, "rl", LockKind::Mutex).await.is_none());
     let t1 = h.fencing_token();
