@@ -163,10 +163,10 @@ const scenarios = {
     const warm = await got(caller.createLock(`${cfg.name}:warm`).acquire({ timeoutMs: 5_000 }))
     await warm.release()
     // Loops acquire and release on every name, so calls are on the wire when the servers stop.
-    let stopping = false
+    const run = { stopping: false }
     const loops = names.map(async (n, i) => {
       const seen = []
-      for (let k = 0; k < 10_000 && !stopping; k++) {
+      for (let k = 0; k < 10_000 && !run.stopping; k++) {
         const res = await timed(
           () => (i % 2 ? caller.createLock(n).tryAcquire() : caller.createLock(n).acquire({ timeoutMs: 1_500 })),
           5_000,
@@ -185,7 +185,7 @@ const scenarios = {
     })
     await sleep(300)
     await fault('sigstop')
-    stopping = true
+    run.stopping = true
     const calls = (await Promise.all(loops)).flat()
     await fault('sigcont')
     const fresh = provider(cfg.direct)
