@@ -36,8 +36,11 @@ export declare class NativeHandle {
   onLost(callback: (arg: string) => void): void
   /** Extends the lease to `ms` from now (backends with leases; a no-op for the others). */
   extend(ms: number): Promise<undefined>
-  /** Releases the lock; idempotent. Returns a Promise only when the backend must wait. */
-  release(): undefined | Promise<undefined>
+  /**
+   * Releases the lock; idempotent. Returns true when done, false when the release goes on
+   * and settles through the provider's channel with `id`.
+   */
+  release(id: number): boolean
 }
 
 /** A lock provider on one backend; the factories pick which. */
@@ -51,10 +54,15 @@ export declare class NativeProvider {
   /** Locks inside this process, for tests. */
   static memory(): NativeProvider
   /**
-   * Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; a Promise of
-   * that when the answer is not known at once.
+   * Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
+   * wait (once, before the first call).
    */
-  acquire(name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null, leaseMs?: number | undefined | null): NativeHandle | undefined | null | Promise<NativeHandle | undefined | null>
+  onSettle(callback: (arg0: number, arg1?: NativeHandle | undefined | null, arg2?: string | undefined | null) => void): void
+  /**
+   * Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; `undefined` when
+   * the answer is not known at once, which then settles through the channel with `id`.
+   */
+  acquire(id: number, name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null, leaseMs?: number | undefined | null): NativeHandle | undefined | null | undefined
   /** A snapshot of the lock's state. */
   inspect(name: string, kind: string, maxCount?: number | undefined | null): Promise<NativeLockInfo>
   /** Server connections open now (PostgreSQL). */
@@ -83,6 +91,7 @@ export interface PostgresOptions {
   connectionString: string
   maxConnections?: number
   keepaliveMs?: number
+  opTimeoutMs?: number
   scope?: string
   fencingSequence?: string
 }

@@ -36,9 +36,54 @@ export interface LockInfo {
   fencingToken: bigint | null
 }
 
+type Pending = { resolve: (handle: NativeHandle | null) => void; reject: (err: unknown) => void }
+
+/**
+ * Settles the native calls of one provider that could not answer at once. The binding settles
+ * them all through one long-lived channel (one callback per provider, not one per call), keyed
+ * by the id each call was given. A pending call keeps the process alive; an idle provider does
+ * not.
+ * @internal
+ */
+export class Settler {
+  readonly #pending = new Map<number, Pending>()
+  #next = 0
+  // The native channel does not hold the event loop open; this timer does, while calls pend.
+  readonly #alive = setInterval(() => {}, 2 ** 31 - 1).unref()
+
+  constructor(nativeProvider: NativeProvider) {
+    nativeProvider.onSettle((id, handle, error) => this.#settle(id, handle, error))
+  }
+
+  /** A fresh id for a call (ids wrap at 2^32; far more than can pend at once). */
+  id(): number {
+    this.#next = (this.#next + 1) >>> 0
+    return this.#next
+  }
+
+  /** The answer of the call `id`, which the binding said will come later. */
+  wait(id: number): Promise<NativeHandle | null> {
+    return new Promise((resolve, reject) => {
+      if (this.#pending.size === 0) this.#alive.ref()
+      this.#pending.set(id, { resolve, reject })
+    })
+  }
+
+  #settle(id: number, handle?: NativeHandle | null, error?: string | null): void {
+    const pending = this.#pending.get(id)
+    if (!pending) return
+    this.#pending.delete(id)
+    if (this.#pending.size === 0) this.#alive.unref()
+    if (error != null) pending.reject(new Error(error))
+    else pending.resolve(handle ?? null)
+  }
+}
+
 /** What a provider gives its lock objects: the native side and the names used in messages. */
 export interface LockSource {
   readonly native: NativeProvider
+  /** Settles the native calls that had to wait. @internal */
+  readonly settler: Settler
   /** The backend's name as messages show it: `file`, `postgres`, `redis`. */
   readonly backend: string
   /** Throws {@link LockClosedError} if the provider was closed. */
@@ -111,13 +156,15 @@ export class LockHandle implements AsyncDisposable {
   readonly name: string
   readonly #native: NativeHandle
   readonly #what: string
+  readonly #settler: Settler
   #controller: AbortController | undefined
 
   /** @internal */
-  constructor(nativeHandle: NativeHandle, name: string, what: string) {
+  constructor(nativeHandle: NativeHandle, name: string, what: string, settler: Settler) {
     this.#native = nativeHandle
     this.name = name
     this.#what = what
+    this.#settler = settler
   }
 
   /**
@@ -183,7 +230,8 @@ export class LockHandle implements AsyncDisposable {
   /** Releases the lock. Idempotent; never throws because the lock was already lost. */
   async release(): Promise<void> {
     try {
-      await this.#native.release()
+      const id = this.#settler.id()
+      if (!this.#native.release(id)) await this.#settler.wait(id)
     } catch (err) {
       throw toLockError(err)
     }
@@ -216,8 +264,10 @@ async function acquire(
     signal.addEventListener('abort', onAbort, { once: true })
   }
   try {
-    const handle = await source.native.acquire(name, kind, maxCount, timeoutMs, cancel, leaseMs)
-    if (handle) return new LockHandle(handle, name, what)
+    const id = source.settler.id()
+    let handle = source.native.acquire(id, name, kind, maxCount, timeoutMs, cancel, leaseMs)
+    if (handle === undefined) handle = await source.settler.wait(id)
+    if (handle) return new LockHandle(handle, name, what, source.settler)
     if (tryOnly) return null
     throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what}`)
   } catch (err) {

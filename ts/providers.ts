@@ -9,9 +9,10 @@ import {
   DistributedReaderWriterLock,
   DistributedSemaphore,
   type LockSource,
+  Settler,
+  typeName,
 } from './locks'
 import { invalidArgType, invalidArgValue, toLockError } from './errors'
-import { typeName } from './locks'
 
 /** What every provider offers, so application code can swap backends (and tests can pass a fake). */
 export interface LockProvider extends AsyncDisposable {
@@ -33,6 +34,7 @@ abstract class BaseProvider implements LockProvider {
   protected constructor(nativeProvider: NativeProvider, backend: string) {
     this.#source = {
       native: nativeProvider,
+      settler: new Settler(nativeProvider),
       backend,
       assertOpen() {
         if (nativeProvider.isClosed) throw closedError(backend)

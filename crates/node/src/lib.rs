@@ -2,7 +2,7 @@
 //! lives here (no loops, no retries, no I/O): that is in `distlock-core` and the backend crates.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use distlock_core::{
@@ -12,7 +12,7 @@ use distlock_file::FileBackend;
 use distlock_postgres::{PgOptions, PostgresBackend, Scope};
 use distlock_redis::{RedisBackend, RedisOptions as RedisConfig};
 use napi::bindgen_prelude::*;
-use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
 /// Turns a core error into a rejection whose message starts with the stable `CODE: `; the TS
@@ -39,20 +39,58 @@ fn lock_kind(kind: &str, max_count: Option<f64>) -> distlock_core::Result<LockKi
     })
 }
 
-/// Settles `fut` without leaving the JS thread when it is ready on its first poll (an
-/// uncontended acquire, a file release), else spawns it on the tokio runtime and returns a
-/// Promise. The first poll runs inside the runtime's context, and a pending future keeps its
-/// state (and its place in the waiter queue) when it moves to the runtime.
-fn now_or_spawn<'env, T, F>(env: &'env Env, fut: F) -> Result<Either<T, PromiseRaw<'env, T>>>
+/// What a call that could not answer at once settles with: a new handle, nothing (a timeout,
+/// or a release), or an error message that starts with its stable code.
+type Settled = (u32, std::result::Result<Option<Held>, String>);
+
+/// The arguments of the JS settle callback: `(id, handle | null, error | null)`.
+type SettleArgs = FnArgs<(u32, Option<NativeHandle>, Option<String>)>;
+
+/// The JS settle callback of one provider, callable from any thread.
+type SettleFn = ThreadsafeFunction<Settled, (), SettleArgs, Status, false, true>;
+
+/// One long-lived channel per provider that settles every call that had to wait: one
+/// threadsafe function, and so one libuv handle, however many calls are pending (a handle per
+/// call makes every wake-up of the event loop walk all of them: quadratic with many waiters).
+/// Weak: a pending call keeps the process alive through the TS layer, an idle provider does not.
+type Channel = Arc<OnceLock<Arc<SettleFn>>>;
+
+/// Runs `fut` to its answer: at once on the JS thread when it is ready on its first poll (an
+/// uncontended acquire, a file release), returning `Some`; else on the tokio runtime, settling
+/// through the provider's channel with `id`, returning `None`. The first poll runs inside the
+/// runtime's context, and a pending future keeps its state (and its place in the waiter queue)
+/// when it moves to the runtime.
+fn now_or_settle<T, F>(
+    channel: &Channel,
+    id: u32,
+    fut: F,
+    settled: fn(T) -> Option<Held>,
+) -> Result<Option<T>>
 where
-    T: ToNapiValue + Send + 'static,
-    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+    F: Future<Output = distlock_core::Result<T>> + Send + 'static,
 {
     let mut fut = Box::pin(fut);
     let mut cx = Context::from_waker(std::task::Waker::noop());
     match napi::bindgen_prelude::within_runtime_if_available(|| fut.as_mut().poll(&mut cx)) {
-        Poll::Ready(value) => value.map(Either::A),
-        Poll::Pending => env.spawn_future(fut).map(Either::B),
+        Poll::Ready(value) => value.map(Some).map_err(to_js),
+        Poll::Pending => {
+            let Some(tsfn) = channel.get() else {
+                return Err(Error::new(
+                    Status::GenericFailure,
+                    "ERR_INTERNAL: the provider's settle channel is not set up",
+                ));
+            };
+            let tsfn = Arc::clone(tsfn);
+            napi::bindgen_prelude::spawn(async move {
+                let out = fut
+                    .await
+                    .map(settled)
+                    .map_err(|e| format!("{}: {e}", e.code()));
+                tsfn.call((id, out), ThreadsafeFunctionCallMode::NonBlocking);
+            });
+            Ok(None)
+        }
     }
 }
 
@@ -102,16 +140,18 @@ impl Default for CancelToken {
 #[napi]
 pub struct NativeHandle {
     held: Mutex<Option<Held>>,
+    channel: Weak<OnceLock<Arc<SettleFn>>>,
     token: u64,
     /// Ends the lost-signal watcher once the handle is released.
     done: CancellationToken,
 }
 
 impl NativeHandle {
-    fn new(held: Held) -> Self {
+    fn new(held: Held, channel: Weak<OnceLock<Arc<SettleFn>>>) -> Self {
         let token = held.fencing_token();
         Self {
             held: Mutex::new(Some(held)),
+            channel,
             token,
             done: CancellationToken::new(),
         }
@@ -194,17 +234,26 @@ impl NativeHandle {
         })
     }
 
-    /// Releases the lock; idempotent. Returns a Promise only when the backend must wait.
+    /// Releases the lock; idempotent. Returns true when done, false when the release goes on
+    /// and settles through the provider's channel with `id`.
     #[napi]
-    pub fn release<'env>(&self, env: &'env Env) -> Result<Either<(), PromiseRaw<'env, ()>>> {
+    pub fn release(&self, id: u32) -> Result<bool> {
         self.done.cancel();
         let held = self.take();
-        now_or_spawn(env, async move {
+        let releasing = async move {
             match held {
-                Some(h) => h.release().await.map_err(to_js),
+                Some(h) => h.release().await,
                 None => Ok(()),
             }
-        })
+        };
+        let Some(channel) = self.channel.upgrade() else {
+            // The provider object is gone: nobody can be told; release in the background.
+            napi::bindgen_prelude::spawn(async move {
+                let _ = releasing.await;
+            });
+            return Ok(true);
+        };
+        Ok(now_or_settle(&channel, id, releasing, |()| None)?.is_some())
     }
 }
 
@@ -304,6 +353,7 @@ pub struct NativeProvider {
     backend: Arc<dyn Backend>,
     postgres: Option<PostgresBackend>,
     redis: Option<RedisBackend>,
+    channel: Channel,
 }
 
 #[napi]
@@ -315,6 +365,7 @@ impl NativeProvider {
             backend: Arc::new(FileBackend::new(directory)),
             postgres: None,
             redis: None,
+            channel: Channel::default(),
         }
     }
 
@@ -326,6 +377,7 @@ impl NativeProvider {
             backend: Arc::new(pg.clone()),
             postgres: Some(pg),
             redis: None,
+            channel: Channel::default(),
         })
     }
 
@@ -337,6 +389,7 @@ impl NativeProvider {
             backend: Arc::new(redis.clone()),
             postgres: None,
             redis: Some(redis),
+            channel: Channel::default(),
         })
     }
 
@@ -347,23 +400,53 @@ impl NativeProvider {
             backend: Arc::new(MemoryBackend::new()),
             postgres: None,
             redis: None,
+            channel: Channel::default(),
         }
     }
 
-    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; a Promise of
-    /// that when the answer is not known at once.
+    /// Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
+    /// wait (once, before the first call).
+    #[napi]
+    #[allow(clippy::type_complexity)] // spelled out: the .d.ts generator cannot see through aliases
+    pub fn on_settle(
+        &self,
+        callback: Function<FnArgs<(u32, Option<NativeHandle>, Option<String>)>, ()>,
+    ) -> Result<()> {
+        let channel = Arc::downgrade(&self.channel);
+        let tsfn: SettleFn = callback
+            .build_threadsafe_function::<Settled>()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build_callback(move |ctx| {
+                let (id, out) = ctx.value;
+                Ok(FnArgs::from(match out {
+                    Ok(held) => (
+                        id,
+                        held.map(|h| NativeHandle::new(h, channel.clone())),
+                        None,
+                    ),
+                    Err(message) => (id, None, Some(message)),
+                }))
+            })?;
+        // Set once; a second call keeps the first callback.
+        let _ = self.channel.set(Arc::new(tsfn));
+        Ok(())
+    }
+
+    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; `undefined` when
+    /// the answer is not known at once, which then settles through the channel with `id`.
     #[napi]
     #[allow(clippy::too_many_arguments)]
-    pub fn acquire<'env>(
+    pub fn acquire(
         &self,
-        env: &'env Env,
+        id: u32,
         name: String,
         kind: String,
         max_count: Option<f64>,
         timeout_ms: Option<f64>,
         cancel: Option<&CancelToken>,
         lease_ms: Option<f64>,
-    ) -> Result<Either<Option<NativeHandle>, PromiseRaw<'env, Option<NativeHandle>>>> {
+    ) -> Result<Either<Option<NativeHandle>, ()>> {
         let request = AcquireRequest {
             name,
             kind: lock_kind(&kind, max_count).map_err(to_js)?,
@@ -372,9 +455,14 @@ impl NativeProvider {
             lease: lease(lease_ms).map_err(to_js)?,
         };
         let waiting = self.backend.acquire(request).map_err(to_js)?;
-        now_or_spawn(env, async move {
-            Ok(waiting.await.map_err(to_js)?.map(NativeHandle::new))
-        })
+        Ok(
+            match now_or_settle(&self.channel, id, waiting, |held| held)? {
+                Some(held) => {
+                    Either::A(held.map(|h| NativeHandle::new(h, Arc::downgrade(&self.channel))))
+                }
+                None => Either::B(()),
+            },
+        )
     }
 
     /// A snapshot of the lock's state.
