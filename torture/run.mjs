@@ -479,7 +479,8 @@ faultRow({
 })
 faultRow({
   id: 'fault/sentinel-failover/redis',
-  fault: 'Sentinel failover: the replica is promoted (SENTINEL FAILOVER), the old master demoted',
+  fault:
+    'Sentinel failover: the replica, missing the lock keys (replication lag, simulated by FLUSHALL on it), is promoted (SENTINEL FAILOVER), the old master demoted',
   backend: 'redis (sentinel)',
   mode: 'allowed',
   durationMs: 8_000,
@@ -490,6 +491,7 @@ faultRow({
   async faults(ctx) {
     await ctx.at(2_000)
     ctx.mark('failover')
+    await ctx.group.replica.cli('FLUSHALL')
     await ctx.group.failover()
     ctx.mark('promoted')
   },

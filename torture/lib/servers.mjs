@@ -182,7 +182,9 @@ export async function redisCluster() {
  */
 export async function sentinelGroup(name = 'mymaster') {
   const master = await redisSingle()
-  const replica = await redisSingle(['--replicaof', '127.0.0.1', String(master.port)])
+  // Writable, so a row can take keys away from it: a replica that never received a grant
+  // (replication is asynchronous) and is promoted.
+  const replica = await redisSingle(['--replicaof', '127.0.0.1', String(master.port), '--replica-read-only', 'no'])
   await waitFor(
     async () => (await replica.cli('INFO', 'replication')).includes('master_link_status:up'),
     'the replica syncing with its master',
