@@ -33,7 +33,8 @@ const lines = [
   '| fault | backend | promise | measured outcome | kept |',
   '| --- | --- | --- | --- | --- |',
   ...others.map(
-    (r) => `| ${cell(r.fault)} | ${cell(r.backend)} | ${cell(r.promise)} | ${cell(r.outcome)} | ${r.ok ? 'yes' : '**no**'} |`,
+    (r) =>
+      `| ${cell(r.fault)} | ${cell(r.backend)} | ${cell(r.promise)} | ${cell(r.outcome)} | ${r.ok ? 'yes' : '**no**'} |`,
   ),
 ]
 
