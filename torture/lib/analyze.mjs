@@ -79,13 +79,19 @@ export function analyze(grants, { mode, maxCount = 1 }) {
       example(`fencing: exclusive token ${exclusive[i].token} granted after ${exclusive[i - 1].token}`)
     }
   }
-  // Fencing 2: a grant completed before another acquire started has the smaller token.
+  // Fencing 2: a grant completed before another acquire started has the smaller token. Readers
+  // share the lock, so two readers are not ordered by it: a read is checked against the
+  // exclusive grants before it, an exclusive grant against every grant.
   const byGrant = grants.toSorted((a, b) => a.tGranted - b.tGranted)
   const prefixMax = []
+  const prefixMaxExclusive = []
   let max = -1n
+  let maxExclusive = -1n
   for (const g of byGrant) {
     if (g.tok > max) max = g.tok
+    if (EXCLUSIVE.has(g.kind) && g.tok > maxExclusive) maxExclusive = g.tok
     prefixMax.push(max)
+    prefixMaxExclusive.push(maxExclusive)
   }
   for (const b of grants) {
     // The last grant completed before b's acquire started.
@@ -97,7 +103,7 @@ export function analyze(grants, { mode, maxCount = 1 }) {
       else hi = mid
     }
     if (lo === 0) continue
-    const m = prefixMax[lo - 1]
+    const m = b.kind === 'read' ? prefixMaxExclusive[lo - 1] : prefixMax[lo - 1]
     const bad = b.kind === 'read' ? b.tok < m : b.tok <= m
     if (bad) {
       out.fencingViolations++

@@ -826,7 +826,7 @@ impl Inner {
     /// Takes the attempt `op` back on server `server`, in the background: releases its grant
     /// if it was granted, else marks its token revoked so the request, should it still reach
     /// the server (a stalled server, a request buffered on a dead connection), cannot grant.
-    /// Retries until the server answers, for at most [`REVOKE_FOR`].
+    /// Retries until the server answers, for at most [`REVOKE_FOR`] or until the provider closes.
     fn revoke(self: &Arc<Self>, server: usize, op: Op, lease: Duration) {
         if self.revokes.fetch_add(1, Ordering::AcqRel) >= MAX_REVOKES {
             self.revokes.fetch_sub(1, Ordering::AcqRel);
@@ -840,8 +840,15 @@ impl Inner {
             let args = inner.release_args(&op, 0, Some(remember));
             let until = Instant::now() + REVOKE_FOR;
             let mut backoff = BACKOFF.0;
-            while Instant::now() < until {
+            while Instant::now() < until && !inner.closed.is_cancelled() {
                 let s = &inner.servers[server];
+                // Nothing can reach a server that refuses connections: wait for it to come
+                // back rather than queue commands that can only time out.
+                if s.last_error().is_some() {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    continue;
+                }
                 if s.eval_text(&Scripts::get().release, op.keys(), args.clone())
                     .await
                     .is_ok()
@@ -997,16 +1004,22 @@ impl Inner {
 
 /// Follows the servers' connection events for as long as the provider lives.
 async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
+    let mut connected_before: Vec<bool> = Vec::new();
     while let Some(event) = rx.recv().await {
         let Some(me) = inner.upgrade() else { return };
         if me.closed.is_cancelled() {
             return;
         }
+        connected_before.resize(me.servers.len(), false);
         match event {
             Event::Lost(i) => {
                 tracing::debug!(server = %me.servers[i].label, "distlock: connection lost; its locks are in doubt until confirmed");
             }
             Event::Connected(i) => {
+                // Any reconnect may have reached another server (a restart, a failover).
+                if std::mem::replace(&mut connected_before[i], true) {
+                    me.servers[i].suspect();
+                }
                 tokio::spawn(async move { me.confirm(i).await });
             }
         }

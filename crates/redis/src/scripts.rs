@@ -24,6 +24,23 @@ impl Script {
     }
 }
 
+/// `raise(key, floor)`: raises the fencing counter `key` to at least `floor`. A counter that does
+/// not exist starts at the server clock in microseconds, as in the acquire: restoring a floor must
+/// never leave a counter below what a fresh start would give (the floor may be stale).
+const RAISE: &str = r"
+local function raise(key, floor)
+  local got, v = pcall(redis.call, 'GET', key)
+  if not got then return end
+  local cur = tonumber(v or '0')
+  if not v then
+    local c = redis.call('TIME')
+    cur = tonumber(c[1]) * 1000000 + tonumber(c[2])
+  end
+  if cur < floor then cur = floor end
+  if (not v) or cur ~= tonumber(v) then redis.call('SET', key, cur) end
+end
+";
+
 const PRELUDE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -167,7 +184,7 @@ if not released then
   end
   return 0
 end
-if floor > 0 and tonumber(redis.call('GET', fence) or '0') < floor then redis.call('SET', fence, floor) end
+if floor > 0 then raise(fence, floor) end
 if fair then
   local head = redis.call('ZRANGE', queue, 0, 0)[1]
   if head then
@@ -216,10 +233,7 @@ for i = 1, #KEYS / 2 do
       redis.call('ZREM', key, id)
     end
   end
-  if floor > 0 then
-    local got, f = pcall(redis.call, 'GET', fence)
-    if got and tonumber(f or '0') < floor then redis.call('SET', fence, floor) end
-  end
+  if floor > 0 then raise(fence, floor) end
   out[i] = ok
 end
 return out
@@ -228,11 +242,7 @@ return out
 /// KEYS: fencing counters. ARGV: one floor each. Raises every counter below its floor to it
 /// (after a reconnect to a server that may have restarted empty).
 const FLOOR: &str = r"
-for i = 1, #KEYS do
-  local f = tonumber(ARGV[i])
-  local got, v = pcall(redis.call, 'GET', KEYS[i])
-  if got and tonumber(v or '0') < f then redis.call('SET', KEYS[i], f) end
-end
+for i = 1, #KEYS do raise(KEYS[i], tonumber(ARGV[i])) end
 return #KEYS
 ";
 
@@ -270,13 +280,16 @@ impl Scripts {
             let with_clock = |body: &str| -> &'static str {
                 Box::leak(format!("{PRELUDE}{body}").into_boxed_str())
             };
+            let with_raise = |body: &str| -> &'static str {
+                Box::leak(format!("{RAISE}{body}").into_boxed_str())
+            };
             Scripts {
                 acquire: Script::new(with_clock(ACQUIRE)),
-                release: Script::new(RELEASE),
+                release: Script::new(with_raise(RELEASE)),
                 leave: Script::new(LEAVE),
-                renew: Script::new(with_clock(RENEW)),
+                renew: Script::new(with_clock(with_raise(RENEW))),
                 inspect: Script::new(with_clock(INSPECT)),
-                floor: Script::new(FLOOR),
+                floor: Script::new(with_raise(FLOOR)),
             }
         })
     }

@@ -48,6 +48,28 @@ pub struct Server {
     losses: Arc<AtomicU64>,
     events: UnboundedSender<Event>,
     init: Mutex<()>,
+    /// Subscriptions to the sentinels' announcements (Sentinel deployments).
+    sentinels: Mutex<Vec<SubscriberClient>>,
+}
+
+/// What a moved master does to one server's state (see [`Server::master_moved`]).
+struct Moved {
+    index: usize,
+    doubt: Arc<AtomicBool>,
+    losses: Arc<AtomicU64>,
+    events: UnboundedSender<Event>,
+}
+
+impl Moved {
+    fn fire(&self, client: &Client) {
+        self.losses.fetch_add(1, Ordering::AcqRel);
+        self.doubt.store(true, Ordering::Release);
+        let _ = self.events.send(Event::Lost(self.index));
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _ = client.force_reconnection().await;
+        });
+    }
 }
 
 /// Why a command to one server failed, as a sentence naming the server.
@@ -117,12 +139,19 @@ impl Server {
             losses: Arc::default(),
             events,
             init: Mutex::new(()),
+            sentinels: Mutex::default(),
         }
     }
 
     /// Whether the connection dropped and the locks there are not yet confirmed.
     pub fn in_doubt(&self) -> bool {
         self.doubt.load(Ordering::Acquire)
+    }
+
+    /// Puts the locks here in doubt until the next confirmation (a reconnect that no error
+    /// announced: the connection may have moved to another server).
+    pub fn suspect(&self) {
+        self.doubt.store(true, Ordering::Release);
     }
 
     /// How many times the connection was lost so far.
@@ -205,7 +234,74 @@ impl Server {
             (self.doubt.clone(), self.losses.clone()),
         );
         drop(client.connect());
+        if let ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            ..
+        } = &self.spec.config.server
+        {
+            self.follow_sentinels(&client, hosts, service_name);
+        }
         Ok(self.client.get_or_init(|| client))
+    }
+
+    /// The master moved (a Sentinel failover) or refused a write (`READONLY`: the server we talk
+    /// to was demoted): the locks are in doubt, and the client reconnects to the master the
+    /// sentinels name now, where a renewal checks them.
+    fn master_moved(&self, client: &Client) {
+        self.moved().fire(client);
+    }
+
+    fn moved(&self) -> Moved {
+        Moved {
+            index: self.index,
+            doubt: self.doubt.clone(),
+            losses: self.losses.clone(),
+            events: self.events.clone(),
+        }
+    }
+
+    /// Listens to the sentinels' `+switch-master` announcements for our service: a failover
+    /// does not always close the connections to the old master.
+    fn follow_sentinels(&self, client: &Client, hosts: &[fred::types::config::Server], name: &str) {
+        for host in hosts {
+            let config = Config {
+                server: ServerConfig::new_centralized(host.host.to_string(), host.port),
+                tls: self.spec.config.tls.clone(),
+                fail_fast: false,
+                ..Config::default()
+            };
+            let Ok(sub) = Builder::from_config(config)
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+                .build_subscriber_client()
+            else {
+                continue;
+            };
+            drop(sub.connect());
+            drop(sub.manage_subscriptions());
+            let mut messages = sub.message_rx();
+            let (moved, client, prefix) = (self.moved(), client.clone(), format!("{name} "));
+            lock(&self.sentinels).push(sub.clone());
+            tokio::spawn(async move {
+                let subscribing = sub.clone();
+                tokio::spawn(async move {
+                    // Bounded; `manage_subscriptions` subscribes again after reconnects.
+                    for _ in 0..600 {
+                        if subscribing.subscribe("+switch-master").await.is_ok() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+                // Ends when the subscriber quits (the provider closed).
+                while let Ok(m) = messages.recv().await {
+                    let text = m.value.as_str().map(|v| v.to_string()).unwrap_or_default();
+                    if text.starts_with(&prefix) {
+                        moved.fire(&client);
+                    }
+                }
+            });
+        }
     }
 
     /// Whether wake-ups from this server reach the waiters now.
@@ -299,18 +395,25 @@ impl Server {
         if let Some(cause) = self.refusal() {
             return Err(fred::error::Error::new(ErrorKind::Auth, cause));
         }
-        if !by_sha {
-            return client.eval(script.lua, keys, args).await;
-        }
-        match client
-            .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
-            .await
-        {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                client.eval(script.lua, keys, args).await
+        let out = if by_sha {
+            match client
+                .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
+                .await
+            {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    client.eval(script.lua, keys, args).await
+                }
+                other => other,
             }
-            other => other,
+        } else {
+            client.eval(script.lua, keys, args).await
+        };
+        if let Err(e) = &out
+            && e.details().starts_with("READONLY")
+        {
+            self.master_moved(client);
         }
+        out
     }
 
     /// Closes both connections.
@@ -319,6 +422,10 @@ impl Server {
             let _ = tokio::time::timeout(self.command_timeout, c.quit()).await;
         }
         if let Some(s) = self.subscriber.get() {
+            let _ = tokio::time::timeout(self.command_timeout, s.quit()).await;
+        }
+        let sentinels = std::mem::take(&mut *lock(&self.sentinels));
+        for s in sentinels {
             let _ = tokio::time::timeout(self.command_timeout, s.quit()).await;
         }
     }

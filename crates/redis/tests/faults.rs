@@ -184,8 +184,8 @@ async fn a_sentinel_failover_to_a_replica_without_the_key_fires_lost() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // A long renewal period (20 s): a renewal cannot be what notices the loss in time.
-    let a = backend(&[sentinel.url()], |o| o.lease(60_000.0).unwrap());
+    // A long renewal period (40 s): a renewal cannot be what notices the loss in time.
+    let a = backend(&[sentinel.url()], |o| o.lease(120_000.0).unwrap());
     let held = try_get(&a, "failover", LockKind::Mutex).await.unwrap();
     let r = raw(&replica.url()).await;
     let start = Instant::now();
@@ -204,9 +204,31 @@ async fn a_sentinel_failover_to_a_replica_without_the_key_fires_lost() {
         )
         .await
         .unwrap();
-    // Sentinel reconfigures the old master at once and drops its clients; the client follows
-    // the sentinel to the new master and checks its locks there.
-    tokio::time::timeout(Duration::from_secs(8), held.lost().lost())
+    // The sentinel promotes the replica when its view of it is fresh (up to ~10 s here).
+    let start = Instant::now();
+    loop {
+        let addr: Value = control
+            .custom(
+                fred::cmd!("SENTINEL"),
+                vec![
+                    "GET-MASTER-ADDR-BY-NAME".to_string(),
+                    "mymaster".to_string(),
+                ],
+            )
+            .await
+            .unwrap();
+        if format!("{addr:?}").contains(&replica.port.to_string()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no failover: {addr:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Sentinel then reconfigures the old master and drops its clients; the client follows the
+    // sentinel to the new master and checks its locks there.
+    tokio::time::timeout(Duration::from_secs(5), held.lost().lost())
         .await
         .expect("the holder learns on reconnect that the promoted replica lacks its key");
     assert!(!held.is_held());
