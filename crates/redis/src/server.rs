@@ -37,7 +37,7 @@ pub struct Server {
     spec: ServerSpec,
     command_timeout: Duration,
     client: OnceLock<Client>,
-    subscriber: OnceLock<SubscriberClient>,
+    subscriber: Arc<OnceLock<SubscriberClient>>,
     subscribed: Arc<AtomicBool>,
     /// The last connection error since the last successful connect (its cause, for messages,
     /// and whether retrying can help).
@@ -55,6 +55,7 @@ pub struct Server {
 /// What a moved master does to one server's state (see [`Server::master_moved`]).
 struct Moved {
     index: usize,
+    subscriber: Arc<OnceLock<SubscriberClient>>,
     doubt: Arc<AtomicBool>,
     losses: Arc<AtomicU64>,
     events: UnboundedSender<Event>,
@@ -66,8 +67,13 @@ impl Moved {
         self.doubt.store(true, Ordering::Release);
         let _ = self.events.send(Event::Lost(self.index));
         let client = client.clone();
+        // The wake-up subscription follows the master too.
+        let subscriber = self.subscriber.get().cloned();
         tokio::spawn(async move {
             let _ = client.force_reconnection().await;
+            if let Some(sub) = subscriber {
+                let _ = sub.force_reconnection().await;
+            }
         });
     }
 }
@@ -132,7 +138,7 @@ impl Server {
             spec,
             command_timeout,
             client: OnceLock::new(),
-            subscriber: OnceLock::new(),
+            subscriber: Arc::default(),
             subscribed: Arc::new(AtomicBool::new(false)),
             last_error: Arc::default(),
             doubt: Arc::new(AtomicBool::new(false)),
@@ -255,6 +261,7 @@ impl Server {
     fn moved(&self) -> Moved {
         Moved {
             index: self.index,
+            subscriber: self.subscriber.clone(),
             doubt: self.doubt.clone(),
             losses: self.losses.clone(),
             events: self.events.clone(),
