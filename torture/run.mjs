@@ -170,7 +170,7 @@ for (const [topology, t] of Object.entries(TOPOLOGIES)) {
       backend: `${t.backend} (${topology})`,
       primitive,
       mode: 'strict',
-      promise: PROMISE.strict + ' No lost signal and no backend error.',
+      promise: PROMISE.strict + ' No lost signal, no backend error, and no acquire waits out its 10 s timeout.',
       noFault: true,
       workers: 8,
       durationMs: long ? 60_000 : 20_000,
@@ -872,6 +872,10 @@ async function runWorkers(row) {
   if (a.fencingViolations) violations.push(`${a.fencingViolations} fencing violations`)
   if (m.lostUpdates !== 0) violations.push(`${m.lostUpdates} lost updates (counter ${counter}, writes ${writes})`)
   if (row.noFault && a.lostSignals) violations.push(`${a.lostSignals} lost signals with no fault`)
+  // Liveness: with no fault, contention alone never makes a worker wait out its 10 s timeout.
+  if (row.noFault && m.acquireErrors.ERR_LOCK_TIMEOUT) {
+    violations.push(`${m.acquireErrors.ERR_LOCK_TIMEOUT} acquires timed out with no fault (a stall)`)
+  }
   const backendErrors = Object.entries(m.acquireErrors).filter(([code]) => code !== 'ERR_LOCK_TIMEOUT')
   if (row.noFault && backendErrors.length) {
     const first = summaries.find((s) => s.firstError)?.firstError

@@ -102,6 +102,18 @@ fn token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A random number below `n` (n > 0), from OS randomness (or the clock).
+fn random_below(n: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        return u64::from(t) % n.max(1);
+    }
+    u64::from_le_bytes(bytes) % n.max(1)
+}
+
 /// The margin RedLock takes off a lease for clock-rate drift between client and servers.
 fn drift(lease: Duration) -> Duration {
     lease / 100 + Duration::from_millis(2)
@@ -142,13 +154,9 @@ struct Inner {
 /// What one attempt found.
 enum Try {
     /// Granted by these servers (a quorum on RedLock).
-    Granted {
-        fence: u64,
-        by: Vec<usize>,
-    },
-    Busy {
-        hint: Option<Duration>,
-    },
+    Granted { fence: u64, by: Vec<usize> },
+    /// Busy; `split` when some servers granted but not a majority (RedLock votes split).
+    Busy { hint: Option<Duration>, split: bool },
 }
 
 /// Why an attempt failed, and whether trying again may help.
@@ -517,6 +525,7 @@ impl Inner {
         let mut trouble: Option<String> = None;
         let mut backoff = BACKOFF.0;
         let mut answered = false;
+        let mut lost_rounds: u32 = 0;
         loop {
             if let Some(w) = waiting.as_mut() {
                 w.mark();
@@ -542,8 +551,9 @@ impl Inner {
                     let held = self.grant(&req, attempt, fence, by, lease, sent, entry, ticket);
                     return Ok(Some(held));
                 }
-                Waited::Done(Ok(Try::Busy { hint: h })) => {
+                Waited::Done(Ok(Try::Busy { hint: h, split })) => {
                     (trouble, backoff, answered, hint) = (None, BACKOFF.0, true, h);
+                    lost_rounds = if split { (lost_rounds + 1).min(4) } else { 0 };
                 }
                 Waited::Done(Err(f)) if !f.transient => {
                     self.leave(&op, wait);
@@ -604,8 +614,11 @@ impl Inner {
                 return self.give_up(why, &req, &target, start, trouble, answered);
             }
             if !self.fair {
-                // Waiters woken together would split RedLock's votes; spread their retries.
-                let jitter = u64::from(token().as_bytes()[0] % 16);
+                // Waiters woken together split RedLock's votes, and a round where nobody got a
+                // majority leaves them all awake again: spread their retries over a window that
+                // doubles with each split round in a row (full jitter, 16 ms up to 256 ms).
+                let window = 16u64 << lost_rounds;
+                let jitter = random_below(window);
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
             }
         }
@@ -744,7 +757,7 @@ impl Inner {
             let s = &self.servers[i];
             match r.as_ref().ok().and_then(parse_attempt) {
                 Some(Try::Granted { fence, .. }) => granted.push((i, fence)),
-                Some(Try::Busy { hint: h }) => {
+                Some(Try::Busy { hint: h, .. }) => {
                     busy += 1;
                     hint = match (hint, h) {
                         (Some(a), Some(b)) => Some(a.min(b)),
@@ -802,7 +815,10 @@ impl Inner {
                 transient: !permanent,
             });
         }
-        Ok(Try::Busy { hint })
+        Ok(Try::Busy {
+            hint,
+            split: !granted.is_empty(),
+        })
     }
 
     fn release_args(&self, op: &Op, floor: u64, revoke: Option<Duration>) -> Vec<Value> {
@@ -1041,8 +1057,12 @@ fn parse_attempt(v: &Value) -> Option<Try> {
             by: Vec::new(),
         }),
         // Revoked: an attempt its caller gave up on.
-        2 => Some(Try::Busy { hint: None }),
+        2 => Some(Try::Busy {
+            hint: None,
+            split: false,
+        }),
         0 => Some(Try::Busy {
+            split: false,
             hint: u64::try_from(n(1)?)
                 .ok()
                 .filter(|&h| h > 0)

@@ -191,7 +191,9 @@ if fair then
     if string.sub(head, 1, 1) == 'r' then head = '*' end
     redis.call('PUBLISH', channel, head)
   end
-else
+elseif revoke == 0 then
+  -- RedLock waiters all wake on a release; not on the cleanup of a failed attempt, which would
+  -- wake them into another round of split votes.
   redis.call('PUBLISH', channel, '*')
 end
 return 1
