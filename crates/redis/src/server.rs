@@ -78,6 +78,14 @@ impl Moved {
     }
 }
 
+/// Reconnect (and first connect) after 1, 4, 16, 64, 256 ms, then every second, with up to 5 ms
+/// of jitter: fred's default jitter (up to 100 ms) would delay even the first connection.
+fn reconnect_policy() -> ReconnectPolicy {
+    let mut policy = ReconnectPolicy::new_exponential(0, 1, 1_000, 4);
+    policy.set_jitter(5);
+    policy
+}
+
 /// Why a command to one server failed, as a sentence naming the server.
 pub fn describe(label: &str, timeout: Duration, e: &fred::error::Error) -> String {
     match e.kind() {
@@ -218,7 +226,7 @@ impl Server {
             };
         })
         .with_performance_config(|p| p.default_command_timeout = command)
-        .set_policy(ReconnectPolicy::new_exponential(0, 20, 1_000, 2));
+        .set_policy(reconnect_policy());
         b
     }
 
@@ -384,11 +392,12 @@ impl Server {
         if !client.is_connected() {
             // A cluster client cannot route before it has the slot map: wait for the connect,
             // within the command timeout (callers bound the whole call with their budget),
-            // and stop at once when the server refused us for good (a wrong password).
+            // and stop at once when the server refused us for good (a wrong password). The
+            // connect notice can come before `waiting` listens: the state is polled too.
             let waiting = client.wait_for_connect();
             tokio::pin!(waiting);
             let until = tokio::time::Instant::now() + self.command_timeout;
-            while tokio::time::Instant::now() < until {
+            while tokio::time::Instant::now() < until && !client.is_connected() {
                 if let Some(cause) = self.refusal() {
                     return Err(fred::error::Error::new(ErrorKind::Auth, cause));
                 }

@@ -252,7 +252,7 @@ async fn waiting_is_fair_between_providers() {
     assert_eq!(owners.len(), 120);
     assert!(
         same * 5 <= owners.len(),
-        "same owner again {same} of {} times",
+        "same owner again {same} of {} times: {owners:?}",
         owners.len()
     );
 }
