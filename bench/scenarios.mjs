@@ -126,12 +126,14 @@ try {
       const first = await lock.acquire()
       const order = []
       const t0 = performance.now()
-      const waiters = new Array(n)
+      const waiters = []
       for (let i = 0; i < n; i++) {
-        waiters[i] = lock.acquire({ timeoutMs: 600_000 }).then(async (h) => {
-          order.push(i)
-          await h.release()
-        })
+        waiters.push(
+          lock.acquire({ timeoutMs: 600_000 }).then(async (h) => {
+            order.push(i)
+            await h.release()
+          }),
+        )
       }
       const t1 = performance.now()
       await first.release()
