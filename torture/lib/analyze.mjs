@@ -6,7 +6,8 @@
 // that make an overlap impossible to prevent) an overlap is allowed only when each earlier holder
 // involved saw its synchronous isHeld check false at every step after the later grant (its
 // lastHeldAt, the last step whose check was not false, is before the later grant) and the later
-// fencing token is larger.
+// fencing token is larger. `graceMs` widens "before the later grant" by that much, for faults
+// where the server frees the lock before the holder's client can know (a session it ended).
 //
 // Fencing: exclusive grants' tokens strictly increase in grant order; and whenever a grant
 // completed before another acquire started, its token is smaller (or, when the later one is a
@@ -23,9 +24,10 @@ function conflict(set, b, maxCount) {
 
 /**
  * @param {object[]} grants grant records
- * @param {{ mode: 'strict'|'allowed', maxCount?: number }} opts
+ * @param {{ mode: 'strict'|'allowed', maxCount?: number, graceMs?: number }} opts
  */
-export function analyze(grants, { mode, maxCount = 1 }) {
+export function analyze(grants, { mode, maxCount = 1, graceMs = 0 }) {
+  const grace = graceMs * 1e6
   const out = {
     grants: grants.length,
     overlaps: 0,
@@ -53,7 +55,7 @@ export function analyze(grants, { mode, maxCount = 1 }) {
     if (conflict(open, b, maxCount)) {
       out.overlaps++
       // Which earlier holders still believed they held the lock after b was granted.
-      const believers = open.filter((a) => a.lastHeldAt != null && a.lastHeldAt >= b.tGranted)
+      const believers = open.filter((a) => a.lastHeldAt != null && a.lastHeldAt >= b.tGranted + grace)
       const tokensOk = EXCLUSIVE.has(b.kind) ? open.every((a) => b.tok > a.tok) : true
       const allowed = mode === 'allowed' && !conflict(believers, b, maxCount) && tokensOk
       if (allowed) out.allowedOverlaps++
