@@ -587,6 +587,18 @@ impl Inner {
                 }
                 continue;
             }
+            if !self.fair && lost_rounds > 0 {
+                // A split vote: nobody holds a majority and the partial grants are being taken
+                // back, so no release will announce the next round. Retry after a random pause
+                // in a window that doubles with each split in a row.
+                let pause = Duration::from_millis(random_below(16u64 << lost_rounds));
+                let napping = tokio::time::sleep(pause);
+                if let Err(why) = race(napping, deadline, cancel, &self.closed).await.done() {
+                    self.leave(&op, wait);
+                    return self.give_up(why, &req, &target, start, trouble, answered);
+                }
+                continue;
+            }
             let Some(w) = waiting.as_mut() else {
                 // First time busy: listen for releases, then look again at once, so a release
                 // that happened while joining is not missed.
@@ -614,12 +626,8 @@ impl Inner {
                 return self.give_up(why, &req, &target, start, trouble, answered);
             }
             if !self.fair {
-                // Waiters woken together split RedLock's votes, and a round where nobody got a
-                // majority leaves them all awake again: spread their retries over a window that
-                // doubles with each split round in a row (full jitter, 16 ms up to 256 ms).
-                let window = 16u64 << lost_rounds;
-                let jitter = random_below(window);
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
+                // Waiters woken together by a release would split RedLock's votes: spread them.
+                tokio::time::sleep(Duration::from_millis(random_below(16))).await;
             }
         }
     }
