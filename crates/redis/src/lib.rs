@@ -530,6 +530,21 @@ impl Inner {
             if let Some(w) = waiting.as_mut() {
                 w.mark();
             }
+            if self.fair && self.servers[0].in_doubt() {
+                // The deployment may have moved (a reconnect, a Sentinel failover): grant
+                // nothing until the locks there are confirmed and the fencing floors restored.
+                trouble = Some(format!(
+                    "{} is being confirmed after a reconnect or failover",
+                    self.servers[0].label
+                ));
+                let nap = tokio::time::sleep(backoff.min(Duration::from_millis(50)));
+                backoff = (backoff * 2).min(BACKOFF.1);
+                if let Err(why) = race(nap, deadline, cancel, &self.closed).await.done() {
+                    self.leave(&op, wait);
+                    return self.give_up(why, &req, &target, start, trouble, answered);
+                }
+                continue;
+            }
             let attempt = op.attempt();
             let sent = Instant::now();
             // A try gets one attempt of at most the server timeout; a wait, its deadline.

@@ -62,6 +62,16 @@ struct Moved {
 }
 
 impl Moved {
+    fn hold(&self) {
+        self.losses.fetch_add(1, Ordering::AcqRel);
+        self.doubt.store(true, Ordering::Release);
+        let _ = self.events.send(Event::Lost(self.index));
+    }
+
+    fn recheck(&self) {
+        let _ = self.events.send(Event::Connected(self.index));
+    }
+
     fn fire(&self, client: &Client) {
         self.losses.fetch_add(1, Ordering::AcqRel);
         self.doubt.store(true, Ordering::Release);
@@ -302,17 +312,33 @@ impl Server {
                 tokio::spawn(async move {
                     // Bounded; `manage_subscriptions` subscribes again after reconnects.
                     for _ in 0..600 {
-                        if subscribing.subscribe("+switch-master").await.is_ok() {
+                        let channels = vec![
+                            "+switch-master",
+                            "+try-failover",
+                            "-failover-abort-no-good-slave",
+                            "-failover-abort-not-elected",
+                            "+failover-end-for-timeout",
+                        ];
+                        if subscribing.subscribe(channels).await.is_ok() {
                             return;
                         }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 });
                 // Ends when the subscriber quits (the provider closed).
+                let master = format!("master {prefix}");
                 while let Ok(m) = messages.recv().await {
                     let text = m.value.as_str().map(|v| v.to_string()).unwrap_or_default();
-                    if text.starts_with(&prefix) {
-                        moved.fire(&client);
+                    match m.channel.to_string().as_str() {
+                        // The new master is known: reconnect there and check the locks.
+                        "+switch-master" if text.starts_with(&prefix) => moved.fire(&client),
+                        // A failover begins: until the client is on the new master, the locks
+                        // are in doubt and no acquire is sent (the old master may still grant
+                        // what the promoted replica never saw).
+                        "+try-failover" if text.starts_with(&master) => moved.hold(),
+                        // It ended without a new master: check the locks where they are.
+                        _ if text.starts_with(&master) => moved.recheck(),
+                        _ => {}
                     }
                 }
             });
