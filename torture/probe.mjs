@@ -126,7 +126,7 @@ const scenarios = {
     await (await got(direct.createLock(`${cfg.name}:direct`).acquire({ timeoutMs: 5_000 }))).release()
     await fault('blackhole')
     const caller = provider(cfg.proxied)
-    const tryAcquire = await timed(() => caller.createLock(`${cfg.name}:try`).tryAcquire(), 5_000)
+    const tryAcquire = await timed(() => caller.createLock(`${cfg.name}:try`).tryAcquire(), 8_000)
     const acquire = await timed(() => caller.createLock(cfg.name).acquire({ timeoutMs: cfg.timeoutMs }), 5_000)
     await fault('reset-then-pass')
     return { tryAcquire: strip(tryAcquire), acquire: strip(acquire) }
