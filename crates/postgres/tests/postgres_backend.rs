@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind, Timeout};
+use distlock_core::{AcquireRequest, Backend, CancellationToken, Held, LockKind};
 use distlock_postgres::{PgOptions, PostgresBackend, Scope};
 use support::proxy::Proxy;
-use support::{base_url, server_addr, with_app, with_port};
+use support::{base_url, req, server_addr, with_app, with_port};
 use tokio::time::Instant;
 
 static APP: AtomicU64 = AtomicU64::new(0);
@@ -47,16 +47,6 @@ async fn admin() -> tokio_postgres::Client {
         });
     tokio::spawn(conn);
     client
-}
-
-fn req(name: &str, kind: LockKind, timeout_ms: Option<f64>) -> AcquireRequest {
-    AcquireRequest {
-        name: name.to_owned(),
-        kind,
-        timeout: Timeout::from_ms(timeout_ms).unwrap(),
-        cancel: None,
-        lease: None,
-    }
 }
 
 fn unique(name: &str) -> String {
