@@ -242,7 +242,19 @@ mod tests {
             high + 2,
             "a floor below it does not"
         );
-        // Deleted and created again: still above every earlier token.
+        // Deleted and created again: above every earlier token once the clock has passed
+        // them, which real use guarantees (a grant takes longer than a microsecond); the
+        // floors above put `high` 100 µs ahead of the clock, so wait that out first.
+        let now_micros = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64
+        };
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while now_micros() <= high + 2 && std::time::Instant::now() < spin_until {
+            std::thread::yield_now();
+        }
         drop(f);
         std::fs::remove_file(&path).unwrap();
         let g = open(&path).unwrap();
