@@ -6,8 +6,11 @@
 //! - Keys: [`AdvisoryKey::from_name`], identical to .NET DistributedLock's.
 //! - Waiting: the callers of one process queue in memory ([`FairQueue`]), so one process sends at
 //!   most one waiter per name; that waiter first tries without blocking on a shared session, then
-//!   blocks on a session of its own with `SET LOCAL lock_timeout`. Between processes the server's
-//!   lock queue is FIFO.
+//!   blocks on a session of its own with `lock_timeout` set for that statement's transaction (as
+//!   `SET LOCAL` would). Between processes the server's lock queue is FIFO.
+//! - Statements: the attempts, waits and unlocks are prepared once per session and sent with the
+//!   keys bound as parameters (session scope), or parsed unnamed with bound parameters
+//!   (transaction scope, for transaction poolers); see the `pool` module.
 //! - Fencing tokens come from one sequence (`nextval` in the statement that takes the lock),
 //!   created on first use if missing.
 //! - A session that ends fires the lost signal of every lock it held, then gives each lock's
@@ -75,7 +78,7 @@ use tokio::time::Instant;
 
 pub use config::{PgOptions, Scope, Verify};
 pub use key::AdvisoryKey;
-use pool::{Fault, Pool, Session, Use, describe};
+use pool::{Fault, Param, Pool, Session, Stmt, Use, describe};
 
 /// The backend's name in errors and logs.
 pub const BACKEND: &str = "postgres";
@@ -149,6 +152,15 @@ struct Sql {
 }
 
 impl Sql {
+    /// The key as parameters: the argument list (`$1::int8`, or `$1::int4, $2::int4`) and the
+    /// values.
+    fn key(self) -> (&'static str, Vec<Param>) {
+        match self.key {
+            AdvisoryKey::Bigint(k) => ("$1::int8", vec![Param::Int8(k)]),
+            AdvisoryKey::Pair(a, b) => ("$1::int4, $2::int4", vec![Param::Int4(a), Param::Int4(b)]),
+        }
+    }
+
     fn func(self, try_: bool) -> String {
         format!(
             "pg{}_advisory{}_lock{}({})",
@@ -159,43 +171,98 @@ impl Sql {
                 ""
             },
             if self.shared { "_shared" } else { "" },
-            self.key.sql_args()
+            self.key().0
         )
     }
 
-    fn unlock(self) -> String {
-        match self.scope {
-            Scope::Session => format!(
-                "SELECT pg_advisory_unlock{}({})",
-                if self.shared { "_shared" } else { "" },
-                self.key.sql_args()
+    /// The attempt that never waits: one row, the fencing token if granted, else NULL.
+    fn attempt(self, seq: &str) -> Stmt {
+        Stmt {
+            text: format!(
+                "SELECT CASE WHEN {} THEN nextval('{seq}') END",
+                self.func(true)
             ),
-            Scope::Transaction => String::from("ROLLBACK"),
+            params: self.key().1,
+            begin: self.scope == Scope::Transaction,
+        }
+    }
+
+    /// The blocking wait: one row, the fencing token in the second column. With `timeout`, the
+    /// server gives up after it (SQLSTATE 55P03): `lock_timeout` is set for the transaction,
+    /// like `SET LOCAL`, by `set_config` in a subquery that runs before the lock is asked for
+    /// (`OFFSET 0` keeps the planner from merging it away). Its value is the last parameter,
+    /// bound by the caller.
+    fn wait(self, seq: &str, timeout: bool) -> Stmt {
+        let (_, params) = self.key();
+        let text = if timeout {
+            format!(
+                "SELECT {}, nextval('{seq}') FROM (SELECT set_config('lock_timeout', ${}::text, \
+                 true) OFFSET 0) AS t",
+                self.func(false),
+                params.len() + 1
+            )
+        } else {
+            format!("SELECT {}, nextval('{seq}')", self.func(false))
+        };
+        Stmt {
+            text,
+            params,
+            begin: self.scope == Scope::Transaction,
+        }
+    }
+
+    fn unlock(self) -> Stmt {
+        match self.scope {
+            Scope::Session => {
+                let (args, params) = self.key();
+                let shared = if self.shared { "_shared" } else { "" };
+                Stmt::new(format!("SELECT pg_advisory_unlock{shared}({args})"), params)
+            }
+            Scope::Transaction => rollback(),
         }
     }
 }
 
-fn begin(scope: Scope) -> &'static str {
-    match scope {
-        Scope::Session => "",
-        Scope::Transaction => "BEGIN; ",
-    }
+fn rollback() -> Stmt {
+    Stmt::new("ROLLBACK", Vec::new())
 }
 
 /// What cleans up a session a wait was interrupted on: whatever it may have been granted.
-fn reset(scope: Scope) -> &'static str {
+fn reset(scope: Scope) -> Stmt {
     match scope {
-        Scope::Session => "SELECT pg_advisory_unlock_all()",
-        Scope::Transaction => "ROLLBACK",
+        Scope::Session => Stmt::new("SELECT pg_advisory_unlock_all()", Vec::new()),
+        Scope::Transaction => rollback(),
     }
 }
 
-fn parse_token(text: Option<&str>) -> Result<u64> {
-    text.and_then(|t| t.parse::<i64>().ok())
+/// Unlocks permit `slot` of semaphore `name` (session scope).
+fn slot_unlock(name: &str, slot: u32) -> Stmt {
+    Stmt::new(
+        "SELECT pg_advisory_unlock($1::int8)",
+        vec![Param::Int8(semaphore_key(name, slot))],
+    )
+}
+
+/// Cell `i` of the first row as a bigint: `None` when there is no row or the cell is NULL.
+fn bigint_cell(rows: &Rows, i: usize) -> Result<Option<i64>> {
+    match rows.first() {
+        None => Ok(None),
+        Some(row) => row.try_get(i).map_err(|e| Error::Backend {
+            backend: BACKEND,
+            message: format!("unexpected answer from the server: {}", describe(&e)),
+        }),
+    }
+}
+
+fn parse_token(value: Option<i64>) -> Result<u64> {
+    value
         .and_then(|t| u64::try_from(t).ok())
         .ok_or_else(|| Error::Backend {
             backend: BACKEND,
-            message: format!("unexpected fencing token {text:?} from the server"),
+            message: format!(
+                "unexpected fencing token {:?} from the server",
+                value.map(|t| t.to_string())
+            ),
         })
 }
 
@@ -345,17 +412,17 @@ impl Backend for PostgresBackend {
 
 /// A statement in flight that owns what it needs, so it can outlive the caller that sent it
 /// (the caller's deadline passed; the answer still has to be looked at and undone).
-type Rows = Vec<Vec<Option<String>>>;
+type Rows = Vec<tokio_postgres::Row>;
 type Query = Pin<Box<dyn Future<Output = std::result::Result<Rows, tokio_postgres::Error>> + Send>>;
 
-fn send(s: &Arc<Session>, text: String) -> Query {
+fn send(s: &Arc<Session>, stmt: Stmt) -> Query {
     let s = s.clone();
-    Box::pin(async move { s.query(&text).await })
+    Box::pin(async move { s.execute(&stmt).await })
 }
 
 /// What undoes a grant an abandoned attempt may have received: from its rows, the statement to
 /// run on its session (session scope; in transaction scope the rollback does it).
-type Undo = Box<dyn FnOnce(&Rows) -> Option<String> + Send>;
+type Undo = Box<dyn FnOnce(&Rows) -> Option<Stmt> + Send>;
 
 /// Why one round of an acquire did not end in a grant or a "busy".
 enum Miss {
@@ -367,8 +434,8 @@ enum Miss {
     Silent(String),
 }
 
-/// The first reply cell of the first row.
-fn first_cell(rows: &Rows) -> Option<String> {
+/// The first reply cell of the first row (simple protocol).
+fn first_cell(rows: &[Vec<Option<String>>]) -> Option<String> {
     rows.first().and_then(|r| r.first()).cloned().flatten()
 }
 
@@ -603,7 +670,7 @@ impl Inner {
         }
     }
 
-    /// Runs one non-waiting attempt `text` by `until`; returns its session and rows. If `until`
+    /// Runs one non-waiting attempt `stmt` by `until`; returns its session and rows. If `until`
     /// passes (or the caller cancels) first, the answer is awaited in the background and what
     /// it granted is undone with `undo`.
     async fn attempt(
@@ -611,11 +678,11 @@ impl Inner {
         req: &AcquireRequest,
         start: Instant,
         until: Option<Instant>,
-        text: String,
+        stmt: Stmt,
         undo: Undo,
     ) -> std::result::Result<(Arc<Session>, Rows), Miss> {
         let s = self.session(self.attempt_usage(), req, until).await?;
-        let mut q = send(&s, text);
+        let mut q = send(&s, stmt);
         // A statement that never waits gets op_timeout for its answer, also when the caller's
         // deadline is further away: past that, its session is taken for cut off.
         let op = self.pool.opts.op_timeout;
@@ -676,10 +743,10 @@ impl Inner {
             match tokio::time::timeout(op, q).await {
                 Ok(Ok(rows)) => {
                     if inner.pool.opts.scope == Scope::Session
-                        && let Some(text) = undo(&rows)
+                        && let Some(stmt) = undo(&rows)
                     {
                         inner
-                            .bounded(&s, &text, "undoing a grant its caller gave up on")
+                            .bounded(&s, &stmt, "undoing a grant its caller gave up on")
                             .await;
                     }
                 }
@@ -696,11 +763,11 @@ impl Inner {
         });
     }
 
-    /// Runs `text` on `s` within `op_timeout`; a session that fails or does not answer is
+    /// Runs `stmt` on `s` within `op_timeout`; a session that fails or does not answer is
     /// closed (the server then frees what it held).
-    async fn bounded(&self, s: &Arc<Session>, text: &str, what: &str) {
+    async fn bounded(&self, s: &Arc<Session>, stmt: &Stmt, what: &str) {
         let op = self.pool.opts.op_timeout;
-        match tokio::time::timeout(op, s.query(text)).await {
+        match tokio::time::timeout(op, s.execute(stmt)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => s.kill(format!("{what} failed: {}", describe(&e))),
             Err(_) => s.kill(format!("{what} got no answer within {} ms", op.as_millis())),
@@ -771,29 +838,27 @@ impl Inner {
     ) -> std::result::Result<Option<(Arc<Session>, u64)>, Miss> {
         let until = self.until(req, start, deadline);
         self.ensure_sequence(req, until).await?;
-        let seq = &self.pool.opts.fencing_sequence;
-        let try_sql = format!(
-            "{}SELECT CASE WHEN {} THEN nextval('{seq}') END",
-            begin(sql.scope),
-            sql.func(true)
-        );
+        let try_stmt = sql.attempt(&self.pool.opts.fencing_sequence);
         loop {
-            let undo: Undo = Box::new(move |rows| first_cell(rows).map(|_| sql.unlock()));
+            // Anything but a NULL may be a grant.
+            let undo: Undo = Box::new(move |rows| match bigint_cell(rows, 0) {
+                Ok(None) => None,
+                _ => Some(sql.unlock()),
+            });
             let (s, rows) = self
-                .attempt(req, start, until, try_sql.clone(), undo)
+                .attempt(req, start, until, try_stmt.clone(), undo)
                 .await?;
             retry.cause = None; // the server answers again
-            if let Some(token) = first_cell(&rows) {
-                return match parse_token(Some(&token)) {
-                    Ok(token) => Ok(Some((s, token))),
-                    Err(e) => {
-                        s.kill(String::from("the server answered an attempt unexpectedly"));
-                        Err(Miss::Fault(Fault {
-                            message: e.to_string(),
-                            transient: false,
-                        }))
-                    }
-                };
+            match bigint_cell(&rows, 0).and_then(|t| t.map(|t| parse_token(Some(t))).transpose()) {
+                Ok(Some(token)) => return Ok(Some((s, token))),
+                Ok(None) => {}
+                Err(e) => {
+                    s.kill(String::from("the server answered an attempt unexpectedly"));
+                    return Err(Miss::Fault(Fault {
+                        message: e.to_string(),
+                        transient: false,
+                    }));
+                }
             }
             self.end_attempt(&s).await;
             if req.timeout == Timeout::Zero {
@@ -841,26 +906,24 @@ impl Inner {
         sql: Sql,
         deadline: Option<Instant>,
     ) -> std::result::Result<Option<u64>, Miss> {
-        let seq = &self.pool.opts.fencing_sequence;
         // The server gives up by itself too, so a wait whose caller is gone (or cut off) never
         // turns into a grant long after the deadline.
-        let timeout = match deadline {
-            Some(d) => {
+        let mut stmt = sql.wait(&self.pool.opts.fencing_sequence, deadline.is_some());
+        let session = s.clone();
+        let mut q: Query = Box::pin(async move {
+            // Prepared first (once per session), so that lock_timeout is measured from when the
+            // wait is sent, not from before a prepare's round trip.
+            session.prepare(&stmt).await?;
+            if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
-                format!("SET LOCAL lock_timeout = '{}ms'; ", left.as_millis().max(1))
+                stmt.params
+                    .push(Param::Text(format!("{}ms", left.as_millis().max(1))));
             }
-            None => String::new(),
-        };
-        let text = format!(
-            "{}{timeout}SELECT {}, nextval('{seq}')",
-            begin(sql.scope),
-            sql.func(false)
-        );
-        let mut q = send(s, text);
+            session.execute(&stmt).await
+        });
         let why = match race(&mut q, deadline, req.cancel.as_ref(), &self.closed).await {
             Waited::Done(Ok(rows)) => {
-                let token = rows.first().and_then(|r| r.get(1)).cloned().flatten();
-                return match parse_token(token.as_deref()) {
+                return match bigint_cell(&rows, 1).and_then(parse_token) {
                     Ok(token) => Ok(Some(token)),
                     Err(e) => {
                         self.spawn_clean(s);
@@ -931,7 +994,7 @@ impl Inner {
         }
         let op = self.pool.opts.op_timeout;
         for _ in 0..3 {
-            match tokio::time::timeout(op, s.query(reset(scope))).await {
+            match tokio::time::timeout(op, s.execute(&reset(scope))).await {
                 Ok(Ok(_)) => {
                     s.unbusy();
                     return;
@@ -968,11 +1031,8 @@ impl Inner {
                 Ok(Some((s, slot, token))) => {
                     lock(&entry.state.taken).insert(slot);
                     let unlock = match self.pool.opts.scope {
-                        Scope::Session => format!(
-                            "SELECT pg_advisory_unlock({})",
-                            semaphore_key(&req.name, slot)
-                        ),
-                        Scope::Transaction => String::from("ROLLBACK"),
+                        Scope::Session => slot_unlock(&req.name, slot),
+                        Scope::Transaction => rollback(),
                     };
                     let turn = Turn {
                         ticket,
@@ -1013,47 +1073,43 @@ impl Inner {
                 let taken = lock(&entry.state.taken);
                 (0..max_count).filter(|i| !taken.contains(i)).collect()
             };
-            let keys: Vec<String> = free
-                .iter()
-                .map(|i| semaphore_key(&req.name, *i).to_string())
-                .collect();
-            let slots: Vec<String> = free.iter().map(u32::to_string).collect();
-            let text = format!(
-                "{}SELECT t.i, nextval('{seq}') FROM unnest('{{{}}}'::bigint[], '{{{}}}'::int[]) \
-                 AS t(k, i) WHERE pg_try_advisory{}_lock(t.k) LIMIT 1",
-                begin(scope),
-                keys.join(","),
-                slots.join(","),
-                if scope == Scope::Transaction {
-                    "_xact"
-                } else {
-                    ""
-                },
-            );
+            let keys = free.iter().map(|i| semaphore_key(&req.name, *i)).collect();
+            let slots = free.iter().map(|i| i64::from(*i)).collect();
+            let stmt = Stmt {
+                text: format!(
+                    "SELECT t.i, nextval('{seq}') FROM unnest($1::int8[], $2::int8[]) AS t(k, i) \
+                     WHERE pg_try_advisory{}_lock(t.k) LIMIT 1",
+                    if scope == Scope::Transaction {
+                        "_xact"
+                    } else {
+                        ""
+                    },
+                ),
+                params: vec![Param::Int8Array(keys), Param::Int8Array(slots)],
+                begin: scope == Scope::Transaction,
+            };
             let name = req.name.clone();
             let undo: Undo = Box::new(move |rows| {
-                let slot = first_cell(rows)?.parse::<u32>().ok()?;
-                Some(format!(
-                    "SELECT pg_advisory_unlock({})",
-                    semaphore_key(&name, slot)
-                ))
+                let slot = u32::try_from(bigint_cell(rows, 0).ok()??).ok()?;
+                Some(slot_unlock(&name, slot))
             });
-            let (s, rows) = self.attempt(req, start, until, text, undo).await?;
+            let (s, rows) = self.attempt(req, start, until, stmt, undo).await?;
             retry.cause = None; // the server answers again
-            if let Some(row) = rows.first() {
-                let slot = row
-                    .first()
-                    .cloned()
-                    .flatten()
-                    .and_then(|t| t.parse::<u32>().ok());
-                let token = parse_token(row.get(1).cloned().flatten().as_deref());
-                let (Some(slot), Ok(token)) = (slot, token) else {
+            if !rows.is_empty() {
+                let cells = (bigint_cell(&rows, 0), bigint_cell(&rows, 1));
+                let granted = match &cells {
+                    (Ok(Some(slot)), Ok(token)) => {
+                        u32::try_from(*slot).ok().zip(parse_token(*token).ok())
+                    }
+                    _ => None,
+                };
+                let Some((slot, token)) = granted else {
                     s.kill(String::from(
                         "the server answered a semaphore attempt unexpectedly",
                     ));
                     return Err(Miss::Fault(Fault {
                         message: format!(
-                            "unexpected answer {row:?} acquiring {}",
+                            "unexpected answer {cells:?} acquiring {}",
                             req.target(BACKEND)
                         ),
                         transient: false,
@@ -1084,7 +1140,7 @@ impl Inner {
         self: &Arc<Self>,
         req: &AcquireRequest,
         session: Arc<Session>,
-        unlock: String,
+        unlock: Stmt,
         token: u64,
         turn: Turn,
         start: Instant,
@@ -1158,7 +1214,7 @@ impl Drop for Turn {
 /// A grant's share of the server: the session it lives on and how to undo it there.
 struct Grant {
     session: Arc<Session>,
-    unlock: String,
+    unlock: Stmt,
 }
 
 struct PgHeld {
@@ -1190,9 +1246,10 @@ impl PgHeld {
             let Some(grant) = grant else { return };
             let s = grant.session;
             if !s.is_dead() {
-                match tokio::time::timeout(op, s.query(&grant.unlock)).await {
+                match tokio::time::timeout(op, s.execute(&grant.unlock)).await {
                     Ok(Ok(rows)) => {
-                        if scope == Scope::Session && first_cell(&rows).as_deref() == Some("f") {
+                        let held = rows.first().and_then(|r| r.try_get::<_, bool>(0).ok());
+                        if scope == Scope::Session && held == Some(false) {
                             tracing::warn!(
                                 backend = BACKEND,
                                 token,
@@ -1251,5 +1308,268 @@ impl Drop for PgHeld {
             let undo = self.take_and_unlock();
             self.runtime.spawn(undo);
         }
+    }
+}
+
+/// The hot path's statements on a real server (`DISTLOCK_TEST_PG_URL`, else the local server on
+/// 127.0.0.1:5432), read back from the provider's own sessions: what `pg_prepared_statements`
+/// shows there is invisible from any other connection.
+#[cfg(test)]
+mod prepared_statements {
+    use distlock_core::Timeout;
+
+    use super::*;
+
+    fn url(app: &str) -> String {
+        let base = std::env::var("DISTLOCK_TEST_PG_URL")
+            .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/postgres"));
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}application_name={app}")
+    }
+
+    fn provider(app: &str, scope: Scope, max_connections: f64) -> PostgresBackend {
+        let opts = PgOptions::parse(&url(app))
+            .unwrap()
+            .max_connections(max_connections)
+            .unwrap()
+            .scope(scope);
+        PostgresBackend::new(opts).unwrap()
+    }
+
+    fn req(name: &str, kind: LockKind, timeout_ms: f64) -> AcquireRequest {
+        AcquireRequest {
+            name: name.to_owned(),
+            kind,
+            timeout: Timeout::from_ms(Some(timeout_ms)).unwrap(),
+            cancel: None,
+            lease: None,
+        }
+    }
+
+    fn tag(what: &str) -> String {
+        format!("dlprep_{what}_{}", std::process::id())
+    }
+
+    /// The provider's only session.
+    fn session(b: &PostgresBackend) -> Arc<Session> {
+        let sessions = b.inner.pool.sessions();
+        assert_eq!(sessions.len(), 1, "expected one session");
+        sessions[0].clone()
+    }
+
+    /// The statements prepared on the extended protocol on `s` (`PREPARE` in SQL is not used),
+    /// with how often each was executed.
+    async fn prepared_on(s: &Session) -> Vec<(String, i64)> {
+        let rows = s
+            .query(
+                "SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements \
+                 WHERE NOT from_sql ORDER BY statement",
+            )
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|r| {
+                let text = r[0].clone().unwrap();
+                let runs = r[1].as_deref().unwrap().parse().unwrap();
+                (text, runs)
+            })
+            .collect()
+    }
+
+    /// Acquires every request at once (each a try that must be granted), then releases all at
+    /// once.
+    async fn take_and_release_concurrently(b: &PostgresBackend, reqs: Vec<AcquireRequest>) {
+        let mut tries = tokio::task::JoinSet::new();
+        for r in reqs {
+            tries.spawn(b.acquire(r).unwrap());
+        }
+        let held: Vec<Held> = tries
+            .join_all()
+            .await
+            .into_iter()
+            .map(|h| h.unwrap().expect("a free lock was busy"))
+            .collect();
+        let mut releases = tokio::task::JoinSet::new();
+        for h in held {
+            releases.spawn(h.release());
+        }
+        for r in releases.join_all().await {
+            r.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn session_scope_prepares_each_statement_once_per_session_and_reuses_it() {
+        const N: usize = 6;
+        let seq = config::DEFAULT_SEQUENCE;
+        // One connection: every try and unlock, sent concurrently, shares one session.
+        let b = provider(&tag("session"), Scope::Session, 1.0);
+        let long = |i: usize| format!("{}-mutex-{i}", tag("session")); // hashed: a bigint key
+        let short = |i: usize| format!("p{:08x}", std::process::id() * 16 + i as u32); // a pair
+        let mut reqs = Vec::new();
+        for i in 0..N {
+            reqs.push(req(&long(i), LockKind::Mutex, 0.0));
+            reqs.push(req(&short(i), LockKind::Read, 0.0));
+        }
+        take_and_release_concurrently(&b, reqs).await;
+        let s = session(&b);
+        let sql = |key, shared| Sql {
+            key,
+            shared,
+            scope: Scope::Session,
+        };
+        let bigint = sql(AdvisoryKey::from_name(&long(0)), false);
+        let pair = sql(AdvisoryKey::from_name(&short(0)), true);
+        assert!(matches!(bigint.key, AdvisoryKey::Bigint(_)));
+        assert!(matches!(pair.key, AdvisoryKey::Pair(..)));
+        // Each text once, with how often it ran.
+        let expected = |bigint_runs: usize, pair_runs: usize| {
+            let mut all = vec![
+                (bigint.attempt(seq).text, bigint_runs as i64),
+                (bigint.unlock().text, bigint_runs as i64),
+                (pair.attempt(seq).text, pair_runs as i64),
+                (pair.unlock().text, pair_runs as i64),
+            ];
+            all.sort();
+            all
+        };
+        assert_eq!(prepared_on(&s).await, expected(N, N));
+        for (text, _) in expected(N, N) {
+            assert!(text.contains("$1::int"), "not parameterized: {text}");
+        }
+
+        // Again on the same session: the same statements run again, none is prepared anew.
+        let reqs = (0..N)
+            .map(|i| req(&long(i), LockKind::Mutex, 0.0))
+            .collect();
+        take_and_release_concurrently(&b, reqs).await;
+        let again = expected(2 * N, N);
+        assert_eq!(prepared_on(&session(&b)).await, again);
+        b.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn session_scope_waits_and_semaphores_use_prepared_statements() {
+        let seq = config::DEFAULT_SEQUENCE;
+        let name = format!("{}-busy", tag("wait"));
+        let holder = provider(&tag("holder"), Scope::Session, 1.0);
+        let held = holder
+            .acquire(req(&name, LockKind::Mutex, 0.0))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        // The waiter's try finds the lock busy, then it blocks on the same (empty) session until
+        // the server's lock_timeout ends the wait (55P03: "busy").
+        let waiter = provider(&tag("waiter"), Scope::Session, 1.0);
+        for _ in 0..2 {
+            let start = Instant::now();
+            let got = waiter
+                .acquire(req(&name, LockKind::Mutex, 150.0))
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(got.is_none());
+            assert!(start.elapsed() >= Duration::from_millis(150));
+        }
+        let sem = format!("{}-sem", tag("wait"));
+        for _ in 0..3 {
+            let permit = waiter
+                .acquire(req(&sem, LockKind::Semaphore { max_count: 3 }, 0.0))
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+            permit.release().await.unwrap();
+        }
+        let sql = Sql {
+            key: AdvisoryKey::from_name(&name),
+            shared: false,
+            scope: Scope::Session,
+        };
+        let prepared = prepared_on(&session(&waiter)).await;
+        let runs = |text: &str| {
+            let found: Vec<i64> = prepared
+                .iter()
+                .filter(|(t, _)| t == text)
+                .map(|(_, runs)| *runs)
+                .collect();
+            assert_eq!(found.len(), 1, "{text} in {prepared:#?}");
+            found[0]
+        };
+        assert_eq!(runs(&sql.attempt(seq).text), 2);
+        assert_eq!(runs(&sql.wait(seq, true).text), 2);
+        let sem_try = prepared
+            .iter()
+            .find(|(t, _)| t.contains("unnest($1::int8[], $2::int8[])"))
+            .unwrap_or_else(|| panic!("no semaphore attempt in {prepared:#?}"));
+        assert_eq!(sem_try.1, 3);
+        assert_eq!(runs("SELECT pg_advisory_unlock($1::int8)"), 3);
+        held.release().await.unwrap();
+        holder.close().await.unwrap();
+        waiter.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn transaction_scope_binds_its_values_and_keeps_no_named_statements() {
+        let app = tag("xact");
+        let b = provider(&app, Scope::Transaction, 1.0);
+        let name = format!("{app}-lock");
+        let held = b
+            .acquire(req(&name, LockKind::Mutex, 0.0))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        let (admin, conn) = tokio_postgres::connect(&url("dlprep_admin"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // The session holds the lock idle in its transaction; its last statement is the attempt,
+        // with the key as a parameter (the simple protocol would show "BEGIN; SELECT ..." with
+        // the key spelled out).
+        let row = admin
+            .query_one(
+                "SELECT state, query FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        let (state, query): (String, String) = (row.get(0), row.get(1));
+        assert_eq!(state, "idle in transaction");
+        let sql = Sql {
+            key: AdvisoryKey::from_name(&name),
+            shared: false,
+            scope: Scope::Transaction,
+        };
+        assert_eq!(query, sql.attempt(config::DEFAULT_SEQUENCE).text);
+        assert!(query.contains("pg_try_advisory_xact_lock($1::int8)"));
+        assert!(prepared_on(&session(&b)).await.is_empty());
+
+        // A wait that the server's lock_timeout ends (55P03) leaves the waiter's transaction
+        // aborted; the unnamed ROLLBACK that cleans it up keeps the session usable.
+        let waiter = provider(&tag("xact_waiter"), Scope::Transaction, 1.0);
+        let got = waiter
+            .acquire(req(&name, LockKind::Mutex, 150.0))
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(got.is_none());
+        let first = session(&waiter);
+        let other = waiter
+            .acquire(req(&format!("{app}-other"), LockKind::Mutex, 2_000.0))
+            .unwrap()
+            .await
+            .unwrap()
+            .expect("a free lock was busy");
+        let again = session(&waiter);
+        assert!(
+            Arc::ptr_eq(&first, &again) && !again.is_dead(),
+            "the session was replaced after the wait"
+        );
+        other.release().await.unwrap();
+        held.release().await.unwrap();
+        waiter.close().await.unwrap();
+        b.close().await.unwrap();
     }
 }

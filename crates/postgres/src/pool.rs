@@ -12,6 +12,16 @@
 //!
 //! Connections are opened on their own task, bounded by `connect_timeout`: a caller that stops
 //! waiting (deadline, cancel) does not waste the login, the session joins the pool.
+//!
+//! The statements of the hot path (attempts, waits, unlocks, resets: [`Stmt`]) go on the extended
+//! protocol with their values bound. In session scope each text is a named prepared statement,
+//! prepared on a session's first use of it and reused by every later call on that session, so
+//! the server parses and plans it once per session. In transaction scope (the mode for
+//! transaction poolers such as PgBouncer, where consecutive transactions of one client may run on
+//! different server connections) a named statement could be missing on the server connection the
+//! pooler picks next, so there each statement is parsed unnamed in the same round trip as its
+//! execution: bound values, nothing kept on the server between transactions. The rest (creating
+//! the fencing sequence, `inspect`, the keepalive probe) is rare and uses the simple protocol.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,10 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use distlock_core::{Error, LostSignal, Result};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +103,75 @@ pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// What runs when a session dies with a lock on it, after the lock's lost signal fired.
 pub(crate) type OnLost = Box<dyn FnOnce() + Send>;
 
+/// A value bound to a statement parameter.
+#[derive(Clone, Debug)]
+pub(crate) enum Param {
+    Int8(i64),
+    Int4(i32),
+    Int8Array(Vec<i64>),
+    Text(String),
+}
+
+impl Param {
+    fn ty(&self) -> Type {
+        match self {
+            Param::Int8(_) => Type::INT8,
+            Param::Int4(_) => Type::INT4,
+            Param::Int8Array(_) => Type::INT8_ARRAY,
+            Param::Text(_) => Type::TEXT,
+        }
+    }
+
+    fn value(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Param::Int8(v) => v,
+            Param::Int4(v) => v,
+            Param::Int8Array(v) => v,
+            Param::Text(v) => v,
+        }
+    }
+}
+
+/// A statement of the hot path, sent on the extended protocol with its values bound.
+#[derive(Clone, Debug)]
+pub(crate) struct Stmt {
+    /// One statement, `$n` for the parameters, each with an explicit cast: the text alone fixes
+    /// the parameter types (it is the key of a session's prepared statements).
+    pub(crate) text: String,
+    /// The values of `$1`, `$2`, ….
+    pub(crate) params: Vec<Param>,
+    /// Opens a transaction first: `BEGIN`, sent in the same round trip.
+    pub(crate) begin: bool,
+}
+
+impl Stmt {
+    /// `text` with `params`, outside a transaction of its own.
+    pub(crate) fn new(text: impl Into<String>, params: Vec<Param>) -> Self {
+        Stmt {
+            text: text.into(),
+            params,
+            begin: false,
+        }
+    }
+}
+
+/// A statement ready to send: prepared, or to be parsed unnamed along with its execution.
+enum Ready<'a> {
+    Named(Statement, Vec<&'a (dyn ToSql + Sync)>),
+    Unnamed(&'a str, Vec<(&'a (dyn ToSql + Sync), Type)>),
+}
+
+impl Ready<'_> {
+    /// Sends the statement (tokio-postgres writes it on this future's first poll) and collects
+    /// its rows.
+    async fn send(&self, client: &Client) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        match self {
+            Ready::Named(statement, params) => client.query(statement, params).await,
+            Ready::Unnamed(text, params) => client.query_typed(text, params).await,
+        }
+    }
+}
+
 /// One server connection.
 pub(crate) struct Session {
     pub(crate) id: u64,
@@ -100,6 +180,10 @@ pub(crate) struct Session {
     dead: CancellationToken,
     driver: Mutex<Option<AbortHandle>>,
     pool: Weak<Pool>,
+    /// Named prepared statements by text, each prepared on first use (concurrent first users
+    /// wait for one prepare); `None` in transaction scope, where statements are parsed unnamed.
+    /// The texts come from a small fixed set (a few per scope and key space), so this stays small.
+    prepared: Option<Mutex<HashMap<String, Arc<OnceCell<Statement>>>>>,
 }
 
 #[derive(Default)]
@@ -126,16 +210,25 @@ impl Drop for Inflight<'_> {
 }
 
 impl Session {
-    /// Runs `sql` (simple protocol: one round trip, several statements allowed) and returns the
-    /// first column of each row.
+    /// Counts a statement in flight until the guard drops.
+    fn track(&self) -> Inflight<'_> {
+        lock(&self.st).inflight += 1;
+        Inflight(self)
+    }
+
+    fn heard(&self) {
+        lock(&self.st).heard = Some(Instant::now());
+    }
+
+    /// Runs `sql` on the simple protocol (one round trip, several statements allowed; for the
+    /// statements off the hot path) and returns the columns of each row as text.
     pub(crate) async fn query(
         &self,
         sql: &str,
     ) -> std::result::Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
-        lock(&self.st).inflight += 1;
-        let _guard = Inflight(self);
+        let _guard = self.track();
         let messages = self.client.simple_query(sql).await?;
-        lock(&self.st).heard = Some(Instant::now());
+        self.heard();
         Ok(messages
             .into_iter()
             .filter_map(|m| match m {
@@ -147,6 +240,82 @@ impl Session {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Prepares what `stmt` needs on this session, unless it already did (nothing to do for
+    /// unnamed statements).
+    pub(crate) async fn prepare(
+        &self,
+        stmt: &Stmt,
+    ) -> std::result::Result<(), tokio_postgres::Error> {
+        let _guard = self.track();
+        if stmt.begin {
+            self.statement("BEGIN").await?;
+        }
+        self.statement(&stmt.text).await?;
+        Ok(())
+    }
+
+    /// Runs `stmt` (after `BEGIN`, in the same round trip, if it asks for one) and returns its
+    /// rows. Concurrent calls pipeline: a prepared statement is sent at once, without waiting
+    /// for other callers' answers.
+    pub(crate) async fn execute(
+        &self,
+        stmt: &Stmt,
+    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+        let _guard = self.track();
+        let main = self.ready(&stmt.text, &stmt.params).await?;
+        let rows = if stmt.begin {
+            let begin = self.ready("BEGIN", &[]).await?;
+            // Polled in this order, `BEGIN` is written first; both are in flight together.
+            let (began, rows) =
+                tokio::join!(biased; begin.send(&self.client), main.send(&self.client));
+            began?;
+            rows?
+        } else {
+            main.send(&self.client).await?
+        };
+        self.heard();
+        Ok(rows)
+    }
+
+    /// `text` with `params`, prepared if this session keeps prepared statements.
+    async fn ready<'a>(
+        &self,
+        text: &'a str,
+        params: &'a [Param],
+    ) -> std::result::Result<Ready<'a>, tokio_postgres::Error> {
+        Ok(match self.statement(text).await? {
+            Some(statement) => Ready::Named(statement, params.iter().map(Param::value).collect()),
+            None => Ready::Unnamed(text, params.iter().map(|p| (p.value(), p.ty())).collect()),
+        })
+    }
+
+    /// The prepared statement for `text` (prepared now if this session has not yet), or `None`
+    /// when this session parses statements unnamed.
+    async fn statement(
+        &self,
+        text: &str,
+    ) -> std::result::Result<Option<Statement>, tokio_postgres::Error> {
+        let Some(prepared) = &self.prepared else {
+            return Ok(None);
+        };
+        let cell = {
+            let mut prepared = lock(prepared);
+            match prepared.get(text) {
+                Some(cell) => cell.clone(),
+                None => prepared.entry(text.to_owned()).or_default().clone(),
+            }
+        };
+        let statement = cell
+            .get_or_try_init(|| async {
+                // The parameter types come from the casts in the text.
+                let statement = self.client.prepare(text).await?;
+                self.heard();
+                Ok::<_, tokio_postgres::Error>(statement)
+            })
+            .await?;
+        Ok(Some(statement.clone()))
     }
 
     /// Whether the server answered a statement on this session at or after `t`.
@@ -390,6 +559,7 @@ impl Pool {
             dead: CancellationToken::new(),
             driver: Mutex::new(None),
             pool: Arc::downgrade(self),
+            prepared: (self.opts.scope == crate::Scope::Session).then(Mutex::default),
         });
         let watched = session.clone();
         let server = self.opts.server();
