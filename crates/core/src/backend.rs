@@ -130,6 +130,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Rejects pending waits, releases every held lock (their lost signals fire) and frees
     /// connections. Idempotent.
     fn close(&self) -> BoxFuture<'static, Result<()>>;
+    /// Offers the host's event loop: a network backend may then do the socket I/O of calls
+    /// made on the loop thread there. The default ignores it.
+    fn attach(&self, reactor: Arc<dyn crate::reactor::Reactor>) {
+        drop(reactor);
+    }
 }
 
 /// How a raced wait ended.

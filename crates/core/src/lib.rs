@@ -4,7 +4,8 @@
 //! - validated options ([`Timeout`], names, counts);
 //! - [`queue`]: the in-process FIFO waiter queue, one per name;
 //! - [`LostSignal`] and [`Lease`]: how a held lock reports that it is lost;
-//! - the [`Backend`] and [`HeldLock`] traits the providers implement.
+//! - the [`Backend`] and [`HeldLock`] traits the providers implement;
+//! - [`reactor`]: the host event loop a network backend may do its socket I/O on.
 
 pub mod backend;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod lost;
 pub mod memory;
 pub mod options;
 pub mod queue;
+pub mod reactor;
 
 pub use backend::{
     AcquireRequest, Acquiring, Backend, BoxFuture, Held, HeldLock, Interrupted, LockInfo, LockKind,

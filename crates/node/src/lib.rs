@@ -1,6 +1,8 @@
 //! The napi bindings: argument conversion, one call into a backend, error mapping. Nothing else
 //! lives here (no loops, no retries, no I/O): that is in `distlock-core` and the backend crates.
 
+mod uvloop;
+
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
@@ -14,6 +16,7 @@ use distlock_redis::{RedisBackend, RedisOptions as RedisConfig};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
+use uvloop::{JsFn, Loop};
 
 /// Turns a core error into a rejection whose message starts with the stable `CODE: `; the TS
 /// layer maps that prefix to the matching error class.
@@ -49,49 +52,112 @@ type SettleArgs = FnArgs<(u32, Option<NativeHandle>, Option<String>)>;
 /// The JS settle callback of one provider, callable from any thread.
 type SettleFn = ThreadsafeFunction<Settled, (), SettleArgs, Status, false, true>;
 
-/// One long-lived channel per provider that settles every call that had to wait: one
-/// threadsafe function, and so one libuv handle, however many calls are pending (a handle per
-/// call makes every wake-up of the event loop walk all of them: quadratic with many waiters).
-/// Weak: a pending call keeps the process alive through the TS layer, an idle provider does not.
-type Channel = Arc<OnceLock<Arc<SettleFn>>>;
+/// One long-lived channel per provider that settles every call that had to wait.
+///
+/// With the event-loop driver ([`uvloop`]) a pending call is polled on the JS thread and
+/// settled there by calling the provider's settle function directly. The fallback (tokio)
+/// polls it on the runtime and settles through one threadsafe function, and so one libuv
+/// handle, however many calls are pending (a handle per call makes every wake-up of the event
+/// loop walk all of them: quadratic with many waiters). Both hold the function weakly: a
+/// pending call keeps the process alive through the TS layer, an idle provider does not.
+pub struct SettleChannel {
+    tsfn: OnceLock<Arc<SettleFn>>,
+    direct: OnceLock<JsFn>,
+    event_loop: Option<Arc<Loop>>,
+    me: Weak<SettleChannel>,
+}
+
+type Channel = Arc<SettleChannel>;
+
+impl SettleChannel {
+    fn new(event_loop: Option<Arc<Loop>>) -> Channel {
+        Arc::new_cyclic(|me| Self {
+            tsfn: OnceLock::new(),
+            direct: OnceLock::new(),
+            event_loop,
+            me: me.clone(),
+        })
+    }
+}
+
+impl uvloop::Settle for SettleChannel {
+    fn settle(
+        &self,
+        env: napi::sys::napi_env,
+        ctx: napi::sys::napi_async_context,
+        id: u32,
+        answer: uvloop::Answer,
+    ) {
+        let Some(f) = self.direct.get() else { return };
+        let args = match answer {
+            Ok(held) => (
+                id,
+                held.map(|h| NativeHandle::new(h, self.me.clone())),
+                None,
+            ),
+            Err(message) => (id, None, Some(message)),
+        };
+        f.call3(env, ctx, args);
+    }
+}
 
 /// Runs `fut` to its answer: at once on the JS thread when it is ready on its first poll (an
-/// uncontended acquire, a file release), returning `Some`; else on the tokio runtime, settling
-/// through the provider's channel with `id`, returning `None`. The first poll runs inside the
+/// uncontended file acquire, a file release), returning `Some`. Else it goes on, on the JS
+/// thread's event loop when there is one (woken there, settled there), or on the tokio runtime,
+/// and settles through the provider's channel with `id`, returning `None`. Polls run inside the
 /// runtime's context, and a pending future keeps its state (and its place in the waiter queue)
-/// when it moves to the runtime.
+/// wherever it goes on.
 fn now_or_settle<T, F>(
     channel: &Channel,
     id: u32,
     fut: F,
     settled: fn(T) -> Option<Held>,
-) -> Result<Option<T>>
+) -> Result<Option<Option<Held>>>
 where
     T: Send + 'static,
     F: Future<Output = distlock_core::Result<T>> + Send + 'static,
 {
-    let mut fut = Box::pin(fut);
+    let answering = async move {
+        fut.await
+            .map(settled)
+            .map_err(|e| format!("{}: {e}", e.code()))
+    };
+    if let Some(l) = &channel.event_loop
+        && channel.direct.get().is_some()
+    {
+        let sink: Arc<dyn uvloop::Settle> = match channel.me.upgrade() {
+            Some(c) => c,
+            None => return Err(internal("the provider's settle channel is gone")),
+        };
+        return match l.run(Box::pin(answering), sink, id) {
+            Some(answer) => answer
+                .map(Some)
+                .map_err(|m| Error::new(Status::GenericFailure, m)),
+            None => Ok(None),
+        };
+    }
+    let mut fut = Box::pin(answering);
     let mut cx = Context::from_waker(std::task::Waker::noop());
     match napi::bindgen_prelude::within_runtime_if_available(|| fut.as_mut().poll(&mut cx)) {
-        Poll::Ready(value) => value.map(Some).map_err(to_js),
+        Poll::Ready(answer) => answer
+            .map(Some)
+            .map_err(|m| Error::new(Status::GenericFailure, m)),
         Poll::Pending => {
-            let Some(tsfn) = channel.get() else {
-                return Err(Error::new(
-                    Status::GenericFailure,
-                    "ERR_INTERNAL: the provider's settle channel is not set up",
-                ));
+            let Some(tsfn) = channel.tsfn.get() else {
+                return Err(internal("the provider's settle channel is not set up"));
             };
             let tsfn = Arc::clone(tsfn);
             napi::bindgen_prelude::spawn(async move {
-                let out = fut
-                    .await
-                    .map(settled)
-                    .map_err(|e| format!("{}: {e}", e.code()));
+                let out = fut.await;
                 tsfn.call((id, out), ThreadsafeFunctionCallMode::NonBlocking);
             });
             Ok(None)
         }
     }
+}
+
+fn internal(what: &str) -> Error {
+    Error::new(Status::GenericFailure, format!("ERR_INTERNAL: {what}"))
 }
 
 /// Checks a lock name now, so `createLock('')` throws at once rather than at acquire.
@@ -140,14 +206,14 @@ impl Default for CancelToken {
 #[napi]
 pub struct NativeHandle {
     held: Mutex<Option<Held>>,
-    channel: Weak<OnceLock<Arc<SettleFn>>>,
+    channel: Weak<SettleChannel>,
     token: u64,
     /// Ends the lost-signal watcher once the handle is released.
     done: CancellationToken,
 }
 
 impl NativeHandle {
-    fn new(held: Held, channel: Weak<OnceLock<Arc<SettleFn>>>) -> Self {
+    fn new(held: Held, channel: Weak<SettleChannel>) -> Self {
         let token = held.fencing_token();
         Self {
             held: Mutex::new(Some(held)),
@@ -356,52 +422,53 @@ pub struct NativeProvider {
     channel: Channel,
 }
 
+impl NativeProvider {
+    /// A provider over `backend`, on this environment's event loop when it has one.
+    fn on(
+        env: Env,
+        backend: Arc<dyn Backend>,
+        postgres: Option<PostgresBackend>,
+        redis: Option<RedisBackend>,
+    ) -> Self {
+        let event_loop = Loop::current(env.raw());
+        if let Some(l) = &event_loop {
+            backend.attach(l.clone());
+        }
+        Self {
+            backend,
+            postgres,
+            redis,
+            channel: SettleChannel::new(event_loop),
+        }
+    }
+}
+
 #[napi]
 impl NativeProvider {
     /// OS file locks in `directory`.
     #[napi(factory)]
-    pub fn file(directory: String) -> Self {
-        Self {
-            backend: Arc::new(FileBackend::new(directory)),
-            postgres: None,
-            redis: None,
-            channel: Channel::default(),
-        }
+    pub fn file(env: Env, directory: String) -> Self {
+        Self::on(env, Arc::new(FileBackend::new(directory)), None, None)
     }
 
     /// PostgreSQL advisory locks.
     #[napi(factory)]
-    pub fn postgres(options: PostgresOptions) -> Result<Self> {
+    pub fn postgres(env: Env, options: PostgresOptions) -> Result<Self> {
         let pg = postgres_backend(options).map_err(to_js)?;
-        Ok(Self {
-            backend: Arc::new(pg.clone()),
-            postgres: Some(pg),
-            redis: None,
-            channel: Channel::default(),
-        })
+        Ok(Self::on(env, Arc::new(pg.clone()), Some(pg), None))
     }
 
     /// Redis: one server, a cluster, a Sentinel group, or RedLock over several servers.
     #[napi(factory)]
-    pub fn redis(options: RedisOptions) -> Result<Self> {
+    pub fn redis(env: Env, options: RedisOptions) -> Result<Self> {
         let redis = redis_backend(options).map_err(to_js)?;
-        Ok(Self {
-            backend: Arc::new(redis.clone()),
-            postgres: None,
-            redis: Some(redis),
-            channel: Channel::default(),
-        })
+        Ok(Self::on(env, Arc::new(redis.clone()), None, Some(redis)))
     }
 
     /// Locks inside this process, for tests.
     #[napi(factory)]
-    pub fn memory() -> Self {
-        Self {
-            backend: Arc::new(MemoryBackend::new()),
-            postgres: None,
-            redis: None,
-            channel: Channel::default(),
-        }
+    pub fn memory(env: Env) -> Self {
+        Self::on(env, Arc::new(MemoryBackend::new()), None, None)
     }
 
     /// Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
@@ -412,6 +479,9 @@ impl NativeProvider {
         &self,
         callback: Function<FnArgs<(u32, Option<NativeHandle>, Option<String>)>, ()>,
     ) -> Result<()> {
+        if let Some(f) = JsFn::new(callback.value().env, callback.value().value) {
+            let _ = self.channel.direct.set(f);
+        }
         let channel = Arc::downgrade(&self.channel);
         let tsfn: SettleFn = callback
             .build_threadsafe_function::<Settled>()
@@ -429,7 +499,7 @@ impl NativeProvider {
                 }))
             })?;
         // Set once; a second call keeps the first callback.
-        let _ = self.channel.set(Arc::new(tsfn));
+        let _ = self.channel.tsfn.set(Arc::new(tsfn));
         Ok(())
     }
 

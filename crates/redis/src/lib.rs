@@ -31,11 +31,13 @@
 //!   process has seen are raised back to their floor on every reconnect and with each acquire.
 
 mod config;
+mod direct;
 pub mod keys;
 mod renew;
 mod scripts;
 mod server;
 mod wake;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -407,6 +409,12 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn attach(&self, reactor: Arc<dyn distlock_core::reactor::Reactor>) {
+        for s in &self.inner.servers {
+            s.attach(reactor.clone());
+        }
+    }
+
     fn is_closed(&self) -> bool {
         self.inner.closed.is_cancelled()
     }
@@ -762,21 +770,16 @@ impl Inner {
     ) -> std::result::Result<Try, Failure> {
         let sent = Instant::now();
         let n = self.servers.len();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        for (i, s) in self.servers.iter().enumerate() {
-            let (s, tx, keys, args) = (s.clone(), tx.clone(), op.keys(), args.clone());
-            tokio::spawn(async move {
-                let r = s.eval(script, keys, args).await;
-                let _ = tx.send((i, r));
-            });
-        }
-        drop(tx);
+        let mut rx = Fan::new(self.servers.iter().map(|s| {
+            let (s, keys, args) = (s.clone(), op.keys(), args.clone());
+            async move { s.eval(script, keys, args).await }
+        }));
         let mut granted: Vec<(usize, u64)> = Vec::new();
         let mut busy = 0;
         let mut hint: Option<Duration> = None;
         let mut errors: Vec<String> = Vec::new();
         let mut permanent = false;
-        while let Some((i, r)) = rx.recv().await {
+        while let Some((i, r)) = rx.next().await {
             let s = &self.servers[i];
             match r.as_ref().ok().and_then(parse_attempt) {
                 Some(Try::Granted { fence, .. }) => granted.push((i, fence)),
@@ -818,14 +821,12 @@ impl Inner {
             self.revoke(*i, op.clone(), lease);
         }
         let (inner, op2) = (self.clone(), op.clone());
-        tokio::spawn(async move {
-            while let Some((i, r)) = rx.recv().await {
-                if !matches!(
-                    r.as_ref().ok().and_then(parse_attempt),
-                    Some(Try::Busy { .. })
-                ) {
-                    inner.revoke(i, op2.clone(), lease);
-                }
+        rx.rest(move |i, r| {
+            if !matches!(
+                r.as_ref().ok().and_then(parse_attempt),
+                Some(Try::Busy { .. })
+            ) {
+                inner.revoke(i, op2.clone(), lease);
             }
         });
         if errors.len() > n - self.quorum {
@@ -912,35 +913,27 @@ impl Inner {
     ) -> std::result::Result<(), String> {
         let script = &Scripts::get().release;
         let args = self.release_args(op, floor, None);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        for (i, s) in self.servers.iter().enumerate() {
-            let (inner, s, tx, op, args) = (
-                self.clone(),
-                s.clone(),
-                tx.clone(),
-                op.clone(),
-                args.clone(),
-            );
-            tokio::spawn(async move {
-                let r = s
-                    .eval(script, op.keys(), args)
+        let mut rx = Fan::new(self.servers.iter().enumerate().map(|(i, s)| {
+            let (inner, s, op, args) = (self.clone(), s.clone(), op.clone(), args.clone());
+            async move {
+                s.eval(script, op.keys(), args)
                     .await
                     .map(drop)
                     .map_err(|e| {
                         inner.revoke(i, op, lease);
                         s.explain(&e)
-                    });
-                let _ = tx.send(r);
-            });
-        }
-        drop(tx);
+                    })
+            }
+        }));
         let (mut ok, mut errors) = (0, Vec::new());
-        while let Some(r) = rx.recv().await {
+        while let Some((_, r)) = rx.next().await {
             match r {
                 Ok(()) => ok += 1,
                 Err(e) => errors.push(e),
             }
             if ok >= self.quorum {
+                // The other servers' releases go on in the background.
+                rx.rest(|_, _| {});
                 return Ok(());
             }
         }
@@ -1067,6 +1060,83 @@ async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
 
 /// A held lock's in-process turn: given back at release, or the moment the lock is lost.
 type Turn = Arc<Mutex<Option<(Ticket, Arc<Entry<()>>)>>>;
+
+/// One request per server, polled on the caller's task (on the JS thread, that is where their
+/// sockets are), answers yielded as they come; what is left can finish in the background.
+struct Fan<T: Send + 'static> {
+    futs: Vec<Option<BoxFuture<'static, T>>>,
+    /// Already finishing in the background: dropped, it does not hand itself on again (a
+    /// runtime that shuts down drops such tasks before they run).
+    background: bool,
+}
+
+impl<T: Send + 'static> Fan<T> {
+    fn new<F>(futs: impl Iterator<Item = F>) -> Self
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        Self {
+            futs: futs
+                .map(|f| Some(Box::pin(f) as BoxFuture<'static, T>))
+                .collect(),
+            background: false,
+        }
+    }
+
+    /// The next answer and the index of its server; `None` when all have answered.
+    async fn next(&mut self) -> Option<(usize, T)> {
+        std::future::poll_fn(|cx| {
+            let mut left = false;
+            for (i, slot) in self.futs.iter_mut().enumerate() {
+                let Some(f) = slot else { continue };
+                left = true;
+                if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                    *slot = None;
+                    return std::task::Poll::Ready(Some((i, v)));
+                }
+            }
+            if left {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(None)
+            }
+        })
+        .await
+    }
+
+    /// Lets the unanswered requests finish on the runtime, handing each answer to `each`.
+    fn rest(mut self, mut each: impl FnMut(usize, T) + Send + 'static) {
+        let mut left = Fan {
+            futs: std::mem::take(&mut self.futs),
+            background: true,
+        };
+        if left.futs.iter().all(Option::is_none) {
+            return;
+        }
+        tokio::spawn(async move {
+            while let Some((i, v)) = left.next().await {
+                each(i, v);
+            }
+        });
+    }
+}
+
+impl<T: Send + 'static> Drop for Fan<T> {
+    /// Requests a dropped caller leaves behind still finish (a release's revoke on error runs),
+    /// as they did when each ran in its own task.
+    fn drop(&mut self) {
+        if self.background || self.futs.iter().all(Option::is_none) {
+            return;
+        }
+        let mut left = Fan {
+            futs: std::mem::take(&mut self.futs),
+            background: true,
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { while left.next().await.is_some() {} });
+        }
+    }
+}
 
 /// Parses the acquire script's reply.
 fn parse_attempt(v: &Value) -> Option<Try> {

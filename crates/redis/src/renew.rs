@@ -132,7 +132,10 @@ async fn run(inner: Weak<Inner>) {
         let now = Instant::now();
         // Renew early rather than alone: anything due within half a period joins this batch.
         let horizon = now + period / 2;
-        let mut next = now + Duration::from_secs(3600);
+        // Wake at least every half period even with nothing to renew: a lock granted meanwhile
+        // falls due a whole period after its grant, so it needs no wake-up of its own (one per
+        // acquire would cost a hop to this thread on every grant).
+        let mut next = horizon;
         let mut batch: Vec<(u64, Op, i64, u64)> = Vec::new();
         {
             let mut locks = lock(&me.renewals.locks);

@@ -61,8 +61,6 @@ local kind, id, lease, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[
 local waitms, fair, channel = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7]
 local me, floor = kind .. ARGV[8], tonumber(ARGV[9])
 
-if redis.call('ZSCORE', revoked, id) then return {2} end
-
 local function bump()
   local ok, n = pcall(redis.call, 'INCR', fence)
   if ok then
@@ -78,6 +76,15 @@ local function bump()
   if kind == 'w' then redis.call('DEL', lock) else redis.call('ZREM', set, id) end
   return redis.error_reply('WRONGTYPE the fencing counter ' .. fence .. ' is not an integer')
 end
+
+-- The uncontended mutex or writer: no readers, no queue and no revoked attempt for the name
+-- (one EXISTS), and nobody holds it (SET NX). The general path below would decide the same.
+if kind == 'w' and redis.call('EXISTS', set, queue, revoked) == 0
+  and redis.call('SET', lock, id, 'NX', 'PX', lease) then
+  return {1, bump()}
+end
+
+if redis.call('ZSCORE', revoked, id) then return {2} end
 
 local holder = false
 if kind ~= 's' then holder = redis.call('GET', lock) end

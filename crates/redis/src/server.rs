@@ -17,7 +17,10 @@ use fred::prelude::*;
 use fred::types::{Key, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
+use distlock_core::reactor::Reactor;
+
 use crate::config::ServerSpec;
+use crate::direct::{Breaker, Direct};
 use crate::keys::CHANNEL_PATTERN;
 use crate::scripts::Script;
 use crate::wake::Wakes;
@@ -50,6 +53,8 @@ pub struct Server {
     init: Mutex<()>,
     /// Subscriptions to the sentinels' announcements (Sentinel deployments).
     sentinels: Mutex<Vec<SubscriberClient>>,
+    /// The connection on the host's event loop, for calls made there (see [`Direct`]).
+    direct: OnceLock<Direct>,
 }
 
 /// What a moved master does to one server's state (see [`Server::master_moved`]).
@@ -164,6 +169,27 @@ impl Server {
             events,
             init: Mutex::new(()),
             sentinels: Mutex::default(),
+            direct: OnceLock::new(),
+        }
+    }
+
+    /// Runs the scripts of calls made on `reactor`'s loop thread on a connection there, when
+    /// this server is one plain TCP server (see [`Direct`]).
+    pub fn attach(&self, reactor: Arc<dyn Reactor>) {
+        let breaker = Breaker {
+            index: self.index,
+            doubt: self.doubt.clone(),
+            losses: self.losses.clone(),
+            events: self.events.clone(),
+        };
+        if let Some(d) = Direct::new(
+            &self.spec.config,
+            &self.label,
+            self.command_timeout,
+            reactor,
+            breaker,
+        ) {
+            let _ = self.direct.set(d);
         }
     }
 
@@ -392,7 +418,8 @@ impl Server {
         keys: Vec<Key>,
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
-        self.run(script, keys, args, true).await
+        // Boxed: the call is a large future, and it sits inside every acquire and release.
+        Box::pin(self.run(script, keys, args, true)).await
     }
 
     /// Runs `script` by its text: for a request that must work the first time it reaches the
@@ -404,7 +431,7 @@ impl Server {
         keys: Vec<Key>,
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
-        self.run(script, keys, args, false).await
+        Box::pin(self.run(script, keys, args, false)).await
     }
 
     async fn run(
@@ -415,6 +442,23 @@ impl Server {
         by_sha: bool,
     ) -> Result<Value, fred::error::Error> {
         let client = self.client()?;
+        if let Some(direct) = self.direct.get()
+            && let Some(reply) = direct.eval(script, &keys, &args, by_sha)
+        {
+            match reply.await {
+                // The server lost its scripts (SCRIPT FLUSH, a restart): it did not run it;
+                // fred's path below loads it again.
+                Err(e) if e.details().starts_with("NOSCRIPT") => {}
+                out => {
+                    if let Err(e) = &out
+                        && e.details().starts_with("READONLY")
+                    {
+                        self.master_moved(client);
+                    }
+                    return out;
+                }
+            }
+        }
         if !client.is_connected() {
             // A cluster client cannot route before it has the slot map: wait for the connect,
             // within the command timeout (callers bound the whole call with their budget),
@@ -460,6 +504,9 @@ impl Server {
 
     /// Closes both connections.
     pub async fn quit(&self) {
+        if let Some(d) = self.direct.get() {
+            d.close();
+        }
         if let Some(c) = self.client.get() {
             let _ = tokio::time::timeout(self.command_timeout, c.quit()).await;
         }
