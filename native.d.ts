@@ -74,6 +74,13 @@ export declare class NativeProvider {
    * (Redis).
    */
   get renewalStats(): Array<number> | null
+  /** Scripts sent on the event loop's own connections so far (Redis). */
+  get eventLoopScripts(): number | null
+  /**
+   * Where pending calls are answered: `event-loop` (the JS thread's libuv loop) or
+   * `runtime` (the tokio fallback).
+   */
+  get driver(): string
   get isClosed(): boolean
   close(): Promise<undefined>
 }

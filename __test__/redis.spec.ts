@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { LockBackendError, LockLostError, LockTimeoutError, RedisLockProvider } from 'distlock'
 
-import { Child, tempDir } from './helpers'
+import { Child, eventually, tempDir } from './helpers'
 import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
 
 type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
@@ -53,6 +53,46 @@ describe('RedisLockProvider on one server', () => {
     expect(h2.fencingToken).toBeGreaterThan(h1.fencingToken)
     await h2.release()
     expect(await raw.exists(name)).toBe(0)
+  })
+
+  it('answers on the event loop (or the runtime fallback), and rides out that connection being killed', async () => {
+    const p = provider()
+    const onLoop = process.env.DISTLOCK_DRIVER !== 'tokio'
+    expect(p.driver).toBe(onLoop ? 'event-loop' : 'runtime')
+    const name = unique('loop')
+    const cycle = async () => (await p.createLock(name).acquire({ timeoutMs: 2_000 })).release()
+    // The event-loop connection opens in the background on first use; calls go through the
+    // background client until it is up.
+    await eventually(async () => {
+      await cycle()
+      return !onLoop || p.eventLoopScripts > 0
+    }, 3_000)
+    if (!onLoop) {
+      for (let i = 0; i < 20; i++) await cycle()
+      expect(p.eventLoopScripts).toBe(0)
+      return
+    }
+    const before = p.eventLoopScripts
+    for (let i = 0; i < 20; i++) await cycle()
+    expect(p.eventLoopScripts).toBeGreaterThanOrEqual(before + 40)
+    const h = await p.createLock(name).acquire()
+    const clients = String(await raw.client('LIST'))
+    const ids = [...clients.matchAll(/id=(\d+) .*name=distlock-event-loop/g)].map((m) => m[1]!)
+    // This spec's other providers have theirs too: kill them all.
+    expect(ids.length).toBeGreaterThanOrEqual(1)
+    for (const id of ids) await raw.client('KILL', 'ID', id)
+    // Other names go on; the held lock is confirmed through the other connection and stays
+    // exclusive; the event-loop connection comes back.
+    const other = await p.createLock(unique('loop-other')).acquire({ timeoutMs: 5_000 })
+    await other.release()
+    await eventually(() => h.isHeld, 5_000)
+    expect(await provider().createLock(name).tryAcquire()).toBeNull()
+    await h.release()
+    const after = p.eventLoopScripts
+    await eventually(async () => {
+      await cycle()
+      return p.eventLoopScripts > after
+    }, 5_000)
   })
 
   it('keyPrefix prefixes every key', async () => {

@@ -42,6 +42,16 @@ abstract class BaseProvider implements LockProvider {
     }
   }
 
+  /**
+   * Where this provider's calls that have to wait are answered: `'event-loop'`, on the JS
+   * thread's own libuv loop (the default in Node), or `'runtime'`, on distlock's background
+   * threads (with `DISTLOCK_DRIVER=tokio`, or where the runtime has no libuv). Both give the
+   * same results; the event loop saves the hops between threads.
+   */
+  get driver(): 'event-loop' | 'runtime' {
+    return this.#source.native.driver === 'event-loop' ? 'event-loop' : 'runtime'
+  }
+
   createLock(name: string): DistributedLock {
     return new DistributedLock(this.#source, name)
   }
@@ -241,6 +251,15 @@ export class RedisLockProvider extends BaseProvider {
   /** Locks held through this provider now. */
   get heldCount(): number {
     return this.#native.heldCount ?? 0
+  }
+
+  /**
+   * Scripts sent so far on the connections this provider keeps on the JS thread's event loop
+   * (one plain TCP server or RedLock servers; 0 with the `'runtime'` driver, TLS, Cluster or
+   * Sentinel, whose calls go through the background client).
+   */
+  get eventLoopScripts(): number {
+    return this.#native.eventLoopScripts ?? 0
   }
 
   /** Lease renewals sent so far, and the scripts (round trips per server) that carried them. */

@@ -582,6 +582,25 @@ impl NativeProvider {
             .map(|r| vec![r.renewals_sent() as f64, r.renewal_batches() as f64])
     }
 
+    /// Scripts sent on the event loop's own connections so far (Redis).
+    #[napi(getter)]
+    pub fn event_loop_scripts(&self) -> Option<f64> {
+        self.redis
+            .as_ref()
+            .map(|r| r.scripts_on_event_loop() as f64)
+    }
+
+    /// Where pending calls are answered: `event-loop` (the JS thread's libuv loop) or
+    /// `runtime` (the tokio fallback).
+    #[napi(getter)]
+    pub fn driver(&self) -> &'static str {
+        if self.channel.event_loop.is_some() {
+            "event-loop"
+        } else {
+            "runtime"
+        }
+    }
+
     #[napi(getter)]
     pub fn is_closed(&self) -> bool {
         self.backend.is_closed()

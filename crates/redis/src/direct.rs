@@ -52,6 +52,7 @@ pub struct Breaker {
 
 pub struct Direct {
     shared: Arc<Shared>,
+    sent: AtomicU64,
 }
 
 struct Shared {
@@ -115,6 +116,7 @@ impl Direct {
                 breaker,
                 state: Mutex::default(),
             }),
+            sent: AtomicU64::new(0),
         })
     }
 
@@ -167,6 +169,7 @@ impl Direct {
             });
         }
         let reply = conn.wire.request(&cmd, now);
+        self.sent.fetch_add(1, Ordering::Relaxed);
         // Alone on the connection: write now. Behind others: cork, and flush when the loop
         // next polls (the socket is writable at once), so a burst goes out in one write.
         let alone = conn.wire.in_flight() == 1 && !conn.writable;
@@ -179,6 +182,11 @@ impl Direct {
             sh.break_conn(&mut st, &e.to_string());
         }
         Some(reply)
+    }
+
+    /// Scripts sent on the event loop so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Closes the connection (the provider is closing).
@@ -379,6 +387,15 @@ async fn open(e: Endpoint) -> io::Result<TcpStream> {
             None => wire.request(&[Arg::Bytes(b"AUTH"), Arg::Bytes(pw.as_bytes())], now),
         });
     }
+    // Named, so operators (and tests) can tell it from the background client's connections.
+    replies.push(wire.request(
+        &[
+            Arg::Bytes(b"CLIENT"),
+            Arg::Bytes(b"SETNAME"),
+            Arg::Bytes(b"distlock-event-loop"),
+        ],
+        now,
+    ));
     if let Some(db) = e.database {
         replies.push(wire.request(&[Arg::Bytes(b"SELECT"), Arg::Int(i64::from(db))], now));
     }

@@ -273,6 +273,12 @@ impl RedisBackend {
         self.inner.renewals.sent()
     }
 
+    /// Scripts sent on the host event loop's connections so far (the calls made there while
+    /// the connection was up); 0 without an event loop.
+    pub fn scripts_on_event_loop(&self) -> u64 {
+        self.inner.servers.iter().map(|s| s.sent_on_loop()).sum()
+    }
+
     /// Renewal scripts sent so far (round trips per server).
     pub fn renewal_batches(&self) -> u64 {
         self.inner.renewals.batches()

@@ -502,6 +502,11 @@ impl Server {
         out
     }
 
+    /// Scripts sent on the host event loop's connection so far.
+    pub fn sent_on_loop(&self) -> u64 {
+        self.direct.get().map_or(0, Direct::sent)
+    }
+
     /// Closes both connections.
     pub async fn quit(&self) {
         if let Some(d) = self.direct.get() {
