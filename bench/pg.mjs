@@ -122,11 +122,12 @@ for (const w of ['W1', 'W2', 'W3', 'W4']) {
   for (const c of cases) results.push(summarize(w, { ...c, group: 'pg' }, reps.get(c.id)))
 }
 
-// Floors: pgbench, one client, distlock's two statements and the bare lock/unlock pair.
+// Floors: pgbench, one client, prepared statements (-M prepared, as distlock's session scope
+// sends them): distlock's two statements and the bare lock/unlock pair.
 function pgbench(script) {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-pgbench-')), 'cycle.sql')
   fs.writeFileSync(file, script)
-  const res = spawnSync('pgbench', ['-n', '-c', '1', '-T', QUICK ? '1' : '5', '-f', file, URL_PG], {
+  const res = spawnSync('pgbench', ['-n', '-M', 'prepared', '-c', '1', '-T', QUICK ? '1' : '5', '-f', file, URL_PG], {
     encoding: 'utf8',
     timeout: 60_000,
   })

@@ -10,6 +10,8 @@
 // JS libraries wait by polling; they are given a 10 ms retry interval (redlock: ±10 ms jitter),
 // far tighter than their defaults, which only favours them.
 import { spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 
@@ -114,6 +116,25 @@ const CASES = [
     },
   },
   {
+    id: 'raw-autopipe',
+    group: 'one',
+    label: 'raw ioredis SET NX PX + Lua release, enableAutoPipelining (no waiting)',
+    workloads: ['W1', 'W2'],
+    async make(urls, names) {
+      const cs = urls.map((u) => new Redis(u, { enableAutoPipelining: true, maxRetriesPerRequest: 1 }))
+      return {
+        loops: names.map((n) => async () => {
+          const v = `t${token++}`
+          if ((await cs[0].set(n, v, 'PX', LEASE, 'NX')) !== 'OK') throw new Error('raw: the name was taken')
+          return async () => {
+            await cs[0].eval(RELEASE_LUA, 1, n, v)
+          }
+        }),
+        close: () => quit(cs),
+      }
+    },
+  },
+  {
     id: 'distlock-3',
     group: 'three',
     label: 'distlock RedisLockProvider, RedLock ×3',
@@ -192,10 +213,10 @@ try {
 }
 
 // The floor: redis-benchmark, one client, the two commands of a plain lock cycle.
-function redisBenchmark(port, args) {
+function redisBenchmark(port, args, options = []) {
   const res = spawnSync(
     'redis-benchmark',
-    ['-p', String(port), '-c', '1', '-n', QUICK ? '5000' : '50000', '-q', ...args],
+    ['-p', String(port), '-c', '1', '-n', QUICK ? '5000' : '50000', ...options, '-q', ...args],
     {
       encoding: 'utf8',
       timeout: 120_000,
@@ -204,12 +225,67 @@ function redisBenchmark(port, args) {
   const m = /([\d.]+) requests per second/.exec(res.stdout ?? '')
   return m ? Number(m[1]) : null
 }
+// distlock's own scripts by EVALSHA (written out by `cargo run --example scripts`): the acquire
+// on a fresh name each time (`__rand_int__`: the uncontended path), and the release of a name
+// that is not held (the same script; it skips the DEL and the wake-up, so it is a lower bound).
+function distlockScripts() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-scripts-'))
+  const res = spawnSync(
+    'cargo',
+    ['run', '-q', '--release', '-p', 'distlock-redis', '--example', 'scripts', '--', dir],
+    {
+      cwd: root,
+      encoding: 'utf8',
+      timeout: 600_000,
+    },
+  )
+  if (res.status !== 0) return null
+  return {
+    acquire: fs.readFileSync(path.join(dir, 'acquire.lua'), 'utf8'),
+    release: fs.readFileSync(path.join(dir, 'release.lua'), 'utf8'),
+  }
+}
 const floorServer = await services.startRedis()
 let floor = null
 try {
   const set = redisBenchmark(floorServer.port, ['SET', 'floor', 'v', 'PX', '30000'])
   const del = redisBenchmark(floorServer.port, ['EVAL', RELEASE_LUA, '1', 'floor', 'v'])
   if (set && del) floor = { setPerSec: set, releasePerSec: del, cyclesPerSec: 1 / (1 / set + 1 / del) }
+  const scripts = distlockScripts()
+  if (scripts) {
+    const c = new Redis(floorServer.url)
+    const [acq, rel] = await Promise.all([c.script('LOAD', scripts.acquire), c.script('LOAD', scripts.release)])
+    await c.quit()
+    const stem = '{floor}:distlock:'
+    const keys = (lock) => [
+      lock,
+      `${stem}readers`,
+      `${stem}fence`,
+      `${stem}queue`,
+      `${stem}queue-deadlines`,
+      `${stem}revoked`,
+    ]
+    const acquire = redisBenchmark(
+      floorServer.port,
+      ['EVALSHA', acq, '6', ...keys('fl:__rand_int__'), 'w', 'tok', '30000', '0', '0', '1', 'distlock:wake', 'w1', '0'],
+      ['-r', '1000000000'],
+    )
+    const release = redisBenchmark(floorServer.port, [
+      'EVALSHA',
+      rel,
+      '6',
+      ...keys('fl:none'),
+      'w',
+      'tok',
+      '1',
+      'distlock:wake',
+      '0',
+      '0',
+    ])
+    if (acquire && release) {
+      floor.distlock = { acquirePerSec: acquire, releasePerSec: release, cyclesPerSec: 1 / (1 / acquire + 1 / release) }
+    }
+  }
 } finally {
   services.stopServices()
 }
@@ -221,5 +297,11 @@ if (floor) {
   console.log(
     `\nredis-benchmark floor (1 client): SET PX ${floor.setPerSec.toFixed(0)}/s, Lua release ${floor.releasePerSec.toFixed(0)}/s, so ${floor.cyclesPerSec.toFixed(0)} acquire+release cycles/s`,
   )
+  if (floor.distlock) {
+    const d = floor.distlock
+    console.log(
+      `distlock's scripts by EVALSHA (1 client): acquire ${d.acquirePerSec.toFixed(0)}/s, release (not held) ${d.releasePerSec.toFixed(0)}/s, so ${d.cyclesPerSec.toFixed(0)} cycles/s`,
+    )
+  }
 }
 console.log(`\nraw results: ${saveResults('redis', { server: version, floor, results })}`)

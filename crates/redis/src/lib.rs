@@ -86,22 +86,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A random 128-bit token in hex, unique per grant (and per waiter).
+/// A 128-bit token in hex, unique per grant (and per waiter): 64 random bits drawn once per
+/// process (two processes share them with odds of 2^-64), then a counter. Cheap: no system call
+/// and one allocation per token, on the hot path of every acquire.
 fn token() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: fall back to time and a counter, still unique in this process.
-        static N: AtomicU64 = AtomicU64::new(0);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        return format!(
-            "{t:x}{:016x}{:x}",
-            N.fetch_add(1, Ordering::Relaxed),
-            std::process::id()
-        );
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static N: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            // No OS randomness: the clock and the process id, still unique on this machine.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            return t ^ (u64::from(std::process::id()) << 32);
+        }
+        u64::from_le_bytes(bytes)
+    });
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mut out = String::with_capacity(32);
+    for v in [prefix, n] {
+        for shift in (0..16).rev() {
+            let digit = ((v >> (shift * 4)) & 0xf) as u8;
+            out.push(char::from(if digit < 10 {
+                b'0' + digit
+            } else {
+                b'a' + digit - 10
+            }));
+        }
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    out
 }
 
 /// A random number below `n` (n > 0), from OS randomness (or the clock).
@@ -282,6 +296,18 @@ impl RedisBackend {
     /// Renewal scripts sent so far (round trips per server).
     pub fn renewal_batches(&self) -> u64 {
         self.inner.renewals.batches()
+    }
+}
+
+/// The Lua text of the `acquire` or `release` script, for benchmark floors that run distlock's
+/// own scripts (`bench/redis.mjs`).
+#[doc(hidden)]
+pub fn script_text(which: &str) -> Option<&'static str> {
+    let s = Scripts::get();
+    match which {
+        "acquire" => Some(s.acquire.lua),
+        "release" => Some(s.release.lua),
+        _ => None,
     }
 }
 
