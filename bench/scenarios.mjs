@@ -3,11 +3,12 @@
 // - 10 000 locks held at once: Node RSS growth, server connections (PostgreSQL), renewal
 //   traffic per second (Redis, leaseMs 3 000 so renewals run every second);
 // - 1 000 waiters on one name: all granted, in call order, and how long the drain takes;
-// - acquire/release cycles with RSS before and after (100 000 on file and memory; Redis and
-//   PostgreSQL 20 000, or 2 000 with --quick), to show nothing leaks;
+// - 100 000 acquire/release cycles on every backend (1 000 or 5 000 with --quick) with RSS
+//   before and after, to show nothing leaks;
 // - waiter drain (issue 11): 10 000, 30 000 and 100 000 waiters on one name in one process
 //   (memory and file; 10 000 on PostgreSQL and Redis), time to queue them and to drain them,
-//   µs per waiter (flat when the drain is linear) and whether grants kept call order.
+//   µs per waiter (flat when the drain is linear), whether grants kept call order, and RSS per
+//   queued waiter (RSS per held lock is in the first part).
 //
 //   node bench/scenarios.mjs [--quick] [--url=postgres://...] [--parts=held,waiters,cycles,drain]
 //   [--drain=10000,30000,100000] [--drain-backends=memory,file,postgres,redis]
@@ -59,7 +60,8 @@ try {
         ...(await Promise.all(Array.from({ length: 500 }, (_, j) => p.createLock(`held-${tag}-${i + j}`).acquire()))),
       )
     }
-    const row = { locks: handles.length, rssGrowthMb: mb(rss() - before) }
+    const grown = rss() - before
+    const row = { locks: handles.length, rssGrowthMb: mb(grown), rssBytesPerLock: Math.round(grown / handles.length) }
     if (name === 'postgres') row.connections = p.connections ?? null
     if (name === 'redis') {
       const s0 = p.renewalStats
@@ -101,7 +103,7 @@ try {
   }
 
   for (const [name, make] of PARTS.includes('cycles') ? Object.entries(BACKENDS) : []) {
-    const n = name === 'file' || name === 'memory' ? (QUICK ? 5_000 : 100_000) : QUICK ? 1_000 : 20_000
+    const n = QUICK ? (SERVERS.has(name) ? 1_000 : 5_000) : 100_000
     const p = make()
     const lock = p.createLock(`cycles-${tag}`)
     for (let i = 0; i < 1_000; i++) await (await lock.acquire()).release()
@@ -125,6 +127,7 @@ try {
       const lock = p.createLock(`drain-${tag}-${n}`)
       const first = await lock.acquire()
       const order = []
+      const rssBefore = rss()
       const t0 = performance.now()
       const waiters = []
       for (let i = 0; i < n; i++) {
@@ -136,6 +139,8 @@ try {
         )
       }
       const t1 = performance.now()
+      // Taken after the clock: rss() collects garbage first.
+      const rssQueued = rss()
       await first.release()
       await Promise.all(waiters)
       const t2 = performance.now()
@@ -145,6 +150,7 @@ try {
         drainMs: Math.round(t2 - t1),
         usPerWaiter: Math.round(((t2 - t0) * 1000) / n),
         inCallOrder: order.length === n && order.every((v, i) => v === i),
+        rssBytesPerWaiter: Math.round((rssQueued - rssBefore) / n),
       }
       await p.close()
       rows.push(row)
