@@ -36,6 +36,8 @@ const cmd = (...args) => {
   return s
 }
 
+const names = (k) => Array.from({ length: k }, (_, i) => `spike-${i}`)
+
 // Requests pipelined on one socket, answered in order: each reply is cut from the buffer as
 // soon as it is whole.
 function client(port) {
@@ -121,7 +123,6 @@ try {
     console.log(JSON.stringify(row))
     return row
   }
-  const names = (k) => Array.from({ length: k }, (_, i) => `spike-${i}`)
   await measure('W1 net.Socket, RESP by hand in JS, distlock scripts', names(1).map(cycle))
   await measure('W2 net.Socket, RESP by hand in JS, distlock scripts', names(64).map(cycle))
   c.close()
