@@ -2,6 +2,7 @@
 // free loopback ports: one server here; RedLock and Cluster in redis.redlock.spec.ts.
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { Worker } from 'node:worker_threads'
 
 import Redis from 'ioredis'
 import Redlock from 'redlock'
@@ -9,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { LockBackendError, LockLostError, LockTimeoutError, RedisLockProvider } from 'distlock'
 
-import { Child, eventually, tempDir } from './helpers'
+import { Child, ROOT, eventually, tempDir } from './helpers'
 import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
 
 type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
@@ -93,6 +94,38 @@ describe('RedisLockProvider on one server', () => {
       await cycle()
       return p.eventLoopScripts > after
     }, 5_000)
+  })
+
+  it('a worker thread that used the event-loop connection exits cleanly without closing its provider', async () => {
+    const script = `
+      const { parentPort, workerData } = require('node:worker_threads')
+      const { RedisLockProvider } = require(workerData.root)
+      ;(async () => {
+        const p = new RedisLockProvider({ urls: [workerData.url] })
+        const lock = p.createLock(workerData.name)
+        for (let i = 0; i < 300 && (i < 5 || p.eventLoopScripts === 0); i++) {
+          await (await lock.acquire({ timeoutMs: 2000 })).release()
+          await new Promise((r) => setTimeout(r, 2))
+        }
+        const h = await lock.acquire()
+        parentPort.postMessage({ driver: p.driver, scripts: p.eventLoopScripts, token: String(h.fencingToken) })
+      })()
+    `
+    const worker = new Worker(script, {
+      eval: true,
+      workerData: { root: ROOT, url: server.url, name: unique('worker') },
+    })
+    const said = await new Promise<{ driver: string; scripts: number }>((resolve, reject) => {
+      worker.once('message', resolve)
+      worker.once('error', reject)
+    })
+    expect(said.driver).toBe(process.env.DISTLOCK_DRIVER === 'tokio' ? 'runtime' : 'event-loop')
+    if (said.driver === 'event-loop') expect(said.scripts).toBeGreaterThan(0)
+    // Nothing keeps the worker alive (an idle provider does not), so it ends with a lock held
+    // and the event-loop connection open: the handles are closed when its environment ends
+    // (one left open aborts the whole process: Node asserts the loop has none).
+    const code = await new Promise<number>((resolve) => worker.once('exit', resolve))
+    expect(code).toBe(0)
   })
 
   it('keyPrefix prefixes every key', async () => {

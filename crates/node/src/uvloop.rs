@@ -126,6 +126,9 @@ pub struct Loop {
     jobs: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// Set while the loop drains: a wake-up then needs no `uv_async_send`.
     draining: AtomicBool,
+    /// The poll handles open now, closed at the latest when the environment ends (a worker
+    /// thread's loop must have no open handle left when Node closes it).
+    polls: Mutex<std::collections::HashSet<usize>>,
     dead: AtomicBool,
 }
 
@@ -193,6 +196,7 @@ impl Loop {
             woken: Mutex::default(),
             jobs: Mutex::default(),
             draining: AtomicBool::new(false),
+            polls: Mutex::default(),
             dead: AtomicBool::new(false),
         };
         // SAFETY: the cleanup hook runs once on the JS thread when the environment ends; its
@@ -351,10 +355,19 @@ unsafe extern "C" fn on_env_cleanup(_arg: *mut c_void) {
     };
     l.dead.store(true, Ordering::Release);
     lock(&l.woken).clear();
+    lock(&l.jobs).clear();
+    let polls: Vec<usize> = lock(&l.polls).drain().collect();
     if let Some(uv) = uv() {
-        // SAFETY: on the JS thread at environment teardown; the handle was initialised by
-        // `start` and is closed once here.
-        unsafe { (uv.close)(l.wake_handle, on_closed_async) };
+        // SAFETY: on the JS thread at environment teardown; every handle was initialised by
+        // `start` or `watch` and is closed once here (a watch dropped later finds the loop dead
+        // and leaves it alone).
+        unsafe {
+            for h in polls {
+                (uv.poll_stop)(h as Handle);
+                (uv.close)(h as Handle, on_closed_poll);
+            }
+            (uv.close)(l.wake_handle, on_closed_async);
+        }
     }
 }
 
@@ -432,11 +445,14 @@ impl Watch for UvWatch {
             return;
         }
         let h = self.handle;
+        let core = self.core.clone();
         self.core.on_loop_thread(Box::new(move || {
+            if core.dead.load(Ordering::Acquire) || !lock(&core.polls).contains(&h) {
+                return;
+            }
             let Some(uv) = uv() else { return };
             let events = UV_READABLE | if on { UV_WRITABLE } else { 0 };
-            // SAFETY: on the loop thread; the handle is open until this watch is dropped,
-            // which closes it through the same queue, after this job.
+            // SAFETY: on the loop thread, and the handle is still open (it is in `polls`).
             unsafe { (uv.poll_start)(h as Handle, events, on_poll) };
         }));
     }
@@ -447,7 +463,7 @@ impl Drop for UvWatch {
         let h = self.handle;
         let core = self.core.clone();
         self.core.on_loop_thread(Box::new(move || {
-            if core.dead.load(Ordering::Acquire) {
+            if core.dead.load(Ordering::Acquire) || !lock(&core.polls).remove(&h) {
                 return;
             }
             let Some(uv) = uv() else { return };
@@ -506,6 +522,7 @@ impl Reactor for Loop {
                 return Err(io::Error::other(format!("uv_poll_start failed ({rc})")));
             }
         }
+        lock(&self.polls).insert(h as usize);
         Ok(Box::new(UvWatch {
             core,
             handle: h as usize,
