@@ -24,6 +24,19 @@ describe('MemoryLockProvider', () => {
     await p.close()
   })
 
+  it('answers waiters on the driver the environment asks for', async () => {
+    const p = new MemoryLockProvider()
+    expect(p.driver).toBe(process.env.DISTLOCK_DRIVER === 'tokio' ? 'runtime' : 'event-loop')
+    const lock = p.createLock('driver')
+    const h = await lock.acquire()
+    const waiting = lock.acquire({ timeoutMs: 5_000 })
+    await h.release()
+    const h2 = await waiting
+    expect(h2.fencingToken).toBeGreaterThan(h.fencingToken)
+    await h2.release()
+    await p.close()
+  })
+
   it('serves waiters first come, first served, and cancels with AbortSignal', async () => {
     const p = new MemoryLockProvider()
     const lock = p.createLock('fifo')
