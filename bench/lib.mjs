@@ -3,7 +3,7 @@
 //
 // A case is { id, label, make(workload, loops) -> { loops: [acquire() -> release()], close() } }:
 // one acquire function per loop; W2 gives each loop its own name, W1/W3/W4 share one.
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -330,4 +330,23 @@ export function saveResults(tag, data) {
     ),
   )
   return path.relative(root, out)
+}
+
+/** distlock's acquire and release scripts (Lua text), from `cargo run --example scripts`; null if it fails. */
+export function distlockScripts() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-scripts-'))
+  const res = spawnSync(
+    'cargo',
+    ['run', '-q', '--release', '-p', 'distlock-redis', '--example', 'scripts', '--', dir],
+    {
+      cwd: root,
+      stdio: ['ignore', 'ignore', 'inherit'],
+      timeout: 600_000,
+    },
+  )
+  if (res.status !== 0) return null
+  return {
+    acquire: fs.readFileSync(path.join(dir, 'acquire.lua'), 'utf8'),
+    release: fs.readFileSync(path.join(dir, 'release.lua'), 'utf8'),
+  }
 }

@@ -10,8 +10,6 @@
 // JS libraries wait by polling; they are given a 10 ms retry interval (redlock: ±10 ms jitter),
 // far tighter than their defaults, which only favours them.
 import { spawnSync } from 'node:child_process'
-import fs from 'node:fs'
-import os from 'node:os'
 import { createRequire } from 'node:module'
 import path from 'node:path'
 
@@ -22,6 +20,7 @@ import {
   REPS,
   RUN_S,
   childLoop,
+  distlockScripts,
   freshName,
   opt,
   printTable,
@@ -47,6 +46,29 @@ function clients(urls) {
   return urls.map((u) => new Redis(u, { enableAutoPipelining: false, maxRetriesPerRequest: 1 }))
 }
 const quit = (cs) => Promise.all(cs.map((c) => c.quit()))
+
+// The floor among the JS clients: SET NX PX and the Lua release on bare ioredis (it cannot wait).
+function rawCase(id, label, enableAutoPipelining) {
+  return {
+    id,
+    group: 'one',
+    label,
+    workloads: ['W1', 'W2'],
+    async make(urls, names) {
+      const cs = urls.map((u) => new Redis(u, { enableAutoPipelining, maxRetriesPerRequest: 1 }))
+      return {
+        loops: names.map((n) => async () => {
+          const v = `t${token++}`
+          if ((await cs[0].set(n, v, 'PX', LEASE, 'NX')) !== 'OK') throw new Error('raw: the name was taken')
+          return async () => {
+            await cs[0].eval(RELEASE_LUA, 1, n, v)
+          }
+        }),
+        close: () => quit(cs),
+      }
+    },
+  }
+}
 
 // Cases; `group` is 'one' (one server) or 'three' (RedLock over three). A case lists the
 // workloads it runs (raw ioredis cannot wait, so it has no W3/W4).
@@ -96,44 +118,8 @@ const CASES = [
       }
     },
   },
-  {
-    id: 'raw',
-    group: 'one',
-    label: 'raw ioredis SET NX PX + Lua release (no waiting)',
-    workloads: ['W1', 'W2'],
-    async make(urls, names) {
-      const cs = clients(urls)
-      return {
-        loops: names.map((n) => async () => {
-          const v = `t${token++}`
-          if ((await cs[0].set(n, v, 'PX', LEASE, 'NX')) !== 'OK') throw new Error('raw: the name was taken')
-          return async () => {
-            await cs[0].eval(RELEASE_LUA, 1, n, v)
-          }
-        }),
-        close: () => quit(cs),
-      }
-    },
-  },
-  {
-    id: 'raw-autopipe',
-    group: 'one',
-    label: 'raw ioredis SET NX PX + Lua release, enableAutoPipelining (no waiting)',
-    workloads: ['W1', 'W2'],
-    async make(urls, names) {
-      const cs = urls.map((u) => new Redis(u, { enableAutoPipelining: true, maxRetriesPerRequest: 1 }))
-      return {
-        loops: names.map((n) => async () => {
-          const v = `t${token++}`
-          if ((await cs[0].set(n, v, 'PX', LEASE, 'NX')) !== 'OK') throw new Error('raw: the name was taken')
-          return async () => {
-            await cs[0].eval(RELEASE_LUA, 1, n, v)
-          }
-        }),
-        close: () => quit(cs),
-      }
-    },
-  },
+  rawCase('raw', 'raw ioredis SET NX PX + Lua release (no waiting)', false),
+  rawCase('raw-autopipe', 'raw ioredis SET NX PX + Lua release, enableAutoPipelining (no waiting)', true),
   {
     id: 'distlock-3',
     group: 'three',
@@ -225,26 +211,9 @@ function redisBenchmark(port, args, options = []) {
   const m = /([\d.]+) requests per second/.exec(res.stdout ?? '')
   return m ? Number(m[1]) : null
 }
-// distlock's own scripts by EVALSHA (written out by `cargo run --example scripts`): the acquire
-// on a fresh name each time (`__rand_int__`: the uncontended path), and the release of a name
-// that is not held (the same script; it skips the DEL and the wake-up, so it is a lower bound).
-function distlockScripts() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-scripts-'))
-  const res = spawnSync(
-    'cargo',
-    ['run', '-q', '--release', '-p', 'distlock-redis', '--example', 'scripts', '--', dir],
-    {
-      cwd: root,
-      encoding: 'utf8',
-      timeout: 600_000,
-    },
-  )
-  if (res.status !== 0) return null
-  return {
-    acquire: fs.readFileSync(path.join(dir, 'acquire.lua'), 'utf8'),
-    release: fs.readFileSync(path.join(dir, 'release.lua'), 'utf8'),
-  }
-}
+// distlock's own scripts by EVALSHA: the acquire on a fresh name each time (`__rand_int__`: the
+// uncontended path), and the release of a name that is not held (the same script; it skips the
+// DEL and the wake-up, so it is a lower bound).
 const floorServer = await services.startRedis()
 let floor = null
 try {

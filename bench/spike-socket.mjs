@@ -6,12 +6,11 @@
 // distlock's W1 on the uv_poll driver, run against the same server right after.
 //
 //   node bench/spike-socket.mjs [seconds]     (needs a release build: npm run build:native)
-import { spawnSync } from 'node:child_process'
-import fs from 'node:fs'
 import { createRequire } from 'node:module'
 import net from 'node:net'
-import os from 'node:os'
 import path from 'node:path'
+
+import { distlockScripts } from './lib.mjs'
 
 const root = path.join(import.meta.dirname, '..')
 const require = createRequire(path.join(root, 'package.json'))
@@ -19,16 +18,8 @@ const SECONDS = Number(process.argv[2] ?? 3)
 const services = await import('../scripts/test-services.mjs')
 const server = await services.startRedis()
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'distlock-spike-'))
-const built = spawnSync(
-  'cargo',
-  ['run', '-q', '--release', '-p', 'distlock-redis', '--example', 'scripts', '--', dir],
-  {
-    cwd: root,
-    stdio: 'inherit',
-  },
-)
-if (built.status !== 0) throw new Error('cargo run --example scripts failed')
+const scripts = distlockScripts()
+if (!scripts) throw new Error('cargo run --example scripts failed')
 
 const cmd = (...args) => {
   let s = `*${args.length}\r\n`
@@ -88,9 +79,8 @@ function replyEnd(s, at) {
 try {
   const c = client(server.port)
   await c.ready
-  const sha = async (file) =>
-    (await c.send(cmd('SCRIPT', 'LOAD', fs.readFileSync(path.join(dir, file), 'utf8')))).split('\r\n')[1]
-  const [acq, rel] = [await sha('acquire.lua'), await sha('release.lua')]
+  const sha = async (lua) => (await c.send(cmd('SCRIPT', 'LOAD', lua))).split('\r\n')[1]
+  const [acq, rel] = [await sha(scripts.acquire), await sha(scripts.release)]
   const stem = '{spike}:distlock:'
   const keys = ['spike', `${stem}readers`, `${stem}fence`, `${stem}queue`, `${stem}queue-deadlines`, `${stem}revoked`]
   let n = 0
