@@ -264,12 +264,26 @@ async function acquire(
     signal.addEventListener('abort', onAbort, { once: true })
   }
   try {
-    const id = source.settler.id()
-    let handle = source.native.acquire(id, name, kind, maxCount, timeoutMs, cancel, leaseMs)
-    if (handle === undefined) handle = await source.settler.wait(id)
-    if (handle) return new LockHandle(handle, name, what, source.settler)
-    if (tryOnly) return null
-    throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what}`)
+    const started = performance.now()
+    let left = timeoutMs
+    for (;;) {
+      const id = source.settler.id()
+      let handle = source.native.acquire(id, name, kind, maxCount, left, cancel, leaseMs)
+      if (handle === undefined) handle = await source.settler.wait(id)
+      if (handle && handle.lostReason != null) {
+        // Granted, then lost before the grant reached this thread (its session ended, its
+        // lease ran out while the answer waited): someone else may hold it already, so it is
+        // not handed out. Try again with what is left of the budget.
+        await new LockHandle(handle, name, what, source.settler).release().catch(() => {})
+        if (left === undefined || left === Infinity) continue
+        left = timeoutMs! - (performance.now() - started)
+        if (left > 0 && timeoutMs !== 0) continue
+        handle = null
+      }
+      if (handle) return new LockHandle(handle, name, what, source.settler)
+      if (tryOnly) return null
+      throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what}`)
+    }
   } catch (err) {
     throw toLockError(err, signal)
   } finally {

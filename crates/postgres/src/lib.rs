@@ -796,13 +796,14 @@ impl Inner {
         let mut retry = Retry::new();
         loop {
             let miss = match self.key_round(&req, sql, start, deadline, &mut retry).await {
-                Ok(Some((s, token))) => {
+                Ok(Some((s, token))) if !s.is_dead() => {
                     let turn = Turn {
                         ticket,
                         keep: Keep::Entry(entry),
                     };
                     return self.grant(&req, s, sql.unlock(), token, turn, start);
                 }
+                Ok(Some((s, _))) => self.ended_at_grant(&req, &s),
                 Ok(None) => return Ok(None),
                 Err(miss) => miss,
             };
@@ -810,6 +811,24 @@ impl Inner {
                 return done;
             }
         }
+    }
+
+    /// A grant whose session ended before the grant could be handed out (it reached this
+    /// thread late): the server freed the lock with the session, maybe to someone else already,
+    /// so it is not handed out as held; the caller tries again as after any broken session.
+    fn ended_at_grant(&self, req: &AcquireRequest, s: &Session) -> Miss {
+        tracing::debug!(
+            backend = BACKEND,
+            session = s.id,
+            "a grant's session ended before the grant was handed out"
+        );
+        Miss::Fault(Fault {
+            message: format!(
+                "the session that was granted {} ended before the grant was handed out",
+                req.target(BACKEND)
+            ),
+            transient: true,
+        })
     }
 
     /// The end of a try: `timeout` 0 has no time to wait for the lock, but `op_timeout` for
@@ -1028,6 +1047,7 @@ impl Inner {
                 .slot_round(&req, &entry, max_count, start, deadline, &mut retry)
                 .await
             {
+                Ok(Some((s, _, _))) if s.is_dead() => self.ended_at_grant(&req, &s),
                 Ok(Some((s, slot, token))) => {
                     lock(&entry.state.taken).insert(slot);
                     let unlock = match self.pool.opts.scope {

@@ -732,7 +732,9 @@ impl Inner {
             return;
         }
         let (inner, op) = (self.clone(), op.clone());
-        tokio::spawn(async move {
+        // Sent from here (on the event loop, on the connection the waiter's attempts took, so
+        // it cannot overtake one of them), finished in the background.
+        send_now(async move {
             let args = vec![
                 Value::from(op.side.code()),
                 Value::from(op.waiter.as_ref()),
@@ -937,16 +939,28 @@ impl Inner {
     /// Releases on every server; done once a quorum answered (the rest finish in the
     /// background). A server that could not be reached is revoked in the background, so a
     /// late grant cannot outlive the release. Fails only if no server answered.
+    ///
+    /// A server outside `by` (the quorum that granted) may not have answered the acquire yet,
+    /// and its answer can come on another connection than this release (the event loop's, or
+    /// the background client's): there the release also leaves the attempt revoked, so an
+    /// acquire that lands after it grants nothing.
     async fn release(
         self: &Arc<Self>,
         op: &Op,
         floor: u64,
         lease: Duration,
+        by: &[usize],
     ) -> std::result::Result<(), String> {
         let script = &Scripts::get().release;
-        let args = self.release_args(op, floor, None);
+        let plain = self.release_args(op, floor, None);
+        let revoking = self.release_args(op, floor, Some(lease));
         let mut rx = Fan::new(self.servers.iter().enumerate().map(|(i, s)| {
-            let (inner, s, op, args) = (self.clone(), s.clone(), op.clone(), args.clone());
+            let args = if by.contains(&i) {
+                plain.clone()
+            } else {
+                revoking.clone()
+            };
+            let (inner, s, op) = (self.clone(), s.clone(), op.clone());
             async move {
                 s.eval(script, op.keys(), args)
                     .await
@@ -1093,6 +1107,18 @@ async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
 /// A held lock's in-process turn: given back at release, or the moment the lock is lost.
 type Turn = Arc<Mutex<Option<(Ticket, Arc<Entry<()>>)>>>;
 
+/// Polls `fut` once on the calling thread (so a request it makes is written now, in order with
+/// the caller's earlier ones), then lets it finish on the runtime.
+fn send_now(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut fut = Box::pin(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending()
+        && let Ok(rt) = tokio::runtime::Handle::try_current()
+    {
+        rt.spawn(fut);
+    }
+}
+
 /// One request per server, polled on the caller's task (on the JS thread, that is where their
 /// sockets are), answers yielded as they come; what is left can finish in the background.
 struct Fan<T: Send + 'static> {
@@ -1225,7 +1251,9 @@ impl RedisHeld {
         let expired = self.lost.is_lost() || Instant::now() >= self.lease.deadline();
         // Bounded: a server that does not answer in time is revoked in the background.
         let bound = self.inner.opts.server_timeout + Duration::from_millis(50);
-        let releasing = self.inner.release(&self.op, self.floor, self.lease_len);
+        let releasing = self
+            .inner
+            .release(&self.op, self.floor, self.lease_len, &self.by);
         let result = match tokio::time::timeout(bound, releasing).await {
             Ok(r) => r,
             Err(_) => Err(format!(
@@ -1346,16 +1374,17 @@ impl Drop for RedisHeld {
         // Dropped without release (a garbage-collected handle): release in the background.
         self.inner.renewals.untrack(self.uid);
         self.inner.held.remove(self.uid);
-        let (inner, op, floor, lease) = (
+        let (inner, op, floor, lease, by) = (
             self.inner.clone(),
             self.op.clone(),
             self.floor,
             self.lease_len,
+            self.by.clone(),
         );
         let turn = lock(&self.turn).take();
         if let Some(rt) = self.inner.runtime.get() {
             rt.spawn(async move {
-                let _ = inner.release(&op, floor, lease).await;
+                let _ = inner.release(&op, floor, lease, &by).await;
                 drop(turn);
             });
         }
