@@ -1035,7 +1035,7 @@ impl Inner {
                 lost,
                 floor,
                 turn,
-                due: sent + self.opts.renew_period(),
+                due: sent + self.opts.renew_period_for(lease),
                 in_flight: false,
             },
         );
@@ -1305,7 +1305,8 @@ impl RedisHeld {
             Some(true) => {
                 self.lease.set_length(lease - drift(lease));
                 self.lease.renewed(sent);
-                self.inner.renewals.set_lease(self.uid, ms(lease));
+                let due = sent + self.inner.opts.renew_period_for(lease);
+                self.inner.renewals.set_lease(self.uid, ms(lease), due);
                 Ok(())
             }
             Some(false) => {

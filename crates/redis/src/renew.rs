@@ -83,10 +83,14 @@ impl Renewals {
         }
     }
 
-    /// A manual extend changed the lease length renewals use.
-    pub fn set_lease(&self, uid: u64, lease_ms: i64) {
-        if let Some(t) = lock(&self.locks).get_mut(&uid) {
+    /// A manual extend changed the lease length renewals use, and so their period: the next
+    /// renewal falls due one period of the new lease after `now`.
+    pub fn set_lease(&self, uid: u64, lease_ms: i64, due: Instant) {
+        let mut locks = lock(&self.locks);
+        if let Some(t) = locks.get_mut(&uid) {
             t.lease_ms = lease_ms;
+            t.due = due;
+            self.wake_by(due);
         }
     }
 
@@ -271,7 +275,6 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
         .sent
         .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     let outcomes = vote(&inner, &chunk).await;
-    let period = inner.opts.renew_period();
     let now = Instant::now();
     let mut soonest: Option<Instant> = None;
     let mut locks = lock(&inner.renewals.locks);
@@ -280,6 +283,8 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
             continue;
         };
         t.in_flight = false;
+        let lease = Duration::from_millis(u64::try_from(t.lease_ms).unwrap_or(0));
+        let period = inner.opts.renew_period_for(lease);
         match outcome {
             Outcome::Renewed => {
                 t.lease.renewed(sent);

@@ -371,3 +371,26 @@ async fn cancel_and_close_leave_nothing_behind() {
         "CLOSED"
     );
 }
+
+#[tokio::test]
+async fn a_per_acquire_lease_shorter_than_the_renewal_period_is_renewed_in_time() {
+    let server = RedisProc::start(&[]);
+    // The provider's lease is 30 s, so its renewal period is 10 s; this lock's lease is 600 ms.
+    let b = backend(&[server.url()], |o| o);
+    let mut r = req("short", LockKind::Mutex, Some(0.0));
+    r.lease = Some(Duration::from_millis(600));
+    let h = get(&b, r).await.expect("free");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(h.is_held(), "lost: {:?}", h.lost().reason());
+    let raw = raw(&server.url()).await;
+    let ttl: i64 = raw.pttl("short").await.unwrap();
+    assert!(
+        ttl > 0 && ttl <= 600,
+        "renewed with its own lease, got {ttl}"
+    );
+    // An extend to a lease shorter still is renewed at its own pace too.
+    h.clone().extend(Duration::from_millis(300)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(h.is_held(), "lost after extend: {:?}", h.lost().reason());
+    h.release().await.unwrap();
+}
