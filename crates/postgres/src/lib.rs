@@ -58,6 +58,7 @@
 
 mod config;
 pub mod key;
+mod machine;
 mod pool;
 
 use std::collections::HashSet;
@@ -78,6 +79,7 @@ use tokio::time::Instant;
 
 pub use config::{PgOptions, Scope, Verify};
 pub use key::AdvisoryKey;
+use machine::{Miss, Retry};
 use pool::{Fault, Param, Pool, Session, Stmt, Use, describe};
 
 /// The backend's name in errors and logs.
@@ -424,16 +426,6 @@ fn send(s: &Arc<Session>, stmt: Stmt) -> Query {
 /// run on its session (session scope; in transaction scope the rollback does it).
 type Undo = Box<dyn FnOnce(&Rows) -> Option<Stmt> + Send>;
 
-/// Why one round of an acquire did not end in a grant or a "busy".
-enum Miss {
-    /// The deadline passed, the caller cancelled, or the provider closed.
-    Stop(Interrupted),
-    /// The server failed or could not be reached.
-    Fault(Fault),
-    /// The deadline passed with no answer at all from the server since the call began.
-    Silent(String),
-}
-
 /// The first reply cell of the first row (simple protocol).
 fn first_cell(rows: &[Vec<Option<String>>]) -> Option<String> {
     rows.first().and_then(|r| r.first()).cloned().flatten()
@@ -442,26 +434,6 @@ fn first_cell(rows: &[Vec<Option<String>>]) -> Option<String> {
 /// How long a cancelled or closed wait waits for the server to confirm the cancel before it
 /// settles anyway (the cleanup then goes on in the background).
 const CANCEL_SETTLE: Duration = Duration::from_secs(1);
-/// The first and the longest pause between reconnects of a waiter riding out a fault.
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-
-/// A waiter's reconnect state: how long to pause next, and the fault it is riding out (cleared
-/// once the server answers again).
-struct Retry {
-    backoff: Duration,
-    cause: Option<String>,
-}
-
-impl Retry {
-    fn new() -> Self {
-        Self {
-            backoff: FIRST_BACKOFF,
-            cause: None,
-        }
-    }
-}
-
 impl Inner {
     fn closed_error(&self, req: &AcquireRequest) -> Error {
         Error::Closed {
@@ -492,30 +464,7 @@ impl Inner {
 
     /// What an acquire returns for `miss`, once it will not try again.
     fn finish(&self, req: &AcquireRequest, miss: Miss, retry: &Retry) -> Result<Option<Held>> {
-        match miss {
-            Miss::Fault(f) => Err(f.into_error()),
-            Miss::Silent(message) => Err(Error::Backend {
-                backend: BACKEND,
-                message: match &retry.cause {
-                    Some(cause) => format!("{message}; earlier: {cause}"),
-                    None => message,
-                },
-            }),
-            // Out of time while riding out a fault: the server was not reachable, which is
-            // not the same as the lock being busy.
-            Miss::Stop(Interrupted::TimedOut) => match &retry.cause {
-                Some(cause) => Err(Error::Backend {
-                    backend: BACKEND,
-                    message: format!(
-                        "the timeout of {} ran out while {} could not be reached: {cause}",
-                        req.target(BACKEND),
-                        self.pool.opts.server()
-                    ),
-                }),
-                None => Ok(None),
-            },
-            Miss::Stop(why) => why.into_outcome(req, BACKEND),
-        }
+        retry.outcome(miss, req, &self.pool.opts.server())
     }
 
     /// After a round missed: `None` to go again (a transient fault, time left: pause first),
@@ -527,16 +476,13 @@ impl Inner {
         retry: &mut Retry,
         deadline: Option<Instant>,
     ) -> Option<Result<Option<Held>>> {
-        let Miss::Fault(f) = &miss else {
+        let Some(pause) = retry.again(&miss, req.timeout == Timeout::Zero) else {
             return Some(self.finish(req, miss, retry));
         };
-        if !f.transient || req.timeout == Timeout::Zero {
-            return Some(self.finish(req, miss, retry));
+        if let Miss::Fault(f) = &miss {
+            tracing::info!(backend = BACKEND, name = %req.name, cause = %f.message, pause_ms = pause.as_millis() as u64, "reconnecting");
         }
-        tracing::info!(backend = BACKEND, name = %req.name, cause = %f.message, pause_ms = retry.backoff.as_millis() as u64, "reconnecting");
-        retry.cause = Some(f.message.clone());
-        let pause = tokio::time::sleep(retry.backoff);
-        retry.backoff = (retry.backoff * 2).min(MAX_BACKOFF);
+        let pause = tokio::time::sleep(pause);
         match race(pause, deadline, req.cancel.as_ref(), &self.closed)
             .await
             .done()
@@ -867,7 +813,7 @@ impl Inner {
             let (s, rows) = self
                 .attempt(req, start, until, try_stmt.clone(), undo)
                 .await?;
-            retry.cause = None; // the server answers again
+            retry.answered(); // the server answers again
             match bigint_cell(&rows, 0).and_then(|t| t.map(|t| parse_token(Some(t))).transpose()) {
                 Ok(Some(token)) => return Ok(Some((s, token))),
                 Ok(None) => {}
@@ -1114,7 +1060,7 @@ impl Inner {
                 Some(slot_unlock(&name, slot))
             });
             let (s, rows) = self.attempt(req, start, until, stmt, undo).await?;
-            retry.cause = None; // the server answers again
+            retry.answered(); // the server answers again
             if !rows.is_empty() {
                 let cells = (bigint_cell(&rows, 0), bigint_cell(&rows, 1));
                 let granted = match &cells {

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::PgOptions;
+use crate::machine::{Load, free_for_wait, shared_rank, transient_sqlstate};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a few field updates; a panic cannot leave them half-done.
@@ -91,13 +92,7 @@ impl Fault {
 /// reset), the server is shutting down, starting up or out of connections, or our statement
 /// was cancelled by someone else.
 pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "57014")
-        }
-        None => true,
-    }
+    transient_sqlstate(e.code().map(|c| c.code()))
 }
 
 /// What runs when a session dies with a lock on it, after the lock's lost signal fired.
@@ -623,23 +618,28 @@ fn claim(s: &Arc<Session>, usage: Use) -> Option<Arc<Session>> {
     }
 }
 
-/// The session for `usage` among the open ones. Shared use packs locks onto sessions that
-/// already hold some (keeping empty ones free for blocking waits) and spreads statements by
-/// how many are in flight.
+/// What the machine needs to know of session `s` to choose one (see [`crate::machine`]).
+fn load(s: &Session, st: &SessionState) -> Load {
+    Load {
+        dead: s.is_dead() || st.death.is_some(),
+        busy: st.busy,
+        inflight: st.inflight,
+        holds: !st.held.is_empty(),
+    }
+}
+
+/// The session for `usage` among the open ones, as the machine ranks them: shared use by
+/// [`shared_rank`], a blocking wait the first [`free_for_wait`] (marked busy at once).
 fn pick(sessions: &[Arc<Session>], usage: Use) -> Option<Arc<Session>> {
     match usage {
         Use::Shared => sessions
             .iter()
-            .filter(|s| !s.is_dead())
-            .filter_map(|s| {
-                let st = lock(&s.st);
-                (!st.busy).then(|| (st.inflight, st.held.is_empty(), s))
-            })
-            .min_by_key(|(inflight, empty, _)| (*inflight, *empty))
-            .map(|(_, _, s)| s.clone()),
+            .filter_map(|s| shared_rank(load(s, &lock(&s.st))).map(|rank| (rank, s)))
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, s)| s.clone()),
         Use::Busy => sessions.iter().find_map(|s| {
             let mut st = lock(&s.st);
-            let free = !st.busy && st.held.is_empty() && st.inflight == 0 && st.death.is_none();
+            let free = free_for_wait(load(s, &st));
             if free {
                 st.busy = true;
             }

@@ -211,13 +211,6 @@ impl RedisOptions {
         self.extend_every.unwrap_or(self.lease / 3)
     }
 
-    /// The renewal period of a lock whose lease is `lease` (a per-acquire `leaseMs` or an
-    /// `extend`): the provider's, but at most a third of that lease, so a lease shorter than
-    /// the provider's period is renewed in time too.
-    pub(crate) fn renew_period_for(&self, lease: Duration) -> Duration {
-        self.renew_period().min(lease / 3)
-    }
-
     /// The servers' labels, for messages.
     pub fn servers(&self) -> Vec<String> {
         self.servers.iter().map(|s| s.label.clone()).collect()

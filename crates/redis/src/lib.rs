@@ -33,6 +33,7 @@
 mod config;
 mod direct;
 pub mod keys;
+pub mod machine;
 mod renew;
 mod scripts;
 mod server;
@@ -57,23 +58,18 @@ use tokio::time::Instant;
 
 pub use config::{MIN_LEASE_MS, RedisOptions, redact};
 use keys::Keys;
+use machine::lease::Slot;
+use machine::vote::{ReleaseVote, Reply, Verdict, Vote, late_needs_revoke};
+use machine::waiter::{BACKOFF, End, Pause, Waiter};
+use machine::{drift, ms};
 use renew::Renewals;
-use scripts::{Script, Scripts};
+use scripts::Scripts;
 use server::{Event, Server, transient};
 use wake::{Waiting, Wakes};
 
 /// The backend's name in errors and logs.
 pub const BACKEND: &str = "redis";
 
-/// How long a waiter stays in a server queue without re-checking (a dead waiter is skipped
-/// after this).
-const QUEUE_TTL: Duration = Duration::from_secs(3);
-/// How often a waiter re-checks without a wake-up.
-const REFRESH: Duration = Duration::from_secs(1);
-/// How often a waiter re-checks while the wake-up subscription is not up.
-const REFRESH_UNSUBSCRIBED: Duration = Duration::from_millis(50);
-/// Backoff between attempts that met transient trouble: from the first to the last value.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(20), Duration::from_secs(1));
 /// How long a revoke keeps trying to reach its server.
 const REVOKE_FOR: Duration = Duration::from_secs(300);
 /// Most revokes in flight per provider; past it the lease alone ends an orphan.
@@ -130,15 +126,6 @@ fn random_below(n: u64) -> u64 {
     u64::from_le_bytes(bytes) % n.max(1)
 }
 
-/// The margin RedLock takes off a lease for clock-rate drift between client and servers.
-fn drift(lease: Duration) -> Duration {
-    lease / 100 + Duration::from_millis(2)
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// A lock provider on one Redis deployment, or on several independent servers (RedLock).
 #[derive(Clone)]
 pub struct RedisBackend {
@@ -165,20 +152,6 @@ struct Inner {
     /// The largest fencing token seen per fencing key (and its slot): never handed out again.
     floors: Mutex<HashMap<String, (u64, u16)>>,
     revokes: AtomicUsize,
-}
-
-/// What one attempt found.
-enum Try {
-    /// Granted by these servers (a quorum on RedLock).
-    Granted { fence: u64, by: Vec<usize> },
-    /// Busy; `split` when some servers granted but not a majority (RedLock votes split).
-    Busy { hint: Option<Duration>, split: bool },
-}
-
-/// Why an attempt failed, and whether trying again may help.
-struct Failure {
-    message: String,
-    transient: bool,
 }
 
 /// One primitive's side: `w` mutex or writer, `r` reader, `s` semaphore permit.
@@ -493,6 +466,11 @@ impl Inner {
         }
     }
 
+    /// The renewal period of a lock whose lease is `lease` (see [`machine::lease::period_for`]).
+    fn renew_period(&self, lease: Duration) -> Duration {
+        machine::lease::period_for(self.opts.renew_period(), lease)
+    }
+
     /// The fencing floor of `keys`: the largest token this provider has seen for the name.
     fn floor(&self, keys: &Keys) -> u64 {
         lock(&self.floors).get(&keys.fence).map_or(0, |f| f.0)
@@ -516,8 +494,7 @@ impl Inner {
             .iter()
             .filter_map(|s| s.last_error().map(|e| format!("{} ({e})", s.label)))
             .collect();
-        (down.len() > self.servers.len() - self.quorum)
-            .then(|| format!("cannot reach {}", down.join(", ")))
+        machine::waiter::unreachable(&down, self.servers.len(), self.quorum)
     }
 
     fn interrupted(
@@ -556,164 +533,115 @@ impl Inner {
             return why.into_outcome(&req, BACKEND);
         }
         let lease = req.lease.unwrap_or(self.opts.lease);
-        let zero = req.timeout == Timeout::Zero;
-        let wait = if zero { Duration::ZERO } else { QUEUE_TTL };
+        let mut w = Waiter::new(self.fair, req.timeout == Timeout::Zero);
         let target = req.target(BACKEND).to_string();
         let mut waiting: Option<Waiting> = None;
-        // The last transient failure while it lasts, the backoff before the next attempt, and
-        // whether any server answered at all (a timeout claims the lock was busy).
-        let mut trouble: Option<String> = None;
-        let mut backoff = BACKOFF.0;
-        let mut answered = false;
-        let mut lost_rounds: u32 = 0;
+        let mut random = random_below;
         loop {
-            if let Some(w) = waiting.as_mut() {
-                w.mark();
+            if let Some(wt) = waiting.as_mut() {
+                wt.mark();
             }
-            if self.fair && self.servers[0].in_doubt() {
-                // The deployment may have moved (a reconnect, a Sentinel failover): grant
-                // nothing until the locks there are confirmed and the fencing floors restored.
-                trouble = Some(format!(
-                    "{} is being confirmed after a reconnect or failover",
-                    self.servers[0].label
-                ));
-                let nap = tokio::time::sleep(backoff.min(Duration::from_millis(50)));
-                backoff = (backoff * 2).min(BACKOFF.1);
-                if let Err(why) = race(nap, deadline, cancel, &self.closed).await.done() {
-                    self.leave(&op, wait);
-                    return self.give_up(why, &req, &target, start, trouble, answered);
+            let first = &self.servers[0];
+            if let Some(nap) = w.before(first.in_doubt().then_some(first.label.as_str())) {
+                let napping = tokio::time::sleep(nap);
+                if let Err(why) = race(napping, deadline, cancel, &self.closed).await.done() {
+                    return self.stop(&w, why, &op, &req, &target, start);
                 }
                 continue;
             }
             let attempt = op.attempt();
+            // The lease counts from here: before the request left.
             let sent = Instant::now();
-            // A try gets one attempt of at most the server timeout; a wait, its deadline.
-            let bound = if zero {
-                Some(sent + self.opts.server_timeout + Duration::from_millis(20))
-            } else {
-                deadline
-            };
-            let tried = race(
-                self.try_once(&attempt, lease, max, wait),
-                bound,
-                cancel,
-                &self.closed,
-            )
-            .await;
-            let mut hint = None;
-            match tried {
-                Waited::Done(Ok(Try::Granted { fence, by })) => {
-                    let held = self.grant(&req, attempt, fence, by, lease, sent, entry, ticket);
-                    return Ok(Some(held));
-                }
-                Waited::Done(Ok(Try::Busy { hint: h, split })) => {
-                    (trouble, backoff, answered, hint) = (None, BACKOFF.0, true, h);
-                    lost_rounds = if split { (lost_rounds + 1).min(4) } else { 0 };
-                }
-                Waited::Done(Err(f)) if !f.transient => {
-                    self.leave(&op, wait);
-                    return Err(self.backend_error("acquiring", &target, &f.message));
-                }
-                Waited::Done(Err(f)) => trouble = Some(f.message),
-                Waited::TimedOut | Waited::Cancelled | Waited::Closed => {
+            let bound = w.bound(sent, self.opts.server_timeout, deadline);
+            let trying = self.try_once(&attempt, lease, max, w.queue_ttl());
+            match race(trying, bound, cancel, &self.closed).await {
+                Waited::Done(verdict) => match w.verdict(verdict) {
+                    Some(End::Granted { fence, by }) => {
+                        let held = self.grant(&req, attempt, fence, by, lease, sent, entry, ticket);
+                        return Ok(Some(held));
+                    }
+                    Some(End::Failed(message)) => {
+                        self.leave(&op, &w);
+                        return Err(self.backend_error("acquiring", &target, &message));
+                    }
+                    None => {}
+                },
+                cut => {
                     // The attempt may still reach a server: take it back everywhere.
                     self.revoke_all(&attempt, lease);
-                    if zero && matches!(tried, Waited::TimedOut) {
-                        trouble = Some(self.unreachable().unwrap_or_else(|| {
+                    w.unanswered(matches!(cut, Waited::TimedOut), || {
+                        self.unreachable().unwrap_or_else(|| {
                             format!(
                                 "no answer within {} ms",
                                 self.opts.server_timeout.as_millis()
                             )
-                        }));
-                    }
+                        })
+                    });
                 }
             }
             if let Some(why) = self.interrupted(deadline, cancel) {
-                self.leave(&op, wait);
-                return self.give_up(why, &req, &target, start, trouble, answered);
+                return self.stop(&w, why, &op, &req, &target, start);
             }
-            if trouble.is_some() {
-                // Ride out the trouble: back off, then try again with a fresh attempt.
-                let nap = tokio::time::sleep(backoff);
-                backoff = (backoff * 2).min(BACKOFF.1);
-                if let Err(why) = race(nap, deadline, cancel, &self.closed).await.done() {
-                    self.leave(&op, wait);
-                    return self.give_up(why, &req, &target, start, trouble, answered);
+            let subscribed = self.servers.iter().all(|s| s.subscribed());
+            let nap = match w.pause(subscribed, &mut random) {
+                Pause::Sleep(nap) => nap,
+                Pause::Join => {
+                    // Listen for releases; the next attempt looks again at once, so a release
+                    // that happened while joining is not missed.
+                    self.subscribe();
+                    waiting = Some(
+                        self.wakes
+                            .join(&op.keys.channel, format!("{}{}", op.side.code(), op.waiter)),
+                    );
+                    continue;
                 }
-                continue;
-            }
-            if !self.fair && lost_rounds > 0 {
-                // A split vote: nobody holds a majority and the partial grants are being taken
-                // back, so no release will announce the next round. Retry after a random pause
-                // in a window that doubles with each split in a row.
-                let pause = Duration::from_millis(random_below(16u64 << lost_rounds));
-                let napping = tokio::time::sleep(pause);
-                if let Err(why) = race(napping, deadline, cancel, &self.closed).await.done() {
-                    self.leave(&op, wait);
-                    return self.give_up(why, &req, &target, start, trouble, answered);
-                }
-                continue;
-            }
-            let Some(w) = waiting.as_mut() else {
-                // First time busy: listen for releases, then look again at once, so a release
-                // that happened while joining is not missed.
-                self.subscribe();
-                waiting = Some(
-                    self.wakes
-                        .join(&op.keys.channel, format!("{}{}", op.side.code(), op.waiter)),
-                );
-                continue;
-            };
-            let refresh = if self.servers.iter().all(|s| s.subscribed()) {
-                REFRESH
-            } else {
-                REFRESH_UNSUBSCRIBED
-            };
-            let nap = hint.map_or(refresh, |h| h.min(refresh));
-            let woken = async {
-                tokio::select! {
-                    _ = w.woken() => {}
-                    _ = tokio::time::sleep(nap) => {}
+                Pause::Wait(nap) => {
+                    let Some(wt) = waiting.as_mut() else {
+                        continue;
+                    };
+                    let woken = async {
+                        tokio::select! {
+                            _ = wt.woken() => {}
+                            _ = tokio::time::sleep(nap) => {}
+                        }
+                    };
+                    if let Err(why) = race(woken, deadline, cancel, &self.closed).await.done() {
+                        return self.stop(&w, why, &op, &req, &target, start);
+                    }
+                    match w.spread(&mut random) {
+                        Some(spread) => spread,
+                        None => continue,
+                    }
                 }
             };
-            if let Err(why) = race(woken, deadline, cancel, &self.closed).await.done() {
-                self.leave(&op, wait);
-                return self.give_up(why, &req, &target, start, trouble, answered);
-            }
-            if !self.fair {
-                // Waiters woken together by a release would split RedLock's votes: spread them.
-                tokio::time::sleep(Duration::from_millis(random_below(16))).await;
+            if let Err(why) = race(tokio::time::sleep(nap), deadline, cancel, &self.closed)
+                .await
+                .done()
+            {
+                return self.stop(&w, why, &op, &req, &target, start);
             }
         }
     }
 
-    /// What an acquire that stopped early reports: a timeout is "busy" only if the servers
-    /// answered and no trouble is ongoing; otherwise the backend's trouble is the error.
-    fn give_up(
-        &self,
+    /// Ends an acquire that stopped early: leaves the server queue, and reports either the
+    /// interruption's outcome or, when the waiter's machine says the timeout hid trouble, that
+    /// trouble as a backend error.
+    fn stop(
+        self: &Arc<Self>,
+        w: &Waiter,
         why: Interrupted,
+        op: &Op,
         req: &AcquireRequest,
         target: &str,
         start: Instant,
-        trouble: Option<String>,
-        answered: bool,
     ) -> Result<Option<Held>> {
-        if why == Interrupted::TimedOut {
-            let cause = trouble.or_else(|| self.unreachable()).or_else(|| {
-                (!answered).then(|| {
-                    let labels: Vec<&str> = self.servers.iter().map(|s| s.label.as_str()).collect();
-                    format!("no answer from {}", labels.join(", "))
-                })
-            });
-            if let Some(cause) = cause {
-                return Err(self.backend_error(
-                    "acquiring",
-                    target,
-                    &format!("gave up after {} ms: {cause}", start.elapsed().as_millis()),
-                ));
-            }
+        self.leave(op, w);
+        let labels: Vec<&str> = self.servers.iter().map(|s| s.label.as_str()).collect();
+        let timed_out = why == Interrupted::TimedOut;
+        match w.gave_up(timed_out, start.elapsed(), self.unreachable(), &labels) {
+            Some(message) => Err(self.backend_error("acquiring", target, &message)),
+            None => why.into_outcome(req, BACKEND),
         }
-        why.into_outcome(req, BACKEND)
     }
 
     /// Starts the wake-up subscriptions (once). A server that cannot be reached is not an
@@ -727,8 +655,8 @@ impl Inner {
     }
 
     /// Takes a waiter out of the server queue in the background (it would expire anyway).
-    fn leave(self: &Arc<Self>, op: &Op, wait: Duration) {
-        if !self.fair || wait.is_zero() {
+    fn leave(self: &Arc<Self>, op: &Op, w: &Waiter) {
+        if !w.queues() {
             return;
         }
         let (inner, op) = (self.clone(), op.clone());
@@ -760,123 +688,70 @@ impl Inner {
         ]
     }
 
-    /// One attempt on the server, or on every RedLock server with a quorum decision. Whatever
-    /// does not end in a grant is revoked where it may have landed.
+    /// One attempt on the server, or on every RedLock server, decided by the machine's
+    /// [`Vote`]. Whatever does not end in a grant is revoked where it may have landed,
+    /// including answers that arrive after the verdict.
     async fn try_once(
         self: &Arc<Self>,
         op: &Op,
         lease: Duration,
         max: u32,
         wait: Duration,
-    ) -> std::result::Result<Try, Failure> {
+    ) -> Verdict {
         let script = &Scripts::get().acquire;
         let args = self.acquire_args(op, lease, max, wait);
-        if self.servers.len() == 1 {
-            let s = &self.servers[0];
-            return match s.eval(script, op.keys(), args).await {
-                Ok(v) => match parse_attempt(&v) {
-                    Some(Try::Granted { fence, .. }) => Ok(Try::Granted { fence, by: vec![0] }),
-                    Some(busy) => Ok(busy),
-                    None => Err(Failure {
-                        message: format!("{}: unexpected reply {v:?}", s.label),
-                        transient: false,
-                    }),
-                },
-                Err(e) => {
-                    // The script may have run, or may still run: take the attempt back.
-                    self.revoke(0, op.clone(), lease);
-                    Err(Failure {
-                        message: s.explain(&e),
-                        transient: transient(&e) && !s.refused(),
-                    })
-                }
-            };
-        }
-        self.try_quorum(op, script, args, lease).await
-    }
-
-    async fn try_quorum(
-        self: &Arc<Self>,
-        op: &Op,
-        script: &'static Script,
-        args: Vec<Value>,
-        lease: Duration,
-    ) -> std::result::Result<Try, Failure> {
         let sent = Instant::now();
-        let n = self.servers.len();
+        let mut vote = Vote::new(self.servers.len(), self.quorum);
+        if self.servers.len() == 1 {
+            // Polled in place: no fan-out to set up for one server.
+            let answer = self.servers[0].eval(script, op.keys(), args).await;
+            if vote.count(0, self.reply(0, answer)) {
+                self.revoke(0, op.clone(), lease);
+            }
+            return vote.verdict(sent.elapsed(), lease);
+        }
         let mut rx = Fan::new(self.servers.iter().map(|s| {
             let (s, keys, args) = (s.clone(), op.keys(), args.clone());
             async move { s.eval(script, keys, args).await }
         }));
-        let mut granted: Vec<(usize, u64)> = Vec::new();
-        let mut busy = 0;
-        let mut hint: Option<Duration> = None;
-        let mut errors: Vec<String> = Vec::new();
-        let mut permanent = false;
-        while let Some((i, r)) = rx.next().await {
-            let s = &self.servers[i];
-            match r.as_ref().ok().and_then(parse_attempt) {
-                Some(Try::Granted { fence, .. }) => granted.push((i, fence)),
-                Some(Try::Busy { hint: h, .. }) => {
-                    busy += 1;
-                    hint = match (hint, h) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                }
-                None => {
-                    self.revoke(i, op.clone(), lease);
-                    errors.push(match r {
-                        Err(e) => {
-                            permanent |= !transient(&e) || s.refused();
-                            s.explain(&e)
-                        }
-                        Ok(v) => {
-                            permanent = true;
-                            format!("{}: unexpected reply {v:?}", s.label)
-                        }
-                    });
-                }
+        while let Some((i, answer)) = rx.next().await {
+            if vote.count(i, self.reply(i, answer)) {
+                self.revoke(i, op.clone(), lease);
             }
-            if granted.len() >= self.quorum || busy + errors.len() > n - self.quorum {
+            if vote.is_decided() {
                 break;
             }
         }
-        let valid = sent.elapsed() + drift(lease) < lease;
-        if granted.len() >= self.quorum && valid {
-            // Late grants from the remaining servers stay: renewals and the release cover
-            // every server.
-            let fence = granted.iter().map(|g| g.1).max().unwrap_or(0);
-            let by = granted.iter().map(|g| g.0).collect();
-            return Ok(Try::Granted { fence, by });
-        }
-        // No quorum: take back what was granted, now and as late answers arrive.
-        for (i, _) in &granted {
-            self.revoke(*i, op.clone(), lease);
-        }
-        let (inner, op2) = (self.clone(), op.clone());
-        rx.rest(move |i, r| {
-            if !matches!(
-                r.as_ref().ok().and_then(parse_attempt),
-                Some(Try::Busy { .. })
-            ) {
-                inner.revoke(i, op2.clone(), lease);
+        let verdict = vote.verdict(sent.elapsed(), lease);
+        if let Verdict::Busy { revoke, .. } | Verdict::Failed { revoke, .. } = &verdict {
+            for &i in revoke {
+                self.revoke(i, op.clone(), lease);
             }
-        });
-        if errors.len() > n - self.quorum {
-            return Err(Failure {
-                message: format!(
-                    "no quorum of {} of {n} servers could be reached: {}",
-                    self.quorum,
-                    errors.join("; ")
-                ),
-                transient: !permanent,
+            let (inner, op) = (self.clone(), op.clone());
+            rx.rest(move |i, answer| {
+                if late_needs_revoke(&inner.reply(i, answer)) {
+                    inner.revoke(i, op.clone(), lease);
+                }
             });
         }
-        Ok(Try::Busy {
-            hint,
-            split: !granted.is_empty(),
-        })
+        // After a grant, late grants from the other servers stay: renewals and the release
+        // cover every server.
+        verdict
+    }
+
+    /// Server `i`'s answer to an acquire attempt, as the machine reads it.
+    fn reply(&self, i: usize, answer: std::result::Result<Value, fred::error::Error>) -> Reply {
+        let s = &self.servers[i];
+        match answer {
+            Ok(v) => Reply::parse(&v).unwrap_or_else(|| Reply::Failed {
+                message: format!("{}: unexpected reply {v:?}", s.label),
+                transient: false,
+            }),
+            Err(e) => Reply::Failed {
+                message: s.explain(&e),
+                transient: transient(&e) && !s.refused(),
+            },
+        }
     }
 
     fn release_args(&self, op: &Op, floor: u64, revoke: Option<Duration>) -> Vec<Value> {
@@ -971,23 +846,15 @@ impl Inner {
                     })
             }
         }));
-        let (mut ok, mut errors) = (0, Vec::new());
-        while let Some((_, r)) = rx.next().await {
-            match r {
-                Ok(()) => ok += 1,
-                Err(e) => errors.push(e),
-            }
-            if ok >= self.quorum {
+        let mut vote = ReleaseVote::new(self.quorum);
+        while let Some((_, answer)) = rx.next().await {
+            if vote.count(answer).is_some() {
                 // The other servers' releases go on in the background.
                 rx.rest(|_, _| {});
                 return Ok(());
             }
         }
-        if ok > 0 {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        vote.finish()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1035,8 +902,7 @@ impl Inner {
                 lost,
                 floor,
                 turn,
-                due: sent + self.opts.renew_period_for(lease),
-                in_flight: false,
+                slot: Slot::new(sent, self.renew_period(lease)),
             },
         );
         held
@@ -1196,33 +1062,6 @@ impl<T: Send + 'static> Drop for Fan<T> {
     }
 }
 
-/// Parses the acquire script's reply.
-fn parse_attempt(v: &Value) -> Option<Try> {
-    let Value::Array(items) = v else {
-        return None;
-    };
-    let n = |i: usize| items.get(i).and_then(|x| x.as_i64());
-    match n(0)? {
-        1 => Some(Try::Granted {
-            fence: u64::try_from(n(1)?).ok()?,
-            by: Vec::new(),
-        }),
-        // Revoked: an attempt its caller gave up on.
-        2 => Some(Try::Busy {
-            hint: None,
-            split: false,
-        }),
-        0 => Some(Try::Busy {
-            split: false,
-            hint: u64::try_from(n(1)?)
-                .ok()
-                .filter(|&h| h > 0)
-                .map(|h| Duration::from_millis(h + 1)),
-        }),
-        _ => None,
-    }
-}
-
 /// A lock held on Redis.
 struct RedisHeld {
     inner: Arc<Inner>,
@@ -1305,7 +1144,7 @@ impl RedisHeld {
             Some(true) => {
                 self.lease.set_length(lease - drift(lease));
                 self.lease.renewed(sent);
-                let due = sent + self.inner.opts.renew_period_for(lease);
+                let due = sent + self.inner.renew_period(lease);
                 self.inner.renewals.set_lease(self.uid, ms(lease), due);
                 Ok(())
             }

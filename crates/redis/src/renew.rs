@@ -1,7 +1,9 @@
 //! Background lease renewal, batched: one task per provider, and per wake-up one script per
 //! server (per cluster slot) carrying every lease that is due, instead of a timer and a round
 //! trip per lock. The same task fires the lost signal of a lock whose local deadline passed
-//! without a successful renewal.
+//! without a successful renewal. This file is the driver: when each lock is due, what a
+//! renewal's answers mean and when to wake are decided by the machine
+//! ([`crate::machine::lease`], [`crate::machine::vote::tally`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,8 @@ use fred::types::{Key, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::machine::lease::{Look, Scan, Slot, wakes_renewer};
+use crate::machine::vote::{Renewal, tally};
 use crate::scripts::Scripts;
 use crate::{Inner, Op, Side, Turn, lock};
 
@@ -28,9 +32,8 @@ pub struct Tracked {
     pub floor: u64,
     /// The lock's in-process turn, given back the moment it is lost.
     pub turn: Turn,
-    /// When the next renewal should be sent.
-    pub due: Instant,
-    pub in_flight: bool,
+    /// Its place in the renewal schedule.
+    pub slot: Slot,
 }
 
 #[derive(Default)]
@@ -54,15 +57,9 @@ impl Tracked {
     }
 }
 
-enum Outcome {
-    Renewed,
-    Gone,
-    Unknown,
-}
-
 impl Renewals {
     pub fn track(&self, inner: &Arc<Inner>, uid: u64, t: Tracked) {
-        let due = t.due;
+        let due = t.slot.due;
         let mut locks = lock(&self.locks);
         locks.insert(uid, t);
         if self.started.set(()).is_ok() {
@@ -77,8 +74,7 @@ impl Renewals {
     /// not woken for locks that fall due after its next wake anyway). Call with the locks'
     /// mutex held.
     fn wake_by(&self, at: Instant) {
-        let wake_at = *lock(&self.wake_at);
-        if wake_at.is_none_or(|w| at < w) {
+        if wakes_renewer(*lock(&self.wake_at), at) {
             self.changed.notify_one();
         }
     }
@@ -89,7 +85,7 @@ impl Renewals {
         let mut locks = lock(&self.locks);
         if let Some(t) = locks.get_mut(&uid) {
             t.lease_ms = lease_ms;
-            t.due = due;
+            t.slot.due = due;
             self.wake_by(due);
         }
     }
@@ -100,7 +96,7 @@ impl Renewals {
             .iter_mut()
             .filter(|(_, t)| !t.lost.is_lost())
             .map(|(uid, t)| {
-                t.in_flight = true;
+                t.slot.in_flight = true;
                 (*uid, t.op.clone(), t.lease_ms, t.floor)
             })
             .collect();
@@ -132,47 +128,29 @@ async fn run(inner: Weak<Inner>) {
         if me.closed.is_cancelled() {
             return;
         }
-        let period = me.opts.renew_period();
-        let now = Instant::now();
-        // Renew early rather than alone: anything due within half a period joins this batch.
-        let horizon = now + period / 2;
-        // Wake at least every half period even with nothing to renew: a lock granted meanwhile
-        // falls due a whole period after its grant, so it needs no wake-up of its own (one per
-        // acquire would cost a hop to this thread on every grant).
-        let mut next = horizon;
+        let mut scan = Scan::new(Instant::now(), me.opts.renew_period());
         let mut batch: Vec<(u64, Op, i64, u64)> = Vec::new();
         {
             let mut locks = lock(&me.renewals.locks);
             let mut gone = Vec::new();
             for (uid, t) in locks.iter_mut() {
-                if t.lost.is_lost() {
-                    t.lose(None);
-                    gone.push(*uid);
-                    continue;
-                }
-                let deadline = t.lease.deadline();
-                if now >= deadline {
-                    t.lose(Some(
+                match scan.look(&mut t.slot, t.lease.deadline(), t.lost.is_lost()) {
+                    Look::Forget => t.lose(None),
+                    Look::Expired => t.lose(Some(
                         "its lease ran out at the local deadline without a successful renewal",
-                    ));
-                    gone.push(*uid);
-                    continue;
+                    )),
+                    Look::Renew => {
+                        batch.push((*uid, t.op.clone(), t.lease_ms, t.floor));
+                        continue;
+                    }
+                    Look::Later => continue,
                 }
-                next = next.min(deadline);
-                if t.in_flight {
-                    continue;
-                }
-                if t.due <= horizon {
-                    t.in_flight = true;
-                    batch.push((*uid, t.op.clone(), t.lease_ms, t.floor));
-                } else {
-                    next = next.min(t.due);
-                }
+                gone.push(*uid);
             }
             for uid in gone {
                 locks.remove(&uid);
             }
-            *lock(&me.renewals.wake_at) = Some(next);
+            *lock(&me.renewals.wake_at) = Some(scan.next_wake());
         }
         if !batch.is_empty() {
             for chunk in chunks(&me, batch) {
@@ -183,7 +161,7 @@ async fn run(inner: Weak<Inner>) {
         let closed = me.closed.clone();
         drop(me);
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::time::sleep_until(scan.next_wake()) => {}
             _ = changed.notified() => {}
             _ = closed.cancelled() => return,
         }
@@ -220,15 +198,15 @@ impl Inner {
     ) -> Option<bool> {
         let outcome = vote(self, &[(0, op.clone(), lease_ms, floor)]).await;
         match outcome.first() {
-            Some(Outcome::Renewed) => Some(true),
-            Some(Outcome::Gone) => Some(false),
+            Some(Renewal::Renewed) => Some(true),
+            Some(Renewal::Gone) => Some(false),
             _ => None,
         }
     }
 }
 
 /// Runs one renewal script for `chunk` on every server and counts the votes per lease.
-async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> Vec<Outcome> {
+async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> Vec<Renewal> {
     let mut keys: Vec<Key> = Vec::with_capacity(chunk.len() * 2);
     let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
     for (_, op, lease_ms, floor) in chunk {
@@ -247,25 +225,9 @@ async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> Vec<Outcome>
     }))
     .await;
     let n = inner.servers.len();
-    let mut outcomes = Vec::with_capacity(chunk.len());
-    for i in 0..chunk.len() {
-        let (mut yes, mut no) = (0, 0);
-        for a in &answers {
-            match a.as_ref().and_then(|v| flag(v, i)) {
-                Some(true) => yes += 1,
-                Some(false) => no += 1,
-                None => {}
-            }
-        }
-        outcomes.push(if yes >= inner.quorum {
-            Outcome::Renewed
-        } else if no > n - inner.quorum {
-            Outcome::Gone
-        } else {
-            Outcome::Unknown
-        });
-    }
-    outcomes
+    (0..chunk.len())
+        .map(|i| tally(&answers, i, n, inner.quorum))
+        .collect()
 }
 
 async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
@@ -282,40 +244,25 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
         let Some(t) = locks.get_mut(uid) else {
             continue;
         };
-        t.in_flight = false;
         let lease = Duration::from_millis(u64::try_from(t.lease_ms).unwrap_or(0));
-        let period = inner.opts.renew_period_for(lease);
-        match outcome {
-            Outcome::Renewed => {
-                t.lease.renewed(sent);
-                t.due = sent + period;
-                soonest = Some(soonest.map_or(t.due, |s| s.min(t.due)));
-            }
-            Outcome::Gone => {
-                let side = if t.op.side == Side::W { "key" } else { "entry" };
-                t.lose(Some(&format!(
-                    "a renewal found its {side} gone or owned by someone else"
-                )));
-                locks.remove(uid);
-            }
-            // A failed round trip: try again soon, well before the deadline.
-            Outcome::Unknown => {
-                t.due = now + (period / 4).max(Duration::from_millis(10));
-                soonest = Some(soonest.map_or(t.due, |s| s.min(t.due)));
-            }
+        let period = inner.renew_period(lease);
+        let Some(due) = t.slot.renewed(outcome, sent, now, period) else {
+            let side = if t.op.side == Side::W { "key" } else { "entry" };
+            t.lose(Some(&format!(
+                "a renewal found its {side} gone or owned by someone else"
+            )));
+            locks.remove(uid);
+            continue;
+        };
+        if outcome == Renewal::Renewed {
+            t.lease.renewed(sent);
         }
+        soonest = Some(soonest.map_or(due, |s| s.min(due)));
     }
     if let Some(at) = soonest {
         inner.renewals.wake_by(at);
     }
     drop(locks);
-}
-
-fn flag(v: &Value, i: usize) -> Option<bool> {
-    match v {
-        Value::Array(items) => items.get(i).and_then(Value::as_i64).map(|x| x == 1),
-        _ => None,
-    }
 }
 
 /// Runs the futures concurrently and collects their outputs in order.
