@@ -186,6 +186,33 @@ for (const [topology, t] of Object.entries(TOPOLOGIES)) {
   }
 }
 
+// In-process contention too: 4 processes × 4 loops on one name, so every handoff inside a
+// process (the next caller's attempt sent right behind the release) is checked against the
+// other processes' grants.
+for (const topology of ['file', 'postgres', 'redis-single', 'redlock-3']) {
+  const t = TOPOLOGIES[topology]
+  for (const primitive of topology === 'redis-single' ? ['mutex', 'rw', 'semaphore'] : ['mutex']) {
+    rows.push({
+      id: `stress/${topology}/${primitive}-4x4-callers`,
+      type: 'workers',
+      fault: 'none',
+      backend: `${t.backend} (${topology})`,
+      primitive,
+      mode: 'strict',
+      promise: PROMISE.strict + ' No lost signal, no backend error, and no acquire waits out its 10 s timeout.',
+      noFault: true,
+      workers: 4,
+      callers: 4,
+      durationMs: 20_000,
+      smoke: topology === 'redis-single' && primitive === 'mutex' ? { workers: 4, durationMs: 2_000 } : null,
+      steps: 1,
+      stepMs: 0,
+      timeoutMs: 10_000,
+      setup: t.setup,
+    })
+  }
+}
+
 /** A fault row on one mutex: workers with 100 ms critical sections, so faults hit holders. */
 function faultRow(row) {
   rows.push({
@@ -792,6 +819,7 @@ async function runWorkers(row) {
       stepMs: row.stepMs,
       readRatio: 0.7,
       leaseMs: row.leaseMs,
+      callers: row.callers ?? 1,
     }
     const child = spawn(process.execPath, [join(HERE, 'worker.mjs'), JSON.stringify(cfg)], {
       cwd: ROOT,

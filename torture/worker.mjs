@@ -24,7 +24,8 @@ import { join } from 'node:path'
 
 const cfg = JSON.parse(process.argv[2])
 // cfg: { provider: { type: 'file'|'postgres'|'redis', ... }, primitive: 'mutex'|'rw'|'semaphore',
-//   name, maxCount, dir, out, t0 (ns, string), durationMs, timeoutMs, steps, stepMs, readRatio, leaseMs }
+//   name, maxCount, dir, out, t0 (ns, string), durationMs, timeoutMs, steps, stepMs, readRatio, leaseMs,
+//   callers (loops in this process contending for the name at once; default 1) }
 
 const t0 = BigInt(cfg.t0)
 const now = () => Number(process.hrtime.bigint() - t0)
@@ -64,7 +65,6 @@ function makeProvider(p) {
 const provider = makeProvider(cfg.provider)
 const markers = join(cfg.dir, 'markers')
 const counterFile = join(cfg.dir, 'counter')
-const counterTmp = join(cfg.dir, `counter.${process.pid}`)
 const EXCL = join(markers, 'excl')
 
 let pending = []
@@ -127,8 +127,8 @@ function acquire(kind, options) {
   return lock.acquire(options)
 }
 
-/** One critical section under `h`; fills `rec`. */
-async function critical(h, kind, rec) {
+/** One critical section under `h` by the loop `caller` of this process; fills `rec`. */
+async function critical(h, kind, rec, caller) {
   let held = true
   // The synchronous check a careful holder makes before each step of its work.
   const check = () => {
@@ -150,7 +150,7 @@ async function critical(h, kind, rec) {
       rec.overlapDetected = 'a reader marker is there'
     }
   } else if (kind === 'read') {
-    const path = join(markers, `reader.${process.pid}`)
+    const path = join(markers, `reader.${process.pid}.${caller}`)
     if (mark(path, rec.token)) mine.push(path)
     if (existsSync(EXCL)) rec.overlapDetected = 'a writer marker is there'
   } else {
@@ -180,6 +180,7 @@ async function critical(h, kind, rec) {
       if (check()) {
         // Replaced atomically, so a reader never sees a half-written file: an overlap loses
         // exactly the increments it overwrites, no more.
+        const counterTmp = join(cfg.dir, `counter.${process.pid}.${caller}`)
         writeFileSync(counterTmp, String(value + 1))
         renameSync(counterTmp, counterFile)
         rec.wrote = true
@@ -195,7 +196,8 @@ async function critical(h, kind, rec) {
   for (const path of mine) unmark(path)
 }
 
-async function main() {
+/** One contending loop; `caller` tells the loops of this process apart. */
+async function loop(caller) {
   const end = now() + cfg.durationMs * 1e6
   // Bounded in time (durationMs) and in count.
   for (let iteration = 0; iteration < 10_000_000 && now() < end; iteration++) {
@@ -229,6 +231,7 @@ async function main() {
     const rec = {
       type: 'grant',
       pid: process.pid,
+      caller,
       kind,
       token: String(h.fencingToken),
       tAcqStart,
@@ -246,7 +249,7 @@ async function main() {
     const signal = h.signal
     if (signal.aborted) rec.lostAt = tGranted
     else signal.addEventListener('abort', () => (rec.lostAt = now()), { once: true })
-    await critical(h, kind, rec)
+    await critical(h, kind, rec, caller)
     const tRel = now()
     try {
       await h.release()
@@ -263,7 +266,7 @@ async function main() {
 
 let failure
 try {
-  await main()
+  await Promise.all(Array.from({ length: cfg.callers ?? 1 }, (_, caller) => loop(caller)))
 } catch (err) {
   failure = err
   stats.fatal = String(err?.stack ?? err).slice(0, 1000)

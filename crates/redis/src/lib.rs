@@ -43,6 +43,7 @@ mod wire;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use distlock_core::HeldSet;
@@ -181,6 +182,8 @@ struct Op {
     waiter: Arc<str>,
     /// The grant token of one attempt (and, once granted, of the held lock).
     id: Arc<str>,
+    /// `keys` as script keys, built once per operation and shared by its scripts.
+    key_list: Arc<[Key]>,
 }
 
 impl Op {
@@ -192,8 +195,20 @@ impl Op {
         }
     }
 
-    fn keys(&self) -> Vec<Key> {
-        self.keys.all().iter().map(|k| Key::from(*k)).collect()
+    /// An operation on `keys` for the waiter `waiter` (its first attempt's token too).
+    fn new(keys: Keys, side: Side, waiter: Arc<str>) -> Op {
+        let key_list = keys.all().iter().map(|k| Key::from(*k)).collect();
+        Op {
+            keys: Arc::new(keys),
+            side,
+            id: waiter.clone(),
+            waiter,
+            key_list,
+        }
+    }
+
+    fn keys(&self) -> Arc<[Key]> {
+        self.key_list.clone()
     }
 
     /// The key whose member or value is this grant (the main key, or the set).
@@ -346,13 +361,7 @@ impl Backend for RedisBackend {
             }
         };
         let ticket = entry.queue.enqueue(weight);
-        let waiter: Arc<str> = Arc::from(token());
-        let op = Op {
-            keys: Arc::new(op_keys),
-            side,
-            id: waiter.clone(),
-            waiter,
-        };
+        let op = Op::new(op_keys, side, Arc::from(token()));
         Ok(Box::pin(async move {
             inner.acquire(req, op, max, entry, ticket).await
         }))
@@ -369,12 +378,7 @@ impl Backend for RedisBackend {
                 }
                 _ => (Keys::lock(prefix, &name), Side::W, None),
             };
-            let op = Op {
-                keys: Arc::new(keys),
-                side,
-                waiter: Arc::from(""),
-                id: Arc::from(""),
-            };
+            let op = Op::new(keys, side, Arc::from(""));
             // The first server that answers (on RedLock: a snapshot of one server's view).
             let mut errors = Vec::new();
             for s in &inner.servers {
@@ -828,6 +832,18 @@ impl Inner {
     ) -> std::result::Result<(), String> {
         let script = &Scripts::get().release;
         let plain = self.release_args(op, floor, None);
+        if self.servers.len() == 1 {
+            // In place, with no fan-out to set up. A caller that stops waiting (its bound)
+            // leaves a revoke behind, as the fan-out's background finish would.
+            let s = &self.servers[0];
+            let mut unfinished = RevokeOnDrop(Some((self.clone(), op.clone(), lease)));
+            let answer = s.eval(script, op.keys(), plain).await;
+            unfinished.0 = None;
+            return answer.map(drop).map_err(|e| {
+                self.revoke(0, op.clone(), lease);
+                s.explain(&e)
+            });
+        }
         let revoking = self.release_args(op, floor, Some(lease));
         let mut rx = Fan::new(self.servers.iter().enumerate().map(|(i, s)| {
             let args = if by.contains(&i) {
@@ -937,7 +953,10 @@ impl Inner {
                     .iter()
                     .map(|(_, f)| Value::from(i64::try_from(*f).unwrap_or(i64::MAX)))
                     .collect();
-                restored &= server.eval(&Scripts::get().floor, keys, args).await.is_ok();
+                restored &= server
+                    .eval(&Scripts::get().floor, Arc::from(keys), args)
+                    .await
+                    .is_ok();
             }
         }
         if restored {
@@ -966,6 +985,21 @@ async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 }
                 tokio::spawn(async move { me.confirm(i).await });
             }
+        }
+    }
+}
+
+/// Revokes an attempt on the one server when dropped armed: a release whose caller stopped
+/// waiting before the answer came.
+struct RevokeOnDrop(Option<(Arc<Inner>, Op, Duration)>);
+
+impl Drop for RevokeOnDrop {
+    fn drop(&mut self) {
+        if let Some((inner, op, lease)) = self.0.take()
+            && let Some(rt) = inner.runtime.get().cloned()
+        {
+            let _in_runtime = rt.enter();
+            inner.revoke(0, op, lease);
         }
     }
 }
@@ -1093,14 +1127,24 @@ impl RedisHeld {
         let releasing = self
             .inner
             .release(&self.op, self.floor, self.lease_len, &self.by);
-        let result = match tokio::time::timeout(bound, releasing).await {
-            Ok(r) => r,
-            Err(_) => Err(format!(
+        let mut releasing = std::pin::pin!(tokio::time::timeout(bound, releasing));
+        // Once the release is on its way, the in-process turn goes to the next caller, whose
+        // attempt then follows the release on the same connection instead of a round trip
+        // later. It cannot win before the release lands: no grant is re-entrant (the key or
+        // entry holds this grant's token until the script removes it), so an attempt that
+        // arrives first finds the lock busy and waits for the release's wake-up.
+        let sent = std::future::poll_fn(|cx| Poll::Ready(releasing.as_mut().poll(cx))).await;
+        drop(lock(&self.turn).take());
+        let answered = match sent {
+            Poll::Ready(answered) => answered,
+            Poll::Pending => releasing.await,
+        };
+        let result = answered.unwrap_or_else(|_| {
+            Err(format!(
                 "no quorum of servers answered within {} ms",
                 bound.as_millis()
-            )),
-        };
-        drop(lock(&self.turn).take());
+            ))
+        });
         match result {
             Ok(()) => Ok(()),
             // Expired already: there is nothing left to release, and nothing to report.

@@ -217,9 +217,10 @@ async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> Vec<Renewal>
         args.push(Value::from(*lease_ms));
         args.push(Value::from(i64::try_from(*floor).unwrap_or(i64::MAX)));
     }
+    let keys: Arc<[Key]> = Arc::from(keys);
     let script = &Scripts::get().renew;
     let answers = futures_join(inner.servers.iter().map(|s| {
-        let (s, keys, args) = (s.clone(), keys.clone(), args.clone());
+        let (s, keys, args) = (s.clone(), Arc::clone(&keys), args.clone());
         inner.renewals.batches.fetch_add(1, Ordering::Relaxed);
         async move { s.eval(script, keys, args).await.ok() }
     }))

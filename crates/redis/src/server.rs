@@ -415,11 +415,10 @@ impl Server {
     pub async fn eval(
         &self,
         script: &Script,
-        keys: Vec<Key>,
+        keys: Arc<[Key]>,
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
-        // Boxed: the call is a large future, and it sits inside every acquire and release.
-        Box::pin(self.run(script, keys, args, true)).await
+        self.run(script, keys, args, true).await
     }
 
     /// Runs `script` by its text: for a request that must work the first time it reaches the
@@ -428,16 +427,19 @@ impl Server {
     pub async fn eval_text(
         &self,
         script: &Script,
-        keys: Vec<Key>,
+        keys: Arc<[Key]>,
         args: Vec<Value>,
     ) -> Result<Value, fred::error::Error> {
-        Box::pin(self.run(script, keys, args, false)).await
+        self.run(script, keys, args, false).await
     }
 
+    /// On the event loop's own connection when the call is made there and it is up; else (or
+    /// when the server lost its scripts) through fred. Only the fred path is boxed: it is a
+    /// large future, and the event loop's path is the hot one.
     async fn run(
         &self,
         script: &Script,
-        keys: Vec<Key>,
+        keys: Arc<[Key]>,
         args: Vec<Value>,
         by_sha: bool,
     ) -> Result<Value, fred::error::Error> {
@@ -459,6 +461,17 @@ impl Server {
                 }
             }
         }
+        Box::pin(self.run_fred(client, script, keys.to_vec(), args, by_sha)).await
+    }
+
+    async fn run_fred(
+        &self,
+        client: &Client,
+        script: &Script,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+        by_sha: bool,
+    ) -> Result<Value, fred::error::Error> {
         if !client.is_connected() {
             // A cluster client cannot route before it has the slot map: wait for the connect,
             // within the command timeout (callers bound the whole call with their budget),
