@@ -161,27 +161,39 @@ const SMOKE_MATRIX = new Set([
   'redlock-3/mutex',
   'cluster/mutex',
 ])
-for (const [topology, t] of Object.entries(TOPOLOGIES)) {
+/** A no-fault row: `workers` processes of `callers` loops each contend for one name. */
+function stressRow({ topology, primitive, suffix = '', fault = 'none', workers = 8, callers = 1, durationMs, smoke }) {
+  rows.push({
+    id: `stress/${topology}/${primitive}${suffix}`,
+    type: 'workers',
+    fault,
+    backend: `${TOPOLOGIES[topology].backend} (${topology})`,
+    primitive,
+    mode: 'strict',
+    promise: PROMISE.strict + ' No lost signal, no backend error, and no acquire waits out its 10 s timeout.',
+    noFault: true,
+    workers,
+    callers,
+    durationMs,
+    smoke: smoke ? { workers: 4, durationMs: 2_000 } : null,
+    steps: 1,
+    stepMs: 0,
+    timeoutMs: 10_000,
+    setup: TOPOLOGIES[topology].setup,
+  })
+}
+
+for (const topology of Object.keys(TOPOLOGIES)) {
   for (const primitive of ['mutex', 'rw', 'semaphore']) {
     // Semaphores need one deployment: RedLock refuses them (documented).
     if (topology.startsWith('redlock') && primitive === 'semaphore') continue
     const long = topology.startsWith('redlock') && primitive === 'mutex'
-    rows.push({
-      id: `stress/${topology}/${primitive}`,
-      type: 'workers',
-      fault: long ? 'none (the RedLock overlap run of issue 11)' : 'none',
-      backend: `${t.backend} (${topology})`,
+    stressRow({
+      topology,
       primitive,
-      mode: 'strict',
-      promise: PROMISE.strict + ' No lost signal, no backend error, and no acquire waits out its 10 s timeout.',
-      noFault: true,
-      workers: 8,
+      fault: long ? 'none (the RedLock overlap run of issue 11)' : 'none',
       durationMs: long ? 60_000 : 20_000,
-      smoke: SMOKE_MATRIX.has(`${topology}/${primitive}`) ? { workers: 4, durationMs: 2_000 } : null,
-      steps: 1,
-      stepMs: 0,
-      timeoutMs: 10_000,
-      setup: t.setup,
+      smoke: SMOKE_MATRIX.has(`${topology}/${primitive}`),
     })
   }
 }
@@ -190,25 +202,15 @@ for (const [topology, t] of Object.entries(TOPOLOGIES)) {
 // process (the next caller's attempt sent right behind the release) is checked against the
 // other processes' grants.
 for (const topology of ['file', 'postgres', 'redis-single', 'redlock-3']) {
-  const t = TOPOLOGIES[topology]
   for (const primitive of topology === 'redis-single' ? ['mutex', 'rw', 'semaphore'] : ['mutex']) {
-    rows.push({
-      id: `stress/${topology}/${primitive}-4x4-callers`,
-      type: 'workers',
-      fault: 'none',
-      backend: `${t.backend} (${topology})`,
+    stressRow({
+      topology,
       primitive,
-      mode: 'strict',
-      promise: PROMISE.strict + ' No lost signal, no backend error, and no acquire waits out its 10 s timeout.',
-      noFault: true,
+      suffix: '-4x4-callers',
       workers: 4,
       callers: 4,
       durationMs: 20_000,
-      smoke: topology === 'redis-single' && primitive === 'mutex' ? { workers: 4, durationMs: 2_000 } : null,
-      steps: 1,
-      stepMs: 0,
-      timeoutMs: 10_000,
-      setup: t.setup,
+      smoke: topology === 'redis-single' && primitive === 'mutex',
     })
   }
 }
