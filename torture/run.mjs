@@ -202,7 +202,8 @@ for (const topology of Object.keys(TOPOLOGIES)) {
 // process (the next caller's attempt sent right behind the release) is checked against the
 // other processes' grants.
 for (const topology of ['file', 'postgres', 'redis-single', 'redlock-3']) {
-  for (const primitive of topology === 'redis-single' ? ['mutex', 'rw', 'semaphore'] : ['mutex']) {
+  const primitives = { 'redis-single': ['mutex', 'rw', 'semaphore'], postgres: ['mutex', 'rw'] }[topology] ?? ['mutex']
+  for (const primitive of primitives) {
     stressRow({
       topology,
       primitive,

@@ -62,7 +62,6 @@ mod machine;
 mod pool;
 
 use std::collections::HashSet;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -80,7 +79,7 @@ use tokio::time::Instant;
 pub use config::{PgOptions, Scope, Verify};
 pub use key::AdvisoryKey;
 use machine::{Miss, Retry};
-use pool::{Fault, Param, Pool, Session, Stmt, Use, describe};
+use pool::{Fault, Param, Pool, Query, Session, Stmt, Use, describe};
 
 /// The backend's name in errors and logs.
 pub const BACKEND: &str = "postgres";
@@ -104,11 +103,18 @@ struct Inner {
     pool: Arc<Pool>,
     closed: CancellationToken,
     /// Mutexes and reader-writer locks of one name share a queue (a mutex is the writer side).
-    locks: Registry<String, ()>,
+    locks: Registry<String, Handoff>,
     semaphores: Registry<(String, u32), SemState>,
     held: HeldSet<PgHeld>,
     sequence: OnceCell<()>,
     keepalive_started: OnceLock<()>,
+}
+
+/// Where the last release of a name in this process queued its unlock, for the next caller's
+/// attempt (see [`PgHeld::take_and_unlock`]).
+#[derive(Default)]
+struct Handoff {
+    session: Mutex<Option<Weak<Session>>>,
 }
 
 #[derive(Default)]
@@ -286,7 +292,9 @@ impl Backend for PostgresBackend {
         match req.kind {
             LockKind::Mutex | LockKind::Read | LockKind::Write => {
                 let shared = req.kind == LockKind::Read;
-                let entry = inner.locks.entry(&req.name, SHARED_CAPACITY, || ());
+                let entry = inner
+                    .locks
+                    .entry(&req.name, SHARED_CAPACITY, Handoff::default);
                 let ticket = entry
                     .queue
                     .enqueue(if shared { 1 } else { SHARED_CAPACITY });
@@ -415,7 +423,6 @@ impl Backend for PostgresBackend {
 /// A statement in flight that owns what it needs, so it can outlive the caller that sent it
 /// (the caller's deadline passed; the answer still has to be looked at and undone).
 type Rows = Vec<tokio_postgres::Row>;
-type Query = Pin<Box<dyn Future<Output = std::result::Result<Rows, tokio_postgres::Error>> + Send>>;
 
 fn send(s: &Arc<Session>, stmt: Stmt) -> Query {
     let s = s.clone();
@@ -626,8 +633,13 @@ impl Inner {
         until: Option<Instant>,
         stmt: Stmt,
         undo: Undo,
+        prefer: Option<Arc<Session>>,
     ) -> std::result::Result<(Arc<Session>, Rows), Miss> {
-        let s = self.session(self.attempt_usage(), req, until).await?;
+        let usage = self.attempt_usage();
+        let s = match prefer.and_then(|s| pool::claim(&s, usage)) {
+            Some(s) => s,
+            None => self.session(usage, req, until).await?,
+        };
         let mut q = send(&s, stmt);
         // A statement that never waits gets op_timeout for its answer, also when the caller's
         // deadline is further away: past that, its session is taken for cut off.
@@ -731,7 +743,7 @@ impl Inner {
         self: Arc<Self>,
         req: AcquireRequest,
         mut ticket: Ticket,
-        entry: Arc<Entry<()>>,
+        entry: Arc<Entry<Handoff>>,
         sql: Sql,
     ) -> Result<Option<Held>> {
         let start = Instant::now();
@@ -741,7 +753,8 @@ impl Inner {
         }
         let mut retry = Retry::new();
         loop {
-            let miss = match self.key_round(&req, sql, start, deadline, &mut retry).await {
+            let round = self.key_round(&req, sql, &entry.state, start, deadline, &mut retry);
+            let miss = match round.await {
                 Ok(Some((s, token))) if !s.is_dead() => {
                     let turn = Turn {
                         ticket,
@@ -797,6 +810,7 @@ impl Inner {
         self: &Arc<Self>,
         req: &AcquireRequest,
         sql: Sql,
+        handoff: &Handoff,
         start: Instant,
         deadline: Option<Instant>,
         retry: &mut Retry,
@@ -810,8 +824,10 @@ impl Inner {
                 Ok(None) => None,
                 _ => Some(sql.unlock()),
             });
+            // Right behind the release that let this caller in, on its session if it can.
+            let prefer = lock(&handoff.session).take().and_then(|s| s.upgrade());
             let (s, rows) = self
-                .attempt(req, start, until, try_stmt.clone(), undo)
+                .attempt(req, start, until, try_stmt.clone(), undo, prefer)
                 .await?;
             retry.answered(); // the server answers again
             match bigint_cell(&rows, 0).and_then(|t| t.map(|t| parse_token(Some(t))).transpose()) {
@@ -1059,7 +1075,7 @@ impl Inner {
                 let slot = u32::try_from(bigint_cell(rows, 0).ok()??).ok()?;
                 Some(slot_unlock(&name, slot))
             });
-            let (s, rows) = self.attempt(req, start, until, stmt, undo).await?;
+            let (s, rows) = self.attempt(req, start, until, stmt, undo, None).await?;
             retry.answered(); // the server answers again
             if !rows.is_empty() {
                 let cells = (bigint_cell(&rows, 0), bigint_cell(&rows, 1));
@@ -1155,7 +1171,7 @@ fn semaphore_key(name: &str, slot: u32) -> i64 {
 
 /// What a grant keeps alive besides its session: its place in the in-process queue.
 enum Keep {
-    Entry(#[allow(dead_code)] Arc<Entry<()>>),
+    Entry(Arc<Entry<Handoff>>),
     Slot(Arc<Entry<SemState>>, u32),
 }
 
@@ -1212,7 +1228,39 @@ impl PgHeld {
             let Some(grant) = grant else { return };
             let s = grant.session;
             if !s.is_dead() {
-                match tokio::time::timeout(op, s.execute(&grant.unlock)).await {
+                // In session scope, once the unlock is queued on its session the next caller of
+                // this process may go, and its attempt is sent to that session behind the
+                // unlock, so one round trip answers both. The order keeps the server's queue
+                // between processes: the unlock comes first, so a session of another process
+                // that waits for the lock is granted it there, and the attempt finds it busy.
+                // Exclusion does not depend on the order: the turn passes only once the holder
+                // released, and the server lock stays with the session until its unlocks
+                // balance its grants. An attempt on another session is an ordinary one (busy if
+                // it arrives first). When the unlock cannot be queued at once (a statement this
+                // session has not prepared yet), the turn passes after its answer.
+                let queued = if scope == Scope::Session {
+                    s.send_prepared(&grant.unlock)
+                } else {
+                    None
+                };
+                if queued.is_some() {
+                    let next = lock(&turn).take();
+                    if let Some(Turn {
+                        keep: Keep::Entry(entry),
+                        ..
+                    }) = &next
+                    {
+                        *lock(&entry.state.session) = Some(Arc::downgrade(&s));
+                    }
+                    drop(next);
+                }
+                let unlocking = async {
+                    match queued {
+                        Some(answer) => answer.await,
+                        None => s.execute(&grant.unlock).await,
+                    }
+                };
+                match tokio::time::timeout(op, unlocking).await {
                     Ok(Ok(rows)) => {
                         let held = rows.first().and_then(|r| r.try_get::<_, bool>(0).ok());
                         if scope == Scope::Session && held == Some(false) {

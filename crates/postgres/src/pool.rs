@@ -95,6 +95,14 @@ pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
     transient_sqlstate(e.code().map(|c| c.code()))
 }
 
+/// A statement's answer to come.
+pub(crate) type Query = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = std::result::Result<Vec<Row>, tokio_postgres::Error>>
+            + Send,
+    >,
+>;
+
 /// What runs when a session dies with a lock on it, after the lock's lost signal fired.
 pub(crate) type OnLost = Box<dyn FnOnce() + Send>;
 
@@ -272,6 +280,35 @@ impl Session {
         };
         self.heard();
         Ok(rows)
+    }
+
+    /// Sends `stmt` now if this session has it prepared already, and returns its answer to
+    /// come; `None` if it would need a prepare (or a `BEGIN`) first. When this returns `Some`,
+    /// the statement is queued on the connection ahead of anything sent on it afterwards
+    /// (tokio-postgres sends a request when its future is first polled, and runs requests in
+    /// that order).
+    pub(crate) fn send_prepared(self: &Arc<Self>, stmt: &Stmt) -> Option<Query> {
+        if stmt.begin {
+            return None;
+        }
+        let statement = lock(self.prepared.as_ref()?)
+            .get(&stmt.text)?
+            .get()?
+            .clone();
+        let (s, params) = (self.clone(), stmt.params.clone());
+        let mut answer: Query = Box::pin(async move {
+            let _guard = s.track();
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(Param::value).collect();
+            let rows = s.client.query(&statement, &values).await?;
+            s.heard();
+            Ok(rows)
+        });
+        // The first poll sends it; an answer that is already there is kept.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(done) = answer.as_mut().poll(&mut cx) {
+            return Some(Box::pin(std::future::ready(done)));
+        }
+        Some(answer)
     }
 
     /// `text` with `params`, prepared if this session keeps prepared statements.
@@ -611,11 +648,8 @@ impl Pool {
 }
 
 /// Takes the session `s` for `usage` if it is still free for it.
-fn claim(s: &Arc<Session>, usage: Use) -> Option<Arc<Session>> {
-    match usage {
-        Use::Shared => (!s.is_dead()).then(|| s.clone()),
-        Use::Busy => pick(std::slice::from_ref(s), Use::Busy),
-    }
+pub(crate) fn claim(s: &Arc<Session>, usage: Use) -> Option<Arc<Session>> {
+    pick(std::slice::from_ref(s), usage)
 }
 
 /// What the machine needs to know of session `s` to choose one (see [`crate::machine`]).

@@ -532,6 +532,96 @@ async fn many_waiters_on_one_name_are_served_in_call_order() {
     assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
 }
 
+/// Callers of one process hand the lock on with the next caller's attempt sent right behind the
+/// unlock on the same session. With one session every attempt lands on the holder's session,
+/// where advisory locks are re-entrant: the in-process turn alone keeps two callers from
+/// holding at once, which the overlap check and the token order check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_handoffs_on_one_session_never_overlap_and_tokens_rise() {
+    let (a, app) = provider_opts("handoff", |o| o.max_connections(1.0).unwrap());
+    let name = unique("handoff");
+    let inside = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (a, name, inside, tokens) = (a.clone(), name.clone(), inside.clone(), tokens.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                let h = get(&a, req(&name, LockKind::Mutex, Some(20_000.0)))
+                    .await
+                    .expect("granted within 20 s");
+                assert!(!inside.swap(true, Ordering::AcqRel), "two holders at once");
+                tokens.lock().unwrap().push(h.fencing_token());
+                tokio::task::yield_now().await;
+                inside.store(false, Ordering::Release);
+                h.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let tokens = tokens.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 400);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens rise in grant order"
+    );
+    assert_eq!(connections(&admin().await, &app).await, 1);
+    assert_free("handoff_after", &name, 2_000.0).await;
+}
+
+/// The handoff inside a process keeps the server's order between processes: a session of
+/// another process that waits on the server is served within a few handoffs, not after all of
+/// this process's callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_of_another_process_is_not_starved_by_in_process_handoffs() {
+    let (a, _) = provider_opts("fair_a", |o| o.max_connections(1.0).unwrap());
+    let b = provider("fair_b");
+    let name = unique("fair");
+    let grants = Arc::new(AtomicU64::new(0));
+    let b_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (a, name, grants, b_done) = (a.clone(), name.clone(), grants.clone(), b_done.clone());
+        tasks.push(tokio::spawn(async move {
+            // Bounded: 250 cycles per task, or until the other process got its turn.
+            for _ in 0..250 {
+                if b_done.load(Ordering::Acquire) {
+                    break;
+                }
+                let h = get(&a, req(&name, LockKind::Mutex, Some(20_000.0)))
+                    .await
+                    .expect("granted within 20 s");
+                grants.fetch_add(1, Ordering::AcqRel);
+                tokio::task::yield_now().await;
+                h.release().await.unwrap();
+            }
+        }));
+    }
+    // Let the in-process handoffs run, then wait from another session.
+    let started = Instant::now();
+    while grants.load(Ordering::Acquire) < 20 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = grants.load(Ordering::Acquire);
+    let hb = get(&b, req(&name, LockKind::Mutex, Some(20_000.0)))
+        .await
+        .expect("the other process is granted");
+    let during = grants.load(Ordering::Acquire) - before;
+    b_done.store(true, Ordering::Release);
+    hb.release().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // A few handoffs can pass while B's try and its blocking wait travel; the server's queue
+    // then serves B at the next unlock. Starved, B would wait for all 1 000 cycles.
+    assert!(
+        during < 100,
+        "{during} in-process grants passed the waiting session"
+    );
+}
+
 #[tokio::test]
 async fn a_blocked_waiter_does_not_hold_up_releases_or_tries_of_the_same_provider() {
     let (a, _) = provider_opts("starve_a", |o| o.max_connections(2.0).unwrap());
