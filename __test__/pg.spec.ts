@@ -63,6 +63,14 @@ describe('PostgresLockProvider', () => {
     await Promise.all(handles.map((h) => h.release()))
   })
 
+  it('with the event-loop driver every session of one TCP host is read on the JS thread', async () => {
+    const p = provider()
+    const handles = await Promise.all(Array.from({ length: 20 }, (_, i) => p.createLock(unique(`loop-${i}`)).acquire()))
+    expect(p.connections).toBeGreaterThanOrEqual(1)
+    expect(p.eventLoopConnections).toBe(p.driver === 'event-loop' ? p.connections : 0)
+    await Promise.all(handles.map((h) => h.release()))
+  })
+
   it('excludes, times out, and hands out increasing fencing tokens', async () => {
     const a = provider()
     const b = provider()
@@ -304,6 +312,20 @@ describe('PostgresLockProvider across processes', () => {
     )
     for (const c of children) expect((await c.exited).code, c.lines.join('\n')).toBe(0)
     expect(Number(readFileSync(join(dir, 'counter.txt'), 'utf8'))).toBe(200)
+  })
+
+  it('a holder whose JS thread blocks for 8 keepalive periods keeps its lock (the probe counts only time the loop ran)', async () => {
+    const name = unique('blocked')
+    const holder = new Child('child.cjs', ['postgres', 'block', PG_URL, name, '', '1600'])
+    const [, , onLoop] = (await holder.line('HOLDING')).split(' ')
+    // With the event-loop driver the session's socket is read on the blocked thread itself.
+    expect(Number(onLoop)).toBe(process.env.DISTLOCK_DRIVER === 'tokio' ? 0 : 1)
+    const p = provider()
+    expect(await p.createLock(name).tryAcquire()).toBeNull()
+    expect(await holder.line('AFTER')).toBe('AFTER aborted=false held=true')
+    expect((await holder.exit()).code).toBe(0)
+    const h = await p.createLock(name).acquire({ timeoutMs: 5000 })
+    await h.release()
   })
 
   it('the server frees the lock of a holder killed with kill -9', async () => {

@@ -172,6 +172,15 @@ export class PostgresLockProvider extends BaseProvider {
   get connections(): number {
     return this.#native.connections ?? 0
   }
+
+  /**
+   * Of {@link connections}, those whose socket is read on the JS thread's event loop (every
+   * session of a single-host server with the `'event-loop'` driver; 0 with `'runtime'`, or for
+   * several hosts, `hostaddr` or a Unix socket, which tokio-postgres connects on its runtime).
+   */
+  get eventLoopConnections(): number {
+    return this.#native.eventLoopConnections ?? 0
+  }
 }
 
 function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProviderOptions {

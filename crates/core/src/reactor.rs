@@ -3,7 +3,9 @@
 //! thread in between. The bindings implement it (over libuv in Node); a backend that is given
 //! none, or is called off the loop thread, uses its own runtime instead.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 
 /// A socket as the OS names it.
@@ -30,6 +32,13 @@ pub trait Reactor: Send + Sync + 'static {
         owner: Box<dyn Send + Sync>,
         ready: Arc<dyn Ready>,
     ) -> io::Result<Box<dyn Watch>>;
+
+    /// Runs `task` on the loop thread until it ends; callable from any thread. It is first
+    /// polled at the loop's next turn, and again whenever its waker fires. A task woken by a
+    /// call made on the loop thread (a request queued for the connection it drives) is polled
+    /// before that call returns to the host, so what it writes goes out at once. Tasks still
+    /// pending when the loop ends are dropped.
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send>>);
 }
 
 /// What a watched socket calls on the loop thread.

@@ -565,6 +565,14 @@ impl NativeProvider {
             .map(|p| u32::try_from(p.connections()).unwrap_or(u32::MAX))
     }
 
+    /// Of those, the ones whose socket is read on the event loop (PostgreSQL).
+    #[napi(getter)]
+    pub fn event_loop_connections(&self) -> Option<u32> {
+        self.postgres
+            .as_ref()
+            .map(|p| u32::try_from(p.connections_on_loop()).unwrap_or(u32::MAX))
+    }
+
     /// Locks held through this provider now (Redis).
     #[napi(getter)]
     pub fn held_count(&self) -> Option<u32> {

@@ -129,6 +129,11 @@ pub struct Loop {
     /// The poll handles open now, closed at the latest when the environment ends (a worker
     /// thread's loop must have no open handle left when Node closes it).
     polls: Mutex<std::collections::HashSet<usize>>,
+    /// The background tasks ([`Reactor::spawn`]), dropped when the environment ends (each
+    /// drives a connection whose socket is watched here).
+    spawned: Mutex<Vec<std::sync::Weak<Task>>>,
+    /// Itself, for the tasks spawned from other threads.
+    this: OnceLock<std::sync::Weak<Loop>>,
     dead: AtomicBool,
 }
 
@@ -151,6 +156,7 @@ impl Loop {
         }
         let uv = uv()?;
         let l = Arc::new(Self::start(uv, env)?);
+        let _ = l.this.set(Arc::downgrade(&l));
         CURRENT.with(|c| *c.borrow_mut() = Some(l.clone()));
         Some(l)
     }
@@ -197,6 +203,8 @@ impl Loop {
             jobs: Mutex::default(),
             draining: AtomicBool::new(false),
             polls: Mutex::default(),
+            spawned: Mutex::default(),
+            this: OnceLock::new(),
             dead: AtomicBool::new(false),
         };
         // SAFETY: the cleanup hook runs once on the JS thread when the environment ends; its
@@ -249,7 +257,7 @@ impl Loop {
             }
             for task in batch {
                 task.queued.store(false, Ordering::Release);
-                if let Some((sink, id, answer)) = task.poll() {
+                if let Some((Some(sink), id, answer)) = task.poll() {
                     self.settle(&*sink, id, answer);
                 }
             }
@@ -279,18 +287,48 @@ impl Loop {
     ) -> Option<Answer> {
         let task = Arc::new(Task {
             core: self.clone(),
-            fut: Mutex::new(Some((fut, sink, id))),
+            fut: Mutex::new(Some((fut, Some(sink), id))),
             queued: AtomicBool::new(false),
+            background: false,
         });
         let was = self.draining.swap(true, Ordering::AcqRel);
         let out = task.poll().map(|(_, _, answer)| answer);
+        if !was {
+            self.poll_background();
+        }
         self.draining.store(was, Ordering::Release);
         if !was && !lock(&self.woken).is_empty() {
             self.wake_up();
         }
         out
     }
+
+    /// Polls the woken background tasks now, leaving the woken calls queued: a call made from
+    /// JS that queued a request for a connection driven here gets it written before it returns
+    /// (the calls it may have woken are settled at the next turn, never inside a call from JS).
+    fn poll_background(&self) {
+        loop {
+            let due: Vec<Arc<Task>> = {
+                let mut woken = lock(&self.woken);
+                if !woken.iter().any(|t| t.background) {
+                    return;
+                }
+                let (due, calls) = std::mem::take(&mut *woken)
+                    .into_iter()
+                    .partition(|t| t.background);
+                *woken = calls;
+                due
+            };
+            for task in due {
+                task.queued.store(false, Ordering::Release);
+                task.poll();
+            }
+        }
+    }
 }
+
+/// A finished task: where its answer goes (nothing for a background task), its call id, the answer.
+type Finished = (Option<Arc<dyn Settle>>, u32, Answer);
 
 /// A call being answered on the loop.
 pub struct Task {
@@ -299,16 +337,18 @@ pub struct Task {
     fut: Mutex<
         Option<(
             Pin<Box<dyn Future<Output = Answer> + Send>>,
-            Arc<dyn Settle>,
+            Option<Arc<dyn Settle>>,
             u32,
         )>,
     >,
     queued: AtomicBool,
+    /// Spawned with [`Reactor::spawn`]: nothing to settle.
+    background: bool,
 }
 
 impl Task {
     /// Polls once; the answer and where it goes when the future finished.
-    fn poll(self: &Arc<Self>) -> Option<(Arc<dyn Settle>, u32, Answer)> {
+    fn poll(self: &Arc<Self>) -> Option<Finished> {
         let mut slot = lock(&self.fut);
         let (fut, _, _) = slot.as_mut()?;
         let waker = Waker::from(self.clone());
@@ -356,6 +396,12 @@ unsafe extern "C" fn on_env_cleanup(_arg: *mut c_void) {
     l.dead.store(true, Ordering::Release);
     lock(&l.woken).clear();
     lock(&l.jobs).clear();
+    // A background task and the wakers it left behind point at each other: drop its future.
+    for task in std::mem::take(&mut *lock(&l.spawned)) {
+        if let Some(task) = task.upgrade() {
+            drop(lock(&task.fut).take());
+        }
+    }
     let polls: Vec<usize> = lock(&l.polls).drain().collect();
     if let Some(uv) = uv() {
         // SAFETY: on the JS thread at environment teardown; every handle was initialised by
@@ -528,6 +574,31 @@ impl Reactor for Loop {
             handle: h as usize,
             writable: AtomicBool::new(false),
         }))
+    }
+
+    fn spawn(&self, task: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        if self.dead.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(core) = self.this.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let fut: Pin<Box<dyn Future<Output = Answer> + Send>> = Box::pin(async move {
+            task.await;
+            Ok(None)
+        });
+        let task = Arc::new(Task {
+            core,
+            fut: Mutex::new(Some((fut, None, 0))),
+            queued: AtomicBool::new(false),
+            background: true,
+        });
+        {
+            let mut spawned = lock(&self.spawned);
+            spawned.retain(|t| t.strong_count() > 0);
+            spawned.push(Arc::downgrade(&task));
+        }
+        task.wake_by_ref();
     }
 }
 

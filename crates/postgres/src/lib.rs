@@ -60,6 +60,7 @@ mod config;
 pub mod key;
 mod machine;
 mod pool;
+mod socket;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,6 +144,11 @@ impl PostgresBackend {
     /// Server connections open now.
     pub fn connections(&self) -> usize {
         self.inner.pool.connections()
+    }
+
+    /// Of those, the ones whose socket is read on the host's event loop.
+    pub fn connections_on_loop(&self) -> usize {
+        self.inner.pool.on_loop()
     }
 
     /// Locks held through this provider now.
@@ -397,6 +403,10 @@ impl Backend for PostgresBackend {
         self.inner.closed.is_cancelled()
     }
 
+    fn attach(&self, reactor: Arc<dyn distlock_core::reactor::Reactor>) {
+        self.inner.pool.attach(reactor);
+    }
+
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -649,20 +659,29 @@ impl Inner {
         let bound = if by_deadline { until } else { Some(op_end) };
         match race(&mut q, bound, req.cancel.as_ref(), &self.closed).await {
             Waited::Done(Ok(rows)) => Ok((s, rows)),
-            Waited::TimedOut if !by_deadline => {
-                let message = format!(
-                    "trying {} on {}: no answer within {} ms",
-                    req.target(BACKEND),
-                    self.pool.opts.server(),
-                    op.as_millis()
-                );
-                // The server frees whatever the session held once it notices it closed.
-                s.kill(message.clone());
-                Err(Miss::Fault(Fault {
-                    message,
-                    transient: true,
-                }))
-            }
+            Waited::TimedOut if !by_deadline => match s.within(Duration::ZERO, &mut q).await {
+                // Answered after all: the timer fired while JavaScript blocked the loop.
+                Some(Ok(rows)) => Ok((s, rows)),
+                Some(Err(e)) => {
+                    let f = self.fault(req, "trying", &e);
+                    self.end_attempt(&s).await;
+                    Err(Miss::Fault(f))
+                }
+                None => {
+                    let message = format!(
+                        "trying {} on {}: no answer within {} ms",
+                        req.target(BACKEND),
+                        self.pool.opts.server(),
+                        op.as_millis()
+                    );
+                    // The server frees whatever the session held once it notices it closed.
+                    s.kill(message.clone());
+                    Err(Miss::Fault(Fault {
+                        message,
+                        transient: true,
+                    }))
+                }
+            },
             Waited::Done(Err(e)) => {
                 let f = self.fault(req, "trying", &e);
                 self.end_attempt(&s).await;
@@ -698,8 +717,9 @@ impl Inner {
         let inner = self.clone();
         tokio::spawn(async move {
             let op = inner.pool.opts.op_timeout;
-            match tokio::time::timeout(op, q).await {
-                Ok(Ok(rows)) => {
+            let mut q = q;
+            match s.within(op, &mut q).await {
+                Some(Ok(rows)) => {
                     if inner.pool.opts.scope == Scope::Session
                         && let Some(stmt) = undo(&rows)
                     {
@@ -708,8 +728,8 @@ impl Inner {
                             .await;
                     }
                 }
-                Ok(Err(_)) => {}
-                Err(_) => {
+                Some(Err(_)) => {}
+                None => {
                     s.kill(format!(
                         "an attempt got no answer within {} ms",
                         op.as_millis()
@@ -725,10 +745,11 @@ impl Inner {
     /// closed (the server then frees what it held).
     async fn bounded(&self, s: &Arc<Session>, stmt: &Stmt, what: &str) {
         let op = self.pool.opts.op_timeout;
-        match tokio::time::timeout(op, s.execute(stmt)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => s.kill(format!("{what} failed: {}", describe(&e))),
-            Err(_) => s.kill(format!("{what} got no answer within {} ms", op.as_millis())),
+        let mut q = std::pin::pin!(s.execute(stmt));
+        match s.within(op, &mut q).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => s.kill(format!("{what} failed: {}", describe(&e))),
+            None => s.kill(format!("{what} got no answer within {} ms", op.as_millis())),
         }
     }
 
@@ -952,7 +973,7 @@ impl Inner {
             return;
         }
         let _ = tokio::time::timeout(op, s.cancel_running(self.pool.tls.clone())).await;
-        if tokio::time::timeout(op, &mut q).await.is_err() {
+        if s.within(op, &mut q).await.is_none() {
             s.kill(format!(
                 "an interrupted wait did not end within {} ms",
                 op.as_millis()
@@ -975,13 +996,15 @@ impl Inner {
         }
         let op = self.pool.opts.op_timeout;
         for _ in 0..3 {
-            match tokio::time::timeout(op, s.execute(&reset(scope))).await {
-                Ok(Ok(_)) => {
+            let stmt = reset(scope);
+            let mut q = std::pin::pin!(s.execute(&stmt));
+            match s.within(op, &mut q).await {
+                Some(Ok(_)) => {
                     s.unbusy();
                     return;
                 }
                 // A cancel request can land on the statement after the one it was meant for.
-                Ok(Err(e))
+                Some(Err(e))
                     if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {}
                 _ => break,
             }
@@ -1260,8 +1283,9 @@ impl PgHeld {
                         None => s.execute(&grant.unlock).await,
                     }
                 };
-                match tokio::time::timeout(op, unlocking).await {
-                    Ok(Ok(rows)) => {
+                let mut unlocking = std::pin::pin!(unlocking);
+                match s.within(op, &mut unlocking).await {
+                    Some(Ok(rows)) => {
                         let held = rows.first().and_then(|r| r.try_get::<_, bool>(0).ok());
                         if scope == Scope::Session && held == Some(false) {
                             tracing::warn!(
@@ -1271,13 +1295,13 @@ impl PgHeld {
                             );
                         }
                     }
-                    Ok(Err(e)) if !s.is_dead() => {
+                    Some(Err(e)) if !s.is_dead() => {
                         // The lock may still be held on a live session: close it so the server
                         // frees it (the session's other locks report lost).
                         s.kill(format!("unlocking failed: {}", describe(&e)));
                     }
-                    Ok(Err(_)) => {}
-                    Err(_) => s.kill(format!(
+                    Some(Err(_)) => {}
+                    None => s.kill(format!(
                         "an unlock got no answer within {} ms",
                         op.as_millis()
                     )),

@@ -6,7 +6,9 @@
 //! scope, it holds that caller's lock inside an open transaction). A blocking wait only ever
 //! starts on a session that holds nothing, so an unlock never queues behind a wait.
 //!
-//! Each session's connection runs on its own task; when it ends (the server terminated the
+//! Each session's connection runs on its own task: on the host's event loop when the provider
+//! was given one and the server is a single TCP host ([`crate::socket`]; the statements of calls
+//! made on the JS thread are then written and answered there), else on the tokio runtime. When it ends (the server terminated the
 //! backend, the socket closed, a keepalive probe failed) every lock the session held fires its
 //! lost signal, then gives its in-process turn back (so the name is free in this process at once).
 //!
@@ -28,10 +30,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use distlock_core::reactor::Reactor;
 use distlock_core::{Error, LostSignal, Result};
 use tokio::sync::{Notify, OnceCell};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tokio_postgres::config::Host;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -40,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::BACKEND;
 use crate::config::PgOptions;
 use crate::machine::{Load, free_for_wait, shared_rank, transient_sqlstate};
+use crate::socket::{LoopSocket, SocketIo};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a few field updates; a panic cannot leave them half-done.
@@ -181,7 +187,11 @@ pub(crate) struct Session {
     client: Client,
     st: Mutex<SessionState>,
     dead: CancellationToken,
+    /// The connection's task on the runtime (aborted to close it)…
     driver: Mutex<Option<AbortHandle>>,
+    /// …or its socket, read on the event loop (shut down to close it), with the server's
+    /// address for cancel requests.
+    io: Option<(Arc<SocketIo>, String, u16)>,
     pool: Weak<Pool>,
     /// Named prepared statements by text, each prepared on first use (concurrent first users
     /// wait for one prepare); `None` in transaction scope, where statements are parsed unnamed.
@@ -356,9 +366,30 @@ impl Session {
     }
 
     /// Asks the server to cancel whatever this session is running (a new short connection).
-    pub(crate) async fn cancel_running(&self, tls: MakeRustlsConnect) {
+    pub(crate) async fn cancel_running(&self, mut tls: MakeRustlsConnect) {
         let token = self.client.cancel_token();
-        if let Err(e) = token.cancel_query(tls).await {
+        let sent = match &self.io {
+            None => token.cancel_query(tls).await,
+            // A connection opened outside tokio-postgres: open the cancel request's ourselves.
+            Some((_, host, port)) => {
+                match tokio::net::TcpStream::connect((host.as_str(), *port)).await {
+                    Ok(tcp) => match MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                        &mut tls, host,
+                    ) {
+                        Ok(connect) => token.cancel_query_raw(tcp, connect).await,
+                        Err(e) => {
+                            tracing::warn!(backend = BACKEND, session = self.id, error = %e, "cancel request failed");
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(backend = BACKEND, session = self.id, error = %e, "cancel request failed");
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = sent {
             tracing::warn!(backend = BACKEND, session = self.id, error = %describe(&e), "cancel request failed");
         }
     }
@@ -434,6 +465,59 @@ impl Session {
         if let Some(driver) = lock(&self.driver).take() {
             driver.abort();
         }
+        if let Some((io, _, _)) = &self.io {
+            io.close();
+        }
+    }
+
+    /// Waits up to `op` for `q`; `None` if it got no answer. On a session read on the event
+    /// loop, `op` is counted from when the loop could have written the statement, and a timeout
+    /// is only believed once the loop has read the socket after it: a statement sent from
+    /// another thread while JavaScript blocked the loop goes out only when it resumes, and an
+    /// answer may sit in the kernel while it is blocked.
+    pub(crate) async fn within<F: std::future::Future + Unpin>(
+        &self,
+        op: Duration,
+        q: &mut F,
+    ) -> Option<F::Output> {
+        let Some((io, _, _)) = self.io.as_ref() else {
+            return tokio::time::timeout(op, &mut *q).await.ok();
+        };
+        if !io.on_loop() {
+            // Off the loop: the clock starts once the loop has polled the connection after
+            // the statement was queued (the poll that writes it).
+            tokio::select! {
+                biased;
+                out = &mut *q => return Some(out),
+                _ = io.looked() => {}
+            }
+        }
+        if let Ok(out) = tokio::time::timeout(op, &mut *q).await {
+            return Some(out);
+        }
+        let asked = Instant::now();
+        let _ = io.looked().await;
+        if let Some(out) = now_or_never(q) {
+            return Some(out);
+        }
+        if asked.elapsed() < LOOP_LATE {
+            // The loop was running: the server is silent.
+            return None;
+        }
+        // The loop was blocked when the time ran out: the answer may only now be on its way.
+        tokio::time::timeout(op, &mut *q).await.ok()
+    }
+}
+
+/// How late the event loop may read a socket it was asked to and still count as running.
+const LOOP_LATE: Duration = Duration::from_millis(20);
+
+/// `q`'s output if it is ready now.
+fn now_or_never<F: std::future::Future + Unpin>(q: &mut F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(q).poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }
 
@@ -441,6 +525,8 @@ impl Session {
 pub(crate) struct Pool {
     pub(crate) opts: PgOptions,
     pub(crate) tls: MakeRustlsConnect,
+    /// The host's event loop, if the provider was given one.
+    reactor: Mutex<Option<Arc<dyn Reactor>>>,
     st: Mutex<PoolState>,
     changed: Notify,
     next_id: AtomicU64,
@@ -480,11 +566,26 @@ impl Pool {
         Ok(Arc::new(Pool {
             opts,
             tls,
+            reactor: Mutex::new(None),
             st: Mutex::new(PoolState::default()),
             changed: Notify::new(),
             next_id: AtomicU64::new(1),
             ever_connected: AtomicBool::new(false),
         }))
+    }
+
+    /// Opens the sessions from now on with their sockets on `reactor`.
+    pub(crate) fn attach(&self, reactor: Arc<dyn Reactor>) {
+        *lock(&self.reactor) = Some(reactor);
+    }
+
+    /// Sessions whose socket is read on the event loop, out of those open.
+    pub(crate) fn on_loop(&self) -> usize {
+        lock(&self.st)
+            .sessions
+            .iter()
+            .filter(|s| s.io.is_some())
+            .count()
     }
 
     /// Whether a session was ever opened.
@@ -563,6 +664,10 @@ impl Pool {
             .get_connect_timeout()
             .copied()
             .unwrap_or(crate::config::DEFAULT_OP_TIMEOUT);
+        let on_loop = lock(&self.reactor).clone().zip(self.loop_target());
+        if let Some((reactor, (host, port))) = on_loop {
+            return self.open_on_loop(reactor, host, port, limit).await;
+        }
         let connecting = self.opts.config.connect(self.tls.clone());
         let (client, connection) = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(pair)) => pair,
@@ -583,16 +688,7 @@ impl Pool {
                 });
             }
         };
-        self.ever_connected.store(true, Ordering::Release);
-        let session = Arc::new(Session {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            client,
-            st: Mutex::new(SessionState::default()),
-            dead: CancellationToken::new(),
-            driver: Mutex::new(None),
-            pool: Arc::downgrade(self),
-            prepared: (self.opts.scope == crate::Scope::Session).then(Mutex::default),
-        });
+        let session = self.adopt(client, None);
         let watched = session.clone();
         let server = self.opts.server();
         let driver = tokio::spawn(async move {
@@ -603,9 +699,147 @@ impl Pool {
             watched.die(reason);
         });
         *lock(&session.driver) = Some(driver.abort_handle());
-        tracing::debug!(backend = BACKEND, session = session.id, server = %self.opts.server(), "connected");
-        lock(&self.st).sessions.push(session.clone());
         Ok(session)
+    }
+
+    /// A new session over `client`, in the pool.
+    fn adopt(
+        self: &Arc<Self>,
+        client: Client,
+        io: Option<(Arc<SocketIo>, String, u16)>,
+    ) -> Arc<Session> {
+        self.ever_connected.store(true, Ordering::Release);
+        let session = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            client,
+            st: Mutex::new(SessionState::default()),
+            dead: CancellationToken::new(),
+            driver: Mutex::new(None),
+            io,
+            pool: Arc::downgrade(self),
+            prepared: (self.opts.scope == crate::Scope::Session).then(Mutex::default),
+        });
+        tracing::debug!(backend = BACKEND, session = session.id, server = %self.opts.server(), on_loop = session.io.is_some(), "connected");
+        lock(&self.st).sessions.push(session.clone());
+        session
+    }
+
+    /// The one TCP host and port of the configuration, when its sessions can run on the event
+    /// loop: several hosts (tried in turn, with `target_session_attrs`), `hostaddr` and Unix
+    /// sockets stay with tokio-postgres's own connect on the runtime.
+    fn loop_target(&self) -> Option<(String, u16)> {
+        let c = &self.opts.config;
+        let [Host::Tcp(host)] = c.get_hosts() else {
+            return None;
+        };
+        if !c.get_hostaddrs().is_empty()
+            || c.get_ports().len() > 1
+            || c.get_target_session_attrs() != tokio_postgres::config::TargetSessionAttrs::Any
+        {
+            return None;
+        }
+        Some((host.clone(), c.get_ports().first().copied().unwrap_or(5432)))
+    }
+
+    /// Opens a session whose socket is read on the event loop: the TCP connect here, on the
+    /// runtime (with tokio-postgres's socket options), then the login (TLS, startup,
+    /// authentication) and the connection itself as a task of the loop.
+    async fn open_on_loop(
+        self: &Arc<Self>,
+        reactor: Arc<dyn Reactor>,
+        host: String,
+        port: u16,
+        limit: Duration,
+    ) -> std::result::Result<Arc<Session>, Fault> {
+        let refused = |e: &dyn std::fmt::Display| Fault {
+            message: format!("cannot connect to {}: {e}", self.opts.server()),
+            transient: self.ever_connected(),
+        };
+        let timed_out = || Fault {
+            message: format!(
+                "cannot connect to {}: no answer to the login within {} ms",
+                self.opts.server(),
+                limit.as_millis()
+            ),
+            transient: self.ever_connected(),
+        };
+        let start = Instant::now();
+        let tcp = match tokio::time::timeout(limit, self.connect_tcp(&host, port)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(refused(&e)),
+            Err(_) => return Err(timed_out()),
+        };
+        let left = limit.saturating_sub(start.elapsed());
+        let io = SocketIo::new(reactor.clone(), tcp);
+        let mut tls = self.tls.clone();
+        let connect = MakeTlsConnect::<LoopSocket>::make_tls_connect(&mut tls, &host)
+            .map_err(|e| refused(&e))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (pool, config, server) = (self.clone(), self.opts.config.clone(), self.opts.server());
+        reactor.spawn(Box::pin(async move {
+            let login = config.connect_raw(LoopSocket(io.clone()), connect);
+            let (client, connection) = match tokio::time::timeout(left, login).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(Some(e)));
+                    return;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err(None));
+                    return;
+                }
+            };
+            // The session joins the pool even if whoever asked for it stopped waiting.
+            let session = pool.adopt(client, Some((io, host, port)));
+            drop(pool);
+            let _ = tx.send(Ok(session.clone()));
+            let reason = match connection.await {
+                Ok(()) => format!("the session on {server} was closed"),
+                Err(e) => format!("the session on {server} ended: {}", describe(&e)),
+            };
+            session.die(reason);
+        }));
+        match tokio::time::timeout(left + Duration::from_millis(50), rx).await {
+            Ok(Ok(Ok(session))) => Ok(session),
+            Ok(Ok(Err(Some(e)))) => Err(Fault {
+                message: format!("cannot connect to {}: {}", self.opts.server(), describe(&e)),
+                transient: is_transient(&e) && self.ever_connected(),
+            }),
+            Ok(Ok(Err(None))) | Err(_) => Err(timed_out()),
+            Ok(Err(_)) => Err(refused(&"the event loop ended")),
+        }
+    }
+
+    /// A TCP connection to `host:port` with the configuration's socket options, non-blocking.
+    async fn connect_tcp(&self, host: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let c = &self.opts.config;
+        let sock = socket2::SockRef::from(&tcp);
+        #[cfg(target_os = "linux")]
+        if let Some(t) = c.get_tcp_user_timeout() {
+            sock.set_tcp_user_timeout(Some(*t))?;
+        }
+        if c.get_keepalives() {
+            let mut ka = socket2::TcpKeepalive::new().with_time(c.get_keepalives_idle());
+            #[cfg(not(any(target_os = "openbsd", target_os = "redox", target_os = "solaris")))]
+            if let Some(i) = c.get_keepalives_interval() {
+                ka = ka.with_interval(i);
+            }
+            #[cfg(not(any(
+                target_os = "openbsd",
+                target_os = "redox",
+                target_os = "solaris",
+                target_os = "windows"
+            )))]
+            if let Some(r) = c.get_keepalives_retries() {
+                ka = ka.with_retries(r);
+            }
+            sock.set_tcp_keepalive(&ka)?;
+        }
+        let std = tcp.into_std()?;
+        std.set_nonblocking(true)?;
+        Ok(std)
     }
 
     /// Probes every session that holds locks and is not owned by a waiter; one that does not
@@ -630,13 +864,14 @@ impl Pool {
                 }
                 let server = self.opts.server();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(period, s.query("SELECT 1")).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => s.kill(format!(
+                    let mut probe = std::pin::pin!(s.query("SELECT 1"));
+                    match s.within(period, &mut probe).await {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => s.kill(format!(
                             "the keepalive probe on {server} failed: {}",
                             describe(&e)
                         )),
-                        Err(_) => s.kill(format!(
+                        None => s.kill(format!(
                             "the session on {server} did not answer a keepalive probe within {} ms",
                             period.as_millis()
                         )),

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 struct TestReactor {
     thread: ThreadId,
+    rt: tokio::runtime::Handle,
 }
 
 struct Fd(RawFd);
@@ -108,11 +109,16 @@ impl Reactor for TestReactor {
             changed,
         }))
     }
+
+    fn spawn(&self, task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        self.rt.spawn(task);
+    }
 }
 
 fn on_this_loop(b: &distlock_redis::RedisBackend) {
     b.attach(Arc::new(TestReactor {
         thread: std::thread::current().id(),
+        rt: tokio::runtime::Handle::current(),
     }));
 }
 
