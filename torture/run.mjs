@@ -516,6 +516,9 @@ faultRow({
     'Sentinel failover: the replica, missing the lock keys (replication lag, simulated by FLUSHALL on it), is promoted (SENTINEL FAILOVER), the old master demoted',
   backend: 'redis (sentinel)',
   mode: 'allowed',
+  // A release the old master answered but never replicated leaves its key on the promoted
+  // replica until the lease ends: the row's lease is short so that service must resume in it.
+  leaseMs: 2_000,
   durationMs: 8_000,
   setup: async (dir, ctx) => {
     ctx.group = await sentinelGroup()

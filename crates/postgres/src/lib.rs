@@ -917,9 +917,10 @@ impl Inner {
             // wait is sent, not from before a prepare's round trip.
             session.prepare(&stmt).await?;
             if let Some(d) = deadline {
+                // Rounded up: the server must not give up before the caller's deadline.
                 let left = d.saturating_duration_since(Instant::now());
-                stmt.params
-                    .push(Param::Text(format!("{}ms", left.as_millis().max(1))));
+                let ms = left.as_micros().div_ceil(1000).max(1);
+                stmt.params.push(Param::Text(format!("{ms}ms")));
             }
             session.execute(&stmt).await
         });
