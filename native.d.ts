@@ -27,6 +27,11 @@ export declare class NativeHandle {
    * is released, lost, past its local lease deadline, or on a connection in doubt.
    */
   get isHeld(): boolean
+  /**
+   * What is left of the lease by the local deadline, in ms (0 once lost); `null` for
+   * backends whose locks have no lease, and once released.
+   */
+  get leaseRemainingMs(): number | null
   /** Why the lock was lost, if it was (`null` while it is held or after a normal release). */
   get lostReason(): string | null
   /**

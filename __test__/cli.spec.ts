@@ -1,4 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { FileLockProvider, PostgresLockProvider, RedisLockProvider, type LockProvider } from 'distlock'
@@ -124,10 +125,20 @@ describe('distlock run', () => {
     await h.release()
   })
 
-  it('prints help, and usage errors exit 64 with a message', () => {
+  it('prints help and its version; no arguments and usage errors exit 64 with a message', () => {
     const help = cli(['--help'])
     expect(help.status).toBe(0)
     expect(help.stdout).toContain('Usage: distlock run <name>')
+    const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
+    for (const flag of ['--version', '-V']) {
+      const res = cli([flag])
+      expect(res.status).toBe(0)
+      expect(res.stdout).toBe(`${version}\n`)
+    }
+    const bare = cli([])
+    expect(bare.status).toBe(64)
+    expect(bare.stderr).toContain('missing the command "run"')
+    expect(bare.stderr).toContain('Usage: distlock run <name>')
     for (const [args, message] of [
       [['run', 'x'], 'missing the command'],
       [['run', '--', 'true'], 'missing the lock <name>'],
@@ -139,6 +150,20 @@ describe('distlock run', () => {
       expect(res.status, args.join(' ')).toBe(64)
       expect(res.stderr).toContain(message)
     }
+  })
+
+  it('gives the command the lock name and the fencing token, which rises per grant', () => {
+    const dir = tempDir('cli-env')
+    const print = 'console.log(JSON.stringify([process.env.DISTLOCK_LOCK_NAME, process.env.DISTLOCK_FENCING_TOKEN]))'
+    const tokens = [1, 2].map(() => {
+      const res = cli(['run', 'env name', '--file', dir, '--', process.execPath, '-e', print])
+      expect(res.status, res.stderr).toBe(0)
+      const [name, token] = JSON.parse(res.stdout) as [string, string]
+      expect(name).toBe('env name')
+      expect(token).toMatch(/^\d+$/)
+      return BigInt(token)
+    })
+    expect(tokens[1]! > tokens[0]!).toBe(true)
   })
 
   it('exits 127 when the command does not exist', () => {

@@ -22,6 +22,26 @@ describe('README examples', () => {
     expect(out).toMatch(/^holding orders:42 with fencing token \d+n\ndone under the lock\n$/)
   })
 
+  it('the diagnostics_channel example prints what the locks do', () => {
+    const block = blocks('js').find((b) => b.includes("tracingChannel('distlock:acquire')"))
+    expect(block).toBeDefined()
+    const drive = [
+      "import { MemoryLockProvider } from 'distlock'",
+      'const p = new MemoryLockProvider()',
+      "const h = await p.createLock('orders:42').acquire()",
+      "await p.createLock('orders:42').acquire({ timeoutMs: 20 }).catch(() => {})",
+      'await h.release()',
+    ].join('\n')
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', `${block}\n${drive}`], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      timeout: 20_000,
+    })
+    expect(out).toMatch(
+      /^memory mutex orders:42: granted after \d+\.\d ms\nmemory mutex orders:42: timeout after \d+\.\d ms\n$/,
+    )
+  })
+
   it('the TypeScript examples compile', () => {
     const examples = blocks('ts')
     expect(examples.length).toBeGreaterThanOrEqual(2)

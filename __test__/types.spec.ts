@@ -14,6 +14,7 @@ import {
   PostgresLockProvider,
   RedisDistributedLock,
   RedisLockProvider,
+  type AbortSignalLike,
   type AcquireOptions,
   type DistributedLock,
   type DistributedReaderWriterLock,
@@ -51,7 +52,8 @@ describe('public types', () => {
       leaseRemainingMs: number | null
       fencingToken: bigint | null
     }>()
-    expectTypeOf<AcquireOptions>().toEqualTypeOf<{ timeoutMs?: number; signal?: AbortSignal; leaseMs?: number }>()
+    expectTypeOf<AcquireOptions>().toEqualTypeOf<{ timeoutMs?: number; signal?: AbortSignalLike; leaseMs?: number }>()
+    expectTypeOf<AbortSignal>().toExtend<AbortSignalLike>()
     expectTypeOf<LockHandle['fencingToken']>().toEqualTypeOf<bigint>()
     expectTypeOf<LockHandle['signal']>().toEqualTypeOf<AbortSignal>()
     expectTypeOf<LockHandle['extend']>().parameters.toEqualTypeOf<[ms: number]>()

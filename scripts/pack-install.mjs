@@ -146,6 +146,10 @@ step(`pack ${pkg.name}`, ['preflight'], () => {
   if (onlyStaged.length + onlyReal.length > 0) {
     fail(`staged pack differs from the checkout's: only staged ${onlyStaged}; only checkout ${onlyReal}`)
   }
+  const missing = ['README.md', 'LICENSE', 'CHANGELOG.md', 'dist/index.js', 'dist/cli.js'].filter(
+    (f) => !staged.includes(f),
+  )
+  if (missing.length > 0) fail(`the main package lacks ${missing.join(', ')}`)
   const natives = staged.filter((f) => f.endsWith('.node'))
   if (natives.length > 0) fail(`the main package must not ship a binary, found ${natives.join(', ')}`)
   ctx.mainTgz = join(ctx.work, report.filename)

@@ -3,6 +3,7 @@
  * the command, forwards signals, releases, and exits with the command's exit code.
  */
 import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 
@@ -37,6 +38,11 @@ Options:
   --timeout <ms>    give up after <ms> milliseconds (default: wait forever);
                     exits with code ${EXIT_TIMEOUT} on timeout
   -h, --help        show this help
+  -V, --version     print distlock's version
+
+The command's environment has DISTLOCK_LOCK_NAME (the lock's name) and
+DISTLOCK_FENCING_TOKEN (the grant's fencing token, in decimal: pass it to the
+storage the command writes, so that a stale holder's writes can be rejected).
 
 Exit codes: the command's own code, 128+N if it died of signal N,
 ${EXIT_TIMEOUT} timeout, ${EXIT_LOST} lock lost, ${EXIT_UNAVAILABLE} backend unreachable or failing, ${EXIT_USAGE} usage error, 127 command not found.
@@ -53,8 +59,10 @@ interface RunArgs {
   command: string[]
 }
 
-function parse(argv: string[]): RunArgs | 'help' {
-  if (argv.length === 0 || argv[0] === '-h' || argv[0] === '--help' || argv[0] === 'help') return 'help'
+function parse(argv: string[]): RunArgs | 'help' | 'version' {
+  if (argv.length === 0) throw new UsageError('missing the command "run"')
+  if (argv[0] === '-h' || argv[0] === '--help' || argv[0] === 'help') return 'help'
+  if (argv[0] === '-V' || argv[0] === '--version') return 'version'
   const [sub, ...rest] = argv
   if (sub !== 'run') throw new UsageError(`unknown command ${JSON.stringify(sub)}; expected "run"`)
   const dash = rest.indexOf('--')
@@ -101,13 +109,19 @@ function parse(argv: string[]): RunArgs | 'help' {
   return { name, directory, postgres, redis, timeoutMs, command }
 }
 
+/** The package's version, from its package.json (beside `dist/`). */
+function version(): string {
+  const pkg = JSON.parse(readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }
+  return pkg.version
+}
+
 function say(message: string): void {
   process.stderr.write(`distlock: ${message}\n`)
 }
 
 /** Runs the CLI with `argv` (without `node` and the script) and resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
-  let args: RunArgs | 'help'
+  let args: RunArgs | 'help' | 'version'
   try {
     args = parse(argv)
   } catch (err) {
@@ -117,6 +131,10 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (args === 'help') {
     process.stdout.write(HELP)
+    return 0
+  }
+  if (args === 'version') {
+    process.stdout.write(`${version()}\n`)
     return 0
   }
   let provider: LockProvider
@@ -154,16 +172,21 @@ async function runLocked(provider: LockProvider, args: RunArgs): Promise<number>
     throw err
   }
   try {
-    return await runCommand(args.command, handle.signal)
+    const env = {
+      ...process.env,
+      DISTLOCK_LOCK_NAME: args.name,
+      DISTLOCK_FENCING_TOKEN: handle.fencingToken.toString(),
+    }
+    return await runCommand(args.command, env, handle.signal)
   } finally {
     await handle.release()
   }
 }
 
-function runCommand(command: string[], lost: AbortSignal): Promise<number> {
+function runCommand(command: string[], env: NodeJS.ProcessEnv, lost: AbortSignal): Promise<number> {
   return new Promise((resolve) => {
     const [file, ...rest] = command
-    const child = spawn(file, rest, { stdio: 'inherit' })
+    const child = spawn(file, rest, { stdio: 'inherit', env })
     let lostReason: unknown
     const forward = (signal: NodeJS.Signals) => () => child.kill(signal)
     const handlers = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((s) => [s, forward(s)] as const)

@@ -65,6 +65,50 @@ export class AbortError extends LockError {
   }
 }
 
+/**
+ * A call that does not fit the state of its object, such as `extend` on a released handle.
+ * Its `code` is `ERR_INVALID_STATE`, as Node's own state errors.
+ */
+export class LockStateError extends LockError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'ERR_INVALID_STATE', options)
+  }
+}
+
+/** The shape of the standard `SuppressedError` (ES2026), declared here so no `lib` is needed. */
+export interface SuppressedErrorLike extends Error {
+  /** The error that was thrown. */
+  readonly error: unknown
+  /** The error that was suppressed in its favour. */
+  readonly suppressed: unknown
+}
+
+/** The constructor of {@link SuppressedError}. */
+export interface SuppressedErrorConstructor {
+  new (error: unknown, suppressed: unknown, message?: string): SuppressedErrorLike
+  readonly prototype: SuppressedErrorLike
+}
+
+class SuppressedErrorShim extends Error implements SuppressedErrorLike {
+  readonly error: unknown
+  readonly suppressed: unknown
+
+  constructor(error: unknown, suppressed: unknown, message?: string) {
+    super(message)
+    this.name = 'SuppressedError'
+    this.error = error
+    this.suppressed = suppressed
+  }
+}
+
+/**
+ * What `withLock` rejects with when the callback threw and the release failed too: `error` is
+ * the callback's own error, `suppressed` the release failure. The runtime's global
+ * `SuppressedError` where it has one (Node 24), otherwise a class of the same shape and name.
+ */
+export const SuppressedError: SuppressedErrorConstructor =
+  (globalThis as { SuppressedError?: SuppressedErrorConstructor }).SuppressedError ?? SuppressedErrorShim
+
 /** A Node-style `TypeError` with `code` `ERR_INVALID_ARG_TYPE`. */
 export function invalidArgType(message: string): TypeError {
   return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' })
@@ -75,13 +119,56 @@ export function invalidArgValue(message: string): RangeError {
   return Object.assign(new RangeError(message), { code: 'ERR_INVALID_ARG_VALUE' })
 }
 
+/** Edit distance, for "did you mean" (option names are short). */
+function distance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i]
+    for (let j = 1; j <= b.length; j++) {
+      next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    row = next
+  }
+  return row[b.length]!
+}
+
+/** The known key closest to `key`, if one is close enough to be a likely typo. */
+function closest(key: string, known: readonly string[]): string | undefined {
+  const lower = key.toLowerCase()
+  let best: string | undefined
+  let bestScore = Infinity
+  for (const k of known) {
+    const kl = k.toLowerCase()
+    // A prefix (`timeout` for `timeoutMs`) or a small edit away (`timoutMs`, `directroy`).
+    const score = kl.startsWith(lower) || lower.startsWith(kl) ? 0.5 : distance(lower, kl)
+    if (score < bestScore) [best, bestScore] = [k, score]
+  }
+  return bestScore <= Math.max(2, Math.ceil(key.length / 3)) ? best : undefined
+}
+
+/**
+ * Throws `ERR_INVALID_ARG_VALUE` (a `TypeError`, as in Node) for the first own key of `options`
+ * that is not in `known`, naming it and suggesting the closest known key. `where` is how the
+ * message names the object, e.g. `"options"`.
+ */
+export function checkKeys(options: object, known: readonly string[], where = 'options'): void {
+  for (const key of Object.keys(options)) {
+    if (known.includes(key)) continue
+    const near = closest(key, known)
+    const hint = near ? ` Did you mean "${near}"?` : ` Known properties: ${known.map((k) => `"${k}"`).join(', ')}.`
+    throw Object.assign(new TypeError(`The "${where}" argument has an unknown property "${key}".${hint}`), {
+      code: 'ERR_INVALID_ARG_VALUE',
+    })
+  }
+}
+
 const NATIVE_CODE = /^([A-Z_]+): ([\s\S]*)$/
 
 /**
  * Maps an error from the native core (message `CODE: text`) to its public class. Errors that
  * did not come from the core are returned unchanged.
  */
-export function toLockError(err: unknown, signal?: AbortSignal): unknown {
+export function toLockError(err: unknown, signal?: { readonly reason?: unknown }): unknown {
   if (!(err instanceof Error) || err instanceof LockError) return err
   const match = NATIVE_CODE.exec(err.message)
   if (!match) return err

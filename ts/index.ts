@@ -14,15 +14,21 @@ export {
   LockClosedError,
   LockError,
   LockLostError,
+  LockStateError,
   LockTimeoutError,
+  SuppressedError,
   type LockErrorKind,
+  type SuppressedErrorConstructor,
+  type SuppressedErrorLike,
 } from './errors'
 export {
   DistributedLock,
   DistributedReaderWriterLock,
   DistributedSemaphore,
   LockHandle,
+  type AbortSignalLike,
   type AcquireOptions,
+  type LockKind,
   type LockedFn,
   type LockInfo,
 } from './locks'
@@ -45,3 +51,11 @@ export {
   type KeyedAcquireOptions,
   type LockConfig,
 } from './keyed'
+export {
+  channels,
+  type AcquireOutcome,
+  type AcquireTrace,
+  type ExtendTrace,
+  type LostMessage,
+  type ReleaseTrace,
+} from './diagnostics'

@@ -4,13 +4,14 @@
  * every call is one provider call, with the provider's semantics (event-driven waiting, lost
  * signals, fencing tokens).
  */
-import { LockTimeoutError, invalidArgType, invalidArgValue } from './errors'
+import { LockTimeoutError, checkKeys, invalidArgType, invalidArgValue } from './errors'
 import type { LockHandle, LockInfo } from './locks'
-import { typeName } from './locks'
+import { isAbortSignalLike, typeName, withHeld, type AbortSignalLike } from './locks'
 import {
   FileLockProvider,
   MemoryLockProvider,
   PostgresLockProvider,
+  PROVIDER_KEYS,
   RedisLockProvider,
   type FileLockProviderOptions,
   type LockProvider,
@@ -38,7 +39,7 @@ export interface LockConfig {
 /** Per-call options of the keyed classes. */
 export interface KeyedAcquireOptions {
   /** Cancels the wait (rejects with `AbortError`; nothing stays held). */
-  signal?: AbortSignal
+  signal?: AbortSignalLike
   /** This grant's lease in ms, instead of the config's `ttlMs`. */
   ttlMs?: number
 }
@@ -123,6 +124,7 @@ abstract class KeyedLock<P extends LockProvider> implements AsyncDisposable {
    * `kind` is `'timeout'`, or `'already_locked'` when the budget is 0.
    */
   async acquire(key: string, options: KeyedAcquireOptions = {}): Promise<LockGuard> {
+    checkCallOptions(options)
     const handle = await this.provider
       .createLock(key)
       .tryAcquire({ timeoutMs: this.waitBudgetMs, signal: options.signal, leaseMs: options.ttlMs ?? this.ttlMs })
@@ -134,6 +136,7 @@ abstract class KeyedLock<P extends LockProvider> implements AsyncDisposable {
 
   /** One attempt: a guard, or `null` when the key is held. */
   async tryAcquire(key: string, options: KeyedAcquireOptions = {}): Promise<LockGuard | null> {
+    checkCallOptions(options)
     const handle = await this.provider
       .createLock(key)
       .tryAcquire({ timeoutMs: 0, signal: options.signal, leaseMs: options.ttlMs ?? this.ttlMs })
@@ -160,12 +163,11 @@ abstract class KeyedLock<P extends LockProvider> implements AsyncDisposable {
 
   /** Runs `fn` holding `key`, releasing it afterwards. */
   async withLock<T>(key: string, fn: (guard: LockGuard) => T | Promise<T>): Promise<T> {
-    const guard = await this.acquire(key)
-    try {
-      return await fn(guard)
-    } finally {
-      await guard.release()
+    if (typeof fn !== 'function') {
+      throw invalidArgType(`The "fn" argument must be of type function. Received ${typeName(fn)}`)
     }
+    const guard = await this.acquire(key)
+    return withHeld(guard, fn, guard.handle.description)
   }
 
   /** Closes the provider underneath. */
@@ -178,17 +180,34 @@ abstract class KeyedLock<P extends LockProvider> implements AsyncDisposable {
   }
 }
 
-function configOf(options: unknown): LockConfig {
+const CONFIG_KEYS = ['ttlMs', 'retryIntervalMs', 'maxRetries'] as const
+
+/** Checks a keyed class's options: the config's keys plus those of its provider (`extra`). */
+function configOf(options: unknown, extra: readonly string[]): LockConfig {
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
+  checkKeys(options, [...extra, ...CONFIG_KEYS])
   return options as LockConfig
+}
+
+function checkCallOptions(options: unknown): void {
+  if (options === null || typeof options !== 'object') {
+    throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+  }
+  checkKeys(options, ['signal', 'ttlMs'])
+  const { signal } = options as KeyedAcquireOptions
+  if (signal !== undefined && !isAbortSignalLike(signal)) {
+    throw invalidArgType(
+      `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
+    )
+  }
 }
 
 /** Keyed locks on Redis; `ttlMs` is the lease (renewed while held). */
 export class RedisDistributedLock extends KeyedLock<RedisLockProvider> {
   constructor(options: RedisLockProviderOptions & LockConfig) {
-    const config = configOf(options)
+    const config = configOf(options, PROVIDER_KEYS.redis)
     const { ttlMs, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
     super(new RedisLockProvider({ leaseMs: ttlMs, ...rest }), config)
   }
@@ -197,7 +216,7 @@ export class RedisDistributedLock extends KeyedLock<RedisLockProvider> {
 /** Keyed locks on PostgreSQL advisory locks. */
 export class PostgresDistributedLock extends KeyedLock<PostgresLockProvider> {
   constructor(options: PostgresLockProviderOptions & LockConfig) {
-    const config = configOf(options)
+    const config = configOf(options, PROVIDER_KEYS.postgres)
     const { ttlMs: _t, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
     super(new PostgresLockProvider(rest), config)
   }
@@ -206,7 +225,7 @@ export class PostgresDistributedLock extends KeyedLock<PostgresLockProvider> {
 /** Keyed locks on OS file locks in one directory. */
 export class FileDistributedLock extends KeyedLock<FileLockProvider> {
   constructor(options: FileLockProviderOptions & LockConfig = {}) {
-    const config = configOf(options)
+    const config = configOf(options, PROVIDER_KEYS.file)
     const { ttlMs: _t, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
     super(new FileLockProvider(rest), config)
   }
@@ -218,7 +237,7 @@ export class FileDistributedLock extends KeyedLock<FileLockProvider> {
  */
 export class MemoryDistributedLock extends KeyedLock<MemoryLockProvider> {
   constructor(options: LockConfig & { provider?: MemoryLockProvider } = {}) {
-    const config = configOf(options)
+    const config = configOf(options, ['provider'])
     if (options.provider !== undefined && !(options.provider instanceof MemoryLockProvider)) {
       throw invalidArgType(
         `The "options.provider" property must be an instance of MemoryLockProvider. Received ${typeName(options.provider)}`,

@@ -2,8 +2,31 @@
  * Handles and the per-name lock objects every provider hands out. Backend-independent: a
  * provider supplies its native object and a backend name; everything else is here, once.
  */
+import { inspect } from 'node:util'
+
+import {
+  acquireChannel,
+  extendChannel,
+  lostChannel,
+  releaseChannel,
+  type AcquireOutcome,
+  type AcquireTrace,
+  type ExtendTrace,
+  type LostMessage,
+  type ReleaseTrace,
+} from './diagnostics'
 import native, { type NativeHandle, type NativeProvider } from './native'
-import { AbortError, LockClosedError, LockLostError, LockTimeoutError, invalidArgType, toLockError } from './errors'
+import {
+  AbortError,
+  checkKeys,
+  LockClosedError,
+  LockLostError,
+  LockStateError,
+  LockTimeoutError,
+  SuppressedError,
+  invalidArgType,
+  toLockError,
+} from './errors'
 
 /** Options of every acquire call. */
 export interface AcquireOptions {
@@ -12,8 +35,12 @@ export interface AcquireOptions {
    * `0` (the default for `tryAcquire`) makes one attempt.
    */
   timeoutMs?: number
-  /** Cancels the wait: the call rejects with {@link AbortError} and nothing stays held. */
-  signal?: AbortSignal
+  /**
+   * Cancels the wait: the call rejects with {@link AbortError} and nothing stays held. Any
+   * object shaped like an `AbortSignal` (`aborted`, `reason`, `addEventListener`,
+   * `removeEventListener`) is accepted, as Node's own APIs accept them.
+   */
+  signal?: AbortSignalLike
   /**
    * The lease of this grant, in ms (≥ 100), instead of the provider's `leaseMs`. Only backends
    * whose locks expire (Redis) use it; the others ignore it.
@@ -35,6 +62,29 @@ export interface LockInfo {
   /** The last fencing token granted for the name, where the backend keeps one per name. */
   fencingToken: bigint | null
 }
+
+/** What `signal` options accept: an `AbortSignal`, or any object of the same shape. */
+export interface AbortSignalLike {
+  readonly aborted: boolean
+  readonly reason?: unknown
+  addEventListener(type: 'abort', listener: () => void, options?: { once?: boolean }): void
+  removeEventListener(type: 'abort', listener: () => void): void
+}
+
+/** Whether `value` can stand in for an `AbortSignal`. */
+export function isAbortSignalLike(value: unknown): value is AbortSignalLike {
+  if (value instanceof AbortSignal) return true
+  if (value === null || typeof value !== 'object') return false
+  const s = value as Record<string, unknown>
+  return (
+    typeof s.aborted === 'boolean' &&
+    typeof s.addEventListener === 'function' &&
+    typeof s.removeEventListener === 'function'
+  )
+}
+
+/** The keys an acquire's options may have. */
+const ACQUIRE_KEYS = ['timeoutMs', 'signal', 'leaseMs'] as const
 
 type Pending = { resolve: (handle: NativeHandle | null) => void; reject: (err: unknown) => void }
 
@@ -90,16 +140,17 @@ export interface LockSource {
   assertOpen(): void
 }
 
-type Kind = 'mutex' | 'read' | 'write' | 'semaphore'
+/** What a handle holds: a mutex, a reader-writer lock's read or write side, or a semaphore permit. */
+export type LockKind = 'mutex' | 'read' | 'write' | 'semaphore'
 
-const PRIMITIVE: Record<Kind, string> = {
+const PRIMITIVE: Record<LockKind, string> = {
   mutex: 'lock',
   read: 'reader-writer lock',
   write: 'reader-writer lock',
   semaphore: 'semaphore',
 }
 
-function describe(source: LockSource, kind: Kind, name: string): string {
+function describe(source: LockSource, kind: LockKind, name: string): string {
   return `${source.backend} ${PRIMITIVE[kind]} ${JSON.stringify(name)}`
 }
 
@@ -130,6 +181,7 @@ function checkOptions(options: unknown): AcquireOptions {
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
+  checkKeys(options, ACQUIRE_KEYS)
   const { timeoutMs, signal, leaseMs } = options as AcquireOptions
   for (const [key, value] of [
     ['timeoutMs', timeoutMs],
@@ -139,7 +191,7 @@ function checkOptions(options: unknown): AcquireOptions {
       throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
     }
   }
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+  if (signal !== undefined && !isAbortSignalLike(signal)) {
     throw invalidArgType(
       `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
     )
@@ -154,17 +206,40 @@ function checkOptions(options: unknown): AcquireOptions {
 export class LockHandle implements AsyncDisposable {
   /** The lock's name. */
   readonly name: string
+  /** The backend that granted it: `file`, `postgres`, `redis` or `memory`. */
+  readonly backend: string
+  /** What was acquired: `mutex`, `read` or `write` (a reader-writer lock), or `semaphore`. */
+  readonly kind: LockKind
   readonly #native: NativeHandle
   readonly #what: string
   readonly #settler: Settler
+  readonly #grantedAt = performance.now()
   #controller: AbortController | undefined
 
   /** @internal */
-  constructor(nativeHandle: NativeHandle, name: string, what: string, settler: Settler) {
+  constructor(nativeHandle: NativeHandle, name: string, kind: LockKind, source: LockSource) {
     this.#native = nativeHandle
     this.name = name
-    this.#what = what
-    this.#settler = settler
+    this.backend = source.backend
+    this.kind = kind
+    this.#what = describe(source, kind, name)
+    this.#settler = source.settler
+    if (lostChannel.hasSubscribers) {
+      // Primitives only: the callback must not keep the handle from garbage collection.
+      const { backend, fencingToken } = { backend: source.backend, fencingToken: nativeHandle.fencingToken }
+      const grantedAt = this.#grantedAt
+      nativeHandle.onLost((reason) => {
+        const message: LostMessage = {
+          name,
+          backend,
+          kind,
+          fencingToken,
+          reason,
+          heldMs: performance.now() - grantedAt,
+        }
+        lostChannel.publish(message)
+      })
+    }
   }
 
   /**
@@ -176,7 +251,7 @@ export class LockHandle implements AsyncDisposable {
       const controller = new AbortController()
       this.#controller = controller
       const what = this.#what
-      const lost = (reason: string) => controller.abort(new LockLostError(`${what} was lost: ${reason}`))
+      const lost = (reason: string) => controller.abort(new LockLostError(lostMessage(what, reason)))
       const already = this.#native.lostReason
       // Already lost: abort now, so `signal.aborted` is true the moment it is read.
       if (already != null) lost(already)
@@ -212,6 +287,31 @@ export class LockHandle implements AsyncDisposable {
   }
 
   /**
+   * How long the grant's lease has left, in ms, as this process counts it (no round trip): the
+   * local deadline a renewal must beat, which moves on with each renewal. `null` where locks
+   * have no lease (file, PostgreSQL, memory) and once the handle is released; 0 once lost.
+   */
+  get leaseRemainingMs(): number | null {
+    if (this.#native.isReleased) return null
+    return this.#native.leaseRemainingMs ?? null
+  }
+
+  /** `util.inspect` shows the name, backend, kind, token, state and lease. */
+  [inspect.custom](depth: number, options: object, show: typeof inspect): string {
+    const state = this.#native.isReleased ? 'released' : this.#native.lostReason != null ? 'lost' : 'held'
+    const fields: Record<string, unknown> = {
+      name: this.name,
+      backend: this.backend,
+      kind: this.kind,
+      fencingToken: this.fencingToken,
+      state,
+    }
+    const lease = this.leaseRemainingMs
+    if (lease !== null) fields.leaseRemainingMs = lease
+    return `LockHandle ${show(fields, { ...options, depth: depth < 0 ? null : depth })}`
+  }
+
+  /**
    * Sets the lease to `ms` from now (≥ 100), and uses that length for later renewals. Locks
    * without a lease (file, PostgreSQL, memory) cannot expire while held: for them it only
    * checks `ms` and resolves. Rejects with {@link LockLostError} if the lock is already lost.
@@ -220,15 +320,42 @@ export class LockHandle implements AsyncDisposable {
     if (typeof ms !== 'number') {
       throw invalidArgType(`The "ms" argument must be of type number. Received ${typeName(ms)}`)
     }
+    if (this.#native.isReleased) throw this.#releasedError()
     try {
-      await this.#native.extend(ms)
+      if (extendChannel.hasSubscribers) {
+        const context: ExtendTrace = { ...this.#traceBase(), ms }
+        await extendChannel.tracePromise(() => this.#native.extend(ms), context)
+      } else await this.#native.extend(ms)
     } catch (err) {
+      // Released while the call was on its way.
+      if (this.#native.isReleased && !this.#native.lostReason) throw this.#releasedError()
       throw toLockError(err)
     }
   }
 
+  /** How messages name this lock, e.g. `redis lock "orders:42"`. @internal */
+  get description(): string {
+    return this.#what
+  }
+
+  #releasedError(): LockStateError {
+    return new LockStateError(`Cannot extend ${this.#what}: it was released`)
+  }
+
   /** Releases the lock. Idempotent; never throws because the lock was already lost. */
   async release(): Promise<void> {
+    if (releaseChannel.hasSubscribers && !this.#native.isReleased) {
+      const context: ReleaseTrace = {
+        ...this.#traceBase(),
+        holdMs: performance.now() - this.#grantedAt,
+        wasLost: this.#native.lostReason != null,
+      }
+      return releaseChannel.tracePromise(() => this.#release(), context)
+    }
+    return this.#release()
+  }
+
+  async #release(): Promise<void> {
     try {
       const id = this.#settler.id()
       if (!this.#native.release(id)) await this.#settler.wait(id)
@@ -237,16 +364,60 @@ export class LockHandle implements AsyncDisposable {
     }
   }
 
+  #traceBase() {
+    return { name: this.name, backend: this.backend, kind: this.kind, fencingToken: this.fencingToken }
+  }
+
   /** Releases the lock at the end of an `await using` block. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release()
   }
 }
 
-async function acquire(
+function acquire(
   source: LockSource,
   name: string,
-  kind: Kind,
+  kind: LockKind,
+  maxCount: number | undefined,
+  options: unknown,
+  tryOnly: boolean,
+): Promise<LockHandle | null> {
+  if (!acquireChannel.hasSubscribers) return acquireUntraced(source, name, kind, maxCount, options, tryOnly)
+  const raw = (options ?? {}) as AcquireOptions
+  const context: AcquireTrace = {
+    name,
+    backend: source.backend,
+    kind,
+    timeoutMs: typeof raw.timeoutMs === 'number' ? raw.timeoutMs : tryOnly ? 0 : undefined,
+    tryOnly,
+  }
+  const started = performance.now()
+  return acquireChannel.tracePromise(async () => {
+    try {
+      const handle = await acquireUntraced(source, name, kind, maxCount, options, tryOnly)
+      context.outcome = handle ? 'granted' : 'busy'
+      if (handle) context.fencingToken = handle.fencingToken
+      return handle
+    } catch (err) {
+      context.outcome = outcomeOf(err)
+      throw err
+    } finally {
+      context.waitMs = performance.now() - started
+    }
+  }, context)
+}
+
+function outcomeOf(err: unknown): AcquireOutcome {
+  if (err instanceof LockTimeoutError) return 'timeout'
+  if (err instanceof AbortError) return 'aborted'
+  if (err instanceof LockClosedError) return 'closed'
+  return 'error'
+}
+
+async function acquireUntraced(
+  source: LockSource,
+  name: string,
+  kind: LockKind,
   maxCount: number | undefined,
   options: unknown,
   tryOnly: boolean,
@@ -274,13 +445,13 @@ async function acquire(
         // Granted, then lost before the grant reached this thread (its session ended, its
         // lease ran out while the answer waited): someone else may hold it already, so it is
         // not handed out. Try again with what is left of the budget.
-        await new LockHandle(handle, name, what, source.settler).release().catch(() => {})
+        await new LockHandle(handle, name, kind, source).release().catch(() => {})
         if (left === undefined || left === Infinity) continue
         left = timeoutMs! - (performance.now() - started)
         if (left > 0 && timeoutMs !== 0) continue
         handle = null
       }
-      if (handle) return new LockHandle(handle, name, what, source.settler)
+      if (handle) return new LockHandle(handle, name, kind, source)
       if (tryOnly) return null
       throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what}`)
     }
@@ -291,17 +462,43 @@ async function acquire(
   }
 }
 
+/**
+ * Runs `fn` with the lock held and releases it afterwards, also when `fn` throws. The caller's
+ * error is what rejects; if the release fails too, the rejection is a {@link SuppressedError}
+ * whose `error` is the caller's error and whose `suppressed` is the release failure.
+ */
+export async function withHeld<H extends { release(): Promise<void> }, T>(
+  held: H,
+  fn: (held: H) => T | Promise<T>,
+  what: string,
+): Promise<T> {
+  let result: T
+  try {
+    result = await fn(held)
+  } catch (err) {
+    try {
+      await held.release()
+    } catch (releaseErr) {
+      throw new SuppressedError(err, releaseErr, `The callback under ${what} threw, and the release failed too`)
+    }
+    throw err
+  }
+  await held.release()
+  return result
+}
+
 /** Checks `fn`, then acquires, runs `fn` and releases, also when `fn` throws. */
 async function runLocked<T>(fn: LockedFn<T>, acquiring: () => Promise<LockHandle>): Promise<T> {
   if (typeof fn !== 'function') {
     throw invalidArgType(`The "fn" argument must be of type function. Received ${typeName(fn)}`)
   }
   const handle = await acquiring()
-  try {
-    return await fn(handle)
-  } finally {
-    await handle.release()
-  }
+  return withHeld(handle, fn, handle.description)
+}
+
+/** Builds the message of a lost lock, naming the lock once. */
+function lostMessage(what: string, reason: string): string {
+  return reason.includes(what) ? reason : `${what} was lost: ${reason}`
 }
 
 /** What the lock objects share: their name, their provider, and acquiring as one kind. */
@@ -318,17 +515,17 @@ abstract class NamedLock {
   }
 
   /** @internal */
-  protected async acquireAs(kind: Kind, options: unknown, maxCount?: number): Promise<LockHandle> {
+  protected async acquireAs(kind: LockKind, options: unknown, maxCount?: number): Promise<LockHandle> {
     return (await acquire(this.#source, this.name, kind, maxCount, options, false)) as LockHandle
   }
 
   /** @internal */
-  protected tryAcquireAs(kind: Kind, options: unknown, maxCount?: number): Promise<LockHandle | null> {
+  protected tryAcquireAs(kind: LockKind, options: unknown, maxCount?: number): Promise<LockHandle | null> {
     return acquire(this.#source, this.name, kind, maxCount, options, true)
   }
 
   /** @internal */
-  protected async inspectAs(kind: Kind, maxCount?: number): Promise<LockInfo> {
+  protected async inspectAs(kind: LockKind, maxCount?: number): Promise<LockInfo> {
     this.#source.assertOpen()
     try {
       const info = await this.#source.native.inspect(this.name, kind, maxCount)

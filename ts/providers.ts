@@ -12,7 +12,14 @@ import {
   Settler,
   typeName,
 } from './locks'
-import { invalidArgType, invalidArgValue, toLockError } from './errors'
+import { checkKeys, invalidArgType, invalidArgValue, toLockError } from './errors'
+
+/** The keys each provider's options may have. @internal */
+export const PROVIDER_KEYS = {
+  file: ['directory'],
+  postgres: ['connectionString', 'maxConnections', 'keepaliveMs', 'opTimeoutMs', 'scope', 'fencingSequence'],
+  redis: ['urls', 'leaseMs', 'extendEveryMs', 'keyPrefix', 'serverTimeoutMs'],
+} as const
 
 /** What every provider offers, so application code can swap backends (and tests can pass a fake). */
 export interface LockProvider extends AsyncDisposable {
@@ -106,6 +113,7 @@ function fileDirectory(options: FileLockProviderOptions): string {
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
+  checkKeys(options, PROVIDER_KEYS.file)
   const { directory = path.join(os.tmpdir(), 'distlock') } = options
   if (typeof directory !== 'string') {
     throw invalidArgType(`The "options.directory" property must be of type string. Received ${typeName(directory)}`)
@@ -187,6 +195,7 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
+  checkKeys(options, PROVIDER_KEYS.postgres)
   const { connectionString, maxConnections, keepaliveMs, opTimeoutMs, scope, fencingSequence } = options
   if (typeof connectionString !== 'string') {
     throw invalidArgType(
@@ -282,6 +291,7 @@ function redisOptions(options: RedisLockProviderOptions) {
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
+  checkKeys(options, PROVIDER_KEYS.redis)
   const { urls, leaseMs, extendEveryMs, keyPrefix, serverTimeoutMs } = options
   const list = typeof urls === 'string' ? [urls] : urls
   if (!Array.isArray(list) || list.some((u) => typeof u !== 'string')) {

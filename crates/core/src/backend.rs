@@ -85,6 +85,11 @@ pub trait HeldLock: Send + Sync + 'static {
     fn is_held(&self) -> bool {
         !self.is_released() && !self.lost().is_lost()
     }
+    /// What is left of the lease by this process's local deadline, for backends whose locks
+    /// expire (zero once it passed); `None` for locks without a lease.
+    fn lease_remaining(&self) -> Option<Duration> {
+        None
+    }
     /// Releases the lock. Never fails because the lock was already lost or released.
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>>;
     /// Extends the lease to `lease` from now, for backends whose locks expire. A lock without a

@@ -74,11 +74,26 @@ impl Timeout {
     }
 }
 
-/// Checks a lock name: any non-empty string is a name. Backends map names to their own key
-/// space (file names, advisory keys, Redis keys) without ever making two names collide.
+/// The longest lock name, in UTF-8 bytes. Names are identifiers: a longer one is almost always
+/// a value passed by mistake (a document, a serialized object), and Redis keys, lock file names
+/// and messages carry the name.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Checks a lock name: any non-empty string of at most [`MAX_NAME_BYTES`] bytes is a name.
+/// Backends map names to their own key space (file names, advisory keys, Redis keys) without
+/// ever making two names collide.
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid("name", "must be a non-empty string"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Error::invalid(
+            "name",
+            format!(
+                "must be at most {MAX_NAME_BYTES} bytes in UTF-8, got {} bytes",
+                name.len()
+            ),
+        ));
     }
     Ok(())
 }

@@ -253,6 +253,17 @@ impl NativeHandle {
         self.current().is_some_and(|h| h.is_held())
     }
 
+    /// What is left of the lease by the local deadline, in ms (0 once lost); `null` for
+    /// backends whose locks have no lease, and once released.
+    #[napi(getter)]
+    pub fn lease_remaining_ms(&self) -> Option<f64> {
+        let held = self.current()?;
+        if held.is_released() {
+            return None;
+        }
+        held.lease_remaining().map(|d| d.as_secs_f64() * 1e3)
+    }
+
     /// Why the lock was lost, if it was (`null` while it is held or after a normal release).
     #[napi(getter)]
     pub fn lost_reason(&self) -> Option<String> {

@@ -1241,6 +1241,13 @@ impl HeldLock for RedisHeld {
         sure >= self.inner.quorum
     }
 
+    fn lease_remaining(&self) -> Option<Duration> {
+        if self.lost.is_lost() {
+            return Some(Duration::ZERO);
+        }
+        Some(self.lease.remaining(Instant::now()))
+    }
+
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move { self.release_now().await })
     }

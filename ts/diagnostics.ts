@@ -1,0 +1,94 @@
+/**
+ * What distlock publishes on `node:diagnostics_channel`. The channel names and the context
+ * objects are public API: tracing and metrics tools subscribe to them. Nothing is built or
+ * published while nobody subscribes.
+ *
+ * - `distlock:acquire`, `distlock:release`, `distlock:extend`: a `TracingChannel` each
+ *   (`tracing:distlock:acquire:start`, `…:end`, `…:asyncStart`, `…:asyncEnd`, `…:error`), whose
+ *   context is an {@link AcquireTrace}, {@link ReleaseTrace} or {@link ExtendTrace}. The
+ *   outcome fields are set before `asyncEnd` (or `error`) is published.
+ * - `distlock:lost`: a plain channel; a {@link LostMessage} for each lock found lost, for the
+ *   handles created while it had a subscriber.
+ */
+import * as dc from 'node:diagnostics_channel'
+
+import type { LockKind } from './locks'
+
+/** How an acquire ended. */
+export type AcquireOutcome = 'granted' | 'busy' | 'timeout' | 'aborted' | 'closed' | 'error'
+
+/** The context of a `distlock:acquire` trace. */
+export interface AcquireTrace {
+  /** The lock's name. */
+  name: string
+  /** `file`, `postgres`, `redis` or `memory`. */
+  backend: string
+  /** `mutex`, `read`, `write` or `semaphore`. */
+  kind: LockKind
+  /** The call's wait budget in ms; `undefined` waits forever, `0` is one attempt. */
+  timeoutMs: number | undefined
+  /** Whether it was a `tryAcquire` (resolving to `null` when busy). */
+  tryOnly: boolean
+  /** How long the call took, in ms (the wait time, for a grant). Set when it ends. */
+  waitMs?: number
+  /** How it ended. Set when it ends. */
+  outcome?: AcquireOutcome
+  /** The grant's fencing token, when granted. */
+  fencingToken?: bigint
+  /** Set by `tracePromise`: the handle (or `null`), or the error. */
+  result?: unknown
+  error?: unknown
+}
+
+/** The context of a `distlock:release` trace. */
+export interface ReleaseTrace {
+  name: string
+  backend: string
+  kind: LockKind
+  fencingToken: bigint
+  /** How long the lock was held until the release was called, in ms. */
+  holdMs: number
+  /** Whether it was lost before the release. */
+  wasLost: boolean
+  error?: unknown
+}
+
+/** The context of a `distlock:extend` trace. */
+export interface ExtendTrace {
+  name: string
+  backend: string
+  kind: LockKind
+  fencingToken: bigint
+  /** The lease asked for, in ms. */
+  ms: number
+  error?: unknown
+}
+
+/** What `distlock:lost` publishes. */
+export interface LostMessage {
+  name: string
+  backend: string
+  kind: LockKind
+  fencingToken: bigint
+  /** The backend's reason, e.g. that a renewal found the key gone. */
+  reason: string
+  /** How long the lock had been held when it was found lost, in ms. */
+  heldMs: number
+}
+
+/** @internal */
+export const acquireChannel = dc.tracingChannel<object, AcquireTrace>('distlock:acquire')
+/** @internal */
+export const releaseChannel = dc.tracingChannel<object, ReleaseTrace>('distlock:release')
+/** @internal */
+export const extendChannel = dc.tracingChannel<object, ExtendTrace>('distlock:extend')
+/** @internal */
+export const lostChannel = dc.channel('distlock:lost')
+
+/** The channel names, for subscribers. */
+export const channels = {
+  acquire: 'distlock:acquire',
+  release: 'distlock:release',
+  extend: 'distlock:extend',
+  lost: 'distlock:lost',
+} as const
