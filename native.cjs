@@ -838,5 +838,6 @@ module.exports = nativeBinding
 module.exports.CancelToken = nativeBinding.CancelToken
 module.exports.NativeHandle = nativeBinding.NativeHandle
 module.exports.NativeProvider = nativeBinding.NativeProvider
+module.exports.setLogger = nativeBinding.setLogger
 module.exports.validateMaxCount = nativeBinding.validateMaxCount
 module.exports.validateName = nativeBinding.validateName

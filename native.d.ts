@@ -106,6 +106,7 @@ export interface PostgresOptions {
   maxConnections?: number
   keepaliveMs?: number
   opTimeoutMs?: number
+  connectTimeoutMs?: number
   scope?: string
   fencingSequence?: string
 }
@@ -117,7 +118,22 @@ export interface RedisOptions {
   extendEveryMs?: number
   keyPrefix?: string
   serverTimeoutMs?: number
+  tls?: RedisTlsOptions
 }
+
+/** TLS material for `rediss://` servers, as PEM text (the TS layer turns Buffers into text). */
+export interface RedisTlsOptions {
+  ca?: Array<string>
+  cert?: string
+  key?: string
+}
+
+/**
+ * Routes the backends' events at `level` (`error`, `warn`, `info`, `debug`, `trace`) and
+ * above to `callback(line)`, for the rest of the process. Returns false if a subscriber was
+ * installed already (the first call wins).
+ */
+export declare function setLogger(level: string, callback: (arg: string) => void): boolean
 
 /** Checks a semaphore's `maxCount` now, so `createSemaphore(name, 0)` throws at once. */
 export declare function validateMaxCount(maxCount: number): void

@@ -63,3 +63,92 @@ describe('examples', () => {
     )
   })
 })
+
+describe('OpenTelemetry (examples/opentelemetry.mjs)', () => {
+  it('turns distlock’s channels into spans and metrics on Redis: wait, hold, contention, lost', async () => {
+    const { instrumentDistlock } = await import('../examples/opentelemetry.mjs')
+    const { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } =
+      await import('@opentelemetry/sdk-trace-base')
+    const { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } =
+      await import('@opentelemetry/sdk-metrics')
+    const { RedisLockProvider } = await import('distlock')
+    const { Redis } = await import('ioredis')
+
+    const spans = new InMemorySpanExporter()
+    const tracerProvider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(spans)] })
+    const metricExporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE)
+    const reader = new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 60_000 })
+    const meterProvider = new MeterProvider({ readers: [reader] })
+    const stop = instrumentDistlock({
+      tracer: tracerProvider.getTracer('test'),
+      meter: meterProvider.getMeter('test'),
+    })
+    const redis = await services.startRedis()
+    try {
+      await using locks = new RedisLockProvider({ urls: redis.url, leaseMs: 1_000 })
+      const lock = locks.createLock('otel')
+      const held = await lock.acquire()
+      // Contention: a busy try, a wait that times out, and a wait that is granted at the release.
+      expect(await lock.tryAcquire()).toBeNull()
+      await expect(lock.acquire({ timeoutMs: 50 })).rejects.toThrow('Timed out')
+      const waiting = lock.acquire({ timeoutMs: 5_000 })
+      await new Promise((r) => setTimeout(r, 30))
+      await held.release()
+      const second = await waiting
+      // Lost: the key disappears under the holder.
+      const raw = new Redis(redis.url)
+      await raw.flushall()
+      raw.disconnect()
+      await new Promise((r) => second.signal.addEventListener('abort', r, { once: true }))
+      await second.release()
+
+      const finished = spans.getFinishedSpans()
+      const acquires = finished.filter((s) => s.name === 'distlock.acquire')
+      expect(acquires.map((s) => s.attributes['distlock.outcome'])).toEqual(['granted', 'busy', 'timeout', 'granted'])
+      for (const s of acquires) {
+        expect(s.attributes['distlock.lock.name']).toBe('otel')
+        expect(s.attributes['distlock.backend']).toBe('redis')
+        expect(s.attributes['distlock.lock.kind']).toBe('mutex')
+      }
+      expect(acquires[0]!.attributes['distlock.fencing_token']).toBe(held.fencingToken.toString())
+      expect(acquires[3]!.attributes['distlock.wait_ms'] as number).toBeGreaterThanOrEqual(25)
+      const releases = finished.filter((s) => s.name === 'distlock.release')
+      expect(releases.map((s) => s.attributes['distlock.was_lost'])).toEqual([false, true])
+      expect(releases[0]!.attributes['distlock.hold_ms'] as number).toBeGreaterThanOrEqual(50)
+      const lostSpan = finished.find((s) => s.name === 'distlock.lost')
+      expect(lostSpan?.attributes['distlock.fencing_token']).toBe(second.fencingToken.toString())
+
+      await reader.forceFlush()
+      const points = new Map<string, { attributes: Record<string, unknown>; value: unknown }[]>()
+      for (const rm of metricExporter.getMetrics())
+        for (const sm of rm.scopeMetrics)
+          for (const m of sm.metrics) points.set(m.descriptor.name, m.dataPoints as never)
+      const byOutcome = (name: string) =>
+        Object.fromEntries(
+          (points.get(name) ?? []).map((p) => [
+            p.attributes['distlock.outcome'],
+            typeof p.value === 'number' ? p.value : (p.value as { count: number }).count,
+          ]),
+        )
+      expect(byOutcome('distlock.lock.acquires')).toEqual({ granted: 2, busy: 1, timeout: 1 })
+      expect(byOutcome('distlock.lock.wait.duration')).toEqual({ granted: 2, busy: 1, timeout: 1 })
+      expect((points.get('distlock.lock.hold.duration')![0]!.value as { count: number }).count).toBe(2)
+      expect(points.get('distlock.lock.lost')![0]!.value).toBe(1)
+      expect(points.get('distlock.lock.lost')![0]!.attributes).toEqual({
+        'distlock.backend': 'redis',
+        'distlock.lock.kind': 'mutex',
+      })
+    } finally {
+      stop()
+      redis.stop()
+      await meterProvider.shutdown()
+      await tracerProvider.shutdown()
+    }
+  })
+
+  it('its demo runs on the file backend', async () => {
+    const out = await example('opentelemetry')
+    expect(out).toMatch(/^span distlock\.acquire example-otel busy$/m)
+    expect(out).toMatch(/^metric distlock\.lock\.acquires .*"distlock\.outcome":"granted"\} 4$/m)
+  })
+})

@@ -102,6 +102,7 @@ export function typecheck(
   files: string[],
   module = 'node16',
   resolution = 'node16',
+  { target = 'es2022', lib = 'es2023,esnext.disposable', extra = [] as string[] } = {},
 ): { status: number | null; output: string } {
   const tsc = createRequire(__filename).resolve('typescript/bin/tsc')
   const res = spawnSync(
@@ -115,11 +116,12 @@ export function typecheck(
       '--moduleResolution',
       resolution,
       '--target',
-      'es2022',
+      target,
       '--lib',
-      'es2023,esnext.disposable',
+      lib,
       '--types',
       'node',
+      ...extra,
       ...files,
     ],
     { cwd: ROOT, encoding: 'utf8', timeout: 60_000 },

@@ -1,5 +1,7 @@
 import { execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
 import { ROOT, tempDir, typecheck } from './helpers'
@@ -54,6 +56,7 @@ describe('module formats', () => {
       'CancelToken',
       'NativeHandle',
       'NativeProvider',
+      'setLogger',
       'validateMaxCount',
       'validateName',
     ])
@@ -69,5 +72,24 @@ describe('module formats', () => {
       const { status, output } = typecheck(['__test__/types/usage.mts'], module, resolution)
       expect(status, `${module}/${resolution}: ${output}`).toBe(0)
     }
+  })
+
+  it('the declarations need no lib newer than ES2020, with skipLibCheck off', () => {
+    const { status, output } = typecheck(['__test__/types/es2020.mts'], 'node16', 'node16', {
+      target: 'es2020',
+      lib: 'es2020',
+      extra: ['--skipLibCheck', 'false'],
+    })
+    expect(status, output).toBe(0)
+  })
+
+  it('declares the Node versions it supports, and CI tests each of them', () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { engines: { node: string } }
+    // Symbol.asyncDispose, which handles and providers implement, arrived in Node 20.4.
+    expect(pkg.engines.node).toBe('>=20.4.0')
+    const ci = readFileSync(join(ROOT, '.github', 'workflows', 'ci.yml'), 'utf8')
+    const matrices = [...ci.matchAll(/^\s+node: \[(.*)\]$/gm)].map((m) => m[1])
+    expect(matrices.length).toBeGreaterThanOrEqual(2)
+    for (const m of matrices) expect(m).toBe("'20', '22', '24'")
   })
 })

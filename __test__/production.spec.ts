@@ -2,6 +2,7 @@
  * What users meet on a bad day: strict options, errors that keep their cause, state errors,
  * signal-shaped objects, name limits and what a handle shows. Through the public package.
  */
+import { join } from 'node:path'
 import { inspect } from 'node:util'
 import Redis from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -375,5 +376,247 @@ describe('diagnostics_channel', () => {
     expect(h.isHeld).toBe(false)
     expect(lost).toEqual([])
     dc.unsubscribe('distlock:lost', onLost)
+  })
+})
+
+describe('leaked handles', () => {
+  it('a handle garbage-collected while held emits a warning naming the lock, and frees it', async () => {
+    const { execFileSync } = await import('node:child_process')
+    const dir = tempDir('leak')
+    const script = `
+      const { FileLockProvider } = require('distlock')
+      const locks = new FileLockProvider({ directory: ${JSON.stringify(dir)} })
+      const warnings = []
+      process.on('warning', (w) => warnings.push(w))
+      async function leak() { await locks.createLock('leaky').acquire() } // never released
+      async function tidy() { const h = await locks.createLock('tidy').acquire(); await h.release() }
+      ;(async () => {
+        await leak()
+        await tidy()
+        for (let i = 0; i < 50 && warnings.length === 0; i++) {
+          globalThis.gc()
+          await new Promise((r) => setTimeout(r, 20))
+        }
+        const again = await locks.createLock('leaky').acquire({ timeoutMs: 2000 })
+        await again.release()
+        console.log(JSON.stringify(warnings.map((w) => [w.name, w.code, w.message])))
+        await locks.close()
+      })()
+    `
+    const out = execFileSync(process.execPath, ['--expose-gc', '-e', script], {
+      cwd: join(__dirname, '..'),
+      encoding: 'utf8',
+      timeout: 20_000,
+    })
+    const warnings = JSON.parse(out) as [string, string, string][]
+    expect(warnings).toHaveLength(1)
+    expect(warnings[0]![0]).toBe('DistlockWarning')
+    expect(warnings[0]![1]).toBe('DISTLOCK_LEAKED_HANDLE')
+    expect(warnings[0]![2]).toMatch(/^file lock "leaky" was released by garbage collection, not by release\(\)/)
+  })
+})
+
+describe('acquireAll', () => {
+  it('overlapping sets taken in any order by many callers never deadlock or overlap', async () => {
+    const dir = tempDir('all')
+    // Two providers: the file locks of each exclude the other's, as across processes.
+    await using p1 = new FileLockProvider({ directory: dir })
+    await using p2 = new FileLockProvider({ directory: dir })
+    const names = ['acct:a', 'acct:b', 'acct:c', 'acct:d', 'acct:é']
+    const holders = new Map<string, number>()
+    let overlaps = 0
+    let rounds = 0
+    const started = performance.now()
+    await Promise.all(
+      [p1, p2, p1, p2, p1, p2].map(async (p, loop) => {
+        for (let i = 0; i < 60; i++) {
+          // A different subset each round, listed in opposite orders by alternate loops.
+          const subset = names.filter((_, k) => (k + i + loop) % 3 !== 0)
+          const set = loop % 2 === 0 ? subset : subset.toReversed()
+          const all = await p.acquireAll(set, { timeoutMs: 5_000 })
+          for (const n of set) {
+            if ((holders.get(n) ?? 0) > 0) overlaps++
+            holders.set(n, (holders.get(n) ?? 0) + 1)
+          }
+          await new Promise((r) => setImmediate(r))
+          for (const n of set) holders.set(n, holders.get(n)! - 1)
+          await all.release()
+          rounds++
+        }
+      }),
+    )
+    expect(overlaps).toBe(0)
+    expect(rounds).toBe(360)
+    expect(performance.now() - started).toBeLessThan(20_000)
+  })
+
+  it('takes names in UTF-8 byte order, and on timeout or abort releases what it took', async () => {
+    await using locks = new MemoryLockProvider()
+    const all = await locks.acquireAll(['b', 'é', 'a', 'Z'])
+    expect(all.names).toEqual(['Z', 'a', 'b', 'é'])
+    expect(all.isHeld).toBe(true)
+    await all.release()
+    expect(all.isReleased).toBe(true)
+
+    const blocker = await locks.createLock('c').acquire()
+    const err = await thrown(() => locks.acquireAll(['a', 'b', 'c'], { timeoutMs: 80 }))
+    expect(err).toBeInstanceOf(Error)
+    expect(err.message).toBe('Timed out after 80 ms waiting for lock "c" (3 of 3 in acquireAll)')
+    expect(err.code).toBe('ERR_LOCK_TIMEOUT')
+    for (const n of ['a', 'b']) expect(await locks.createLock(n).isLocked()).toBe(false)
+    expect(await locks.tryAcquireAll(['a', 'c'])).toBeNull()
+    expect(await locks.createLock('a').isLocked()).toBe(false)
+
+    const controller = new AbortController()
+    const waiting = locks.acquireAll(['a', 'c'], { signal: controller.signal })
+    setTimeout(() => controller.abort(), 30)
+    expect((await thrown(() => waiting)).name).toBe('AbortError')
+    expect(await locks.createLock('a').isLocked()).toBe(false)
+    await blocker.release()
+
+    expect((await thrown(() => locks.acquireAll(['a', 'b', 'a']))).message).toBe('The "names" argument lists "a" twice')
+    expect((await thrown(() => locks.acquireAll([]))).code).toBe('ERR_INVALID_ARG_VALUE')
+    expect((await thrown(() => locks.acquireAll(['a'], { timeout: 5 } as never))).message).toContain(
+      'Did you mean "timeoutMs"?',
+    )
+  })
+
+  it('its signal aborts when any of the locks is lost (Redis); the keyed form works alike', async () => {
+    const own = await services.startRedis()
+    try {
+      await using locks = new RedisLockProvider({ urls: own.url, leaseMs: 1_000 })
+      const all = await locks.acquireAll(['x', 'y'])
+      const raw = new Redis(own.url)
+      await raw.del('y')
+      raw.disconnect()
+      await new Promise((r) => all.signal.addEventListener('abort', r, { once: true }))
+      expect((all.signal.reason as Error).message).toMatch(/^redis lock "y" was lost/)
+      expect(all.isHeld).toBe(false)
+      await all.release()
+
+      await using keyed = new RedisDistributedLock({ urls: own.url, maxRetries: 0 })
+      const both = await keyed.acquireAll(['k1', 'k2'])
+      const busy = await thrown(() => keyed.acquireAll(['k2', 'k3']))
+      expect((busy as { kind?: string }).kind).toBe('already_locked')
+      expect(await keyed.isLocked('k3')).toBe(false)
+      await both.release()
+      expect(await keyed.isLocked('k1')).toBe(false)
+    } finally {
+      own.stop()
+    }
+  })
+})
+
+describe('PostgreSQL connectTimeoutMs', () => {
+  it('bounds a login that never answers, separately from opTimeoutMs', async () => {
+    const net = await import('node:net')
+    // Accepts connections and never says a word: the login hangs.
+    const sockets: import('node:net').Socket[] = []
+    const silent = net.createServer((s) => void sockets.push(s))
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r))
+    const { port } = silent.address() as import('node:net').AddressInfo
+    try {
+      await using pg = new PostgresLockProvider({
+        connectionString: `postgres://app@127.0.0.1:${port}/app?sslmode=disable`,
+        connectTimeoutMs: 300,
+        opTimeoutMs: 5_000,
+      })
+      const started = performance.now()
+      const err = await thrown(() => pg.createLock('login').tryAcquire())
+      const took = performance.now() - started
+      expect(err).toBeInstanceOf(LockBackendError)
+      expect(err.message).toContain('no answer to the login within 300 ms')
+      expect(took).toBeGreaterThanOrEqual(290)
+      expect(took).toBeLessThan(2_000)
+      expect(() => new PostgresLockProvider({ connectionString: 'postgres://a@h/db', connectTimeoutMs: -1 })).toThrow(
+        /connectTimeoutMs/,
+      )
+    } finally {
+      for (const s of sockets) s.destroy()
+      silent.close()
+    }
+  })
+})
+
+/** A child that takes, tries and releases a file lock. */
+const script = (dir: string) => `
+  const { FileLockProvider } = require('distlock')
+  ;(async () => {
+    const locks = new FileLockProvider({ directory: ${JSON.stringify(dir)} })
+    const h = await locks.createLock('logged').acquire()
+    await locks.createLock('logged').tryAcquire()
+    await h.release()
+    await locks.close()
+    await new Promise((r) => setTimeout(r, 50)) // the backends' lines arrive through the loop
+  })()
+`
+
+/** Runs that child with `env`; returns its stderr. */
+const run = async (env: Record<string, string>) => {
+  const { spawnSync } = await import('node:child_process')
+  const res = spawnSync(process.execPath, ['-e', script(tempDir('debuglog'))], {
+    cwd: join(__dirname, '..'),
+    encoding: 'utf8',
+    timeout: 20_000,
+    env: { ...process.env, NODE_DEBUG: '', DISTLOCK_LOG_LEVEL: '', ...env },
+  })
+  expect(res.status, res.stderr).toBe(0)
+  return res.stderr
+}
+
+describe('NODE_DEBUG=distlock', () => {
+  it('logs the calls and routes the Rust backends’ events at the level asked for', async () => {
+    const out = await run({ NODE_DEBUG: 'distlock' })
+    const lines = out.split('\n').filter(Boolean)
+    for (const line of lines) expect(line).toMatch(/^DISTLOCK \d+: /)
+    expect(out).toMatch(/: acquire file mutex "logged": granted after \d+\.\d ms, token \d+$/m)
+    expect(out).toMatch(/: tryAcquire file mutex "logged": busy after \d+\.\d ms$/m)
+    expect(out).toMatch(/: release file mutex "logged", token \d+, held \d+\.\d ms$/m)
+    // From the Rust side: the file backend's own debug event for the grant.
+    expect(out).toMatch(/: DEBUG distlock_file\S*: acquired .*name=logged/m)
+
+    const warnOnly = await run({ NODE_DEBUG: 'distlock', DISTLOCK_LOG_LEVEL: 'warn' })
+    expect(warnOnly).toMatch(/: acquire file mutex "logged": granted/)
+    expect(warnOnly).not.toMatch(/DEBUG distlock_file/)
+
+    expect(await run({})).toBe('')
+  })
+})
+
+describe('Redis TLS options', () => {
+  it('trusts the ca given, presents a client certificate, and names what is wrong with bad material', async () => {
+    const { readFileSync } = await import('node:fs')
+    // The server checks clients: only a client with a certificate from its CA gets in.
+    const tls = await services.startRedis(['--tls-auth-clients', 'yes'], { tls: true })
+    try {
+      const ca = readFileSync(tls.caFile!)
+      await using trusted = new RedisLockProvider({
+        urls: tls.url,
+        tls: { ca, cert: readFileSync(tls.certFile!, 'utf8'), key: readFileSync(tls.keyFile!) },
+      })
+      const h = await trusted.createLock('tls-opts').acquire({ timeoutMs: 5_000 })
+      expect(h.isHeld).toBe(true)
+      await h.release()
+
+      // Without a client certificate the server refuses the handshake: a backend error, at once.
+      await using anonymous = new RedisLockProvider({ urls: tls.url, tls: { ca }, serverTimeoutMs: 1_000 })
+      expect(await thrown(() => anonymous.createLock('tls-opts').acquire({ timeoutMs: 2_000 }))).toBeInstanceOf(
+        LockBackendError,
+      )
+
+      for (const [tlsOption, message] of [
+        [{ ca: 'not a certificate' }, /tls.*ca holds no PEM certificate/],
+        [{ ca, cert: readFileSync(tls.certFile!) }, /tls.*cert and key must be given together/],
+        [{ ca, cert: 'x', key: 'y' }, /tls.*cert holds no PEM certificate/],
+      ] as const) {
+        expect(() => new RedisLockProvider({ urls: tls.url, tls: tlsOption })).toThrow(message)
+      }
+      expect(() => new RedisLockProvider({ urls: redis.url, tls: { ca } })).toThrow(/no URL is rediss:\/\//)
+      expect(() => new RedisLockProvider({ urls: tls.url, tls: { cafile: 'x' } as never })).toThrow(
+        'The "options.tls" argument has an unknown property "cafile". Did you mean "ca"?',
+      )
+    } finally {
+      tls.stop()
+    }
   })
 })

@@ -16,6 +16,10 @@ import {
   RedisLockProvider,
   type AbortSignalLike,
   type AcquireOptions,
+  type Handle,
+  type Lock,
+  type ReaderWriterLock,
+  type Semaphore,
   type DistributedLock,
   type DistributedReaderWriterLock,
   type DistributedSemaphore,
@@ -31,10 +35,16 @@ describe('public types', () => {
     expectTypeOf<PostgresLockProvider>().toExtend<LockProvider>()
     expectTypeOf<RedisLockProvider>().toExtend<LockProvider>()
     expectTypeOf<MemoryLockProvider>().toExtend<LockProvider>()
-    expectTypeOf<LockProvider['createLock']>().returns.toEqualTypeOf<DistributedLock>()
-    expectTypeOf<LockProvider['createReaderWriterLock']>().returns.toEqualTypeOf<DistributedReaderWriterLock>()
+    // The interface returns interfaces (so fakes type-check); the classes implement them.
+    expectTypeOf<LockProvider['createLock']>().returns.toEqualTypeOf<Lock>()
+    expectTypeOf<LockProvider['createReaderWriterLock']>().returns.toEqualTypeOf<ReaderWriterLock>()
     expectTypeOf<LockProvider['createSemaphore']>().parameters.toEqualTypeOf<[name: string, maxCount: number]>()
-    expectTypeOf<LockProvider['createSemaphore']>().returns.toEqualTypeOf<DistributedSemaphore>()
+    expectTypeOf<LockProvider['createSemaphore']>().returns.toEqualTypeOf<Semaphore>()
+    expectTypeOf<FileLockProvider['createLock']>().returns.toEqualTypeOf<DistributedLock>()
+    expectTypeOf<DistributedLock>().toExtend<Lock>()
+    expectTypeOf<DistributedReaderWriterLock>().toExtend<ReaderWriterLock>()
+    expectTypeOf<DistributedSemaphore>().toExtend<Semaphore>()
+    expectTypeOf<LockHandle>().toExtend<Handle>()
     expectTypeOf<LockProvider['close']>().returns.toEqualTypeOf<Promise<void>>()
     expect(new MemoryLockProvider()).toBeInstanceOf(MemoryLockProvider)
   })

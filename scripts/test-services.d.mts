@@ -12,6 +12,9 @@ export interface RedisServer {
   url: string
   /** With `tls`: the private CA that signed the server's certificate. */
   caFile: string | undefined
+  /** With `tls`: the server's certificate and key, which a client may present too. */
+  certFile: string | undefined
+  keyFile: string | undefined
   port: number
   pid: number
   /** SIGSTOP: the server keeps its sockets and stops answering. */

@@ -235,17 +235,21 @@ async function waitFor(check, what, ms = 10_000) {
 /**
  * A redis-server of its own on a free loopback port; extra `args` as on its command line. With
  * `tls`, it speaks only TLS, with a certificate for "localhost" from a fresh private CA
- * (`caFile`), and the URL is `rediss://localhost:<port>`.
+ * (`caFile`), and the URL is `rediss://localhost:<port>`. Its certificate and key (`certFile`,
+ * `keyFile`, CN localhost, signed by that CA) also serve as a client identity for
+ * `--tls-auth-clients yes`.
  */
 export async function startRedis(args = [], { tls = false } = {}) {
   const bin = redisServerBin()
   const port = await freePort()
   const dir = mkdtempSync(join(tmpdir(), 'distlock-redis-'))
   let caFile
+  let certFile
+  let keyFile
   let listen = ['--port', String(port)]
   if (tls) {
     const made = makeCertificates(dir)
-    caFile = made.caFile
+    ;({ caFile, certFile, keyFile } = made)
     listen = [
       '--port',
       '0',
@@ -288,6 +292,8 @@ export async function startRedis(args = [], { tls = false } = {}) {
   return {
     url: tls ? `rediss://localhost:${port}` : `redis://127.0.0.1:${port}`,
     caFile,
+    certFile,
+    keyFile,
     port,
     pid: child.pid,
     pause: () => process.kill(child.pid, 'SIGSTOP'),

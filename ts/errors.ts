@@ -9,6 +9,17 @@
  */
 export type LockErrorKind = 'already_locked' | 'timeout' | 'backend_error'
 
+/**
+ * What the error constructors take: `ErrorOptions`, declared here so the types need no
+ * `lib` newer than ES2020.
+ */
+export interface LockErrorOptions {
+  /** The error that caused this one. */
+  cause?: unknown
+  /** The coarse category; derived from the code when omitted. */
+  kind?: LockErrorKind
+}
+
 /** Base class of every lock error; `code` is stable and safe to branch on. */
 export class LockError extends Error {
   /** Stable machine-readable code, e.g. `ERR_LOCK_TIMEOUT`. */
@@ -16,7 +27,7 @@ export class LockError extends Error {
   /** The coarse category of {@link LockErrorKind}; `code` is the precise one. */
   readonly kind: LockErrorKind
 
-  constructor(message: string, code: string, options?: ErrorOptions & { kind?: LockErrorKind }) {
+  constructor(message: string, code: string, options?: LockErrorOptions) {
     super(message, options)
     this.name = new.target.name
     this.code = code
@@ -29,28 +40,28 @@ export class LockError extends Error {
  * or `'already_locked'` when no waiting was allowed (a keyed lock with no retry budget).
  */
 export class LockTimeoutError extends LockError {
-  constructor(message: string, options?: ErrorOptions & { kind?: 'already_locked' | 'timeout' }) {
+  constructor(message: string, options?: LockErrorOptions & { kind?: 'already_locked' | 'timeout' }) {
     super(message, 'ERR_LOCK_TIMEOUT', options)
   }
 }
 
 /** A held lock is no longer held; used as the `reason` of `handle.signal`. */
 export class LockLostError extends LockError {
-  constructor(message: string, options?: ErrorOptions) {
+  constructor(message: string, options?: LockErrorOptions) {
     super(message, 'ERR_LOCK_LOST', options)
   }
 }
 
 /** The backend failed (unreachable, refused, I/O error). Never means "busy". */
 export class LockBackendError extends LockError {
-  constructor(message: string, options?: ErrorOptions) {
+  constructor(message: string, options?: LockErrorOptions) {
     super(message, 'ERR_LOCK_BACKEND', options)
   }
 }
 
 /** The provider was closed before or while the operation ran. */
 export class LockClosedError extends LockError {
-  constructor(message: string, options?: ErrorOptions) {
+  constructor(message: string, options?: LockErrorOptions) {
     super(message, 'ERR_LOCK_CLOSED', options)
   }
 }
@@ -60,7 +71,7 @@ export class LockClosedError extends LockError {
  * its `name` is `AbortError` and its `code` is `ABORT_ERR`; `cause` is the signal's reason.
  */
 export class AbortError extends LockError {
-  constructor(message: string, options?: ErrorOptions) {
+  constructor(message: string, options?: LockErrorOptions) {
     super(message, 'ABORT_ERR', options)
   }
 }
@@ -70,7 +81,7 @@ export class AbortError extends LockError {
  * Its `code` is `ERR_INVALID_STATE`, as Node's own state errors.
  */
 export class LockStateError extends LockError {
-  constructor(message: string, options?: ErrorOptions) {
+  constructor(message: string, options?: LockErrorOptions) {
     super(message, 'ERR_INVALID_STATE', options)
   }
 }

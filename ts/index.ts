@@ -8,6 +8,7 @@
  * ```
  * @packageDocumentation
  */
+import './debug'
 export {
   AbortError,
   LockBackendError,
@@ -27,6 +28,10 @@ export {
   DistributedSemaphore,
   LockHandle,
   type AbortSignalLike,
+  type Handle,
+  type Lock,
+  type ReaderWriterLock,
+  type Semaphore,
   type AcquireOptions,
   type LockKind,
   type LockedFn,
@@ -40,7 +45,9 @@ export {
   type FileLockProviderOptions,
   type LockProvider,
   type PostgresLockProviderOptions,
+  type Pem,
   type RedisLockProviderOptions,
+  type RedisTlsOptions,
 } from './providers'
 export {
   FileDistributedLock,
@@ -59,3 +66,4 @@ export {
   type LostMessage,
   type ReleaseTrace,
 } from './diagnostics'
+export { MultiLockHandle, type AcquireAllOptions, type MultiHandle } from './multi'

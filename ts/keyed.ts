@@ -5,7 +5,8 @@
  * signals, fencing tokens).
  */
 import { LockTimeoutError, checkKeys, invalidArgType, invalidArgValue } from './errors'
-import type { LockHandle, LockInfo } from './locks'
+import type { DistributedLock, LockHandle, LockInfo } from './locks'
+import type { AcquireAllOptions, MultiLockHandle } from './multi'
 import { isAbortSignalLike, typeName, withHeld, type AbortSignalLike } from './locks'
 import {
   FileLockProvider,
@@ -102,7 +103,13 @@ function checkWhole(name: string, value: unknown, min: number): number | undefin
 }
 
 /** What the keyed classes share. */
-abstract class KeyedLock<P extends LockProvider> implements AsyncDisposable {
+/** What the keyed classes need of their provider: one of distlock's own. */
+interface OwnProvider extends LockProvider {
+  createLock(name: string): DistributedLock
+  tryAcquireAll(names: readonly string[], options?: AcquireAllOptions): Promise<MultiLockHandle | null>
+}
+
+abstract class KeyedLock<P extends OwnProvider> implements AsyncDisposable {
   /** The provider underneath, for everything the keyed API does not cover. */
   readonly provider: P
   /** The lease of each grant, in ms. */
@@ -141,6 +148,23 @@ abstract class KeyedLock<P extends LockProvider> implements AsyncDisposable {
       .createLock(key)
       .tryAcquire({ timeoutMs: 0, signal: options.signal, leaseMs: options.ttlMs ?? this.ttlMs })
     return handle && new LockGuard(key, handle)
+  }
+
+  /**
+   * Acquires every one of `keys` (distinct) in their UTF-8 byte order, within one retry budget;
+   * on failure releases those it took. Rejects like {@link acquire}.
+   */
+  async acquireAll(keys: readonly string[], options: KeyedAcquireOptions = {}): Promise<MultiLockHandle> {
+    checkCallOptions(options)
+    const all = await this.provider.tryAcquireAll(keys, {
+      timeoutMs: this.waitBudgetMs,
+      signal: options.signal,
+      leaseMs: options.ttlMs ?? this.ttlMs,
+    })
+    if (all) return all
+    throw this.waitBudgetMs === 0
+      ? new LockTimeoutError(`One of the keys ${JSON.stringify(keys)} is already locked`, { kind: 'already_locked' })
+      : new LockTimeoutError(`Timed out after ${this.waitBudgetMs} ms waiting for the keys ${JSON.stringify(keys)}`)
   }
 
   /** Whether `key` is held now, by anyone (a snapshot, for monitoring). */

@@ -83,6 +83,25 @@ export function isAbortSignalLike(value: unknown): value is AbortSignalLike {
   )
 }
 
+/** What the leak warning needs of a handle, without keeping the handle (or its lock) alive. */
+interface LeakState {
+  readonly what: string
+  readonly source: LockSource
+  released: boolean
+}
+
+/**
+ * Warns about handles that were garbage-collected while held: the native side releases their
+ * locks then, but only whenever the collector runs, which is a bug in the caller.
+ */
+const leaks = new FinalizationRegistry<LeakState>((state) => {
+  if (state.released || state.source.native.isClosed) return
+  process.emitWarning(
+    `${state.what} was released by garbage collection, not by release(): the lock stayed held until the collector ran. Release handles with \`await using\`, withLock or release().`,
+    { type: 'DistlockWarning', code: 'DISTLOCK_LEAKED_HANDLE' },
+  )
+})
+
 /** The keys an acquire's options may have. */
 const ACQUIRE_KEYS = ['timeoutMs', 'signal', 'leaseMs'] as const
 
@@ -200,10 +219,61 @@ function checkOptions(options: unknown): AcquireOptions {
 }
 
 /**
+ * A held lock, as a type: what {@link LockHandle} offers. Code that takes handles can ask for
+ * this, so a test can pass a hand-written fake.
+ */
+export interface Handle extends AsyncDisposable {
+  readonly name: string
+  readonly backend: string
+  readonly kind: LockKind
+  readonly signal: AbortSignal
+  readonly fencingToken: bigint
+  readonly isHeld: boolean
+  readonly isReleased: boolean
+  readonly leaseRemainingMs: number | null
+  extend(ms: number): Promise<void>
+  release(): Promise<void>
+}
+
+/** An exclusive lock, as a type: what {@link DistributedLock} offers. */
+export interface Lock {
+  readonly name: string
+  acquire(options?: AcquireOptions): Promise<Handle>
+  tryAcquire(options?: AcquireOptions): Promise<Handle | null>
+  withLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
+  isLocked(): Promise<boolean>
+  getInfo(): Promise<LockInfo>
+}
+
+/** A reader-writer lock, as a type: what {@link DistributedReaderWriterLock} offers. */
+export interface ReaderWriterLock {
+  readonly name: string
+  acquireRead(options?: AcquireOptions): Promise<Handle>
+  tryAcquireRead(options?: AcquireOptions): Promise<Handle | null>
+  acquireWrite(options?: AcquireOptions): Promise<Handle>
+  tryAcquireWrite(options?: AcquireOptions): Promise<Handle | null>
+  withReadLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
+  withWriteLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
+  isLocked(): Promise<boolean>
+  getInfo(): Promise<LockInfo>
+}
+
+/** A semaphore, as a type: what {@link DistributedSemaphore} offers. */
+export interface Semaphore {
+  readonly name: string
+  readonly maxCount: number
+  acquire(options?: AcquireOptions): Promise<Handle>
+  tryAcquire(options?: AcquireOptions): Promise<Handle | null>
+  withLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
+  isLocked(): Promise<boolean>
+  getInfo(): Promise<LockInfo>
+}
+
+/**
  * A held lock. Release it with {@link LockHandle.release} or, better, `await using`. A handle
  * that is garbage-collected without release is released as a safety net.
  */
-export class LockHandle implements AsyncDisposable {
+export class LockHandle implements Handle {
   /** The lock's name. */
   readonly name: string
   /** The backend that granted it: `file`, `postgres`, `redis` or `memory`. */
@@ -214,6 +284,7 @@ export class LockHandle implements AsyncDisposable {
   readonly #what: string
   readonly #settler: Settler
   readonly #grantedAt = performance.now()
+  readonly #leak: LeakState
   #controller: AbortController | undefined
 
   /** @internal */
@@ -224,6 +295,8 @@ export class LockHandle implements AsyncDisposable {
     this.kind = kind
     this.#what = describe(source, kind, name)
     this.#settler = source.settler
+    this.#leak = { what: this.#what, source, released: false }
+    leaks.register(this, this.#leak, this.#leak)
     if (lostChannel.hasSubscribers) {
       // Primitives only: the callback must not keep the handle from garbage collection.
       const { backend, fencingToken } = { backend: source.backend, fencingToken: nativeHandle.fencingToken }
@@ -356,6 +429,10 @@ export class LockHandle implements AsyncDisposable {
   }
 
   async #release(): Promise<void> {
+    if (!this.#leak.released) {
+      this.#leak.released = true
+      leaks.unregister(this.#leak)
+    }
     try {
       const id = this.#settler.id()
       if (!this.#native.release(id)) await this.#settler.wait(id)
@@ -545,7 +622,7 @@ abstract class NamedLock {
 export type LockedFn<T> = (handle: LockHandle) => T | Promise<T>
 
 /** An exclusive lock on one name. */
-export class DistributedLock extends NamedLock {
+export class DistributedLock extends NamedLock implements Lock {
   /** Waits for the lock (forever unless `timeoutMs` is set); rejects with {@link LockTimeoutError} on timeout. */
   acquire(options?: AcquireOptions): Promise<LockHandle> {
     return this.acquireAs('mutex', options)
@@ -573,7 +650,7 @@ export class DistributedLock extends NamedLock {
 }
 
 /** A reader-writer lock: many readers or one writer; a waiting writer holds back new readers. */
-export class DistributedReaderWriterLock extends NamedLock {
+export class DistributedReaderWriterLock extends NamedLock implements ReaderWriterLock {
   /** Waits for a shared (read) lock. */
   acquireRead(options?: AcquireOptions): Promise<LockHandle> {
     return this.acquireAs('read', options)
@@ -616,7 +693,7 @@ export class DistributedReaderWriterLock extends NamedLock {
 }
 
 /** A semaphore: at most `maxCount` holders of the name at once. */
-export class DistributedSemaphore extends NamedLock {
+export class DistributedSemaphore extends NamedLock implements Semaphore {
   /** How many holders it admits at once. */
   readonly maxCount: number
 

@@ -8,27 +8,50 @@ import {
   DistributedLock,
   DistributedReaderWriterLock,
   DistributedSemaphore,
+  type Lock,
   type LockSource,
+  type ReaderWriterLock,
+  type Semaphore,
   Settler,
   typeName,
 } from './locks'
 import { checkKeys, invalidArgType, invalidArgValue, toLockError } from './errors'
+import { acquireAll, type AcquireAllOptions, type MultiHandle, type MultiLockHandle } from './multi'
 
 /** The keys each provider's options may have. @internal */
 export const PROVIDER_KEYS = {
   file: ['directory'],
-  postgres: ['connectionString', 'maxConnections', 'keepaliveMs', 'opTimeoutMs', 'scope', 'fencingSequence'],
-  redis: ['urls', 'leaseMs', 'extendEveryMs', 'keyPrefix', 'serverTimeoutMs'],
+  postgres: [
+    'connectionString',
+    'maxConnections',
+    'keepaliveMs',
+    'opTimeoutMs',
+    'connectTimeoutMs',
+    'scope',
+    'fencingSequence',
+  ],
+  redis: ['urls', 'leaseMs', 'extendEveryMs', 'keyPrefix', 'serverTimeoutMs', 'tls'],
 } as const
 
-/** What every provider offers, so application code can swap backends (and tests can pass a fake). */
+/**
+ * What every provider offers, so application code can swap backends. Its methods return
+ * interfaces ({@link Lock}, {@link Handle}, …), so a test can pass a hand-written fake.
+ */
 export interface LockProvider extends AsyncDisposable {
   /** An exclusive lock on `name`. */
-  createLock(name: string): DistributedLock
+  createLock(name: string): Lock
   /** A reader-writer lock on `name`. */
-  createReaderWriterLock(name: string): DistributedReaderWriterLock
+  createReaderWriterLock(name: string): ReaderWriterLock
   /** A semaphore on `name` admitting `maxCount` holders at once. */
-  createSemaphore(name: string, maxCount: number): DistributedSemaphore
+  createSemaphore(name: string, maxCount: number): Semaphore
+  /**
+   * Takes the exclusive locks of all `names` (distinct) in their UTF-8 byte order, so callers
+   * wanting overlapping sets cannot deadlock. `timeoutMs` bounds the whole call and `signal`
+   * cancels it; on failure, whatever was taken is released before the call rejects.
+   */
+  acquireAll(names: readonly string[], options?: AcquireAllOptions): Promise<MultiHandle>
+  /** Like {@link acquireAll} with one attempt per lock by default; `null` if any is busy. */
+  tryAcquireAll(names: readonly string[], options?: AcquireAllOptions): Promise<MultiHandle | null>
   /** Rejects pending waits, releases held locks (their signals abort) and frees resources. */
   close(): Promise<void>
 }
@@ -69,6 +92,14 @@ abstract class BaseProvider implements LockProvider {
 
   createSemaphore(name: string, maxCount: number): DistributedSemaphore {
     return new DistributedSemaphore(this.#source, name, maxCount)
+  }
+
+  async acquireAll(names: readonly string[], options?: AcquireAllOptions): Promise<MultiLockHandle> {
+    return (await acquireAll((n) => this.createLock(n), names, options, false)) as MultiLockHandle
+  }
+
+  tryAcquireAll(names: readonly string[], options?: AcquireAllOptions): Promise<MultiLockHandle | null> {
+    return acquireAll((n) => this.createLock(n), names, options, true)
   }
 
   async close(): Promise<void> {
@@ -146,6 +177,13 @@ export interface PostgresLockProviderOptions {
    */
   opTimeoutMs?: number
   /**
+   * The bound (ms) of opening one server connection: TCP connect, TLS handshake and login.
+   * Default 5 000, or the connection string's `connect_timeout` (in seconds, as libpq reads
+   * it) when it has one; this option wins over both. A call that needs a new connection still
+   * settles within its own budget (`opTimeoutMs` for a try, `timeoutMs` for an acquire).
+   */
+  connectTimeoutMs?: number
+  /**
    * `'session'` (default): `pg_advisory_lock`, many locks per connection. `'transaction'`:
    * `pg_advisory_xact_lock` inside a transaction held open for the lock's lifetime, one connection
    * per held lock — the mode that works behind PgBouncer in transaction pooling.
@@ -196,7 +234,8 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
   checkKeys(options, PROVIDER_KEYS.postgres)
-  const { connectionString, maxConnections, keepaliveMs, opTimeoutMs, scope, fencingSequence } = options
+  const { connectionString, maxConnections, keepaliveMs, opTimeoutMs, connectTimeoutMs, scope, fencingSequence } =
+    options
   if (typeof connectionString !== 'string') {
     throw invalidArgType(
       `The "options.connectionString" property must be of type string. Received ${typeName(connectionString)}`,
@@ -207,6 +246,7 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
     ['maxConnections', maxConnections],
     ['keepaliveMs', keepaliveMs],
     ['opTimeoutMs', opTimeoutMs],
+    ['connectTimeoutMs', connectTimeoutMs],
   ] as const) {
     if (value !== undefined && typeof value !== 'number') {
       throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
@@ -220,7 +260,7 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
       throw invalidArgType(`The "options.${key}" property must be of type string. Received ${typeName(value)}`)
     }
   }
-  return { connectionString, maxConnections, keepaliveMs, opTimeoutMs, scope, fencingSequence }
+  return { connectionString, maxConnections, keepaliveMs, opTimeoutMs, connectTimeoutMs, scope, fencingSequence }
 }
 
 /** Options of {@link RedisLockProvider}. */
@@ -245,6 +285,25 @@ export interface RedisLockProviderOptions {
    * failure that may pass (a reset, a stalled or restarting server) is retried until then.
    */
   serverTimeoutMs?: number
+  /** TLS for the `rediss://` servers, beyond the system's roots. */
+  tls?: RedisTlsOptions
+}
+
+/** PEM text or a Buffer holding it. */
+export type Pem = string | Buffer
+
+/** TLS options of {@link RedisLockProviderOptions}, shaped like `tls.connect`'s. */
+export interface RedisTlsOptions {
+  /**
+   * The certificates to trust (PEM; several in one string, or a list). They replace the
+   * system's roots, as `ca` does in Node's `tls.connect`. Default: the system's roots, or
+   * `SSL_CERT_FILE`.
+   */
+  ca?: Pem | readonly Pem[]
+  /** A client certificate chain (PEM), for servers that check clients (`tls-auth-clients`). */
+  cert?: Pem
+  /** The private key of `cert` (PEM, unencrypted). */
+  key?: Pem
 }
 
 /**
@@ -292,7 +351,7 @@ function redisOptions(options: RedisLockProviderOptions) {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
   checkKeys(options, PROVIDER_KEYS.redis)
-  const { urls, leaseMs, extendEveryMs, keyPrefix, serverTimeoutMs } = options
+  const { urls, leaseMs, extendEveryMs, keyPrefix, serverTimeoutMs, tls } = options
   const list = typeof urls === 'string' ? [urls] : urls
   if (!Array.isArray(list) || list.some((u) => typeof u !== 'string')) {
     throw invalidArgType(
@@ -311,7 +370,27 @@ function redisOptions(options: RedisLockProviderOptions) {
   if (keyPrefix !== undefined && typeof keyPrefix !== 'string') {
     throw invalidArgType(`The "options.keyPrefix" property must be of type string. Received ${typeName(keyPrefix)}`)
   }
-  return { urls: [...list] as string[], leaseMs, extendEveryMs, keyPrefix, serverTimeoutMs }
+  return { urls: [...list] as string[], leaseMs, extendEveryMs, keyPrefix, serverTimeoutMs, tls: tlsOptions(tls) }
+}
+
+/** PEM text from a string or a Buffer; `key` names the option in errors. */
+function pem(key: string, value: unknown): string | undefined {
+  if (value === undefined) return undefined
+  if (typeof value === 'string') return value
+  if (Buffer.isBuffer(value)) return value.toString('utf8')
+  throw invalidArgType(`The "options.tls.${key}" property must be a string or a Buffer. Received ${typeName(value)}`)
+}
+
+/** Checks the Redis TLS options and turns them into PEM text for the native side. */
+function tlsOptions(tls: unknown): { ca?: string[]; cert?: string; key?: string } | undefined {
+  if (tls === undefined) return undefined
+  if (tls === null || typeof tls !== 'object') {
+    throw invalidArgType(`The "options.tls" property must be of type object. Received ${typeName(tls)}`)
+  }
+  checkKeys(tls, ['ca', 'cert', 'key'], 'options.tls')
+  const { ca, cert, key } = tls as RedisTlsOptions
+  const caList = ca === undefined ? undefined : (Array.isArray(ca) ? ca : [ca]).map((c) => pem('ca', c)!)
+  return { ca: caList, cert: pem('cert', cert), key: pem('key', key) }
 }
 
 /**

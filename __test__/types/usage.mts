@@ -5,8 +5,12 @@ import {
   LockError,
   LockTimeoutError,
   type AcquireOptions,
-  type LockHandle,
+  type Handle,
+  type Lock,
   type LockProvider,
+  type MultiHandle,
+  type ReaderWriterLock,
+  type Semaphore,
 } from 'distlock'
 
 const provider: LockProvider = new FileLockProvider({ directory: '/tmp/x' })
@@ -16,7 +20,7 @@ export async function usage(): Promise<bigint> {
   await using handle = await provider.createLock('orders:42').acquire(options)
   const token: bigint = handle.fencingToken
   const signal: AbortSignal = handle.signal
-  const maybe: LockHandle | null = await provider.createLock('x').tryAcquire()
+  const maybe: Handle | null = await provider.createLock('x').tryAcquire()
   const n: number = await provider.createSemaphore('s', 2).withLock(async (h) => (h.isReleased ? 1 : 2))
   await provider.createReaderWriterLock('rw').withReadLock(() => undefined)
   try {
@@ -34,4 +38,59 @@ export async function usage(): Promise<bigint> {
   void n
   await provider.close()
   return token
+}
+
+// A hand-written fake provider type-checks: the provider's methods return interfaces.
+const fakeHandle: Handle = {
+  name: 'fake',
+  backend: 'fake',
+  kind: 'mutex',
+  signal: new AbortController().signal,
+  fencingToken: 1n,
+  isHeld: true,
+  isReleased: false,
+  leaseRemainingMs: null,
+  extend: async () => {},
+  release: async () => {},
+  [Symbol.asyncDispose]: async () => {},
+}
+const info = { held: false, holders: 0, leaseRemainingMs: null, fencingToken: null }
+const fakeLock: Lock = {
+  name: 'fake',
+  acquire: async () => fakeHandle,
+  tryAcquire: async () => fakeHandle,
+  withLock: async (fn) => fn(fakeHandle),
+  isLocked: async () => false,
+  getInfo: async () => info,
+}
+const fakeRw: ReaderWriterLock = {
+  name: 'fake',
+  acquireRead: async () => fakeHandle,
+  tryAcquireRead: async () => null,
+  acquireWrite: async () => fakeHandle,
+  tryAcquireWrite: async () => null,
+  withReadLock: async (fn) => fn(fakeHandle),
+  withWriteLock: async (fn) => fn(fakeHandle),
+  isLocked: async () => false,
+  getInfo: async () => info,
+}
+const fakeSemaphore: Semaphore = { ...fakeLock, maxCount: 2 }
+const fakeAll: MultiHandle = {
+  handles: [fakeHandle],
+  names: ['fake'],
+  signal: fakeHandle.signal,
+  isHeld: true,
+  isReleased: false,
+  extend: async () => {},
+  release: async () => {},
+  [Symbol.asyncDispose]: async () => {},
+}
+export const fakeProvider: LockProvider = {
+  createLock: () => fakeLock,
+  createReaderWriterLock: () => fakeRw,
+  createSemaphore: () => fakeSemaphore,
+  acquireAll: async () => fakeAll,
+  tryAcquireAll: async () => null,
+  close: async () => {},
+  [Symbol.asyncDispose]: async () => {},
 }

@@ -1,6 +1,7 @@
 //! The napi bindings: argument conversion, one call into a backend, error mapping. Nothing else
 //! lives here (no loops, no retries, no I/O): that is in `distlock-core` and the backend crates.
 
+pub mod log;
 mod uvloop;
 
 use std::future::Future;
@@ -347,6 +348,7 @@ pub struct PostgresOptions {
     pub max_connections: Option<f64>,
     pub keepalive_ms: Option<f64>,
     pub op_timeout_ms: Option<f64>,
+    pub connect_timeout_ms: Option<f64>,
     pub scope: Option<String>,
     pub fencing_sequence: Option<String>,
 }
@@ -359,6 +361,15 @@ pub struct RedisOptions {
     pub extend_every_ms: Option<f64>,
     pub key_prefix: Option<String>,
     pub server_timeout_ms: Option<f64>,
+    pub tls: Option<RedisTlsOptions>,
+}
+
+/// TLS material for `rediss://` servers, as PEM text (the TS layer turns Buffers into text).
+#[napi(object)]
+pub struct RedisTlsOptions {
+    pub ca: Option<Vec<String>>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// What `getInfo` reports (see `distlock_core::LockInfo`).
@@ -385,6 +396,13 @@ fn postgres_backend(options: PostgresOptions) -> distlock_core::Result<PostgresB
     if let Some(ms) = options.op_timeout_ms {
         opts = opts.op_timeout(distlock_core::options::positive_ms(
             "opTimeoutMs",
+            ms,
+            600_000.0,
+        )?);
+    }
+    if let Some(ms) = options.connect_timeout_ms {
+        opts = opts.connect_timeout(distlock_core::options::positive_ms(
+            "connectTimeoutMs",
             ms,
             600_000.0,
         )?);
@@ -420,6 +438,9 @@ fn redis_backend(options: RedisOptions) -> distlock_core::Result<RedisBackend> {
     }
     if let Some(ms) = options.server_timeout_ms {
         opts = opts.server_timeout(ms)?;
+    }
+    if let Some(tls) = options.tls {
+        opts = opts.tls(tls.ca, tls.cert, tls.key)?;
     }
     RedisBackend::new(opts)
 }

@@ -172,6 +172,14 @@ impl PgOptions {
         self
     }
 
+    /// Bounds each connection's TCP connect, TLS handshake and login (overrides the connection
+    /// string's `connect_timeout`; default [`DEFAULT_OP_TIMEOUT`]).
+    pub fn connect_timeout(mut self, bound: Duration) -> Self {
+        self.config
+            .connect_timeout(bound.max(Duration::from_millis(1)));
+        self
+    }
+
     /// Sets the scope.
     pub fn scope(mut self, scope: Scope) -> Self {
         self.scope = scope;

@@ -1,6 +1,7 @@
 //! Options of the Redis provider: the servers (parsed by fred from `redis://` URLs), the lease
 //! and renewal period, the key prefix and the per-server timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use distlock_core::options::positive_ms;
@@ -164,6 +165,79 @@ impl RedisOptions {
             key_prefix: String::new(),
             server_timeout: Duration::from_secs(1),
         })
+    }
+
+    /// TLS for the `rediss://` servers (`tls`): `ca` (PEM certificates, which replace the
+    /// system's roots, as Node's `tls.connect` does), and a client certificate chain `cert` with
+    /// its `key` (PEM) for servers that check clients. An error if no URL uses TLS.
+    pub fn tls(
+        mut self,
+        ca: Option<Vec<String>>,
+        cert: Option<String>,
+        key: Option<String>,
+    ) -> Result<Self> {
+        use fred::rustls::pki_types::pem::PemObject;
+        use fred::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |what: &str| Error::invalid("tls", what.to_owned());
+        let provider = Arc::new(fred::rustls::crypto::ring::default_provider());
+        let mut roots = fred::rustls::RootCertStore::empty();
+        match ca {
+            Some(pems) => {
+                for pem in &pems {
+                    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                        let cert = cert.map_err(|e| invalid(&format!("ca is not PEM: {e}")))?;
+                        roots.add(cert).map_err(|e| {
+                            invalid(&format!("ca holds an unusable certificate: {e}"))
+                        })?;
+                    }
+                }
+                if roots.is_empty() {
+                    return Err(invalid("ca holds no PEM certificate"));
+                }
+            }
+            None => {
+                // What fred uses by default: the system's roots (and SSL_CERT_FILE).
+                for cert in fred::rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let builder = fred::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(&format!("{e}")))?
+            .with_root_certificates(roots);
+        let config = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(&format!("cert is not PEM: {e}")))?;
+                if chain.is_empty() {
+                    return Err(invalid("cert holds no PEM certificate"));
+                }
+                let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .map_err(|e| invalid(&format!("key is not a PEM private key: {e}")))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    invalid(&format!("cert and key do not make a client identity: {e}"))
+                })?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err(invalid("cert and key must be given together")),
+        };
+        let tls =
+            fred::types::config::TlsConfig::from(fred::types::config::TlsConnector::from(config));
+        let mut any = false;
+        for server in &mut self.servers {
+            if server.config.tls.is_some() {
+                server.config.tls = Some(tls.clone());
+                any = true;
+            }
+        }
+        if !any {
+            return Err(invalid(
+                "applies to TLS servers, and no URL is rediss:// (or another TLS scheme)",
+            ));
+        }
+        Ok(self)
     }
 
     /// How long a lock lives on the server unless renewed (`leaseMs`, at least 100).
