@@ -539,7 +539,7 @@ describe('PostgreSQL connectTimeoutMs', () => {
 })
 
 /** A child that takes, tries and releases a file lock. */
-const script = (dir: string) => `
+const debugScript = (dir: string) => `
   const { FileLockProvider } = require('distlock')
   ;(async () => {
     const locks = new FileLockProvider({ directory: ${JSON.stringify(dir)} })
@@ -554,7 +554,7 @@ const script = (dir: string) => `
 /** Runs that child with `env`; returns its stderr. */
 const run = async (env: Record<string, string>) => {
   const { spawnSync } = await import('node:child_process')
-  const res = spawnSync(process.execPath, ['-e', script(tempDir('debuglog'))], {
+  const res = spawnSync(process.execPath, ['-e', debugScript(tempDir('debuglog'))], {
     cwd: join(__dirname, '..'),
     encoding: 'utf8',
     timeout: 20_000,
@@ -618,5 +618,136 @@ describe('Redis TLS options', () => {
     } finally {
       tls.stop()
     }
+  })
+})
+
+/** Runs a child that takes the Redis lock `name` and then does `then`; returns how it ended. */
+async function exitChild(name: string, providerOptions: string, then: string) {
+  const { spawnSync } = await import('node:child_process')
+  const script = `
+    const { RedisLockProvider } = require('distlock')
+    const locks = new RedisLockProvider({ urls: ${JSON.stringify(redis.url)}, ${providerOptions} })
+    ;(async () => {
+      await locks.createLock(${JSON.stringify(name)}).acquire()
+      ${then}
+    })()
+  `
+  return spawnSync(process.execPath, ['-e', script], {
+    cwd: join(__dirname, '..'),
+    encoding: 'utf8',
+    timeout: 20_000,
+  })
+}
+const redisHas = async (name: string) => {
+  const raw = new Redis(redis.url)
+  try {
+    return await raw.exists(name)
+  } finally {
+    raw.disconnect()
+  }
+}
+
+describe('releaseOnExit', () => {
+  it('releases on SIGTERM and SIGINT, and the process still dies of the signal', async () => {
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+      const name = `exit-${signal}`
+      // A process with work going on (a server, say), as one that gets a signal usually is.
+      const res = await exitChild(
+        name,
+        'releaseOnExit: true',
+        `setInterval(() => {}, 1000); process.kill(process.pid, '${signal}')`,
+      )
+      expect(res.signal, res.stderr).toBe(signal)
+      expect(await redisHas(name)).toBe(0)
+    }
+  })
+
+  it('releases when the script ends without releasing; without the option the key stays', async () => {
+    const res = await exitChild('exit-end', 'releaseOnExit: true', "console.log('done')")
+    expect(res.status, res.stderr).toBe(0)
+    expect(res.stdout).toBe('done\n')
+    expect(await redisHas('exit-end')).toBe(0)
+
+    const kept = await exitChild('exit-kept', 'leaseMs: 30000', "console.log('done')")
+    expect(kept.status, kept.stderr).toBe(0)
+    expect(await redisHas('exit-kept')).toBe(1)
+    const killed = await exitChild('exit-killed', 'leaseMs: 30000', "process.kill(process.pid, 'SIGTERM')")
+    expect(killed.signal).toBe('SIGTERM')
+    expect(await redisHas('exit-killed')).toBe(1)
+  })
+
+  it('a listener of the application decides what a signal does', async () => {
+    const res = await exitChild(
+      'exit-own-listener',
+      'releaseOnExit: true',
+      `process.on('SIGTERM', () => setTimeout(() => { console.log('own handler'); process.exit(3) }, 300))
+       process.kill(process.pid, 'SIGTERM')`,
+    )
+    expect(res.status).toBe(3)
+    expect(res.stdout).toBe('own handler\n')
+    expect(await redisHas('exit-own-listener')).toBe(0)
+  })
+})
+
+describe('LockBackendError keeps its cause', () => {
+  it('file: the OS error as Node words it (code, errno) and the path', async () => {
+    // A directory under a regular file: ENOTDIR, whoever runs the test (root included).
+    await using locks = new FileLockProvider({ directory: '/etc/hostname/locks' })
+    const err = (await thrown(() => locks.createLock('os').acquire({ timeoutMs: 100 }))) as LockBackendError
+    expect(err).toBeInstanceOf(LockBackendError)
+    expect(err.errno).toBe(-20)
+    expect(err.path).toMatch(/^\/etc\/hostname\/locks/)
+    const cause = err.cause as Error & { code?: string; errno?: number }
+    expect(cause).toBeInstanceOf(Error)
+    expect(cause.code).toBe('ENOTDIR')
+    expect(cause.errno).toBe(-20)
+    expect(err.message).not.toMatch(/Os \{|kind:|Custom \{/)
+  })
+
+  it('PostgreSQL: the SQLSTATE and the server', async () => {
+    const { findPostgres } = services
+    const { url } = await findPostgres()
+    const u = new URL(url)
+    u.pathname = '/distlock_no_such_database'
+    await using pg = new PostgresLockProvider({ connectionString: u.toString() })
+    const err = (await thrown(() => pg.createLock('sqlstate').tryAcquire())) as LockBackendError
+    expect(err).toBeInstanceOf(LockBackendError)
+    expect(err.sqlState).toBe('3D000') // invalid_catalog_name
+    expect(err.server).toBe(`${u.hostname}:${u.port || 5432}/distlock_no_such_database`)
+    expect((err.cause as { code?: string }).code).toBe('3D000')
+  })
+
+  it('Redis: the error reply prefix and the server, never the password', async () => {
+    const locked = await services.startRedis(['--requirepass', 'right'])
+    try {
+      const url = `redis://:wrong-secret@127.0.0.1:${locked.port}`
+      await using r = new RedisLockProvider({ urls: url, serverTimeoutMs: 1_000 })
+      const err = (await thrown(() => r.createLock('prefix').acquire({ timeoutMs: 2_000 }))) as LockBackendError
+      expect(err).toBeInstanceOf(LockBackendError)
+      expect(err.redisError).toBe('WRONGPASS')
+      expect(err.server).toBe(`127.0.0.1:${locked.port}`)
+      expect((err.cause as { code?: string }).code).toBe('WRONGPASS')
+      expect(JSON.stringify({ m: err.message, c: (err.cause as Error).message, s: err.server })).not.toContain(
+        'wrong-secret',
+      )
+    } finally {
+      locked.stop()
+    }
+  })
+})
+
+describe('error stacks', () => {
+  it('start at the caller’s frame, not inside distlock', async () => {
+    await using locks = new MemoryLockProvider()
+    const held = await locks.createLock('stack').acquire()
+    async function callerOfAcquire() {
+      await locks.createLock('stack').acquire({ timeoutMs: 10 })
+    }
+    const err = await thrown(callerOfAcquire)
+    const frames = err.stack!.split('\n').filter((l) => l.trimStart().startsWith('at '))
+    expect(err.stack!.split('\n')[0]).toBe('LockTimeoutError: Timed out after 10 ms waiting for memory lock "stack"')
+    expect(frames[0]).toMatch(/at (async )?callerOfAcquire \(.*production\.spec\.ts:\d+:\d+\)/)
+    expect(frames.some((l) => l.includes(`${join(__dirname, '..', 'dist')}`))).toBe(false)
+    await held.release()
   })
 })

@@ -2,6 +2,8 @@
  * The error classes distlock rejects with. Every error the native core produces arrives as a
  * message starting with a stable `CODE: `; {@link toLockError} turns it into one of these.
  */
+import { sep } from 'node:path'
+import { getSystemErrorName } from 'node:util'
 
 /**
  * The three outcomes callers of keyed lock APIs branch on: the key is held and no waiting was
@@ -20,6 +22,21 @@ export interface LockErrorOptions {
   kind?: LockErrorKind
 }
 
+/** Where distlock's compiled modules live: frames from here are not the caller's. */
+const INTERNAL = `${__dirname}${sep}`
+
+/**
+ * Drops distlock's own frames from `err.stack`, so that it starts at the caller's frame (the
+ * `await` of the call that failed), as Node's own errors start at the caller of its API.
+ */
+function trimInternalFrames(err: Error): void {
+  const stack = err.stack
+  if (typeof stack !== 'string') return
+  const lines = stack.split('\n')
+  const kept = lines.filter((line) => !(line.trimStart().startsWith('at ') && line.includes(INTERNAL)))
+  if (kept.length !== lines.length) err.stack = kept.join('\n')
+}
+
 /** Base class of every lock error; `code` is stable and safe to branch on. */
 export class LockError extends Error {
   /** Stable machine-readable code, e.g. `ERR_LOCK_TIMEOUT`. */
@@ -32,6 +49,8 @@ export class LockError extends Error {
     this.name = new.target.name
     this.code = code
     this.kind = options?.kind ?? (code === 'ERR_LOCK_TIMEOUT' ? 'timeout' : 'backend_error')
+    // After `name` is set: reading the stack formats its first line with the name.
+    trimInternalFrames(this)
   }
 }
 
@@ -52,10 +71,41 @@ export class LockLostError extends LockError {
   }
 }
 
-/** The backend failed (unreachable, refused, I/O error). Never means "busy". */
-export class LockBackendError extends LockError {
-  constructor(message: string, options?: LockErrorOptions) {
+/** What a {@link LockBackendError} knows about the failure behind it; every field may be absent. */
+export interface BackendFacts {
+  /** The server that failed, as messages name it (`host:port`, never with a password). */
+  server?: string
+  /** For an operating-system error: Node's `errno` (negative, as in `fs` and `net` errors). */
+  errno?: number
+  /** For an operating-system error: the system call, where known. */
+  syscall?: string
+  /** The file involved (file backend). */
+  path?: string
+  /** PostgreSQL's SQLSTATE of the server's error, e.g. `28P01` (a wrong password). */
+  sqlState?: string
+  /** The prefix of a Redis error reply, e.g. `WRONGPASS`, `NOAUTH`, `READONLY`. */
+  redisError?: string
+}
+
+/**
+ * The backend failed (unreachable, refused, I/O error). Never means "busy". Its `cause` is the
+ * underlying error (with Node's `code`, `errno` and `syscall` for an OS error, the SQLSTATE or
+ * the Redis error prefix as `code` for a server's), and the facts are fields of their own.
+ */
+export class LockBackendError extends LockError implements BackendFacts {
+  readonly server?: string
+  readonly errno?: number
+  readonly syscall?: string
+  readonly path?: string
+  readonly sqlState?: string
+  readonly redisError?: string
+
+  constructor(message: string, options?: LockErrorOptions & BackendFacts) {
     super(message, 'ERR_LOCK_BACKEND', options)
+    const { server, errno, syscall, path, sqlState, redisError } = options ?? {}
+    for (const [key, value] of Object.entries({ server, errno, syscall, path, sqlState, redisError })) {
+      if (value !== undefined) Object.defineProperty(this, key, { value, enumerable: true })
+    }
   }
 }
 
@@ -175,15 +225,63 @@ export function checkKeys(options: object, known: readonly string[], where = 'op
 
 const NATIVE_CODE = /^([A-Z_]+): ([\s\S]*)$/
 
+/** The facts the native side appends to a backend error. */
+interface NativeFacts {
+  server?: string
+  errno?: number
+  syscall?: string
+  path?: string
+  sqlstate?: string
+  redis?: string
+  message?: string
+}
+
+/** A {@link LockBackendError} whose `cause` is the underlying error, built from `facts`. */
+function backendError(text: string, facts: NativeFacts | undefined): LockBackendError {
+  if (!facts) return new LockBackendError(text)
+  // Node's convention: errno negative, code its name (ENOENT, ECONNREFUSED…).
+  const errno = facts.errno === undefined ? undefined : -Math.abs(facts.errno)
+  let code: string | undefined
+  if (errno !== undefined) {
+    try {
+      code = getSystemErrorName(errno)
+    } catch {
+      code = undefined
+    }
+  }
+  code ??= facts.sqlstate ?? facts.redis
+  let cause: Error | undefined
+  if (facts.message !== undefined) {
+    cause = new Error(facts.message)
+    Object.assign(cause, { code, errno, syscall: facts.syscall, path: facts.path })
+    for (const k of ['code', 'errno', 'syscall', 'path'] as const) {
+      if ((cause as unknown as Record<string, unknown>)[k] === undefined)
+        delete (cause as unknown as Record<string, unknown>)[k]
+    }
+  }
+  return new LockBackendError(text, {
+    cause,
+    server: facts.server,
+    errno,
+    syscall: facts.syscall,
+    path: facts.path,
+    sqlState: facts.sqlstate,
+    redisError: facts.redis,
+  })
+}
+
 /**
  * Maps an error from the native core (message `CODE: text`) to its public class. Errors that
  * did not come from the core are returned unchanged.
  */
 export function toLockError(err: unknown, signal?: { readonly reason?: unknown }): unknown {
   if (!(err instanceof Error) || err instanceof LockError) return err
-  const match = NATIVE_CODE.exec(err.message)
+  // `CODE: message`, then optionally a NUL and the cause's facts as JSON.
+  const [head, json] = err.message.split('\0', 2) as [string, string | undefined]
+  const match = NATIVE_CODE.exec(head)
   if (!match) return err
   const [, code, text] = match
+  const facts = json === undefined ? undefined : (JSON.parse(json) as NativeFacts)
   switch (code) {
     case 'TIMEOUT':
       return new LockTimeoutError(text)
@@ -193,7 +291,7 @@ export function toLockError(err: unknown, signal?: { readonly reason?: unknown }
       return new LockLostError(text)
     case 'BACKEND':
     case 'IO':
-      return new LockBackendError(text)
+      return backendError(text, facts)
     case 'CLOSED':
       return new LockClosedError(text)
     case 'INVALID_ARGUMENT':

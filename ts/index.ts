@@ -42,6 +42,7 @@ export {
   MemoryLockProvider,
   PostgresLockProvider,
   RedisLockProvider,
+  type CommonProviderOptions,
   type FileLockProviderOptions,
   type LockProvider,
   type PostgresLockProviderOptions,

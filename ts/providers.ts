@@ -16,11 +16,13 @@ import {
   typeName,
 } from './locks'
 import { checkKeys, invalidArgType, invalidArgValue, toLockError } from './errors'
+import { forget, releaseAtExit } from './exit'
 import { acquireAll, type AcquireAllOptions, type MultiHandle, type MultiLockHandle } from './multi'
 
 /** The keys each provider's options may have. @internal */
 export const PROVIDER_KEYS = {
-  file: ['directory'],
+  file: ['directory', 'releaseOnExit'],
+  memory: ['releaseOnExit'],
   postgres: [
     'connectionString',
     'maxConnections',
@@ -29,8 +31,9 @@ export const PROVIDER_KEYS = {
     'connectTimeoutMs',
     'scope',
     'fencingSequence',
+    'releaseOnExit',
   ],
-  redis: ['urls', 'leaseMs', 'extendEveryMs', 'keyPrefix', 'serverTimeoutMs', 'tls'],
+  redis: ['urls', 'leaseMs', 'extendEveryMs', 'keyPrefix', 'serverTimeoutMs', 'tls', 'releaseOnExit'],
 } as const
 
 /**
@@ -61,7 +64,13 @@ abstract class BaseProvider implements LockProvider {
   readonly #source: LockSource
 
   /** @internal */
-  protected constructor(nativeProvider: NativeProvider, backend: string) {
+  protected constructor(nativeProvider: NativeProvider, backend: string, options: CommonProviderOptions = {}) {
+    if (options.releaseOnExit !== undefined && typeof options.releaseOnExit !== 'boolean') {
+      throw invalidArgType(
+        `The "options.releaseOnExit" property must be of type boolean. Received ${typeName(options.releaseOnExit)}`,
+      )
+    }
+    if (options.releaseOnExit) releaseAtExit(this)
     this.#source = {
       native: nativeProvider,
       settler: new Settler(nativeProvider),
@@ -103,6 +112,7 @@ abstract class BaseProvider implements LockProvider {
   }
 
   async close(): Promise<void> {
+    forget(this)
     try {
       await this.#source.native.close()
     } catch (err) {
@@ -115,8 +125,21 @@ abstract class BaseProvider implements LockProvider {
   }
 }
 
+/** Options every provider takes. */
+export interface CommonProviderOptions {
+  /**
+   * Release this provider's locks when the process ends normally (the event loop runs dry) or
+   * on SIGINT or SIGTERM, without changing what the process does otherwise: after the release
+   * (at most 2 s), a signal nobody else listens for is raised again. Default false. Not on
+   * `process.exit()`, which ends the process at once. Most useful for Redis, whose keys would
+   * otherwise stay until their lease ends; the OS frees file locks and the server ends a dead
+   * process's PostgreSQL sessions anyway.
+   */
+  releaseOnExit?: boolean
+}
+
 /** Options of {@link FileLockProvider}. */
-export interface FileLockProviderOptions {
+export interface FileLockProviderOptions extends CommonProviderOptions {
   /**
    * The directory holding the lock files; created on first use if missing. Every process that
    * must exclude the others uses the same directory. Defaults to `<os.tmpdir()>/distlock`.
@@ -134,7 +157,7 @@ export class FileLockProvider extends BaseProvider {
 
   constructor(options: FileLockProviderOptions = {}) {
     const directory = fileDirectory(options)
-    super(native.NativeProvider.file(directory), 'file')
+    super(native.NativeProvider.file(directory), 'file', options)
     this.directory = directory
   }
 }
@@ -154,7 +177,7 @@ function fileDirectory(options: FileLockProviderOptions): string {
 }
 
 /** Options of {@link PostgresLockProvider}. */
-export interface PostgresLockProviderOptions {
+export interface PostgresLockProviderOptions extends CommonProviderOptions {
   /**
    * A libpq-style connection string, URL (`postgres://user:password@host:5432/db?sslmode=verify-full`)
    * or `key=value` form. `sslmode` takes libpq's values: `disable`, `prefer` (the default) and
@@ -210,7 +233,7 @@ export class PostgresLockProvider extends BaseProvider {
     } catch (err) {
       throw toLockError(err)
     }
-    super(nativeProvider, 'postgres')
+    super(nativeProvider, 'postgres', options)
     this.#native = nativeProvider
   }
 
@@ -264,7 +287,7 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
 }
 
 /** Options of {@link RedisLockProvider}. */
-export interface RedisLockProviderOptions {
+export interface RedisLockProviderOptions extends CommonProviderOptions {
   /**
    * The servers, as URLs. One URL is one deployment: a server (`redis://[user:password@]host:port/db`,
    * `rediss://` for TLS), a cluster (`redis-cluster://host:port?node=host2:port2&node=…`) or a
@@ -321,7 +344,7 @@ export class RedisLockProvider extends BaseProvider {
     } catch (err) {
       throw toLockError(err)
     }
-    super(nativeProvider, 'redis')
+    super(nativeProvider, 'redis', options)
     this.#native = nativeProvider
   }
 
@@ -400,7 +423,11 @@ function tlsOptions(tls: unknown): { ca?: string[]; cert?: string; key?: string 
  * Locks have no lease and are lost only when the provider is closed.
  */
 export class MemoryLockProvider extends BaseProvider {
-  constructor() {
-    super(native.NativeProvider.memory(), 'memory')
+  constructor(options: CommonProviderOptions = {}) {
+    if (options === null || typeof options !== 'object') {
+      throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+    }
+    checkKeys(options, PROVIDER_KEYS.memory)
+    super(native.NativeProvider.memory(), 'memory', options)
   }
 }

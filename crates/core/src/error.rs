@@ -66,6 +66,8 @@ pub enum Error {
         backend: &'static str,
         /// What failed, naming the lock or server where known.
         message: String,
+        /// The machine-readable facts behind it, where known.
+        cause: Box<Cause>,
     },
     /// An operating-system I/O error, with the path it concerned.
     #[error("{backend} backend I/O error on {path}: {source}")]
@@ -96,7 +98,58 @@ pub enum Error {
     },
 }
 
+/// What is known, in machine-readable form, about the failure behind a backend error: for
+/// `LockBackendError`'s fields. Every field is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cause {
+    /// The server that failed, as messages name it (never with a password).
+    pub server: Option<String>,
+    /// The operating-system error number (positive, as the OS reports it).
+    pub errno: Option<i32>,
+    /// The system call or operation that failed, e.g. `open`, `connect`.
+    pub syscall: Option<&'static str>,
+    /// The file involved.
+    pub path: Option<String>,
+    /// PostgreSQL's SQLSTATE, e.g. `28P01`.
+    pub sqlstate: Option<String>,
+    /// The prefix of a Redis error reply, e.g. `WRONGPASS`, `NOAUTH`, `READONLY`.
+    pub redis: Option<String>,
+    /// The underlying error's own text.
+    pub message: Option<String>,
+}
+
+impl Cause {
+    /// Whether nothing is known.
+    pub fn is_empty(&self) -> bool {
+        *self == Cause::default()
+    }
+}
+
 impl Error {
+    /// A backend error with `message` and what is known of its `cause`.
+    pub fn backend(backend: &'static str, message: impl Into<String>, cause: Cause) -> Self {
+        Error::Backend {
+            backend,
+            message: message.into(),
+            cause: Box::new(cause),
+        }
+    }
+
+    /// The machine-readable facts behind this error: a backend error's cause, or an I/O error's
+    /// OS error and path.
+    pub fn cause(&self) -> Cause {
+        match self {
+            Error::Backend { cause, .. } => (**cause).clone(),
+            Error::Io { path, source, .. } => Cause {
+                errno: source.raw_os_error(),
+                path: Some(path.clone()),
+                message: Some(source.to_string()),
+                ..Cause::default()
+            },
+            _ => Cause::default(),
+        }
+    }
+
     /// The stable code of this error: part of the public contract, never renamed.
     pub fn code(&self) -> &'static str {
         match self {
@@ -162,6 +215,7 @@ mod tests {
                 Error::Backend {
                     backend: "redis",
                     message: "down".into(),
+                    cause: Default::default(),
                 },
                 "BACKEND",
             ),

@@ -21,7 +21,7 @@ pub use backend::{
     AcquireRequest, Acquiring, Backend, BoxFuture, Held, HeldLock, Interrupted, LockInfo, LockKind,
     Waited, race,
 };
-pub use error::{Error, Result, Target};
+pub use error::{Cause, Error, Result, Target};
 pub use held::HeldSet;
 pub use lease::Lease;
 pub use lost::LostSignal;

@@ -504,6 +504,7 @@ impl Inner {
                     "the OS wait for {} ended without an answer",
                     req.target(BACKEND)
                 ),
+                cause: Default::default(),
             }),
             Err(why) => {
                 *lock(&entry.state.pending) = Some((mode, pending));
@@ -751,6 +752,7 @@ fn replaced_too_often(req: &AcquireRequest, path: &Path) -> Error {
             path.display(),
             req.target(BACKEND)
         ),
+        cause: Default::default(),
     }
 }
 

@@ -22,7 +22,54 @@ use uvloop::{JsFn, Loop};
 /// Turns a core error into a rejection whose message starts with the stable `CODE: `; the TS
 /// layer maps that prefix to the matching error class.
 fn to_js(err: distlock_core::Error) -> Error {
-    Error::new(Status::GenericFailure, format!("{}: {err}", err.code()))
+    Error::new(Status::GenericFailure, js_message(&err))
+}
+
+/// How an error crosses to JS: `CODE: message`, then, when its cause is known, a NUL and the
+/// cause as a JSON object (`server`, `errno`, `syscall`, `path`, `sqlstate`, `redis`,
+/// `message`), which the TS layer turns into `LockBackendError`'s fields.
+fn js_message(err: &distlock_core::Error) -> String {
+    let mut out = format!("{}: {err}", err.code());
+    let cause = err.cause();
+    if cause.is_empty() {
+        return out;
+    }
+    let mut fields: Vec<String> = Vec::new();
+    let mut text = |key: &str, value: Option<&str>| {
+        if let Some(v) = value {
+            fields.push(format!("\"{key}\":{}", json_string(v)));
+        }
+    };
+    text("server", cause.server.as_deref());
+    text("syscall", cause.syscall);
+    text("path", cause.path.as_deref());
+    text("sqlstate", cause.sqlstate.as_deref());
+    text("redis", cause.redis.as_deref());
+    text("message", cause.message.as_deref());
+    if let Some(errno) = cause.errno {
+        fields.push(format!("\"errno\":{errno}"));
+    }
+    out.push('\0');
+    out.push('{');
+    out.push_str(&fields.join(","));
+    out.push('}');
+    out
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Parses the JS-side kind string (`mutex`, `read`, `write`, `semaphore`).
@@ -118,11 +165,7 @@ where
     T: Send + 'static,
     F: Future<Output = distlock_core::Result<T>> + Send + 'static,
 {
-    let answering = async move {
-        fut.await
-            .map(settled)
-            .map_err(|e| format!("{}: {e}", e.code()))
-    };
+    let answering = async move { fut.await.map(settled).map_err(|e| js_message(&e)) };
     if let Some(l) = &channel.event_loop
         && channel.direct.get().is_some()
     {

@@ -264,6 +264,7 @@ fn bigint_cell(rows: &Rows, i: usize) -> Result<Option<i64>> {
         Some(row) => row.try_get(i).map_err(|e| Error::Backend {
             backend: BACKEND,
             message: format!("unexpected answer from the server: {}", describe(&e)),
+            cause: Default::default(),
         }),
     }
 }
@@ -277,6 +278,7 @@ fn parse_token(value: Option<i64>) -> Result<u64> {
                 "unexpected fencing token {:?} from the server",
                 value.map(|t| t.to_string())
             ),
+            cause: Default::default(),
         })
 }
 
@@ -358,18 +360,20 @@ impl Backend for PostgresBackend {
             let usage = inner.attempt_usage();
             let op = inner.pool.opts.op_timeout;
             let ask = async {
-                let s = inner.pool.session(usage).await.map_err(Fault::into_error)?;
+                let server = inner.pool.opts.server();
+                let s = inner
+                    .pool
+                    .session(usage)
+                    .await
+                    .map_err(|f| f.into_error(&server))?;
                 let rows = s.query(&sql).await;
                 if usage == Use::Busy {
                     s.unbusy();
                 }
-                rows.map_err(|e| Error::Backend {
-                    backend: BACKEND,
-                    message: format!(
-                        "inspecting {name:?} on {}: {}",
-                        inner.pool.opts.server(),
-                        describe(&e)
-                    ),
+                rows.map_err(|e| {
+                    let why = describe(&e);
+                    let message = format!("inspecting {name:?} on {server}: {why}");
+                    Error::backend(BACKEND, message, crate::pool::cause_of(&server, &why))
                 })
             };
             let rows = tokio::time::timeout(op, ask)
@@ -381,6 +385,7 @@ impl Backend for PostgresBackend {
                         inner.pool.opts.server(),
                         op.as_millis()
                     ),
+                    cause: Default::default(),
                 })??;
             let holders: u32 = rows
                 .first()

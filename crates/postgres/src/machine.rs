@@ -87,22 +87,28 @@ impl Retry {
         server: &str,
     ) -> Result<Option<T>> {
         match miss {
-            Miss::Fault(f) => Err(f.into_error()),
-            Miss::Silent(message) => Err(Error::Backend {
-                backend: BACKEND,
-                message: match &self.cause {
-                    Some(cause) => format!("{message}; earlier: {cause}"),
-                    None => message,
-                },
-            }),
+            Miss::Fault(f) => Err(f.into_error(server)),
+            Miss::Silent(message) => {
+                let facts =
+                    crate::pool::cause_of(server, self.cause.as_deref().unwrap_or(&message));
+                Err(Error::backend(
+                    BACKEND,
+                    match &self.cause {
+                        Some(cause) => format!("{message}; earlier: {cause}"),
+                        None => message,
+                    },
+                    facts,
+                ))
+            }
             Miss::Stop(Interrupted::TimedOut) => match &self.cause {
-                Some(cause) => Err(Error::Backend {
-                    backend: BACKEND,
-                    message: format!(
+                Some(cause) => Err(Error::backend(
+                    BACKEND,
+                    format!(
                         "the timeout of {} ran out while {server} could not be reached: {cause}",
                         req.target(BACKEND)
                     ),
-                }),
+                    crate::pool::cause_of(server, cause),
+                )),
                 None => Ok(None),
             },
             Miss::Stop(why) => why.into_outcome(req, BACKEND),

@@ -86,11 +86,27 @@ pub(crate) struct Fault {
 }
 
 impl Fault {
-    pub(crate) fn into_error(self) -> Error {
-        Error::Backend {
-            backend: BACKEND,
-            message: self.message,
-        }
+    pub(crate) fn into_error(self, server: &str) -> Error {
+        let cause = cause_of(server, &self.message);
+        Error::backend(BACKEND, self.message, cause)
+    }
+}
+
+/// The facts of a failure on `server` whose message came from [`describe`]: its SQLSTATE is
+/// the `(SQLSTATE xxxxx)` that `describe` appends to a server's error.
+pub(crate) fn cause_of(server: &str, message: &str) -> distlock_core::Cause {
+    let sqlstate = message.rfind("(SQLSTATE ").and_then(|at| {
+        let code = &message[at + "(SQLSTATE ".len()..];
+        let code = code.get(..5)?;
+        code.chars()
+            .all(|c| c.is_ascii_alphanumeric())
+            .then(|| code.to_owned())
+    });
+    distlock_core::Cause {
+        server: Some(server.to_owned()),
+        sqlstate,
+        message: Some(message.to_owned()),
+        ..Default::default()
     }
 }
 

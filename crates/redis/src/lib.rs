@@ -407,14 +407,16 @@ impl Backend for RedisBackend {
                             fencing_token: u64::try_from(n(2)).ok().filter(|&t| t > 0),
                         });
                     }
-                    Ok(v) => errors.push(format!("{}: unexpected reply {v:?}", s.label)),
+                    Ok(v) => errors.push(format!("{}: unexpected reply {}", s.label, show(&v))),
                     Err(e) => errors.push(s.explain(&e)),
                 }
             }
-            Err(Error::Backend {
-                backend: BACKEND,
-                message: format!("inspecting {name:?}: {}", errors.join("; ")),
-            })
+            let detail = errors.join("; ");
+            Err(Error::backend(
+                BACKEND,
+                format!("inspecting {name:?}: {detail}"),
+                inner.cause_of(&detail),
+            ))
         })
     }
 
@@ -453,11 +455,75 @@ impl Backend for RedisBackend {
     }
 }
 
+/// A reply as messages show it: RESP's shapes, not Rust's `Debug` of fred's types.
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => String::from("nil"),
+        Value::Integer(i) => i.to_string(),
+        Value::Double(d) => d.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::String(s) => format!("\"{s}\""),
+        Value::Bytes(b) => format!("\"{}\"", String::from_utf8_lossy(b)),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(show).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Map(_) => String::from("a map"),
+        Value::Queued => String::from("QUEUED"),
+    }
+}
+
+/// The Redis error reply prefixes a message may carry (`WRONGPASS invalid username…`).
+const REDIS_PREFIXES: [&str; 22] = [
+    "ERR",
+    "WRONGTYPE",
+    "WRONGPASS",
+    "NOAUTH",
+    "NOPERM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "BUSYKEY",
+    "NOSCRIPT",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "MOVED",
+    "ASK",
+    "NOREPLICAS",
+    "OOM",
+    "EXECABORT",
+    "MISCONF",
+    "NOPROTO",
+    "CROSSSLOT",
+    "UNBLOCKED",
+];
+
+/// The first Redis error reply prefix in `detail`, as a whole word.
+fn redis_prefix(detail: &str) -> Option<String> {
+    detail
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|w| REDIS_PREFIXES.contains(w))
+        .map(str::to_owned)
+}
+
 impl Inner {
     fn backend_error(&self, what: &str, req_target: &str, detail: &str) -> Error {
-        Error::Backend {
-            backend: BACKEND,
-            message: format!("{what} {req_target}: {detail}"),
+        Error::backend(
+            BACKEND,
+            format!("{what} {req_target}: {detail}"),
+            self.cause_of(detail),
+        )
+    }
+
+    /// The facts of a failure described by `detail`: the server, when there is only one, and
+    /// the prefix of a Redis error reply found in it.
+    fn cause_of(&self, detail: &str) -> distlock_core::Cause {
+        distlock_core::Cause {
+            server: (self.servers.len() == 1).then(|| self.servers[0].label.clone()),
+            redis: redis_prefix(detail),
+            message: Some(detail.to_owned()),
+            ..Default::default()
         }
     }
 
@@ -748,7 +814,7 @@ impl Inner {
         let s = &self.servers[i];
         match answer {
             Ok(v) => Reply::parse(&v).unwrap_or_else(|| Reply::Failed {
-                message: format!("{}: unexpected reply {v:?}", s.label),
+                message: format!("{}: unexpected reply {}", s.label, show(&v)),
                 transient: false,
             }),
             Err(e) => Reply::Failed {
@@ -1149,14 +1215,15 @@ impl RedisHeld {
             Ok(()) => Ok(()),
             // Expired already: there is nothing left to release, and nothing to report.
             Err(_) if expired => Ok(()),
-            Err(e) => Err(Error::Backend {
-                backend: BACKEND,
-                message: format!(
+            Err(e) => Err(Error::backend(
+                BACKEND,
+                format!(
                     "releasing {}: {e}; the lease ends on its own within {} ms",
                     self.target,
                     self.lease.remaining(Instant::now()).as_millis()
                 ),
-            }),
+                self.inner.cause_of(&e),
+            )),
         }
     }
 
@@ -1204,6 +1271,7 @@ impl RedisHeld {
                     self.target,
                     self.lease.remaining(Instant::now()).as_millis()
                 ),
+                cause: Default::default(),
             }),
         }
     }
