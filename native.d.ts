@@ -32,6 +32,11 @@ export declare class NativeHandle {
    * backends whose locks have no lease, and once released.
    */
   get leaseRemainingMs(): number | null
+  /**
+   * Ends the lock as lost with `reason` (its signal fires); the caller then releases it.
+   * Does nothing once released or lost.
+   */
+  expire(reason: string): void
   /** Why the lock was lost, if it was (`null` while it is held or after a normal release). */
   get lostReason(): string | null
   /**
@@ -67,7 +72,7 @@ export declare class NativeProvider {
    * Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; `undefined` when
    * the answer is not known at once, which then settles through the channel with `id`.
    */
-  acquire(id: number, name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null, leaseMs?: number | undefined | null): NativeHandle | undefined | null | undefined
+  acquire(id: number, name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null, leaseMs?: number | undefined | null, autoRenew?: boolean | undefined | null): NativeHandle | undefined | null | undefined
   /** A snapshot of the lock's state. */
   inspect(name: string, kind: string, maxCount?: number | undefined | null): Promise<NativeLockInfo>
   /** Server connections open now (PostgreSQL). */

@@ -69,7 +69,7 @@ describe('unknown option keys', () => {
     // Far from every known key: the message lists them instead.
     const far = await thrown(() => locks.createLock('typo').acquire({ priority: 1 } as never))
     expect(far.message).toBe(
-      'The "options" argument has an unknown property "priority". Known properties: "timeoutMs", "signal", "leaseMs".',
+      'The "options" argument has an unknown property "priority". Known properties: "timeoutMs", "signal", "leaseMs", "autoRenew", "maxHoldMs".',
     )
     await held.release()
     // Nothing was left waiting or held.
@@ -749,5 +749,113 @@ describe('error stacks', () => {
     expect(frames[0]).toMatch(/at (async )?callerOfAcquire \(.*production\.spec\.ts:\d+:\d+\)/)
     expect(frames.some((l) => l.includes(`${join(__dirname, '..', 'dist')}`))).toBe(false)
     await held.release()
+  })
+})
+
+describe('the lease: autoRenew and maxHoldMs', () => {
+  it('Redis with autoRenew false: the lease ends on time and the signal aborts, unless extended', async () => {
+    await using r = new RedisLockProvider({ urls: redis.url, leaseMs: 400, autoRenew: false })
+    const h = await r.createLock('no-renew').acquire()
+    const started = performance.now()
+    await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }))
+    const took = performance.now() - started
+    expect(took).toBeGreaterThan(300)
+    expect(took).toBeLessThan(1_500)
+    expect(h.isHeld).toBe(false)
+    // Nobody renewed it: the key ends on the server too (a few ms after the local deadline,
+    // which allows for clock drift), and the name is free.
+    const next = await r.createLock('no-renew').acquire({ timeoutMs: 1_000 })
+    expect(performance.now() - started).toBeLessThan(1_000)
+    await next.release()
+    await h.release()
+    // The provider renews nothing: a lock kept well past 3 periods of a 400 ms lease ends.
+    expect(r.renewalStats.renewals).toBe(0)
+
+    // extend() moves the deadline of a lock that is not renewed.
+    const e = await r.createLock('no-renew-extended').acquire()
+    await new Promise((resolve) => setTimeout(resolve, 250))
+    await e.extend(600)
+    await new Promise((resolve) => setTimeout(resolve, 300)) // 550 ms after the grant
+    expect(e.isHeld).toBe(true)
+    await new Promise((resolve) => e.signal.addEventListener('abort', resolve, { once: true }))
+    await e.release()
+
+    // The default keeps renewing: held past several leases.
+    await using renewing = new RedisLockProvider({ urls: redis.url, leaseMs: 300 })
+    const k = await renewing.createLock('renewed').acquire({ autoRenew: true })
+    await new Promise((resolve) => setTimeout(resolve, 1_000))
+    expect(k.isHeld).toBe(true)
+    await k.release()
+    // An acquire's autoRenew false wins over the provider's default.
+    const once = await renewing.createLock('renewed').acquire({ autoRenew: false })
+    await new Promise((resolve) => once.signal.addEventListener('abort', resolve, { once: true }))
+    await once.release()
+  })
+
+  it('maxHoldMs caps the hold on every backend: released, and the signal says why', async () => {
+    const providers = [
+      new MemoryLockProvider({ maxHoldMs: 150 }),
+      new FileLockProvider({ directory: tempDir('max-hold'), maxHoldMs: 150 }),
+      new RedisLockProvider({ urls: redis.url, maxHoldMs: 150 }),
+    ]
+    for (const provider of providers) {
+      await using p = provider
+      const h = await p.createLock('capped').acquire()
+      const started = performance.now()
+      await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }))
+      expect(performance.now() - started).toBeGreaterThan(100)
+      expect((h.signal.reason as Error).message).toMatch(
+        /lock "capped" was lost: it was held for its maxHoldMs \(150 ms\)/,
+      )
+      await eventually(() => h.isReleased)
+      expect(await p.createLock('capped').isLocked()).toBe(false)
+      // An acquire's own cap wins; a released handle's timer is cleared.
+      const own = await p.createLock('capped').acquire({ maxHoldMs: 5_000 })
+      await own.release()
+    }
+    const bad = await thrown(() => new MemoryLockProvider().createLock('x').acquire({ maxHoldMs: 0 }))
+    expect(bad.code).toBe('ERR_INVALID_ARG_VALUE')
+    expect(() => new RedisLockProvider({ urls: redis.url, autoRenew: 'no' } as never)).toThrow(/options\.autoRenew/)
+  })
+})
+
+describe('waitForUnlock', () => {
+  it('resolves once the name is free, without taking it; times out and aborts like acquire', async () => {
+    for (const make of [
+      () => new MemoryLockProvider(),
+      () => new FileLockProvider({ directory: tempDir('wait-unlock') }),
+      () => new RedisLockProvider({ urls: redis.url }),
+    ]) {
+      await using p = make()
+      const lock = p.createLock('wait-free')
+      const before = (await lock.getInfo()).fencingToken
+      await lock.waitForUnlock() // free already
+      const held = await lock.acquire()
+      let freed = false
+      const waiting = lock.waitForUnlock({ timeoutMs: 5_000 }).then(() => (freed = true))
+      await new Promise((r) => setTimeout(r, 60))
+      expect(freed).toBe(false)
+      await held.release()
+      await waiting
+      // It took nothing: the name is free and no grant was made after the release.
+      expect(await lock.isLocked()).toBe(false)
+      const token = (await lock.getInfo()).fencingToken
+      if (token !== null) expect(token).toBe(held.fencingToken)
+      void before
+
+      const blocker = await lock.acquire()
+      const err = await thrown(() => lock.waitForUnlock({ timeoutMs: 50 }))
+      expect(err.code).toBe('ERR_LOCK_TIMEOUT')
+      expect(err.message).toMatch(/^Timed out after 50 ms waiting for \w+ lock "wait-free" to be free$/)
+      const controller = new AbortController()
+      setTimeout(() => controller.abort('enough'), 30)
+      const aborted = await thrown(() => lock.waitForUnlock({ signal: controller.signal }))
+      expect(aborted.name).toBe('AbortError')
+      await blocker.release()
+    }
+    const sem = new MemoryLockProvider().createSemaphore('wait-sem', 2)
+    const one = await sem.acquire()
+    await sem.waitForUnlock({ timeoutMs: 100 }) // a permit is still free
+    await one.release()
   })
 })

@@ -62,7 +62,13 @@ describe('public types', () => {
       leaseRemainingMs: number | null
       fencingToken: bigint | null
     }>()
-    expectTypeOf<AcquireOptions>().toEqualTypeOf<{ timeoutMs?: number; signal?: AbortSignalLike; leaseMs?: number }>()
+    expectTypeOf<AcquireOptions>().toEqualTypeOf<{
+      timeoutMs?: number
+      signal?: AbortSignalLike
+      leaseMs?: number
+      autoRenew?: boolean
+      maxHoldMs?: number
+    }>()
     expectTypeOf<AbortSignal>().toExtend<AbortSignalLike>()
     expectTypeOf<LockHandle['fencingToken']>().toEqualTypeOf<bigint>()
     expectTypeOf<LockHandle['signal']>().toEqualTypeOf<AbortSignal>()

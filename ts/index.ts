@@ -34,6 +34,7 @@ export {
   type Semaphore,
   type AcquireOptions,
   type LockKind,
+  type WaitOptions,
   type LockedFn,
   type LockInfo,
 } from './locks'

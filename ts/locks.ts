@@ -19,6 +19,7 @@ import native, { type NativeHandle, type NativeProvider } from './native'
 import {
   AbortError,
   checkKeys,
+  invalidArgValue,
   LockClosedError,
   LockLostError,
   LockStateError,
@@ -46,6 +47,19 @@ export interface AcquireOptions {
    * whose locks expire (Redis) use it; the others ignore it.
    */
   leaseMs?: number
+  /**
+   * Whether a lease is renewed in the background while held (default: the provider's
+   * `autoRenew`, itself true). With `false` the lease ends `leaseMs` after the grant unless
+   * `handle.extend()` moves it, and the handle's signal aborts then. Only backends whose locks
+   * expire (Redis) have leases; the others ignore it.
+   */
+  autoRenew?: boolean
+  /**
+   * The longest this grant may be held, in ms (default: the provider's `maxHoldMs`, itself
+   * none). Then the lock is released and the handle's signal aborts with a `LockLostError`,
+   * on every backend: a cap for work that must not hold a lock forever.
+   */
+  maxHoldMs?: number
 }
 
 /** A snapshot of a lock's state from {@link DistributedLock.getInfo} and friends. */
@@ -103,7 +117,30 @@ const leaks = new FinalizationRegistry<LeakState>((state) => {
 })
 
 /** The keys an acquire's options may have. */
-const ACQUIRE_KEYS = ['timeoutMs', 'signal', 'leaseMs'] as const
+const ACQUIRE_KEYS = ['timeoutMs', 'signal', 'leaseMs', 'autoRenew', 'maxHoldMs'] as const
+
+/** The longest `maxHoldMs`: what a Node timer can wait. */
+const MAX_HOLD_MS = 2 ** 31 - 1
+
+/** Checks a `maxHoldMs` option; `where` names it in errors. */
+export function checkMaxHold(value: unknown, where: string): number | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'number') {
+    throw invalidArgType(`The "${where}" property must be of type number. Received ${typeName(value)}`)
+  }
+  if (!Number.isInteger(value) || value < 1 || value > MAX_HOLD_MS) {
+    throw invalidArgValue(`The "${where}" property must be a whole number from 1 to ${MAX_HOLD_MS}. Received ${value}`)
+  }
+  return value
+}
+
+/** Checks an `autoRenew` option; `where` names it in errors. */
+export function checkAutoRenew(value: unknown, where: string): boolean | undefined {
+  if (value !== undefined && typeof value !== 'boolean') {
+    throw invalidArgType(`The "${where}" property must be of type boolean. Received ${typeName(value)}`)
+  }
+  return value as boolean | undefined
+}
 
 type Pending = { resolve: (handle: NativeHandle | null) => void; reject: (err: unknown) => void }
 
@@ -157,6 +194,8 @@ export interface LockSource {
   readonly backend: string
   /** Throws {@link LockClosedError} if the provider was closed. */
   assertOpen(): void
+  /** The provider's defaults for acquires that do not say. */
+  readonly defaults?: { readonly autoRenew?: boolean; readonly maxHoldMs?: number }
 }
 
 /** What a handle holds: a mutex, a reader-writer lock's read or write side, or a semaphore permit. */
@@ -201,7 +240,9 @@ function checkOptions(options: unknown): AcquireOptions {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
   checkKeys(options, ACQUIRE_KEYS)
-  const { timeoutMs, signal, leaseMs } = options as AcquireOptions
+  const { timeoutMs, signal, leaseMs, autoRenew, maxHoldMs } = options as AcquireOptions
+  checkAutoRenew(autoRenew, 'options.autoRenew')
+  checkMaxHold(maxHoldMs, 'options.maxHoldMs')
   for (const [key, value] of [
     ['timeoutMs', timeoutMs],
     ['leaseMs', leaseMs],
@@ -215,7 +256,7 @@ function checkOptions(options: unknown): AcquireOptions {
       `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
     )
   }
-  return { timeoutMs, signal, leaseMs }
+  return { timeoutMs, signal, leaseMs, autoRenew, maxHoldMs }
 }
 
 /**
@@ -243,6 +284,7 @@ export interface Lock {
   withLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
   isLocked(): Promise<boolean>
   getInfo(): Promise<LockInfo>
+  waitForUnlock(options?: WaitOptions): Promise<void>
 }
 
 /** A reader-writer lock, as a type: what {@link DistributedReaderWriterLock} offers. */
@@ -256,6 +298,7 @@ export interface ReaderWriterLock {
   withWriteLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
   isLocked(): Promise<boolean>
   getInfo(): Promise<LockInfo>
+  waitForUnlock(options?: WaitOptions): Promise<void>
 }
 
 /** A semaphore, as a type: what {@link DistributedSemaphore} offers. */
@@ -267,6 +310,7 @@ export interface Semaphore {
   withLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
   isLocked(): Promise<boolean>
   getInfo(): Promise<LockInfo>
+  waitForUnlock(options?: WaitOptions): Promise<void>
 }
 
 /**
@@ -285,10 +329,11 @@ export class LockHandle implements Handle {
   readonly #settler: Settler
   readonly #grantedAt = performance.now()
   readonly #leak: LeakState
+  #holdTimer: NodeJS.Timeout | undefined
   #controller: AbortController | undefined
 
   /** @internal */
-  constructor(nativeHandle: NativeHandle, name: string, kind: LockKind, source: LockSource) {
+  constructor(nativeHandle: NativeHandle, name: string, kind: LockKind, source: LockSource, maxHoldMs?: number) {
     this.#native = nativeHandle
     this.name = name
     this.backend = source.backend
@@ -297,6 +342,13 @@ export class LockHandle implements Handle {
     this.#settler = source.settler
     this.#leak = { what: this.#what, source, released: false }
     leaks.register(this, this.#leak, this.#leak)
+    if (maxHoldMs !== undefined) {
+      // Holds the handle until then (so until then it is not released by garbage collection).
+      this.#holdTimer = setTimeout(() => {
+        nativeHandle.expire(`it was held for its maxHoldMs (${maxHoldMs} ms)`)
+        this.release().catch(() => {})
+      }, maxHoldMs).unref()
+    }
     if (lostChannel.hasSubscribers) {
       // Primitives only: the callback must not keep the handle from garbage collection.
       const { backend, fencingToken } = { backend: source.backend, fencingToken: nativeHandle.fencingToken }
@@ -429,6 +481,7 @@ export class LockHandle implements Handle {
   }
 
   async #release(): Promise<void> {
+    clearTimeout(this.#holdTimer)
     if (!this.#leak.released) {
       this.#leak.released = true
       leaks.unregister(this.#leak)
@@ -499,7 +552,10 @@ async function acquireUntraced(
   options: unknown,
   tryOnly: boolean,
 ): Promise<LockHandle | null> {
-  const { timeoutMs = tryOnly ? 0 : undefined, signal, leaseMs } = checkOptions(options)
+  const checked = checkOptions(options)
+  const { timeoutMs = tryOnly ? 0 : undefined, signal, leaseMs } = checked
+  const autoRenew = checked.autoRenew ?? source.defaults?.autoRenew
+  const maxHoldMs = checked.maxHoldMs ?? source.defaults?.maxHoldMs
   const what = describe(source, kind, name)
   if (signal?.aborted) throw new AbortError(`The wait for ${what} was aborted`, { cause: signal.reason })
   source.assertOpen()
@@ -516,7 +572,7 @@ async function acquireUntraced(
     let left = timeoutMs
     for (;;) {
       const id = source.settler.id()
-      let handle = source.native.acquire(id, name, kind, maxCount, left, cancel, leaseMs)
+      let handle = source.native.acquire(id, name, kind, maxCount, left, cancel, leaseMs, autoRenew)
       if (handle === undefined) handle = await source.settler.wait(id)
       if (handle && handle.lostReason != null) {
         // Granted, then lost before the grant reached this thread (its session ended, its
@@ -528,7 +584,7 @@ async function acquireUntraced(
         if (left > 0 && timeoutMs !== 0) continue
         handle = null
       }
-      if (handle) return new LockHandle(handle, name, kind, source)
+      if (handle) return new LockHandle(handle, name, kind, source, maxHoldMs)
       if (tryOnly) return null
       throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what}`)
     }
@@ -601,6 +657,48 @@ abstract class NamedLock {
     return acquire(this.#source, this.name, kind, maxCount, options, true)
   }
 
+  /**
+   * Resolves once the lock is free (for a semaphore: a permit is free), without taking it. It
+   * looks with `getInfo()`, 5 ms after the first look and backing off to every 250 ms, so on a
+   * name that is never free for a moment it waits until `timeoutMs` (then rejects with
+   * {@link LockTimeoutError}) or `signal` (then {@link AbortError}).
+   */
+  async waitForUnlock(options?: WaitOptions): Promise<void> {
+    if (options !== undefined && (options === null || typeof options !== 'object')) {
+      throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+    }
+    const { timeoutMs, signal } = options ?? {}
+    checkKeys(options ?? {}, ['timeoutMs', 'signal'])
+    if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !(timeoutMs >= 0))) {
+      throw invalidArgValue(`The "options.timeoutMs" property must be a number >= 0. Received ${String(timeoutMs)}`)
+    }
+    if (signal !== undefined && !isAbortSignalLike(signal)) {
+      throw invalidArgType(
+        `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
+      )
+    }
+    const what = this.#what
+    const deadline = timeoutMs === undefined ? Infinity : performance.now() + timeoutMs
+    for (let pause = 5; ; pause = Math.min(pause * 2, 250)) {
+      if (signal?.aborted) throw new AbortError(`The wait for ${what} to be free was aborted`, { cause: signal.reason })
+      if (!(await this.getInfo()).held) return
+      const left = deadline - performance.now()
+      if (left <= 0) throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what} to be free`)
+      await pauseFor(Math.min(pause, left), signal)
+    }
+  }
+
+  /** A snapshot of the lock's state. */
+  abstract getInfo(): Promise<LockInfo>
+
+  /** How messages name this lock. */
+  get #what(): string {
+    return describe(this.#source, this.kindForMessages(), this.name)
+  }
+
+  /** @internal */
+  protected abstract kindForMessages(): LockKind
+
   /** @internal */
   protected async inspectAs(kind: LockKind, maxCount?: number): Promise<LockInfo> {
     this.#source.assertOpen()
@@ -618,11 +716,37 @@ abstract class NamedLock {
   }
 }
 
+/** Options of `waitForUnlock`. */
+export interface WaitOptions {
+  /** How long to wait, in ms; default forever. */
+  timeoutMs?: number
+  /** Cancels the wait. */
+  signal?: AbortSignalLike
+}
+
+/** Waits `ms`, or until `signal` aborts (then resolves early; the caller looks again). */
+function pauseFor(ms: number, signal: AbortSignalLike | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer)
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
+    const timer = setTimeout(done, ms)
+    signal?.addEventListener('abort', done, { once: true })
+  })
+}
+
 /** A function run while a lock is held; its result is passed through. */
 export type LockedFn<T> = (handle: LockHandle) => T | Promise<T>
 
 /** An exclusive lock on one name. */
 export class DistributedLock extends NamedLock implements Lock {
+  /** @internal */
+  protected kindForMessages(): LockKind {
+    return 'mutex'
+  }
+
   /** Waits for the lock (forever unless `timeoutMs` is set); rejects with {@link LockTimeoutError} on timeout. */
   acquire(options?: AcquireOptions): Promise<LockHandle> {
     return this.acquireAs('mutex', options)
@@ -651,6 +775,11 @@ export class DistributedLock extends NamedLock implements Lock {
 
 /** A reader-writer lock: many readers or one writer; a waiting writer holds back new readers. */
 export class DistributedReaderWriterLock extends NamedLock implements ReaderWriterLock {
+  /** @internal */
+  protected kindForMessages(): LockKind {
+    return 'write'
+  }
+
   /** Waits for a shared (read) lock. */
   acquireRead(options?: AcquireOptions): Promise<LockHandle> {
     return this.acquireAs('read', options)
@@ -694,6 +823,11 @@ export class DistributedReaderWriterLock extends NamedLock implements ReaderWrit
 
 /** A semaphore: at most `maxCount` holders of the name at once. */
 export class DistributedSemaphore extends NamedLock implements Semaphore {
+  /** @internal */
+  protected kindForMessages(): LockKind {
+    return 'semaphore'
+  }
+
   /** How many holders it admits at once. */
   readonly maxCount: number
 

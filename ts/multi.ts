@@ -140,7 +140,7 @@ export async function acquireAll(
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
   const opts = (options ?? {}) as AcquireAllOptions
-  checkKeys(opts, ['timeoutMs', 'signal', 'leaseMs'])
+  checkKeys(opts, ['timeoutMs', 'signal', 'leaseMs', 'autoRenew', 'maxHoldMs'])
   if (opts.signal !== undefined && !isAbortSignalLike(opts.signal)) {
     throw invalidArgType(
       `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(opts.signal)}`,
@@ -154,7 +154,13 @@ export async function acquireAll(
     for (const lock of locks) {
       // Every lock gets what is left of the budget; a try makes one attempt at each.
       const left = deadline === undefined ? undefined : timeoutMs === 0 ? 0 : Math.max(0, deadline - performance.now())
-      const handle = await lock.tryAcquire({ timeoutMs: left ?? Infinity, signal: opts.signal, leaseMs: opts.leaseMs })
+      const handle = await lock.tryAcquire({
+        timeoutMs: left ?? Infinity,
+        signal: opts.signal,
+        leaseMs: opts.leaseMs,
+        autoRenew: opts.autoRenew,
+        maxHoldMs: opts.maxHoldMs,
+      })
       if (!handle) {
         if (tryOnly) {
           await releaseAll(taken)

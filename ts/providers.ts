@@ -13,6 +13,8 @@ import {
   type ReaderWriterLock,
   type Semaphore,
   Settler,
+  checkAutoRenew,
+  checkMaxHold,
   typeName,
 } from './locks'
 import { checkKeys, invalidArgType, invalidArgValue, toLockError } from './errors'
@@ -20,9 +22,11 @@ import { forget, releaseAtExit } from './exit'
 import { acquireAll, type AcquireAllOptions, type MultiHandle, type MultiLockHandle } from './multi'
 
 /** The keys each provider's options may have. @internal */
+const COMMON_KEYS = ['releaseOnExit', 'maxHoldMs'] as const
+
 export const PROVIDER_KEYS = {
-  file: ['directory', 'releaseOnExit'],
-  memory: ['releaseOnExit'],
+  file: ['directory', ...COMMON_KEYS],
+  memory: [...COMMON_KEYS],
   postgres: [
     'connectionString',
     'maxConnections',
@@ -31,9 +35,9 @@ export const PROVIDER_KEYS = {
     'connectTimeoutMs',
     'scope',
     'fencingSequence',
-    'releaseOnExit',
+    ...COMMON_KEYS,
   ],
-  redis: ['urls', 'leaseMs', 'extendEveryMs', 'keyPrefix', 'serverTimeoutMs', 'tls', 'releaseOnExit'],
+  redis: ['urls', 'leaseMs', 'extendEveryMs', 'keyPrefix', 'serverTimeoutMs', 'tls', 'autoRenew', ...COMMON_KEYS],
 } as const
 
 /**
@@ -71,7 +75,12 @@ abstract class BaseProvider implements LockProvider {
       )
     }
     if (options.releaseOnExit) releaseAtExit(this)
+    const defaults = {
+      maxHoldMs: checkMaxHold(options.maxHoldMs, 'options.maxHoldMs'),
+      autoRenew: checkAutoRenew((options as { autoRenew?: unknown }).autoRenew, 'options.autoRenew'),
+    }
     this.#source = {
+      defaults,
       native: nativeProvider,
       settler: new Settler(nativeProvider),
       backend,
@@ -136,6 +145,11 @@ export interface CommonProviderOptions {
    * process's PostgreSQL sessions anyway.
    */
   releaseOnExit?: boolean
+  /**
+   * The longest any lock of this provider may be held, in ms, unless an acquire says otherwise
+   * (`maxHoldMs` there): then the lock is released and its handle's signal aborts. Default none.
+   */
+  maxHoldMs?: number
 }
 
 /** Options of {@link FileLockProvider}. */
@@ -310,6 +324,12 @@ export interface RedisLockProviderOptions extends CommonProviderOptions {
   serverTimeoutMs?: number
   /** TLS for the `rediss://` servers, beyond the system's roots. */
   tls?: RedisTlsOptions
+  /**
+   * Whether held leases are renewed in the background (default true). With `false` a lock
+   * ends `leaseMs` after its grant unless `handle.extend()` moves it; an acquire's
+   * `autoRenew` overrides this.
+   */
+  autoRenew?: boolean
 }
 
 /** PEM text or a Buffer holding it. */

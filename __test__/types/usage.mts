@@ -62,6 +62,7 @@ const fakeLock: Lock = {
   withLock: async (fn) => fn(fakeHandle),
   isLocked: async () => false,
   getInfo: async () => info,
+  waitForUnlock: async () => {},
 }
 const fakeRw: ReaderWriterLock = {
   name: 'fake',
@@ -73,6 +74,7 @@ const fakeRw: ReaderWriterLock = {
   withWriteLock: async (fn) => fn(fakeHandle),
   isLocked: async () => false,
   getInfo: async () => info,
+  waitForUnlock: async () => {},
 }
 const fakeSemaphore: Semaphore = { ...fakeLock, maxCount: 2 }
 const fakeAll: MultiHandle = {

@@ -60,6 +60,9 @@ pub struct AcquireRequest {
     pub cancel: Option<CancellationToken>,
     /// A per-acquire lease override, for backends with leases.
     pub lease: Option<Duration>,
+    /// For backends with leases: whether the lease is renewed in the background while held
+    /// (`true`), or ends after its length unless extended (`false`).
+    pub auto_renew: bool,
 }
 
 impl AcquireRequest {

@@ -247,6 +247,7 @@ mod tests {
             timeout,
             cancel: None,
             lease: None,
+            auto_renew: true,
         }
     }
 

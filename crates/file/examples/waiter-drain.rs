@@ -21,6 +21,7 @@ fn req(name: &str, timeout: Timeout) -> AcquireRequest {
         timeout,
         cancel: None,
         lease: None,
+        auto_renew: true,
     }
 }
 

@@ -36,6 +36,7 @@ fn req(kind: LockKind, timeout: Timeout) -> AcquireRequest {
         timeout,
         cancel: None,
         lease: None,
+        auto_renew: true,
     }
 }
 

@@ -308,6 +308,17 @@ impl NativeHandle {
         held.lease_remaining().map(|d| d.as_secs_f64() * 1e3)
     }
 
+    /// Ends the lock as lost with `reason` (its signal fires); the caller then releases it.
+    /// Does nothing once released or lost.
+    #[napi]
+    pub fn expire(&self, reason: String) {
+        if let Some(held) = self.current()
+            && !held.is_released()
+        {
+            held.lost().fire(reason);
+        }
+    }
+
     /// Why the lock was lost, if it was (`null` while it is held or after a normal release).
     #[napi(getter)]
     pub fn lost_reason(&self) -> Option<String> {
@@ -591,6 +602,7 @@ impl NativeProvider {
         timeout_ms: Option<f64>,
         cancel: Option<&CancelToken>,
         lease_ms: Option<f64>,
+        auto_renew: Option<bool>,
     ) -> Result<Either<Option<NativeHandle>, ()>> {
         let request = AcquireRequest {
             name,
@@ -598,6 +610,7 @@ impl NativeProvider {
             timeout: Timeout::from_ms(timeout_ms).map_err(to_js)?,
             cancel: cancel.map(|c| c.token.clone()),
             lease: lease(lease_ms).map_err(to_js)?,
+            auto_renew: auto_renew.unwrap_or(true),
         };
         let waiting = self.backend.acquire(request).map_err(to_js)?;
         Ok(

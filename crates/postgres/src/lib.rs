@@ -1387,6 +1387,7 @@ mod prepared_statements {
             timeout: Timeout::from_ms(Some(timeout_ms)).unwrap(),
             cancel: None,
             lease: None,
+            auto_renew: true,
         }
     }
 

@@ -152,6 +152,7 @@ mod tests {
             kind: LockKind::Mutex,
             timeout: Timeout::Forever,
             lease: None,
+            auto_renew: true,
             cancel: None,
         }
     }

@@ -28,6 +28,7 @@ fn main() {
             timeout: Timeout::Forever,
             cancel: None,
             lease: None,
+            auto_renew: true,
         };
         for _ in 0..1000 {
             b.acquire(req())

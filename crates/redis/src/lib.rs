@@ -984,7 +984,15 @@ impl Inner {
                 lost,
                 floor,
                 turn,
-                slot: Slot::new(sent, self.renew_period(lease)),
+                slot: if req.auto_renew {
+                    Slot::new(sent, self.renew_period(lease))
+                } else {
+                    Slot {
+                        due: renew::never_due(sent),
+                        in_flight: false,
+                    }
+                },
+                renew: req.auto_renew,
             },
         );
         held

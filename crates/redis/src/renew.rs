@@ -34,6 +34,14 @@ pub struct Tracked {
     pub turn: Turn,
     /// Its place in the renewal schedule.
     pub slot: Slot,
+    /// Renewed in the background (`autoRenew`); if not, only its deadline is watched.
+    pub renew: bool,
+}
+
+/// When a lock that is not renewed in the background falls due: never, in practice (its local
+/// deadline still ends it).
+pub fn never_due(now: Instant) -> Instant {
+    now + Duration::from_secs(365 * 24 * 3600)
 }
 
 #[derive(Default)]
@@ -85,19 +93,31 @@ impl Renewals {
         let mut locks = lock(&self.locks);
         if let Some(t) = locks.get_mut(&uid) {
             t.lease_ms = lease_ms;
-            t.slot.due = due;
+            // An extend of a lock without auto-renewal moves its deadline, not its renewals.
+            t.slot.due = if t.renew { due } else { never_due(due) };
+            // Its deadline moved too: the renewer watches it.
             self.wake_by(due);
         }
     }
 
     /// Renews every tracked lock now (after a reconnect), and returns when the answers are in.
     pub async fn renew_all(&self, inner: &Arc<Inner>) {
+        let now = Instant::now();
         let batch: Vec<(u64, Op, i64, u64)> = lock(&self.locks)
             .iter_mut()
             .filter(|(_, t)| !t.lost.is_lost())
-            .map(|(uid, t)| {
-                t.slot.in_flight = true;
-                (*uid, t.op.clone(), t.lease_ms, t.floor)
+            .filter_map(|(uid, t)| {
+                // A lock without auto-renewal is checked with what is left of its lease, so
+                // the check does not lengthen it.
+                let ms = if t.renew {
+                    t.lease_ms
+                } else {
+                    i64::try_from(t.lease.remaining(now).as_millis()).unwrap_or(i64::MAX)
+                };
+                (ms > 0).then(|| {
+                    t.slot.in_flight = true;
+                    (*uid, t.op.clone(), ms, t.floor)
+                })
             })
             .collect();
         let chunks: Vec<_> = chunks(inner, batch)
@@ -255,6 +275,12 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
             locks.remove(uid);
             continue;
         };
+        if !t.renew {
+            // A check after a reconnect set the key to what was left of its lease: the local
+            // deadline stays where it was, and no renewal falls due.
+            t.slot.due = never_due(now);
+            continue;
+        }
         if outcome == Renewal::Renewed {
             t.lease.renewed(sent);
         }

@@ -84,6 +84,7 @@ pub fn req(name: &str, kind: LockKind, timeout_ms: Option<f64>) -> AcquireReques
         timeout: Timeout::from_ms(timeout_ms).unwrap(),
         cancel: None,
         lease: None,
+        auto_renew: true,
     }
 }
 
