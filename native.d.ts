@@ -66,7 +66,11 @@ export declare class NativeProvider {
   /**
    * Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
    * wait (once, before the first call).
+   * Calls `callback(kind, name, server, detail)` for the backend's events: `renewal-failure`
+   * (`name`, `detail`), `disconnect` and `reconnect` (`server`). The callback does not keep
+   * the process alive; the backend calls it only when such a thing happens.
    */
+  onEvent(callback: (arg0: string, arg1?: string | undefined | null, arg2?: string | undefined | null, arg3?: string | undefined | null) => void): void
   onSettle(callback: (arg0: number, arg1?: NativeHandle | undefined | null, arg2?: string | undefined | null) => void): void
   /**
    * Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; `undefined` when

@@ -299,6 +299,9 @@ describe('diagnostics_channel', () => {
       release: 'distlock:release',
       extend: 'distlock:extend',
       lost: 'distlock:lost',
+      renewalFailure: 'distlock:renewal-failure',
+      disconnect: 'distlock:disconnect',
+      reconnect: 'distlock:reconnect',
     })
     const seen: [string, Record<string, unknown>][] = []
     const handlers = (op: string) => ({
@@ -359,6 +362,47 @@ describe('diagnostics_channel', () => {
       for (const [tc, h] of subs) tc.unsubscribe(h as never)
       dc.unsubscribe('distlock:lost', onLost)
       own.stop()
+    }
+  })
+
+  it('publishes renewal failures, disconnects and reconnects (Redis)', async () => {
+    const dc = await import('node:diagnostics_channel')
+    const seen: [string, Record<string, unknown>][] = []
+    const subs = ['renewal-failure', 'disconnect', 'reconnect'].map((what) => {
+      const fn = (m: unknown) => seen.push([what, m as Record<string, unknown>])
+      dc.subscribe(`distlock:${what}`, fn)
+      return [what, fn] as const
+    })
+    const own = await services.startRedis()
+    try {
+      await using r = new RedisLockProvider({ urls: own.url, leaseMs: 3_000, serverTimeoutMs: 200 })
+      const h = await r.createLock('observed').acquire()
+      // A stalled server: the renewal (every 1 s) gets no answer within 200 ms.
+      own.pause()
+      await eventually(() => seen.some(([w]) => w === 'renewal-failure'), 3_000)
+      own.resume()
+      const failure = seen.find(([w]) => w === 'renewal-failure')![1]
+      expect(failure).toMatchObject({ backend: 'redis', name: 'observed' })
+      expect(failure.detail).toMatch(/no quorum of servers answered a renewal; tried again in \d+ ms/)
+      // The server drops every client connection: it is gone, then back.
+      const raw = new Redis(own.url)
+      await raw.client('KILL', 'TYPE', 'normal')
+      raw.disconnect()
+      await eventually(() => seen.some(([w]) => w === 'reconnect'), 5_000)
+      expect(seen.find(([w]) => w === 'disconnect')![1]).toEqual({ backend: 'redis', server: `127.0.0.1:${own.port}` })
+      expect(seen.find(([w]) => w === 'reconnect')![1]).toEqual({ backend: 'redis', server: `127.0.0.1:${own.port}` })
+      await eventually(() => h.isHeld, 5_000) // confirmed after the reconnect
+      // A release whose connection the server just dropped goes again on the new one.
+      const k = await r.createLock('observed-2').acquire()
+      const killer = new Redis(own.url)
+      await killer.client('KILL', 'TYPE', 'normal')
+      killer.disconnect()
+      await k.release()
+      await h.release()
+    } finally {
+      own.resume()
+      own.stop()
+      for (const [what, fn] of subs) dc.unsubscribe(`distlock:${what}`, fn)
     }
   })
 

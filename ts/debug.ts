@@ -8,7 +8,14 @@
 import * as dc from 'node:diagnostics_channel'
 import { debuglog } from 'node:util'
 
-import type { AcquireTrace, ExtendTrace, LostMessage, ReleaseTrace } from './diagnostics'
+import type {
+  AcquireTrace,
+  ConnectionMessage,
+  ExtendTrace,
+  LostMessage,
+  ReleaseTrace,
+  RenewalFailureMessage,
+} from './diagnostics'
 import native from './native'
 
 const log = debuglog('distlock')
@@ -43,6 +50,16 @@ if (log.enabled) {
       log('%s', `extend ${lock(c)} to ${c.ms} ms${failed}`)
     },
   } as never)
+  dc.subscribe('distlock:renewal-failure', (m) => {
+    const r = m as RenewalFailureMessage
+    log('%s', `renewal of ${r.backend} lock ${JSON.stringify(r.name)} failed: ${r.detail}`)
+  })
+  for (const what of ['disconnect', 'reconnect'] as const) {
+    dc.subscribe(`distlock:${what}`, (m) => {
+      const c = m as ConnectionMessage
+      log('%s', `${c.backend} ${what === 'disconnect' ? 'lost its connection to' : 'reconnected to'} ${c.server}`)
+    })
+  }
   dc.subscribe('distlock:lost', (m) => {
     const l = m as LostMessage
     log('%s', `lost ${lock(l)}, token ${l.fencingToken}, after ${ms(l.heldMs)}: ${l.reason}`)

@@ -9,6 +9,10 @@
  *   outcome fields are set before `asyncEnd` (or `error`) is published.
  * - `distlock:lost`: a plain channel; a {@link LostMessage} for each lock found lost, for the
  *   handles created while it had a subscriber.
+ * - `distlock:renewal-failure`, `distlock:disconnect`, `distlock:reconnect`: plain channels; a
+ *   {@link RenewalFailureMessage} when a lease renewal got no answer (it is retried before the
+ *   deadline), a {@link ConnectionMessage} when a server connection drops or comes back. Redis
+ *   reports them; the other backends have no leases to renew and report no connections yet.
  */
 import * as dc from 'node:diagnostics_channel'
 
@@ -76,6 +80,29 @@ export interface LostMessage {
   heldMs: number
 }
 
+/** What `distlock:renewal-failure` publishes. */
+export interface RenewalFailureMessage {
+  backend: string
+  /** The lock's name. */
+  name: string
+  /** What happened and what comes next (when it is tried again, the time left). */
+  detail: string
+}
+
+/** What `distlock:disconnect` and `distlock:reconnect` publish. */
+export interface ConnectionMessage {
+  backend: string
+  /** The server, as messages name it (`host:port`, never with a password). */
+  server: string
+}
+
+/** @internal */
+export const renewalFailureChannel = dc.channel('distlock:renewal-failure')
+/** @internal */
+export const disconnectChannel = dc.channel('distlock:disconnect')
+/** @internal */
+export const reconnectChannel = dc.channel('distlock:reconnect')
+
 /** @internal */
 export const acquireChannel = dc.tracingChannel<object, AcquireTrace>('distlock:acquire')
 /** @internal */
@@ -91,4 +118,32 @@ export const channels = {
   release: 'distlock:release',
   extend: 'distlock:extend',
   lost: 'distlock:lost',
+  renewalFailure: 'distlock:renewal-failure',
+  disconnect: 'distlock:disconnect',
+  reconnect: 'distlock:reconnect',
 } as const
+
+/**
+ * Publishes a backend event from the native side on its channel, if anyone listens.
+ * @internal
+ */
+export function publishBackendEvent(
+  backend: string,
+  kind: string,
+  name: string | null | undefined,
+  server: string | null | undefined,
+  detail: string | null | undefined,
+): void {
+  if (kind === 'renewal-failure') {
+    if (renewalFailureChannel.hasSubscribers) {
+      const m: RenewalFailureMessage = { backend, name: name ?? '', detail: detail ?? '' }
+      renewalFailureChannel.publish(m)
+    }
+    return
+  }
+  const channel = kind === 'disconnect' ? disconnectChannel : kind === 'reconnect' ? reconnectChannel : undefined
+  if (channel?.hasSubscribers) {
+    const m: ConnectionMessage = { backend, server: server ?? '' }
+    channel.publish(m)
+  }
+}

@@ -254,6 +254,7 @@ function backendError(text: string, facts: NativeFacts | undefined): LockBackend
   if (facts.message !== undefined) {
     cause = new Error(facts.message)
     Object.assign(cause, { code, errno, syscall: facts.syscall, path: facts.path })
+    trimInternalFrames(cause)
     for (const k of ['code', 'errno', 'syscall', 'path'] as const) {
       if ((cause as unknown as Record<string, unknown>)[k] === undefined)
         delete (cause as unknown as Record<string, unknown>)[k]

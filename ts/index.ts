@@ -64,6 +64,8 @@ export {
   channels,
   type AcquireOutcome,
   type AcquireTrace,
+  type ConnectionMessage,
+  type RenewalFailureMessage,
   type ExtendTrace,
   type LostMessage,
   type ReleaseTrace,

@@ -18,6 +18,7 @@ import {
   typeName,
 } from './locks'
 import { checkKeys, invalidArgType, invalidArgValue, toLockError } from './errors'
+import { publishBackendEvent } from './diagnostics'
 import { forget, releaseAtExit } from './exit'
 import { acquireAll, type AcquireAllOptions, type MultiHandle, type MultiLockHandle } from './multi'
 
@@ -79,6 +80,7 @@ abstract class BaseProvider implements LockProvider {
       maxHoldMs: checkMaxHold(options.maxHoldMs, 'options.maxHoldMs'),
       autoRenew: checkAutoRenew((options as { autoRenew?: unknown }).autoRenew, 'options.autoRenew'),
     }
+    nativeProvider.onEvent((kind, name, server, detail) => publishBackendEvent(backend, kind, name, server, detail))
     this.#source = {
       defaults,
       native: nativeProvider,

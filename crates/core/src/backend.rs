@@ -103,6 +103,32 @@ pub trait HeldLock: Send + Sync + 'static {
     }
 }
 
+/// What a backend reports about its connections and leases as it happens, for observers (the
+/// `distlock:renewal-failure`, `distlock:disconnect` and `distlock:reconnect` channels).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// A renewal of `name`'s lease got no answer either way; it is retried before the deadline.
+    RenewalFailed {
+        /// The lock's name.
+        name: String,
+        /// What happened, and what comes next.
+        detail: String,
+    },
+    /// The connection to `server` dropped; the locks that depend on it are in doubt.
+    Disconnected {
+        /// The server, as messages name it.
+        server: String,
+    },
+    /// The connection to `server` is back (after it had been up before).
+    Reconnected {
+        /// The server, as messages name it.
+        server: String,
+    },
+}
+
+/// Receives [`BackendEvent`]s, on whatever thread the backend runs them; it must not block.
+pub type Observer = Arc<dyn Fn(BackendEvent) + Send + Sync>;
+
 /// A snapshot of a lock's state, for monitoring: it may be stale by the time it is read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LockInfo {
@@ -140,6 +166,12 @@ pub trait Backend: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'static, Result<()>>;
     /// Offers the host's event loop: a network backend may then do the socket I/O of calls
     /// made on the loop thread there. The default ignores it.
+    /// Sets who hears this backend's [`BackendEvent`]s (the first call wins). Backends with
+    /// nothing to report ignore it.
+    fn observe(&self, observer: Observer) {
+        let _ = observer;
+    }
+
     fn attach(&self, reactor: Arc<dyn crate::reactor::Reactor>) {
         drop(reactor);
     }

@@ -18,8 +18,8 @@ pub mod queue;
 pub mod reactor;
 
 pub use backend::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, Held, HeldLock, Interrupted, LockInfo, LockKind,
-    Waited, race,
+    AcquireRequest, Acquiring, Backend, BackendEvent, BoxFuture, Held, HeldLock, Interrupted,
+    LockInfo, LockKind, Observer, Waited, race,
 };
 pub use error::{Cause, Error, Result, Target};
 pub use held::HeldSet;

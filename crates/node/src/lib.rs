@@ -343,6 +343,9 @@ impl NativeHandle {
         drop(held);
         napi::bindgen_prelude::spawn(async move {
             tokio::select! {
+                // Lost first: a lock lost and then released (maxHoldMs, a release right after
+                // the loss) still reports the loss.
+                biased;
                 reason = lost.lost() => { tsfn.call(reason, ThreadsafeFunctionCallMode::NonBlocking); }
                 _ = done.cancelled() => {}
             }
@@ -559,6 +562,40 @@ impl NativeProvider {
 
     /// Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
     /// wait (once, before the first call).
+    /// Calls `callback(kind, name, server, detail)` for the backend's events: `renewal-failure`
+    /// (`name`, `detail`), `disconnect` and `reconnect` (`server`). The callback does not keep
+    /// the process alive; the backend calls it only when such a thing happens.
+    #[napi]
+    #[allow(clippy::type_complexity)] // spelled out: the .d.ts generator cannot see through aliases
+    pub fn on_event(
+        &self,
+        callback: Function<FnArgs<(String, Option<String>, Option<String>, Option<String>)>, ()>,
+    ) -> Result<()> {
+        type Args = (String, Option<String>, Option<String>, Option<String>);
+        let tsfn: ThreadsafeFunction<Args, (), FnArgs<Args>, Status, false, true> = callback
+            .build_threadsafe_function::<Args>()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build_callback(|ctx| Ok(FnArgs::from(ctx.value)))?;
+        self.backend.observe(Arc::new(move |event| {
+            use distlock_core::BackendEvent as E;
+            let args = match event {
+                E::RenewalFailed { name, detail } => (
+                    String::from("renewal-failure"),
+                    Some(name),
+                    None,
+                    Some(detail),
+                ),
+                E::Disconnected { server } => {
+                    (String::from("disconnect"), None, Some(server), None)
+                }
+                E::Reconnected { server } => (String::from("reconnect"), None, Some(server), None),
+            };
+            tsfn.call(args, ThreadsafeFunctionCallMode::NonBlocking);
+        }));
+        Ok(())
+    }
+
     #[napi]
     #[allow(clippy::type_complexity)] // spelled out: the .d.ts generator cannot see through aliases
     pub fn on_settle(

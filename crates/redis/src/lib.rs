@@ -153,6 +153,17 @@ struct Inner {
     /// The largest fencing token seen per fencing key (and its slot): never handed out again.
     floors: Mutex<HashMap<String, (u64, u16)>>,
     revokes: AtomicUsize,
+    /// Who hears about renewals that failed and connections that dropped or came back.
+    observer: OnceLock<distlock_core::Observer>,
+}
+
+impl Inner {
+    /// Tells the observer, if there is one.
+    fn emit(&self, event: distlock_core::BackendEvent) {
+        if let Some(observe) = self.observer.get() {
+            observe(event);
+        }
+    }
 }
 
 /// One primitive's side: `w` mutex or writer, `r` reader, `s` semaphore permit.
@@ -261,6 +272,7 @@ impl RedisBackend {
                 events: Mutex::new(Some(events_rx)),
                 floors: Mutex::default(),
                 revokes: AtomicUsize::new(0),
+                observer: OnceLock::new(),
             }),
         })
     }
@@ -418,6 +430,10 @@ impl Backend for RedisBackend {
                 inner.cause_of(&detail),
             ))
         })
+    }
+
+    fn observe(&self, observer: distlock_core::Observer) {
+        let _ = self.inner.observer.set(observer);
     }
 
     fn attach(&self, reactor: Arc<dyn distlock_core::reactor::Reactor>) {
@@ -903,7 +919,13 @@ impl Inner {
             // leaves a revoke behind, as the fan-out's background finish would.
             let s = &self.servers[0];
             let mut unfinished = RevokeOnDrop(Some((self.clone(), op.clone(), lease)));
-            let answer = s.eval(script, op.keys(), plain).await;
+            let mut answer = s.eval(script, op.keys(), plain.clone()).await;
+            if answer.as_ref().is_err_and(transient) {
+                // The connection broke under it (a reset, a server that dropped its clients):
+                // once more, on the connection that replaces it. A release is idempotent (it
+                // removes this grant's token only), and the caller's bound covers both.
+                answer = s.eval(script, op.keys(), plain).await;
+            }
             unfinished.0 = None;
             return answer.map(drop).map_err(|e| {
                 self.revoke(0, op.clone(), lease);
@@ -993,6 +1015,7 @@ impl Inner {
                     }
                 },
                 renew: req.auto_renew,
+                name: req.name.clone(),
             },
         );
         held
@@ -1051,11 +1074,17 @@ async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
         match event {
             Event::Lost(i) => {
                 tracing::debug!(server = %me.servers[i].label, "distlock: connection lost; its locks are in doubt until confirmed");
+                me.emit(distlock_core::BackendEvent::Disconnected {
+                    server: me.servers[i].label.clone(),
+                });
             }
             Event::Connected(i) => {
                 // Any reconnect may have reached another server (a restart, a failover).
                 if std::mem::replace(&mut connected_before[i], true) {
                     me.servers[i].suspect();
+                    me.emit(distlock_core::BackendEvent::Reconnected {
+                        server: me.servers[i].label.clone(),
+                    });
                 }
                 tokio::spawn(async move { me.confirm(i).await });
             }

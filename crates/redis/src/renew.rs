@@ -36,6 +36,8 @@ pub struct Tracked {
     pub slot: Slot,
     /// Renewed in the background (`autoRenew`); if not, only its deadline is watched.
     pub renew: bool,
+    /// The lock's name, for events.
+    pub name: String,
 }
 
 /// When a lock that is not renewed in the background falls due: never, in practice (its local
@@ -283,6 +285,15 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
         }
         if outcome == Renewal::Renewed {
             t.lease.renewed(sent);
+        } else {
+            inner.emit(distlock_core::BackendEvent::RenewalFailed {
+                name: t.name.clone(),
+                detail: format!(
+                    "no quorum of servers answered a renewal; tried again in {} ms, {} ms before the local deadline",
+                    due.saturating_duration_since(now).as_millis(),
+                    t.lease.remaining(now).as_millis()
+                ),
+            });
         }
         soonest = Some(soonest.map_or(due, |s| s.min(due)));
     }
