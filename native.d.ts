@@ -81,6 +81,8 @@ export declare class NativeProvider {
   inspect(name: string, kind: string, maxCount?: number | undefined | null): Promise<NativeLockInfo>
   /** Server connections open now (PostgreSQL). */
   get connections(): number | null
+  /** Removes the lock files nobody holds or waits on (file backend); resolves to how many. */
+  removeUnused(): Promise<number>
   /** Of those, the ones whose socket is read on the event loop (PostgreSQL). */
   get eventLoopConnections(): number | null
   /** Locks held through this provider now (Redis). */

@@ -27,6 +27,51 @@ describe('file locks across real processes', () => {
     expect(Number(readFileSync(join(dir, 'counter.txt'), 'utf8'))).toBe(4 * perChild)
   })
 
+  it('removing unused lock files while 4 processes contend loses no update and no grant', async () => {
+    const dir = tempDir('cleanup')
+    const perChild = 150
+    const procs = Array.from({ length: 4 }, () => child(['counter', dir, 'counter', String(perChild)]))
+    await using cleaner = new FileLockProvider({ directory: dir })
+    let removed = 0
+    let runs = 0
+    const state = { running: true }
+    const exits = Promise.all(procs.map((p) => p.exit(60_000))).finally(() => (state.running = false))
+    // Every few ms, as hard as a cleaner could ever run: whatever is free at that moment goes.
+    while (state.running) {
+      removed += await cleaner.removeUnusedLockFiles()
+      runs++
+      await new Promise((r) => setTimeout(r, 2))
+    }
+    for (const [i, e] of (await exits).entries()) expect(e.code, procs[i].lines.join('\n')).toBe(0)
+    // Each child also checked that its tokens only went up.
+    expect(Number(readFileSync(join(dir, 'counter.txt'), 'utf8'))).toBe(4 * perChild)
+    expect(runs).toBeGreaterThan(10)
+    expect(removed).toBeGreaterThan(0) // the fault happened: files were removed under them
+  })
+
+  it('removeUnusedLockFiles removes free lock files only, and none of other programs', async () => {
+    const dir = tempDir('cleanup-free')
+    await using p = new FileLockProvider({ directory: dir })
+    for (const name of ['a', 'b', 'c']) await (await p.createLock(name).acquire()).release()
+    await (await p.createSemaphore('s', 2).acquire()).release()
+    const held = await p.createLock('held').acquire()
+    const { readdirSync, writeFileSync } = await import('node:fs')
+    writeFileSync(join(dir, 'notes.txt'), 'not a lock')
+    writeFileSync(join(dir, 'report-0123456789abcdef.lock.bak'), 'not a lock either')
+    const before = readdirSync(dir)
+    const removed = await p.removeUnusedLockFiles()
+    const after = readdirSync(dir)
+    expect(removed).toBe(before.length - after.length)
+    expect(after.toSorted()).toEqual(
+      [before.find((f) => f.startsWith('held-'))!, 'notes.txt', 'report-0123456789abcdef.lock.bak'].toSorted(),
+    )
+    // The held lock still excludes, and the removed names lock again as before.
+    expect(await p.createLock('held').tryAcquire()).toBeNull()
+    const again = await p.createLock('a').acquire({ timeoutMs: 1_000 })
+    await again.release()
+    await held.release()
+  })
+
   it('a holder killed with kill -9 frees the lock at once', async () => {
     const dir = tempDir('kill9')
     const holder = child(['hold', dir, 'job'])

@@ -170,11 +170,30 @@ export interface FileLockProviderOptions extends CommonProviderOptions {
 export class FileLockProvider extends BaseProvider {
   /** The lock directory, resolved to an absolute path. */
   readonly directory: string
+  readonly #native: NativeProvider
 
   constructor(options: FileLockProviderOptions = {}) {
     const directory = fileDirectory(options)
-    super(native.NativeProvider.file(directory), 'file', options)
+    const nativeProvider = native.NativeProvider.file(directory)
+    super(nativeProvider, 'file', options)
+    this.#native = nativeProvider
     this.directory = directory
+  }
+
+  /**
+   * Removes the lock files of names that nobody holds or waits on right now, and resolves to
+   * how many it removed. Safe while other processes use the directory: a file is removed only
+   * while this call holds its exclusive lock, and an acquire that locked a file removed under
+   * it locks the path again. Only files named as distlock names them are touched. The
+   * directory grows by one small file per name ever locked (plus one per semaphore slot): run
+   * this from time to time (a daily job), not in a tight loop.
+   */
+  async removeUnusedLockFiles(): Promise<number> {
+    try {
+      return await this.#native.removeUnused()
+    } catch (err) {
+      throw toLockError(err)
+    }
   }
 }
 

@@ -88,6 +88,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The file-lock backend over one directory.
+#[derive(Clone)]
 pub struct FileBackend {
     inner: Arc<Inner>,
 }
@@ -141,7 +142,83 @@ struct SemState {
     freed: Notify,
 }
 
+/// Whether `file_name` is one this backend makes: `<stem>-<16 hex>.lock`, `.sem<N>` or
+/// `.semtoken` (see [`names::file_stem`]).
+fn is_lock_file(file_name: &str) -> bool {
+    let Some((stem, ext)) = file_name.rsplit_once('.') else {
+        return false;
+    };
+    let known = ext == "lock"
+        || ext == "semtoken"
+        || ext
+            .strip_prefix("sem")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let hashed = stem.rsplit_once('-').is_some_and(|(_, hex)| {
+        hex.len() == 16
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    });
+    known && hashed
+}
+
 impl FileBackend {
+    /// Removes the lock files in the directory that nobody holds or waits on now, and returns
+    /// how many. Safe against concurrent users: a file is removed only while this call holds its
+    /// exclusive OS lock, and every acquire checks, once granted, that the path still names the
+    /// file it locked (else it locks the path again), so nobody is left holding a removed file.
+    /// A fencing counter that goes with a file starts again from the clock, above every token
+    /// it gave. Files of other programs are never touched: only names this backend makes.
+    pub fn remove_unused(&self) -> Result<usize> {
+        let dir = &self.inner.dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(BACKEND, dir, e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_at(dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !is_lock_file(&name) {
+                continue;
+            }
+            let path = entry.path();
+            // Never create: a file removed meanwhile is someone else's business now.
+            let file = match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(BACKEND, &path, e)),
+            };
+            if !os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
+                continue; // held (or a waiter is about to have it)
+            }
+            if os::still_named(&file, &path)
+                .map_err(io_at(&path))?
+                .is_none()
+            {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Windows refuses to delete a file another process has open (a waiter): it
+                // stays, harmlessly, until a later run.
+                Err(_) if cfg!(windows) => {}
+                Err(e) => return Err(Error::io(BACKEND, &path, e)),
+            }
+            // Dropping the file lets go of its lock, after the path is gone.
+            drop(file);
+        }
+        Ok(removed)
+    }
+
     /// A backend keeping its lock files in `directory` (created on first use if missing).
     pub fn new(directory: impl Into<PathBuf>) -> Self {
         Self {

@@ -508,6 +508,7 @@ pub struct NativeProvider {
     backend: Arc<dyn Backend>,
     postgres: Option<PostgresBackend>,
     redis: Option<RedisBackend>,
+    file: Option<FileBackend>,
     channel: Channel,
 }
 
@@ -518,6 +519,7 @@ impl NativeProvider {
         backend: Arc<dyn Backend>,
         postgres: Option<PostgresBackend>,
         redis: Option<RedisBackend>,
+        file: Option<FileBackend>,
     ) -> Self {
         let event_loop = Loop::current(env.raw());
         if let Some(l) = &event_loop {
@@ -527,6 +529,7 @@ impl NativeProvider {
             backend,
             postgres,
             redis,
+            file,
             channel: SettleChannel::new(event_loop),
         }
     }
@@ -537,27 +540,34 @@ impl NativeProvider {
     /// OS file locks in `directory`.
     #[napi(factory)]
     pub fn file(env: Env, directory: String) -> Self {
-        Self::on(env, Arc::new(FileBackend::new(directory)), None, None)
+        let file = FileBackend::new(directory);
+        Self::on(env, Arc::new(file.clone()), None, None, Some(file))
     }
 
     /// PostgreSQL advisory locks.
     #[napi(factory)]
     pub fn postgres(env: Env, options: PostgresOptions) -> Result<Self> {
         let pg = postgres_backend(options).map_err(to_js)?;
-        Ok(Self::on(env, Arc::new(pg.clone()), Some(pg), None))
+        Ok(Self::on(env, Arc::new(pg.clone()), Some(pg), None, None))
     }
 
     /// Redis: one server, a cluster, a Sentinel group, or RedLock over several servers.
     #[napi(factory)]
     pub fn redis(env: Env, options: RedisOptions) -> Result<Self> {
         let redis = redis_backend(options).map_err(to_js)?;
-        Ok(Self::on(env, Arc::new(redis.clone()), None, Some(redis)))
+        Ok(Self::on(
+            env,
+            Arc::new(redis.clone()),
+            None,
+            Some(redis),
+            None,
+        ))
     }
 
     /// Locks inside this process, for tests.
     #[napi(factory)]
     pub fn memory(env: Env) -> Self {
-        Self::on(env, Arc::new(MemoryBackend::new()), None, None)
+        Self::on(env, Arc::new(MemoryBackend::new()), None, None, None)
     }
 
     /// Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
@@ -688,6 +698,25 @@ impl NativeProvider {
         self.postgres
             .as_ref()
             .map(|p| u32::try_from(p.connections()).unwrap_or(u32::MAX))
+    }
+
+    /// Removes the lock files nobody holds or waits on (file backend); resolves to how many.
+    #[napi]
+    pub fn remove_unused<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, u32>> {
+        let Some(file) = self.file.clone() else {
+            return Err(to_js(distlock_core::Error::invalid(
+                "provider",
+                "has no lock files to remove (only the file backend has)",
+            )));
+        };
+        env.spawn_future(async move {
+            let removing = tokio::task::spawn_blocking(move || file.remove_unused());
+            match removing.await {
+                Ok(Ok(n)) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+                Ok(Err(e)) => Err(to_js(e)),
+                Err(e) => Err(Error::new(Status::GenericFailure, format!("IO: {e}"))),
+            }
+        })
     }
 
     /// Of those, the ones whose socket is read on the event loop (PostgreSQL).
