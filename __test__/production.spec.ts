@@ -406,6 +406,42 @@ describe('diagnostics_channel', () => {
     }
   })
 
+  it('publishes a PostgreSQL session lost with its locks, and the next session as a reconnect', async () => {
+    const dc = await import('node:diagnostics_channel')
+    const { default: pg } = await import('pg')
+    const seen: [string, unknown][] = []
+    const subs = ['disconnect', 'reconnect'].map((what) => {
+      const fn = (m: unknown) => seen.push([what, m])
+      dc.subscribe(`distlock:${what}`, fn)
+      return [what, fn] as const
+    })
+    const { url } = await services.findPostgres()
+    const u = new URL(url)
+    const app = `distlock-events-${process.pid}`
+    u.searchParams.set('application_name', app)
+    const admin = new pg.Client({ connectionString: url })
+    await admin.connect()
+    try {
+      await using p = new PostgresLockProvider({ connectionString: u.toString() })
+      const h = await p.createLock('pg-observed').acquire()
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [app])
+      await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }))
+      await eventually(() => seen.some(([w]) => w === 'disconnect'))
+      const again = await p.createLock('pg-observed').acquire({ timeoutMs: 5_000 })
+      await eventually(() => seen.some(([w]) => w === 'reconnect'))
+      const server = `${u.hostname}:${u.port || 5432}${u.pathname}`
+      expect(seen).toEqual([
+        ['disconnect', { backend: 'postgres', server }],
+        ['reconnect', { backend: 'postgres', server }],
+      ])
+      await again.release()
+      await h.release()
+    } finally {
+      await admin.end()
+      for (const [what, fn] of subs) dc.unsubscribe(`distlock:${what}`, fn)
+    }
+  })
+
   it('publishes nothing and builds no context while nobody subscribes', async () => {
     const dc = await import('node:diagnostics_channel')
     expect(dc.tracingChannel('distlock:acquire').hasSubscribers).toBe(false)

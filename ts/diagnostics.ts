@@ -11,8 +11,8 @@
  *   handles created while it had a subscriber.
  * - `distlock:renewal-failure`, `distlock:disconnect`, `distlock:reconnect`: plain channels; a
  *   {@link RenewalFailureMessage} when a lease renewal got no answer (it is retried before the
- *   deadline), a {@link ConnectionMessage} when a server connection drops or comes back. Redis
- *   reports them; the other backends have no leases to renew and report no connections yet.
+ *   deadline; Redis), a {@link ConnectionMessage} when a server connection drops or comes
+ *   back (Redis; on PostgreSQL, a session that held locks ended, and the next one opened).
  */
 import * as dc from 'node:diagnostics_channel'
 

@@ -287,6 +287,10 @@ impl Backend for PostgresBackend {
         BACKEND
     }
 
+    fn observe(&self, observer: distlock_core::Observer) {
+        let _ = self.inner.pool.observer.set(observer);
+    }
+
     fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
         distlock_core::validate_name(&req.name)?;
         if self.inner.closed.is_cancelled() {
@@ -416,6 +420,10 @@ impl Backend for PostgresBackend {
         let inner = self.inner.clone();
         Box::pin(async move {
             inner.closed.cancel();
+            inner
+                .pool
+                .closing
+                .store(true, std::sync::atomic::Ordering::Release);
             let releases = inner.held.drain().into_iter().map(|h| {
                 h.lost.fire("the lock provider was closed");
                 h.take_and_unlock()

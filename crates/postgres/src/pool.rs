@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use distlock_core::reactor::Reactor;
@@ -461,6 +461,14 @@ impl Session {
         self.dead.cancel();
         if !held.is_empty() {
             tracing::warn!(backend = BACKEND, session = self.id, locks = held.len(), %reason, "session lost");
+            if let Some(pool) = self.pool.upgrade()
+                && !pool.closing.load(Ordering::Acquire)
+            {
+                pool.lost_one.store(true, Ordering::Release);
+                pool.emit(distlock_core::BackendEvent::Disconnected {
+                    server: pool.opts.server(),
+                });
+            }
         }
         // Every signal first, so no holder can still believe it holds when a turn moves on.
         for (lost, _) in held.values() {
@@ -549,6 +557,12 @@ pub(crate) struct Pool {
     /// Whether a session was ever opened: until then a server that cannot be reached is taken
     /// for a configuration error (wrong host, port or credentials), not a passing fault.
     ever_connected: AtomicBool,
+    /// Who hears that a session with locks died, and that a session opened after that.
+    pub(crate) observer: OnceLock<distlock_core::Observer>,
+    /// A session with locks died, and no session has opened since.
+    lost_one: AtomicBool,
+    /// The provider is closing: its sessions end on purpose.
+    pub(crate) closing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -587,6 +601,9 @@ impl Pool {
             changed: Notify::new(),
             next_id: AtomicU64::new(1),
             ever_connected: AtomicBool::new(false),
+            observer: OnceLock::new(),
+            lost_one: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }))
     }
 
@@ -605,6 +622,12 @@ impl Pool {
     }
 
     /// Whether a session was ever opened.
+    fn emit(&self, event: distlock_core::BackendEvent) {
+        if let Some(observe) = self.observer.get() {
+            observe(event);
+        }
+    }
+
     pub(crate) fn ever_connected(&self) -> bool {
         self.ever_connected.load(Ordering::Acquire)
     }
@@ -725,6 +748,11 @@ impl Pool {
         io: Option<(Arc<SocketIo>, String, u16)>,
     ) -> Arc<Session> {
         self.ever_connected.store(true, Ordering::Release);
+        if self.lost_one.swap(false, Ordering::AcqRel) {
+            self.emit(distlock_core::BackendEvent::Reconnected {
+                server: self.opts.server(),
+            });
+        }
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             client,
