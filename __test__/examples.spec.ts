@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import { ROOT, tempDir } from './helpers'
+import { ROOT, aborted, tempDir } from './helpers'
 
 const run = promisify(execFile)
 type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
@@ -99,7 +99,7 @@ describe('OpenTelemetry (examples/opentelemetry.mjs)', () => {
       const raw = new Redis(redis.url)
       await raw.flushall()
       raw.disconnect()
-      await new Promise((r) => second.signal.addEventListener('abort', r, { once: true }))
+      await aborted(second.signal)
       await second.release()
 
       const finished = spans.getFinishedSpans()

@@ -128,3 +128,9 @@ export function typecheck(
   )
   return { status: res.status, output: res.stdout + res.stderr }
 }
+
+/** Resolves once `signal` has aborted: at once if it already has (an abort event fires once). */
+export function aborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve()
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }))
+}

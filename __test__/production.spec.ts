@@ -21,7 +21,7 @@ import {
   SuppressedError,
 } from 'distlock'
 
-import { eventually, tempDir } from './helpers'
+import { aborted, eventually, tempDir } from './helpers'
 import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
 
 type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
@@ -277,7 +277,7 @@ describe('what a handle shows', () => {
       const raw = new Redis(own.url)
       await raw.flushall()
       raw.disconnect()
-      await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }))
+      await aborted(h.signal)
       expect(inspect(h)).toContain("state: 'lost'")
       expect(h.leaseRemainingMs).toBe(0)
       const message = (h.signal.reason as Error).message
@@ -348,7 +348,7 @@ describe('diagnostics_channel', () => {
       const raw = new Redis(own.url)
       await raw.flushall()
       raw.disconnect()
-      await new Promise((resolve) => gone.signal.addEventListener('abort', resolve, { once: true }))
+      await aborted(gone.signal)
       await eventually(() => lost.length > 0)
       expect(lost[0]).toMatchObject({
         name: 'traced-lost',
@@ -425,7 +425,7 @@ describe('diagnostics_channel', () => {
       await using p = new PostgresLockProvider({ connectionString: u.toString() })
       const h = await p.createLock('pg-observed').acquire()
       await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [app])
-      await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }))
+      await aborted(h.signal)
       await eventually(() => seen.some(([w]) => w === 'disconnect'))
       const again = await p.createLock('pg-observed').acquire({ timeoutMs: 5_000 })
       await eventually(() => seen.some(([w]) => w === 'reconnect'))
@@ -569,7 +569,7 @@ describe('acquireAll', () => {
       const raw = new Redis(own.url)
       await raw.del('y')
       raw.disconnect()
-      await new Promise((r) => all.signal.addEventListener('abort', r, { once: true }))
+      await aborted(all.signal)
       expect((all.signal.reason as Error).message).toMatch(/^redis lock "y" was lost/)
       expect(all.isHeld).toBe(false)
       await all.release()
@@ -837,7 +837,7 @@ describe('the lease: autoRenew and maxHoldMs', () => {
     await using r = new RedisLockProvider({ urls: redis.url, leaseMs: 400, autoRenew: false })
     const h = await r.createLock('no-renew').acquire()
     const started = performance.now()
-    await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }))
+    await aborted(h.signal)
     const took = performance.now() - started
     expect(took).toBeGreaterThan(300)
     expect(took).toBeLessThan(1_500)
@@ -857,7 +857,7 @@ describe('the lease: autoRenew and maxHoldMs', () => {
     await e.extend(600)
     await new Promise((resolve) => setTimeout(resolve, 300)) // 550 ms after the grant
     expect(e.isHeld).toBe(true)
-    await new Promise((resolve) => e.signal.addEventListener('abort', resolve, { once: true }))
+    await aborted(e.signal)
     await e.release()
 
     // The default keeps renewing: held past several leases.
@@ -868,7 +868,7 @@ describe('the lease: autoRenew and maxHoldMs', () => {
     await k.release()
     // An acquire's autoRenew false wins over the provider's default.
     const once = await renewing.createLock('renewed').acquire({ autoRenew: false })
-    await new Promise((resolve) => once.signal.addEventListener('abort', resolve, { once: true }))
+    await aborted(once.signal)
     await once.release()
   })
 
@@ -882,7 +882,7 @@ describe('the lease: autoRenew and maxHoldMs', () => {
       await using p = provider
       const h = await p.createLock('capped').acquire()
       const started = performance.now()
-      await new Promise((resolve) => h.signal.addEventListener('abort', resolve, { once: true }))
+      await aborted(h.signal)
       expect(performance.now() - started).toBeGreaterThan(100)
       expect((h.signal.reason as Error).message).toMatch(
         /lock "capped" was lost: it was held for its maxHoldMs \(150 ms\)/,
@@ -929,8 +929,8 @@ describe('waitForUnlock', () => {
       expect(err.message).toMatch(/^Timed out after 50 ms waiting for \w+ lock "wait-free" to be free$/)
       const controller = new AbortController()
       setTimeout(() => controller.abort('enough'), 30)
-      const aborted = await thrown(() => lock.waitForUnlock({ signal: controller.signal }))
-      expect(aborted.name).toBe('AbortError')
+      const abortError = await thrown(() => lock.waitForUnlock({ signal: controller.signal }))
+      expect(abortError.name).toBe('AbortError')
       await blocker.release()
     }
     const sem = new MemoryLockProvider().createSemaphore('wait-sem', 2)
