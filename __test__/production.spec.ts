@@ -776,11 +776,13 @@ describe('LockBackendError keeps its cause', () => {
     const err = (await thrown(() => locks.createLock('os').acquire({ timeoutMs: 100 }))) as LockBackendError
     expect(err).toBeInstanceOf(LockBackendError)
     expect(err.errno).toBe(-20)
+    expect(err.syscall).toBe('stat')
     expect(err.path).toMatch(/^\/etc\/hostname\/locks/)
     const cause = err.cause as Error & { code?: string; errno?: number }
     expect(cause).toBeInstanceOf(Error)
     expect(cause.code).toBe('ENOTDIR')
     expect(cause.errno).toBe(-20)
+    expect((cause as { syscall?: string }).syscall).toBe('stat')
     expect(err.message).not.toMatch(/Os \{|kind:|Custom \{/)
   })
 

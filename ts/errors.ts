@@ -77,7 +77,7 @@ export interface BackendFacts {
   server?: string
   /** For an operating-system error: Node's `errno` (negative, as in `fs` and `net` errors). */
   errno?: number
-  /** For an operating-system error: the system call, where known. */
+  /** For an operating-system error: the system call (file backend: `open`, `stat`, `flock`…). */
   syscall?: string
   /** The file involved (file backend). */
   path?: string

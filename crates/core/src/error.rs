@@ -79,6 +79,8 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: std::io::Error,
+        /// The system call that failed, where the backend knows it (`open`, `flock`, …).
+        syscall: Option<&'static str>,
     },
     /// An argument had a value outside what is allowed; the message names it.
     #[error("{argument} {message}")]
@@ -140,8 +142,14 @@ impl Error {
     pub fn cause(&self) -> Cause {
         match self {
             Error::Backend { cause, .. } => (**cause).clone(),
-            Error::Io { path, source, .. } => Cause {
+            Error::Io {
+                path,
+                source,
+                syscall,
+                ..
+            } => Cause {
                 errno: source.raw_os_error(),
+                syscall: *syscall,
                 path: Some(path.clone()),
                 message: Some(source.to_string()),
                 ..Cause::default()
@@ -171,6 +179,21 @@ impl Error {
         }
     }
 
+    /// An [`Error::Io`] for `path`, from the system call `syscall`.
+    pub fn io_call(
+        backend: &'static str,
+        syscall: &'static str,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            backend,
+            path: path.as_ref().display().to_string(),
+            source,
+            syscall: Some(syscall),
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     pub fn io(
         backend: &'static str,
@@ -181,6 +204,7 @@ impl Error {
             backend,
             path: path.as_ref().display().to_string(),
             source,
+            syscall: None,
         }
     }
 }

@@ -76,10 +76,13 @@ pub const MAX_REOPENS: u32 = 64;
 /// How often a backend holding locks checks that their files are still in place.
 pub const DEFAULT_LOST_CHECK: Duration = Duration::from_secs(1);
 
-/// Maps an I/O error to [`Error::Io`] naming `path`.
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |e| Error::io(BACKEND, path, e)
+/// Maps an I/O error of the system call `syscall` to [`Error::Io`] naming `path`.
+fn io_at<'p>(syscall: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> Error + 'p {
+    move |e| Error::io_call(BACKEND, syscall, path, e)
 }
+
+/// The system call that takes and tests OS file locks, as Node would name it.
+const LOCK_CALL: &str = if cfg!(windows) { "LockFileEx" } else { "flock" };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section below leaves its data consistent at each step, so a panic while
@@ -174,11 +177,11 @@ impl FileBackend {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io(BACKEND, dir, e)),
+            Err(e) => return Err(Error::io_call(BACKEND, "scandir", dir, e)),
         };
         let mut removed = 0;
         for entry in entries {
-            let entry = entry.map_err(io_at(dir))?;
+            let entry = entry.map_err(io_at("scandir", dir))?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
@@ -194,13 +197,13 @@ impl FileBackend {
             {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(BACKEND, &path, e)),
+                Err(e) => return Err(Error::io_call(BACKEND, "open", &path, e)),
             };
-            if !os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
+            if !os::try_lock(&file, Mode::Exclusive).map_err(io_at(LOCK_CALL, &path))? {
                 continue; // held (or a waiter is about to have it)
             }
             if os::still_named(&file, &path)
-                .map_err(io_at(&path))?
+                .map_err(io_at("stat", &path))?
                 .is_none()
             {
                 continue;
@@ -211,7 +214,7 @@ impl FileBackend {
                 // Windows refuses to delete a file another process has open (a waiter): it
                 // stays, harmlessly, until a later run.
                 Err(_) if cfg!(windows) => {}
-                Err(e) => return Err(Error::io(BACKEND, &path, e)),
+                Err(e) => return Err(Error::io_call(BACKEND, "unlink", &path, e)),
             }
             // Dropping the file lets go of its lock, after the path is gone.
             drop(file);
@@ -331,10 +334,10 @@ impl Backend for FileBackend {
                 {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                    Err(e) => return Err(Error::io(BACKEND, &path, e)),
+                    Err(e) => return Err(Error::io_call(BACKEND, "open", &path, e)),
                 };
-                let free = os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))?;
-                let token = os::read_counter(&file).map_err(io_at(&path))?;
+                let free = os::try_lock(&file, Mode::Exclusive).map_err(io_at(LOCK_CALL, &path))?;
+                let token = os::read_counter(&file).map_err(io_at("read", &path))?;
                 Ok(Some((!free, token)))
             };
             match kind {
@@ -394,12 +397,12 @@ impl Inner {
                     io::ErrorKind::NotADirectory,
                     "the lock directory path exists and is not a directory",
                 );
-                return Err(Error::io(BACKEND, &self.dir, err));
+                return Err(Error::io_call(BACKEND, "mkdir", &self.dir, err));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
+                std::fs::create_dir_all(&self.dir).map_err(io_at("mkdir", &self.dir))?;
             }
-            Err(e) => return Err(Error::io(BACKEND, &self.dir, e)),
+            Err(e) => return Err(Error::io_call(BACKEND, "stat", &self.dir, e)),
         }
         if self.canonical_dir.get().is_none()
             && let Ok(canonical) = std::fs::canonicalize(&self.dir)
@@ -427,9 +430,9 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.dir_ready.store(false, Ordering::Release);
                 self.ensure_dir()?;
-                os::open(path).map_err(io_at(path))
+                os::open(path).map_err(io_at("open", path))
             }
-            other => other.map_err(io_at(path)),
+            other => other.map_err(io_at("open", path)),
         }
     }
 
@@ -467,7 +470,7 @@ impl Inner {
             let readers = lock(&entry.state.shared).upgrade();
             // Join the readers' OS lock only while the path still names its file.
             if let Some(os) = readers
-                && os::path_identity(&path).map_err(io_at(&path))? == Some(os.id)
+                && os::path_identity(&path).map_err(io_at("stat", &path))? == Some(os.id)
             {
                 drop(gate);
                 let (token, id) = (os.token, os.id);
@@ -483,7 +486,7 @@ impl Inner {
         let key = self.fence_key(&file_name);
         let (token, state) = match mode {
             Mode::Exclusive => {
-                let token = fence::next_token(key, &file).map_err(io_at(&path))?;
+                let token = fence::next_token(key, &file).map_err(io_at("write", &path))?;
                 let state = HeldState::Exclusive {
                     file,
                     ticket,
@@ -492,7 +495,8 @@ impl Inner {
                 (token, state)
             }
             Mode::Shared => {
-                let token = fence::observe(key, os::read_counter(&file).map_err(io_at(&path))?);
+                let token =
+                    fence::observe(key, os::read_counter(&file).map_err(io_at("read", &path))?);
                 let os = Arc::new(SharedOs {
                     _file: file,
                     id,
@@ -529,8 +533,10 @@ impl Inner {
                 Some(pending) => pending,
                 None => {
                     let file = self.open(path)?;
-                    if os::try_lock(&file, mode).map_err(io_at(path))? {
-                        if let Some(id) = os::still_named(&file, path).map_err(io_at(path))? {
+                    if os::try_lock(&file, mode).map_err(io_at(LOCK_CALL, path))? {
+                        if let Some(id) =
+                            os::still_named(&file, path).map_err(io_at("stat", path))?
+                        {
                             return Ok(Some((file, id)));
                         }
                         tracing::debug!(backend = BACKEND, path = %path.display(), "lock file replaced while locking it; locking the path again");
@@ -539,7 +545,7 @@ impl Inner {
                     if deadline.is_some_and(|d| d <= Instant::now()) {
                         return Ok(None);
                     }
-                    os::lock_in_background(file, mode).map_err(io_at(path))?
+                    os::lock_in_background(file, mode).map_err(io_at(LOCK_CALL, path))?
                 }
             };
             let Some(file) = self
@@ -548,7 +554,7 @@ impl Inner {
             else {
                 return Ok(None);
             };
-            if let Some(id) = os::still_named(&file, path).map_err(io_at(path))? {
+            if let Some(id) = os::still_named(&file, path).map_err(io_at("stat", path))? {
                 return Ok(Some((file, id)));
             }
             // Granted on a file that was deleted (and maybe recreated) while we waited: that
@@ -574,7 +580,7 @@ impl Inner {
             .done()
         {
             Ok(Ok(Ok(file))) => Ok(Some(file)),
-            Ok(Ok(Err(e))) => Err(Error::io(BACKEND, path, e)),
+            Ok(Ok(Err(e))) => Err(Error::io_call(BACKEND, LOCK_CALL, path, e)),
             Ok(Err(_)) => Err(Error::Backend {
                 backend: BACKEND,
                 message: format!(
@@ -678,10 +684,10 @@ impl Inner {
             let mut reopens = 0;
             loop {
                 let file = self.open(&path)?;
-                if !os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
+                if !os::try_lock(&file, Mode::Exclusive).map_err(io_at(LOCK_CALL, &path))? {
                     break;
                 }
-                if let Some(id) = os::still_named(&file, &path).map_err(io_at(&path))? {
+                if let Some(id) = os::still_named(&file, &path).map_err(io_at("stat", &path))? {
                     lock(&entry.state.taken)[slot] = true;
                     return Ok(Some((slot, file, id)));
                 }
@@ -703,12 +709,12 @@ impl Inner {
         let mut file = self.open(&path)?;
         let mut reopens = 0;
         loop {
-            if os::try_lock(&file, Mode::Exclusive).map_err(io_at(&path))? {
+            if os::try_lock(&file, Mode::Exclusive).map_err(io_at(LOCK_CALL, &path))? {
                 if os::still_named(&file, &path)
-                    .map_err(io_at(&path))?
+                    .map_err(io_at("stat", &path))?
                     .is_some()
                 {
-                    return fence::next_token(key, &file).map_err(io_at(&path));
+                    return fence::next_token(key, &file).map_err(io_at("write", &path));
                 }
                 // The counter file was deleted or replaced: bump the one the path names.
                 reopens += 1;
