@@ -186,12 +186,11 @@ impl Error {
         path: impl AsRef<std::path::Path>,
         source: std::io::Error,
     ) -> Self {
-        Error::Io {
-            backend,
-            path: path.as_ref().display().to_string(),
-            source,
-            syscall: Some(syscall),
+        let mut err = Self::io(backend, path, source);
+        if let Error::Io { syscall: call, .. } = &mut err {
+            *call = Some(syscall);
         }
+        err
     }
 
     /// An [`Error::Io`] for `path`.
