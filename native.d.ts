@@ -66,6 +66,11 @@ export declare class NativeProvider {
   /**
    * Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
    * wait (once, before the first call).
+   * Calls `callback(lock)` with how messages name a lock whose handle was garbage-collected
+   * while it still held it (the lock is released then). Does not keep the process alive.
+   */
+  onLeak(callback: (arg: string) => void): void
+  /**
    * Calls `callback(kind, name, server, detail)` for the backend's events: `renewal-failure`
    * (`name`, `detail`), `disconnect` and `reconnect` (`server`). The callback does not keep
    * the process alive; the backend calls it only when such a thing happens.

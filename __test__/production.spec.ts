@@ -708,7 +708,8 @@ async function exitChild(name: string, providerOptions: string, then: string) {
     const { RedisLockProvider } = require('distlock')
     const locks = new RedisLockProvider({ urls: ${JSON.stringify(redis.url)}, ${providerOptions} })
     ;(async () => {
-      await locks.createLock(${JSON.stringify(name)}).acquire()
+      // Kept, as a holder keeps its handle (a handle collected early is released by the GC).
+      globalThis.held = await locks.createLock(${JSON.stringify(name)}).acquire()
       ${then}
     })()
   `

@@ -5,16 +5,22 @@
  * `debug`; `error`, `warn`, `info`, `debug` or `trace`). Without the switch nothing is
  * subscribed or installed.
  */
-import * as dc from 'node:diagnostics_channel'
 import { debuglog } from 'node:util'
 
-import type {
-  AcquireTrace,
-  ConnectionMessage,
-  ExtendTrace,
-  LostMessage,
-  ReleaseTrace,
-  RenewalFailureMessage,
+import {
+  acquireChannel,
+  disconnectChannel,
+  extendChannel,
+  lostChannel,
+  reconnectChannel,
+  releaseChannel,
+  renewalFailureChannel,
+  type AcquireTrace,
+  type ConnectionMessage,
+  type ExtendTrace,
+  type LostMessage,
+  type ReleaseTrace,
+  type RenewalFailureMessage,
 } from './diagnostics'
 import native from './native'
 
@@ -31,36 +37,40 @@ if (log.enabled) {
   } catch (err) {
     log('%s', `cannot route the backends' events: ${errorText(err)}`)
   }
-  dc.tracingChannel<object, AcquireTrace>('distlock:acquire').subscribe({
+  // @types/node wants all five handlers; Node takes any of them.
+  acquireChannel.subscribe({
     asyncEnd(c: AcquireTrace) {
       const token = c.fencingToken === undefined ? '' : `, token ${c.fencingToken}`
       const how = c.tryOnly ? 'tryAcquire' : 'acquire'
       log('%s', `${how} ${lock(c)}: ${c.outcome} after ${ms(c.waitMs)}${token}`)
     },
   } as never)
-  dc.tracingChannel<object, ReleaseTrace>('distlock:release').subscribe({
+  releaseChannel.subscribe({
     asyncEnd(c: ReleaseTrace) {
       const failed = c.error === undefined ? '' : ` (failed: ${errorText(c.error)})`
       log('%s', `release ${lock(c)}, token ${c.fencingToken}, held ${ms(c.holdMs)}${failed}`)
     },
   } as never)
-  dc.tracingChannel<object, ExtendTrace>('distlock:extend').subscribe({
+  extendChannel.subscribe({
     asyncEnd(c: ExtendTrace) {
       const failed = c.error === undefined ? '' : ` (failed: ${errorText(c.error)})`
       log('%s', `extend ${lock(c)} to ${c.ms} ms${failed}`)
     },
   } as never)
-  dc.subscribe('distlock:renewal-failure', (m) => {
+  renewalFailureChannel.subscribe((m) => {
     const r = m as RenewalFailureMessage
     log('%s', `renewal of ${r.backend} lock ${JSON.stringify(r.name)} failed: ${r.detail}`)
   })
-  for (const what of ['disconnect', 'reconnect'] as const) {
-    dc.subscribe(`distlock:${what}`, (m) => {
+  for (const [channel, what] of [
+    [disconnectChannel, 'lost its connection to'],
+    [reconnectChannel, 'reconnected to'],
+  ] as const) {
+    channel.subscribe((m) => {
       const c = m as ConnectionMessage
-      log('%s', `${c.backend} ${what === 'disconnect' ? 'lost its connection to' : 'reconnected to'} ${c.server}`)
+      log('%s', `${c.backend} ${what} ${c.server}`)
     })
   }
-  dc.subscribe('distlock:lost', (m) => {
+  lostChannel.subscribe((m) => {
     const l = m as LostMessage
     log('%s', `lost ${lock(l)}, token ${l.fencingToken}, after ${ms(l.heldMs)}: ${l.reason}`)
   })

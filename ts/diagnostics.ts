@@ -96,22 +96,6 @@ export interface ConnectionMessage {
   server: string
 }
 
-/** @internal */
-export const renewalFailureChannel = dc.channel('distlock:renewal-failure')
-/** @internal */
-export const disconnectChannel = dc.channel('distlock:disconnect')
-/** @internal */
-export const reconnectChannel = dc.channel('distlock:reconnect')
-
-/** @internal */
-export const acquireChannel = dc.tracingChannel<object, AcquireTrace>('distlock:acquire')
-/** @internal */
-export const releaseChannel = dc.tracingChannel<object, ReleaseTrace>('distlock:release')
-/** @internal */
-export const extendChannel = dc.tracingChannel<object, ExtendTrace>('distlock:extend')
-/** @internal */
-export const lostChannel = dc.channel('distlock:lost')
-
 /** The channel names, for subscribers. */
 export const channels = {
   acquire: 'distlock:acquire',
@@ -122,6 +106,22 @@ export const channels = {
   disconnect: 'distlock:disconnect',
   reconnect: 'distlock:reconnect',
 } as const
+
+/** @internal */
+export const renewalFailureChannel = dc.channel(channels.renewalFailure)
+/** @internal */
+export const disconnectChannel = dc.channel(channels.disconnect)
+/** @internal */
+export const reconnectChannel = dc.channel(channels.reconnect)
+
+/** @internal */
+export const acquireChannel = dc.tracingChannel<object, AcquireTrace>(channels.acquire)
+/** @internal */
+export const releaseChannel = dc.tracingChannel<object, ReleaseTrace>(channels.release)
+/** @internal */
+export const extendChannel = dc.tracingChannel<object, ExtendTrace>(channels.extend)
+/** @internal */
+export const lostChannel = dc.channel(channels.lost)
 
 /**
  * Publishes a backend event from the native side on its channel, if anyone listens.

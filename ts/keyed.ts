@@ -7,7 +7,7 @@
 import { LockTimeoutError, checkKeys, invalidArgType, invalidArgValue } from './errors'
 import type { DistributedLock, LockHandle, LockInfo } from './locks'
 import type { AcquireAllOptions, MultiLockHandle } from './multi'
-import { isAbortSignalLike, typeName, withHeld, type AbortSignalLike } from './locks'
+import { checkSignal, typeName, withHeld, type AbortSignalLike } from './locks'
 import {
   FileLockProvider,
   MemoryLockProvider,
@@ -220,12 +220,7 @@ function checkCallOptions(options: unknown): void {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
   checkKeys(options, ['signal', 'ttlMs'])
-  const { signal } = options as KeyedAcquireOptions
-  if (signal !== undefined && !isAbortSignalLike(signal)) {
-    throw invalidArgType(
-      `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
-    )
-  }
+  checkSignal((options as KeyedAcquireOptions).signal, 'options.signal')
 }
 
 /** Keyed locks on Redis; `ttlMs` is the lease (renewed while held). */

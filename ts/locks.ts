@@ -97,24 +97,13 @@ export function isAbortSignalLike(value: unknown): value is AbortSignalLike {
   )
 }
 
-/** What the leak warning needs of a handle, without keeping the handle (or its lock) alive. */
-interface LeakState {
-  readonly what: string
-  readonly source: LockSource
-  released: boolean
+/** Checks a `signal` option; `where` names it in errors. */
+export function checkSignal(value: unknown, where: string): AbortSignalLike | undefined {
+  if (value !== undefined && !isAbortSignalLike(value)) {
+    throw invalidArgType(`The "${where}" property must be an instance of AbortSignal. Received ${typeName(value)}`)
+  }
+  return value
 }
-
-/**
- * Warns about handles that were garbage-collected while held: the native side releases their
- * locks then, but only whenever the collector runs, which is a bug in the caller.
- */
-const leaks = new FinalizationRegistry<LeakState>((state) => {
-  if (state.released || state.source.native.isClosed) return
-  process.emitWarning(
-    `${state.what} was released by garbage collection, not by release(): the lock stayed held until the collector ran. Release handles with \`await using\`, withLock or release().`,
-    { type: 'DistlockWarning', code: 'DISTLOCK_LEAKED_HANDLE' },
-  )
-})
 
 /** The keys an acquire's options may have. */
 const ACQUIRE_KEYS = ['timeoutMs', 'signal', 'leaseMs', 'autoRenew', 'maxHoldMs'] as const
@@ -234,7 +223,8 @@ export function typeName(value: unknown): string {
   return `type ${typeof value} (${String(value)})`
 }
 
-function checkOptions(options: unknown): AcquireOptions {
+/** Checks an acquire's options (types and keys; the native side checks the values). */
+export function checkOptions(options: unknown): AcquireOptions {
   if (options === undefined) return {}
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
@@ -251,11 +241,7 @@ function checkOptions(options: unknown): AcquireOptions {
       throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
     }
   }
-  if (signal !== undefined && !isAbortSignalLike(signal)) {
-    throw invalidArgType(
-      `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
-    )
-  }
+  checkSignal(signal, 'options.signal')
   return { timeoutMs, signal, leaseMs, autoRenew, maxHoldMs }
 }
 
@@ -302,15 +288,8 @@ export interface ReaderWriterLock {
 }
 
 /** A semaphore, as a type: what {@link DistributedSemaphore} offers. */
-export interface Semaphore {
-  readonly name: string
+export interface Semaphore extends Lock {
   readonly maxCount: number
-  acquire(options?: AcquireOptions): Promise<Handle>
-  tryAcquire(options?: AcquireOptions): Promise<Handle | null>
-  withLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
-  isLocked(): Promise<boolean>
-  getInfo(): Promise<LockInfo>
-  waitForUnlock(options?: WaitOptions): Promise<void>
 }
 
 /**
@@ -328,20 +307,24 @@ export class LockHandle implements Handle {
   readonly #what: string
   readonly #settler: Settler
   readonly #grantedAt = performance.now()
-  readonly #leak: LeakState
   #holdTimer: NodeJS.Timeout | undefined
   #controller: AbortController | undefined
 
   /** @internal */
-  constructor(nativeHandle: NativeHandle, name: string, kind: LockKind, source: LockSource, maxHoldMs?: number) {
+  constructor(
+    nativeHandle: NativeHandle,
+    name: string,
+    kind: LockKind,
+    source: LockSource,
+    what: string,
+    maxHoldMs?: number,
+  ) {
     this.#native = nativeHandle
     this.name = name
     this.backend = source.backend
     this.kind = kind
-    this.#what = describe(source, kind, name)
+    this.#what = what
     this.#settler = source.settler
-    this.#leak = { what: this.#what, source, released: false }
-    leaks.register(this, this.#leak, this.#leak)
     if (maxHoldMs !== undefined) {
       // Holds the handle until then (so until then it is not released by garbage collection).
       this.#holdTimer = setTimeout(() => {
@@ -482,10 +465,6 @@ export class LockHandle implements Handle {
 
   async #release(): Promise<void> {
     clearTimeout(this.#holdTimer)
-    if (!this.#leak.released) {
-      this.#leak.released = true
-      leaks.unregister(this.#leak)
-    }
     try {
       const id = this.#settler.id()
       if (!this.#native.release(id)) await this.#settler.wait(id)
@@ -578,13 +557,13 @@ async function acquireUntraced(
         // Granted, then lost before the grant reached this thread (its session ended, its
         // lease ran out while the answer waited): someone else may hold it already, so it is
         // not handed out. Try again with what is left of the budget.
-        await new LockHandle(handle, name, kind, source).release().catch(() => {})
+        await new LockHandle(handle, name, kind, source, what).release().catch(() => {})
         if (left === undefined || left === Infinity) continue
         left = timeoutMs! - (performance.now() - started)
         if (left > 0 && timeoutMs !== 0) continue
         handle = null
       }
-      if (handle) return new LockHandle(handle, name, kind, source, maxHoldMs)
+      if (handle) return new LockHandle(handle, name, kind, source, what, maxHoldMs)
       if (tryOnly) return null
       throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what}`)
     }
@@ -672,11 +651,7 @@ abstract class NamedLock {
     if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !(timeoutMs >= 0))) {
       throw invalidArgValue(`The "options.timeoutMs" property must be a number >= 0. Received ${String(timeoutMs)}`)
     }
-    if (signal !== undefined && !isAbortSignalLike(signal)) {
-      throw invalidArgType(
-        `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(signal)}`,
-      )
-    }
+    checkSignal(signal, 'options.signal')
     const what = this.#what
     const deadline = timeoutMs === undefined ? Infinity : performance.now() + timeoutMs
     for (let pause = 5; ; pause = Math.min(pause * 2, 250)) {

@@ -2,10 +2,10 @@
  * Several locks in one call: taken in one global order (so two callers wanting overlapping sets
  * cannot deadlock), released together, lost together.
  */
-import { checkKeys, invalidArgType, invalidArgValue, LockTimeoutError, SuppressedError } from './errors'
+import { invalidArgType, invalidArgValue, LockTimeoutError, SuppressedError } from './errors'
 import {
   checkName,
-  isAbortSignalLike,
+  checkOptions,
   typeName,
   type AcquireOptions,
   type DistributedLock,
@@ -34,7 +34,7 @@ export interface MultiHandle extends AsyncDisposable {
 export class MultiLockHandle implements MultiHandle {
   /** The locks' handles, in the order they were taken (the names' UTF-8 byte order). */
   readonly handles: readonly LockHandle[]
-  #controller: AbortController | undefined
+  #signal: AbortSignal | undefined
 
   /** @internal */
   constructor(handles: LockHandle[]) {
@@ -48,19 +48,8 @@ export class MultiLockHandle implements MultiHandle {
 
   /** Aborts, with the first loss's `LockLostError` as its reason, when any of the locks is lost. */
   get signal(): AbortSignal {
-    if (!this.#controller) {
-      const controller = new AbortController()
-      this.#controller = controller
-      for (const h of this.handles) {
-        const s = h.signal
-        if (s.aborted) {
-          controller.abort(s.reason)
-          break
-        }
-        s.addEventListener('abort', () => controller.abort(s.reason), { once: true })
-      }
-    }
-    return this.#controller.signal
+    this.#signal ??= AbortSignal.any(this.handles.map((h) => h.signal))
+    return this.#signal
   }
 
   /** Whether every one of the locks is held right now (see `LockHandle.isHeld`). */
@@ -136,16 +125,7 @@ export async function acquireAll(
   tryOnly: boolean,
 ): Promise<MultiLockHandle | null> {
   const ordered = orderedNames(names)
-  if (options !== undefined && (options === null || typeof options !== 'object')) {
-    throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
-  }
-  const opts = (options ?? {}) as AcquireAllOptions
-  checkKeys(opts, ['timeoutMs', 'signal', 'leaseMs', 'autoRenew', 'maxHoldMs'])
-  if (opts.signal !== undefined && !isAbortSignalLike(opts.signal)) {
-    throw invalidArgType(
-      `The "options.signal" property must be an instance of AbortSignal. Received ${typeName(opts.signal)}`,
-    )
-  }
+  const opts: AcquireAllOptions = checkOptions(options)
   const locks = ordered.map(createLock)
   const timeoutMs = opts.timeoutMs ?? (tryOnly ? 0 : undefined)
   const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs

@@ -64,6 +64,17 @@ export interface LockProvider extends AsyncDisposable {
   close(): Promise<void>
 }
 
+/**
+ * Warns about a handle that was garbage-collected while held: the native side released its
+ * lock then, but only whenever the collector ran, which is a bug in the caller.
+ */
+function warnLeaked(what: string): void {
+  process.emitWarning(
+    `${what} was released by garbage collection, not by release(): the lock stayed held until the collector ran. Release handles with \`await using\`, withLock or release().`,
+    { type: 'DistlockWarning', code: 'DISTLOCK_LEAKED_HANDLE' },
+  )
+}
+
 /** Shared plumbing of the providers. */
 abstract class BaseProvider implements LockProvider {
   readonly #source: LockSource
@@ -81,6 +92,7 @@ abstract class BaseProvider implements LockProvider {
       autoRenew: checkAutoRenew((options as { autoRenew?: unknown }).autoRenew, 'options.autoRenew'),
     }
     nativeProvider.onEvent((kind, name, server, detail) => publishBackendEvent(backend, kind, name, server, detail))
+    nativeProvider.onLeak(warnLeaked)
     this.#source = {
       defaults,
       native: nativeProvider,

@@ -78,6 +78,8 @@ pub trait HeldLock: Send + Sync + 'static {
     fn fencing_token(&self) -> u64;
     /// Fires when the lock is known to be lost.
     fn lost(&self) -> &LostSignal;
+    /// How messages name this lock, e.g. `file lock "orders:42"`.
+    fn target(&self) -> &str;
     /// Whether `release` has run (or the provider released it on close).
     fn is_released(&self) -> bool;
     /// Whether the lock is held right now, as far as this process can tell without a round

@@ -137,6 +137,7 @@ impl Backend for MemoryBackend {
                 lost: LostSignal::new(),
                 released: AtomicBool::new(false),
                 turn: Mutex::new(Some((ticket, entry))),
+                target: req.target(BACKEND).to_string(),
             });
             inner.held.insert(id, &held);
             Ok(Some(held as crate::Held))
@@ -196,6 +197,7 @@ struct MemoryHeld {
     lost: LostSignal,
     released: AtomicBool,
     turn: Mutex<Option<(Ticket, Arc<Entry<Names>>)>>,
+    target: String,
 }
 
 impl MemoryHeld {
@@ -211,6 +213,10 @@ impl MemoryHeld {
 }
 
 impl HeldLock for MemoryHeld {
+    fn target(&self) -> &str {
+        &self.target
+    }
+
     fn fencing_token(&self) -> u64 {
         self.token
     }

@@ -753,6 +753,7 @@ impl Inner {
             state: Mutex::new(Some(state)),
             file: watch.clone(),
             backend: Arc::downgrade(self),
+            target: req.target(BACKEND).to_string(),
         });
         self.held.insert(id, &held);
         if let Some((path, file_id)) = watch {
@@ -901,6 +902,7 @@ struct FileHeld {
     /// The locked file's path and identity, for `is_held` and the lost check.
     file: Option<(PathBuf, FileId)>,
     backend: Weak<Inner>,
+    target: String,
 }
 
 impl FileHeld {
@@ -947,6 +949,10 @@ impl FileHeld {
 }
 
 impl HeldLock for FileHeld {
+    fn target(&self) -> &str {
+        &self.target
+    }
+
     fn fencing_token(&self) -> u64 {
         self.token
     }

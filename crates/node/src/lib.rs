@@ -94,6 +94,8 @@ fn lock_kind(kind: &str, max_count: Option<f64>) -> distlock_core::Result<LockKi
 /// or a release), or an error message that starts with its stable code.
 type Settled = (u32, std::result::Result<Option<Held>, String>);
 
+type LeakFn = ThreadsafeFunction<String, (), String, Status, false, true>;
+
 /// The arguments of the JS settle callback: `(id, handle | null, error | null)`.
 type SettleArgs = FnArgs<(u32, Option<NativeHandle>, Option<String>)>;
 
@@ -110,6 +112,8 @@ type SettleFn = ThreadsafeFunction<Settled, (), SettleArgs, Status, false, true>
 /// pending call keeps the process alive through the TS layer, an idle provider does not.
 pub struct SettleChannel {
     tsfn: OnceLock<Arc<SettleFn>>,
+    /// Told the name of each handle garbage-collected while it still held its lock.
+    leaked: OnceLock<LeakFn>,
     direct: OnceLock<JsFn>,
     event_loop: Option<Arc<Loop>>,
     me: Weak<SettleChannel>,
@@ -121,6 +125,7 @@ impl SettleChannel {
     fn new(event_loop: Option<Arc<Loop>>) -> Channel {
         Arc::new_cyclic(|me| Self {
             tsfn: OnceLock::new(),
+            leaked: OnceLock::new(),
             direct: OnceLock::new(),
             event_loop,
             me: me.clone(),
@@ -395,6 +400,23 @@ impl NativeHandle {
 impl Drop for NativeHandle {
     fn drop(&mut self) {
         self.done.cancel();
+        // Garbage-collected while still holding: the lock is released now (the held lock's own
+        // drop does that), and the provider hears of it, to warn about the leak.
+        let held = self
+            .held
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(held) = held
+            && !held.is_released()
+            && let Some(channel) = self.channel.upgrade()
+            && let Some(leaked) = channel.leaked.get()
+        {
+            leaked.call(
+                held.target().to_owned(),
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        }
     }
 }
 
@@ -572,6 +594,19 @@ impl NativeProvider {
 
     /// Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
     /// wait (once, before the first call).
+    /// Calls `callback(lock)` with how messages name a lock whose handle was garbage-collected
+    /// while it still held it (the lock is released then). Does not keep the process alive.
+    #[napi]
+    pub fn on_leak(&self, callback: Function<String, ()>) -> Result<()> {
+        let tsfn: LeakFn = callback
+            .build_threadsafe_function()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()?;
+        let _ = self.channel.leaked.set(tsfn);
+        Ok(())
+    }
+
     /// Calls `callback(kind, name, server, detail)` for the backend's events: `renewal-failure`
     /// (`name`, `detail`), `disconnect` and `reconnect` (`server`). The callback does not keep
     /// the process alive; the backend calls it only when such a thing happens.

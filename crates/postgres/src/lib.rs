@@ -1188,6 +1188,7 @@ impl Inner {
             op_timeout: self.pool.opts.op_timeout,
             runtime: tokio::runtime::Handle::current(),
             owner: Arc::downgrade(self),
+            target: req.target(BACKEND).to_string(),
         });
         self.held.insert(id, &held);
         tracing::debug!(backend = BACKEND, name = %req.name, kind = ?req.kind, token, waited_us = start.elapsed().as_micros() as u64, "acquired");
@@ -1248,6 +1249,7 @@ struct PgHeld {
     op_timeout: Duration,
     runtime: tokio::runtime::Handle,
     owner: Weak<Inner>,
+    target: String,
 }
 
 impl PgHeld {
@@ -1332,6 +1334,10 @@ impl PgHeld {
 }
 
 impl HeldLock for PgHeld {
+    fn target(&self) -> &str {
+        &self.target
+    }
+
     fn fencing_token(&self) -> u64 {
         self.token
     }

@@ -1315,6 +1315,10 @@ impl RedisHeld {
 }
 
 impl HeldLock for RedisHeld {
+    fn target(&self) -> &str {
+        &self.target
+    }
+
     fn fencing_token(&self) -> u64 {
         self.fence
     }
