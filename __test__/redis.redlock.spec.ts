@@ -45,9 +45,7 @@ describe('RedLock over three servers', () => {
   it('grants on every server, and keeps working with one server hung or stopped', async () => {
     const urls = servers.map((s) => s.url)
     const a = provider(urls)
-    // A long server timeout, so that waiting for the hung server (2 s) is told apart from a
-    // quorum of the other two (milliseconds) even on a loaded machine.
-    const b = provider(urls, 2_000)
+    const b = provider(urls)
     const name = unique('rl')
     const h = await a.createLock(name).acquire()
     // The acquire returns at a quorum (2 of 3); the last server's grant lands a moment later.
@@ -59,7 +57,7 @@ describe('RedLock over three servers', () => {
     try {
       const start = Date.now()
       const h2 = await b.createLock(name).acquire({ timeoutMs: 2_000 })
-      expect(Date.now() - start).toBeLessThan(1_000)
+      expect(Date.now() - start).toBeLessThan(300)
       expect(h2.fencingToken).toBeGreaterThan(h.fencingToken)
       expect(await a.createLock(name).tryAcquire()).toBeNull()
       await h2.release()
