@@ -78,15 +78,19 @@ export declare class NativeProvider {
   onEvent(callback: (arg0: string, arg1?: string | undefined | null, arg2?: string | undefined | null, arg3?: string | undefined | null) => void): void
   onSettle(callback: (arg0: number, arg1?: NativeHandle | undefined | null, arg2?: string | undefined | null) => void): void
   /**
-   * Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; `undefined` when
-   * the answer is not known at once, which then settles through the channel with `id`.
+   * Acquires `name` as `kind` (`permits` of a semaphore's `maxCount`): a handle, or `null`
+   * when `timeoutMs` ran out; `undefined` when the answer is not known at once, which then
+   * settles through the channel with `id`.
    */
-  acquire(id: number, name: string, kind: string, maxCount?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null, leaseMs?: number | undefined | null, autoRenew?: boolean | undefined | null): NativeHandle | undefined | null | undefined
+  acquire(id: number, name: string, kind: string, maxCount?: number | undefined | null, permits?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null, leaseMs?: number | undefined | null, autoRenew?: boolean | undefined | null): NativeHandle | undefined | null | undefined
   /** A snapshot of the lock's state. */
   inspect(name: string, kind: string, maxCount?: number | undefined | null): Promise<NativeLockInfo>
   /** Server connections open now (PostgreSQL). */
   get connections(): number | null
-  /** Removes the lock files nobody holds or waits on (file backend); resolves to how many. */
+  /**
+   * Removes what names nobody uses now leave behind: lock files (file backend), fencing
+   * counters (Redis); resolves to how many.
+   */
   removeUnused(): Promise<number>
   /** Of those, the ones whose socket is read on the event loop (PostgreSQL). */
   get eventLoopConnections(): number | null

@@ -19,6 +19,7 @@ import {
   RedisDistributedLock,
   RedisLockProvider,
   SuppressedError,
+  type LockProvider,
 } from 'distlock'
 
 import { aborted, eventually, tempDir } from './helpers'
@@ -940,5 +941,229 @@ describe('waitForUnlock', () => {
     const one = await sem.acquire()
     await sem.waitForUnlock({ timeoutMs: 100 }) // a permit is still free
     await one.release()
+  })
+})
+
+describe('semaphore permits', () => {
+  const backends = (): Array<[string, () => Promise<LockProvider>]> => [
+    ['memory', async () => new MemoryLockProvider()],
+    ['file', async () => new FileLockProvider({ directory: tempDir('permits') })],
+    ['postgres', async () => new PostgresLockProvider({ connectionString: process.env.DISTLOCK_TEST_PG_URL! })],
+    ['redis', async () => new RedisLockProvider({ urls: redis.url })],
+  ]
+
+  it('are taken all or none, counted by getInfo, and queued first come first served on every backend', async () => {
+    for (const [backend, make] of backends()) {
+      await using locks = await make()
+      const name = `permits-${backend}-${process.pid}-${Math.random()}`
+      const sem = locks.createSemaphore(name, 4)
+      const three = await sem.acquire({ permits: 3 })
+      expect(three.permits, backend).toBe(3)
+      expect(await sem.tryAcquire({ permits: 2 }), backend).toBeNull()
+      expect((await sem.getInfo()).holders, backend).toBe(3)
+      const one = (await sem.tryAcquire())!
+      expect(one.permits).toBe(1)
+      expect(one.fencingToken > three.fencingToken, backend).toBe(true)
+      expect(await sem.isLocked(), backend).toBe(true)
+      await one.release()
+      // A request for all four queues first; one for a single permit after it does not overtake it.
+      const order: string[] = []
+      const all = sem.acquire({ permits: 4, timeoutMs: 10_000 }).then((h) => (order.push('four'), h))
+      const single = sem.acquire({ timeoutMs: 10_000 }).then((h) => (order.push('one'), h))
+      await new Promise((r) => setTimeout(r, 100))
+      expect(order, backend).toEqual([])
+      await three.release()
+      const four = await all
+      expect(four.permits).toBe(4)
+      await new Promise((r) => setTimeout(r, 50))
+      expect(order, backend).toEqual(['four'])
+      await four.release()
+      await (await single).release()
+      expect(order, backend).toEqual(['four', 'one'])
+      expect((await sem.getInfo()).holders, backend).toBe(0)
+    }
+  })
+
+  it('refuses bad counts with errors that name them, and waitForUnlock can wait for several', async () => {
+    await using locks = new MemoryLockProvider()
+    const sem = locks.createSemaphore('bad-permits', 3)
+    let err = await thrown(() => sem.acquire({ permits: 4 }))
+    expect(err).toBeInstanceOf(RangeError)
+    expect(err.code).toBe('ERR_INVALID_ARG_VALUE')
+    expect(err.message).toMatch(/permits.*from 1 to the semaphore's maxCount 3, got 4/)
+    for (const bad of [0, 1.5, Number.NaN]) {
+      expect((await thrown(() => sem.tryAcquire({ permits: bad }))).code).toBe('ERR_INVALID_ARG_VALUE')
+    }
+    err = await thrown(() => sem.acquire({ permits: '2' } as never))
+    expect(err).toBeInstanceOf(TypeError)
+    expect(err.message).toBe('The "options.permits" property must be of type number. Received type string ("2")')
+    err = await thrown(() => locks.createLock('m').acquire({ permits: 2 } as never))
+    expect(err.message).toMatch(/^The "options" argument has an unknown property "permits"/)
+    expect((await thrown(() => sem.waitForUnlock({ permits: 9 }))).code).toBe('ERR_INVALID_ARG_VALUE')
+
+    const two = await sem.acquire({ permits: 2 })
+    await sem.waitForUnlock({ permits: 1, timeoutMs: 100 })
+    expect((await thrown(() => sem.waitForUnlock({ permits: 2, timeoutMs: 100 }))).code).toBe('ERR_LOCK_TIMEOUT')
+    const freed = sem.waitForUnlock({ permits: 3, timeoutMs: 5_000 })
+    setTimeout(() => void two.release(), 50)
+    await freed
+    expect(inspect(await sem.acquire({ permits: 3 }))).toContain('permits: 3')
+  })
+})
+
+describe('Redis removeUnusedFenceKeys', () => {
+  it('removes the counters of names nobody uses, keeps the others, and tokens still only grow', async () => {
+    const own = await services.startRedis()
+    const raw = new Redis(own.url)
+    try {
+      await using app = new RedisLockProvider({ urls: own.url, keyPrefix: 'app:' })
+      await using other = new RedisLockProvider({ urls: own.url, keyPrefix: 'other:' })
+      const tokens = new Map<string, bigint>()
+      for (const name of ['a', 'b', 'c']) {
+        const h = await app.createLock(name).acquire()
+        tokens.set(name, h.fencingToken)
+        await h.release()
+      }
+      await (await app.createSemaphore('s', 2).acquire()).release()
+      await (await other.createLock('x').acquire()).release()
+      const held = await app.createLock('b').acquire()
+      const reader = await app.createReaderWriterLock('r').acquireRead()
+      const before = (await raw.keys('*:distlock:*fence')).toSorted()
+      expect(before).toHaveLength(6)
+
+      expect(await app.removeUnusedFenceKeys()).toBe(3) // a, c and the semaphore s
+      expect((await raw.keys('*:distlock:*fence')).toSorted()).toEqual([
+        '{app:b}:distlock:fence',
+        '{app:r}:distlock:fence',
+        '{other:x}:distlock:fence',
+      ])
+      const again = await app.createLock('a').acquire()
+      expect(again.fencingToken > tokens.get('a')!).toBe(true)
+      await again.release()
+      await held.release()
+      await reader.release()
+      expect(await app.removeUnusedFenceKeys()).toBe(3) // a, b and r
+      expect(await new RedisLockProvider({ urls: own.url }).removeUnusedFenceKeys()).toBe(1) // other:x
+    } finally {
+      raw.disconnect()
+      own.stop()
+    }
+  })
+
+  it('is safe while others use the names: no overlap, and every name’s tokens keep growing', async () => {
+    const own = await services.startRedis()
+    try {
+      const providers = [0, 1, 2].map(() => new RedisLockProvider({ urls: own.url }))
+      await using cleaner = new RedisLockProvider({ urls: own.url })
+      // More names than loops: each is idle now and then, and its counter can go.
+      const names = Array.from({ length: 12 }, (_, i) => `n${i}`)
+      const inside = new Map<string, number>()
+      const last = new Map<string, bigint>()
+      let overlaps = 0
+      let regressions = 0
+      let grants = 0
+      let removed = 0
+      let cleaning = true
+      const cleaning$ = (async () => {
+        for (let i = 0; cleaning && i < 2_000; i++) {
+          removed += await cleaner.removeUnusedFenceKeys()
+          await new Promise((r) => setTimeout(r, 2))
+        }
+      })()
+      const until = performance.now() + 3_000
+      await Promise.all(
+        [...providers, ...providers].map(async (p, loop) => {
+          for (let i = 0; performance.now() < until && i < 5_000; i++) {
+            const name = names[(i * 5 + loop * 7) % names.length]!
+            const h = await p.createLock(name).acquire({ timeoutMs: 5_000 })
+            if ((inside.get(name) ?? 0) > 0) overlaps++
+            if (h.fencingToken <= (last.get(name) ?? 0n)) regressions++
+            last.set(name, h.fencingToken)
+            inside.set(name, (inside.get(name) ?? 0) + 1)
+            await new Promise((r) => setImmediate(r))
+            inside.set(name, inside.get(name)! - 1)
+            await h.release()
+            grants++
+          }
+        }),
+      )
+      cleaning = false
+      await cleaning$
+      for (const p of providers) await p.close()
+      expect(overlaps).toBe(0)
+      expect(regressions).toBe(0)
+      expect(grants).toBeGreaterThan(300)
+      expect(removed).toBeGreaterThan(0)
+    } finally {
+      own.stop()
+    }
+  })
+})
+
+describe('RedLock acquireAll', () => {
+  it('takes all the locks in one round per server, all or none, and waits without deadlock', async () => {
+    const servers = await Promise.all([0, 1, 2].map(() => services.startRedis()))
+    const { startProxy } = await import('../torture/lib/proxy.mjs')
+    const proxies = await Promise.all(servers.map((s) => startProxy(s.port)))
+    try {
+      const urls = proxies.map((p) => `redis://127.0.0.1:${p.port}`)
+      await using a = new RedisLockProvider({ urls })
+      await using b = new RedisLockProvider({ urls })
+      // Connections up and scripts loaded, then every round trip takes 300 ms.
+      await (await a.acquireAll(['warm:1', 'warm:2'])).release()
+      for (const p of proxies) p.setMode('delay', 150)
+      const started = performance.now()
+      const four = await a.acquireAll(['k:4', 'k:3', 'k:2', 'k:1'])
+      const took = performance.now() - started
+      // One after another would be four round trips (1.2 s); together they are one.
+      expect(took).toBeLessThan(900)
+      expect(four.names).toEqual(['k:1', 'k:2', 'k:3', 'k:4'])
+      await four.release()
+      for (const p of proxies) p.setMode('pass')
+
+      const blocker = await b.createLock('y').acquire()
+      expect(await a.tryAcquireAll(['x', 'y', 'z'])).toBeNull()
+      // Nothing of the failed round stays taken.
+      for (const n of ['x', 'z']) {
+        const h = await b.createLock(n).tryAcquire()
+        expect(h, n).not.toBeNull()
+        await h!.release()
+      }
+      const waiting = a.acquireAll(['z', 'y', 'x'], { timeoutMs: 10_000 })
+      await new Promise((r) => setTimeout(r, 100))
+      await blocker.release()
+      const all = await waiting
+      expect(all.names).toEqual(['x', 'y', 'z'])
+      expect(all.isHeld).toBe(true)
+      await all.release()
+
+      // Overlapping sets listed in opposite orders by loops on both providers.
+      const names = ['m:1', 'm:2', 'm:3', 'm:4']
+      const inside = new Map<string, number>()
+      let overlaps = 0
+      let rounds = 0
+      await Promise.all(
+        [a, b, a, b].map(async (p, loop) => {
+          for (let i = 0; i < 25; i++) {
+            const subset = names.filter((_, k) => (k + i + loop) % 4 !== 0)
+            const set = loop % 2 === 0 ? subset : subset.toReversed()
+            const held = await p.acquireAll(set, { timeoutMs: 10_000 })
+            for (const n of set) {
+              if ((inside.get(n) ?? 0) > 0) overlaps++
+              inside.set(n, (inside.get(n) ?? 0) + 1)
+            }
+            await new Promise((r) => setImmediate(r))
+            for (const n of set) inside.set(n, inside.get(n)! - 1)
+            await held.release()
+            rounds++
+          }
+        }),
+      )
+      expect(overlaps).toBe(0)
+      expect(rounds).toBe(100)
+    } finally {
+      for (const p of proxies) await p.close()
+      for (const s of servers) s.stop()
+    }
   })
 })

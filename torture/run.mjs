@@ -161,6 +161,9 @@ const SMOKE_MATRIX = new Set([
   'redlock-3/mutex',
   'cluster/mutex',
 ])
+/** How many holders (permits) a row's primitive admits: a semaphore 3, a semaphore of weighted acquires 5. */
+const permitsOf = (row) => ({ semaphore: 3, permits: 5 })[row.primitive] ?? 1
+
 /** A no-fault row: `workers` processes of `callers` loops each contend for one name. */
 function stressRow({ topology, primitive, suffix = '', fault = 'none', workers = 8, callers = 1, durationMs, smoke }) {
   rows.push({
@@ -212,6 +215,22 @@ for (const topology of ['file', 'postgres', 'redis-single', 'redlock-3']) {
       callers: 4,
       durationMs: 20_000,
       smoke: topology === 'redis-single' && primitive === 'mutex',
+    })
+  }
+}
+
+// Semaphores whose acquires take 1 to 3 of 5 permits at once: the permits held never add up to
+// more than 5 (each permit is a slot marker), with 4 processes × 4 loops.
+for (const topology of ['file', 'postgres', 'redis-single']) {
+  for (const primitive of ['permits']) {
+    stressRow({
+      topology,
+      primitive,
+      suffix: '-4x4-callers',
+      workers: 4,
+      callers: 4,
+      durationMs: 20_000,
+      smoke: topology === 'postgres',
     })
   }
 }
@@ -815,7 +834,7 @@ async function runWorkers(row) {
       provider: { leaseMs: row.leaseMs, ...env.provider(i) },
       primitive: row.primitive,
       name,
-      maxCount: 3,
+      maxCount: permitsOf(row),
       dir,
       out: join(dir, `w${i}.jsonl`),
       t0: String(t0),
@@ -885,7 +904,7 @@ async function runWorkers(row) {
   const a = analyze(grants, {
     mode: row.mode === 'session-end' ? 'allowed' : row.mode,
     graceMs: row.mode === 'session-end' ? SESSION_END_GRACE_MS : 0,
-    maxCount: row.primitive === 'semaphore' ? 3 : 1,
+    maxCount: permitsOf(row),
   })
   const counter = Number(readFileSync(join(dir, 'counter'), 'utf8')) || 0
   const writes = grants.filter((g) => g.wrote).length

@@ -114,10 +114,12 @@ process.on('message', (msg) => {
   if (msg && 'freeze' in msg) freezeRound = msg.freeze
 })
 
+// 'permits': a semaphore whose acquires take 1 to 3 permits at once.
+const semaphore = cfg.primitive === 'semaphore' || cfg.primitive === 'permits'
 const lock =
   cfg.primitive === 'rw'
     ? provider.createReaderWriterLock(cfg.name)
-    : cfg.primitive === 'semaphore'
+    : semaphore
       ? provider.createSemaphore(cfg.name, cfg.maxCount)
       : provider.createLock(cfg.name)
 
@@ -154,10 +156,12 @@ async function critical(h, kind, rec, caller) {
     if (mark(path, rec.token)) mine.push(path)
     if (existsSync(EXCL)) rec.overlapDetected = 'a writer marker is there'
   } else {
-    let slot = -1
-    for (let i = 0; i < cfg.maxCount && slot < 0; i++) if (mark(join(markers, `slot.${i}`), rec.token)) slot = i
-    if (slot < 0) rec.overlapDetected = `all ${cfg.maxCount} slot markers taken`
-    else mine.push(join(markers, `slot.${slot}`))
+    // One slot marker per permit held.
+    for (let i = 0; i < cfg.maxCount && mine.length < rec.permits; i++) {
+      if (mark(join(markers, `slot.${i}`), rec.token)) mine.push(join(markers, `slot.${i}`))
+    }
+    if (mine.length < rec.permits)
+      rec.overlapDetected = `fewer than ${rec.permits} of ${cfg.maxCount} slot markers free`
   }
   rec.tEnter = now()
   for (let i = 0; i < cfg.steps; i++) {
@@ -202,18 +206,14 @@ async function loop(caller) {
   // Bounded in time (durationMs) and in count.
   for (let iteration = 0; iteration < 10_000_000 && now() < end; iteration++) {
     const kind =
-      cfg.primitive === 'rw'
-        ? Math.random() < cfg.readRatio
-          ? 'read'
-          : 'write'
-        : cfg.primitive === 'semaphore'
-          ? 'semaphore'
-          : 'mutex'
+      cfg.primitive === 'rw' ? (Math.random() < cfg.readRatio ? 'read' : 'write') : semaphore ? 'semaphore' : 'mutex'
+    const permits = cfg.primitive === 'permits' ? 1 + Math.floor(Math.random() * 3) : 1
     const tAcqStart = now()
     const timeoutMs = Math.max(0, Math.min(cfg.timeoutMs, ms(end - tAcqStart) + 500))
     let h
     try {
-      h = await acquire(kind, { timeoutMs: Math.round(timeoutMs), leaseMs: cfg.leaseMs })
+      const options = { timeoutMs: Math.round(timeoutMs), leaseMs: cfg.leaseMs }
+      h = await acquire(kind, permits > 1 ? { ...options, permits } : options)
     } catch (err) {
       const code = err?.code ?? err?.name ?? 'unknown'
       stats.acquireErrors[code] = (stats.acquireErrors[code] ?? 0) + 1
@@ -233,6 +233,7 @@ async function loop(caller) {
       pid: process.pid,
       caller,
       kind,
+      permits,
       token: String(h.fencingToken),
       tAcqStart,
       tGranted,

@@ -39,40 +39,55 @@ export interface AcquireTrace {
   outcome?: AcquireOutcome
   /** The grant's fencing token, when granted. */
   fencingToken?: bigint
-  /** Set by `tracePromise`: the handle (or `null`), or the error. */
+  /** Set by `tracePromise` when the call resolves: the handle, or `null` when busy. */
   result?: unknown
+  /** Set by `tracePromise` when the call rejects: the error. */
   error?: unknown
 }
 
 /** The context of a `distlock:release` trace. */
 export interface ReleaseTrace {
+  /** The lock's name. */
   name: string
+  /** `file`, `postgres`, `redis` or `memory`. */
   backend: string
+  /** `mutex`, `read`, `write` or `semaphore`. */
   kind: LockKind
+  /** The fencing token of the grant being released. */
   fencingToken: bigint
   /** How long the lock was held until the release was called, in ms. */
   holdMs: number
   /** Whether it was lost before the release. */
   wasLost: boolean
+  /** Set by `tracePromise` when the release rejects: the error. */
   error?: unknown
 }
 
 /** The context of a `distlock:extend` trace. */
 export interface ExtendTrace {
+  /** The lock's name. */
   name: string
+  /** `file`, `postgres`, `redis` or `memory`. */
   backend: string
+  /** `mutex`, `read`, `write` or `semaphore`. */
   kind: LockKind
+  /** The fencing token of the grant being extended. */
   fencingToken: bigint
   /** The lease asked for, in ms. */
   ms: number
+  /** Set by `tracePromise` when the extend rejects: the error. */
   error?: unknown
 }
 
 /** What `distlock:lost` publishes. */
 export interface LostMessage {
+  /** The lock's name. */
   name: string
+  /** `file`, `postgres`, `redis` or `memory`. */
   backend: string
+  /** `mutex`, `read`, `write` or `semaphore`. */
   kind: LockKind
+  /** The fencing token of the grant that was lost. */
   fencingToken: bigint
   /** The backend's reason, e.g. that a renewal found the key gone. */
   reason: string
@@ -82,6 +97,7 @@ export interface LostMessage {
 
 /** What `distlock:renewal-failure` publishes. */
 export interface RenewalFailureMessage {
+  /** The backend whose renewal failed (`redis`). */
   backend: string
   /** The lock's name. */
   name: string
@@ -91,6 +107,7 @@ export interface RenewalFailureMessage {
 
 /** What `distlock:disconnect` and `distlock:reconnect` publish. */
 export interface ConnectionMessage {
+  /** `postgres` or `redis`. */
   backend: string
   /** The server, as messages name it (`host:port`, never with a password). */
   server: string
@@ -98,12 +115,19 @@ export interface ConnectionMessage {
 
 /** The channel names, for subscribers. */
 export const channels = {
+  /** A `TracingChannel` around each acquire and tryAcquire; context {@link AcquireTrace}. */
   acquire: 'distlock:acquire',
+  /** A `TracingChannel` around each release; context {@link ReleaseTrace}. */
   release: 'distlock:release',
+  /** A `TracingChannel` around each `handle.extend()`; context {@link ExtendTrace}. */
   extend: 'distlock:extend',
+  /** A plain channel: a {@link LostMessage} for each held lock found lost. */
   lost: 'distlock:lost',
+  /** A plain channel: a {@link RenewalFailureMessage} when a lease renewal got no answer. */
   renewalFailure: 'distlock:renewal-failure',
+  /** A plain channel: a {@link ConnectionMessage} when a server connection drops. */
   disconnect: 'distlock:disconnect',
+  /** A plain channel: a {@link ConnectionMessage} when a server connection comes back. */
   reconnect: 'distlock:reconnect',
 } as const
 

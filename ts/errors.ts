@@ -147,6 +147,7 @@ export interface SuppressedErrorLike extends Error {
 /** The constructor of {@link SuppressedError}. */
 export interface SuppressedErrorConstructor {
   new (error: unknown, suppressed: unknown, message?: string): SuppressedErrorLike
+  /** The prototype of the errors it creates. */
   readonly prototype: SuppressedErrorLike
 }
 

@@ -33,8 +33,10 @@ export {
   type ReaderWriterLock,
   type Semaphore,
   type AcquireOptions,
+  type SemaphoreAcquireOptions,
   type LockKind,
   type WaitOptions,
+  type SemaphoreWaitOptions,
   type LockedFn,
   type LockInfo,
 } from './locks'

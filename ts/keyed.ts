@@ -86,6 +86,7 @@ export class LockGuard implements AsyncDisposable {
     return this.handle.extend(ttlMs)
   }
 
+  /** Releases the key at the end of an `await using` block. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release()
   }
@@ -102,13 +103,13 @@ function checkWhole(name: string, value: unknown, min: number): number | undefin
   return value
 }
 
-/** What the keyed classes share. */
 /** What the keyed classes need of their provider: one of distlock's own. */
 interface OwnProvider extends LockProvider {
   createLock(name: string): DistributedLock
   tryAcquireAll(names: readonly string[], options?: AcquireAllOptions): Promise<MultiLockHandle | null>
 }
 
+/** What the keyed classes share. */
 abstract class KeyedLock<P extends OwnProvider> implements AsyncDisposable {
   /** The provider underneath, for everything the keyed API does not cover. */
   readonly provider: P
@@ -199,6 +200,7 @@ abstract class KeyedLock<P extends OwnProvider> implements AsyncDisposable {
     return this.provider.close()
   }
 
+  /** Closes the provider underneath at the end of an `await using` block. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
   }

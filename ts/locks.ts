@@ -62,6 +62,16 @@ export interface AcquireOptions {
   maxHoldMs?: number
 }
 
+/** Options of a semaphore's acquire calls: those of every acquire, and how many permits. */
+export interface SemaphoreAcquireOptions extends AcquireOptions {
+  /**
+   * How many of the semaphore's permits to take, all at once or none (default 1; a whole
+   * number up to `maxCount`). Waiting stays first come, first served: a request for many
+   * permits is not overtaken by later requests for fewer.
+   */
+  permits?: number
+}
+
 /** A snapshot of a lock's state from {@link DistributedLock.getInfo} and friends. */
 export interface LockInfo {
   /**
@@ -79,9 +89,13 @@ export interface LockInfo {
 
 /** What `signal` options accept: an `AbortSignal`, or any object of the same shape. */
 export interface AbortSignalLike {
+  /** Whether the signal has aborted. */
   readonly aborted: boolean
+  /** Why it aborted; becomes the `cause` of the {@link AbortError} a cancelled wait rejects with. */
   readonly reason?: unknown
+  /** Registers `listener` for the `abort` event. */
   addEventListener(type: 'abort', listener: () => void, options?: { once?: boolean }): void
+  /** Removes a listener added with `addEventListener`. */
   removeEventListener(type: 'abort', listener: () => void): void
 }
 
@@ -107,6 +121,8 @@ export function checkSignal(value: unknown, where: string): AbortSignalLike | un
 
 /** The keys an acquire's options may have. */
 const ACQUIRE_KEYS = ['timeoutMs', 'signal', 'leaseMs', 'autoRenew', 'maxHoldMs'] as const
+/** The keys a semaphore acquire's options may have. */
+const SEMAPHORE_KEYS = [...ACQUIRE_KEYS, 'permits'] as const
 
 /** The longest `maxHoldMs`: what a Node timer can wait. */
 const MAX_HOLD_MS = 2 ** 31 - 1
@@ -223,26 +239,30 @@ export function typeName(value: unknown): string {
   return `type ${typeof value} (${String(value)})`
 }
 
-/** Checks an acquire's options (types and keys; the native side checks the values). */
-export function checkOptions(options: unknown): AcquireOptions {
+/**
+ * Checks an acquire's options (types and keys; the native side checks the values). A
+ * semaphore's may also say how many `permits`.
+ */
+export function checkOptions(options: unknown, semaphore = false): SemaphoreAcquireOptions {
   if (options === undefined) return {}
   if (options === null || typeof options !== 'object') {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
-  checkKeys(options, ACQUIRE_KEYS)
-  const { timeoutMs, signal, leaseMs, autoRenew, maxHoldMs } = options as AcquireOptions
+  checkKeys(options, semaphore ? SEMAPHORE_KEYS : ACQUIRE_KEYS)
+  const { timeoutMs, signal, leaseMs, autoRenew, maxHoldMs, permits } = options as SemaphoreAcquireOptions
   checkAutoRenew(autoRenew, 'options.autoRenew')
   checkMaxHold(maxHoldMs, 'options.maxHoldMs')
   for (const [key, value] of [
     ['timeoutMs', timeoutMs],
     ['leaseMs', leaseMs],
+    ['permits', permits],
   ] as const) {
     if (value !== undefined && typeof value !== 'number') {
       throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
     }
   }
   checkSignal(signal, 'options.signal')
-  return { timeoutMs, signal, leaseMs, autoRenew, maxHoldMs }
+  return { timeoutMs, signal, leaseMs, autoRenew, maxHoldMs, permits }
 }
 
 /**
@@ -250,46 +270,84 @@ export function checkOptions(options: unknown): AcquireOptions {
  * this, so a test can pass a hand-written fake.
  */
 export interface Handle extends AsyncDisposable {
+  /** The lock's name. */
   readonly name: string
+  /** The backend that granted it: `file`, `postgres`, `redis` or `memory`. */
   readonly backend: string
+  /** What was acquired: `mutex`, `read`, `write` or `semaphore`. */
   readonly kind: LockKind
+  /** How many of a semaphore's permits this grant holds; 1 for every other kind. */
+  readonly permits: number
+  /** Aborts, with a {@link LockLostError} as its reason, the moment the lock is known to be lost. */
   readonly signal: AbortSignal
+  /** Strictly greater than the token of every earlier grant of the same name. */
   readonly fencingToken: bigint
+  /** Whether the lock is held right now, as far as this process can tell without a round trip. */
   readonly isHeld: boolean
+  /** Whether the lock has been released. */
   readonly isReleased: boolean
+  /** How long the lease has left, in ms; `null` where locks have no lease and once released. */
   readonly leaseRemainingMs: number | null
+  /** Sets the lease to `ms` from now; rejects with {@link LockLostError} if the lock is lost. */
   extend(ms: number): Promise<void>
+  /** Releases the lock; idempotent. */
   release(): Promise<void>
 }
 
 /** An exclusive lock, as a type: what {@link DistributedLock} offers. */
 export interface Lock {
+  /** The lock's name. */
   readonly name: string
+  /** Waits for the lock (forever unless `timeoutMs` is set); rejects with {@link LockTimeoutError} on timeout. */
   acquire(options?: AcquireOptions): Promise<Handle>
+  /** One attempt by default (`timeoutMs: 0`); resolves to `null` if the lock is busy. */
   tryAcquire(options?: AcquireOptions): Promise<Handle | null>
+  /** Runs `fn` while holding the lock and releases it afterwards, also when `fn` throws. */
   withLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
+  /** Whether the lock is held now, by anyone (a snapshot, for monitoring). */
   isLocked(): Promise<boolean>
+  /** A snapshot of the lock's state: held?, holders, remaining lease, last fencing token. */
   getInfo(): Promise<LockInfo>
+  /** Resolves once the lock is free, without taking it. */
   waitForUnlock(options?: WaitOptions): Promise<void>
 }
 
 /** A reader-writer lock, as a type: what {@link DistributedReaderWriterLock} offers. */
 export interface ReaderWriterLock {
+  /** The lock's name. */
   readonly name: string
+  /** Waits for a shared (read) lock. */
   acquireRead(options?: AcquireOptions): Promise<Handle>
+  /** Tries for a shared (read) lock; `null` if a writer holds or waits for it. */
   tryAcquireRead(options?: AcquireOptions): Promise<Handle | null>
+  /** Waits for the exclusive (write) lock. */
   acquireWrite(options?: AcquireOptions): Promise<Handle>
+  /** Tries for the exclusive (write) lock; `null` if anyone holds it. */
   tryAcquireWrite(options?: AcquireOptions): Promise<Handle | null>
+  /** Runs `fn` holding a read lock and releases it afterwards, also when `fn` throws. */
   withReadLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
+  /** Runs `fn` holding the write lock and releases it afterwards, also when `fn` throws. */
   withWriteLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: AcquireOptions): Promise<T>
+  /** Whether the lock is held now, by a reader or the writer (a snapshot, for monitoring). */
   isLocked(): Promise<boolean>
+  /** A snapshot of the lock's state: held?, holders, remaining lease, last fencing token. */
   getInfo(): Promise<LockInfo>
+  /** Resolves once no reader or writer holds the lock, without taking it. */
   waitForUnlock(options?: WaitOptions): Promise<void>
 }
 
 /** A semaphore, as a type: what {@link DistributedSemaphore} offers. */
 export interface Semaphore extends Lock {
+  /** How many permits it has: at most that many are taken at once. */
   readonly maxCount: number
+  /** Waits for a permit (or `options.permits` of them, taken together). */
+  acquire(options?: SemaphoreAcquireOptions): Promise<Handle>
+  /** Tries for a permit (or `options.permits`); `null` if not that many are free. */
+  tryAcquire(options?: SemaphoreAcquireOptions): Promise<Handle | null>
+  /** Runs `fn` holding a permit (or `options.permits`) and releases it afterwards, also when `fn` throws. */
+  withLock<T>(fn: (handle: Handle) => T | Promise<T>, options?: SemaphoreAcquireOptions): Promise<T>
+  /** Resolves once a permit (or `options.permits` of them) is free, without taking it. */
+  waitForUnlock(options?: SemaphoreWaitOptions): Promise<void>
 }
 
 /**
@@ -303,6 +361,8 @@ export class LockHandle implements Handle {
   readonly backend: string
   /** What was acquired: `mutex`, `read` or `write` (a reader-writer lock), or `semaphore`. */
   readonly kind: LockKind
+  /** How many of a semaphore's permits this grant holds; 1 for every other kind. */
+  readonly permits: number
   readonly #native: NativeHandle
   readonly #what: string
   readonly #settler: Settler
@@ -318,11 +378,13 @@ export class LockHandle implements Handle {
     source: LockSource,
     what: string,
     maxHoldMs?: number,
+    permits = 1,
   ) {
     this.#native = nativeHandle
     this.name = name
     this.backend = source.backend
     this.kind = kind
+    this.permits = permits
     this.#what = what
     this.#settler = source.settler
     if (maxHoldMs !== undefined) {
@@ -414,6 +476,7 @@ export class LockHandle implements Handle {
       fencingToken: this.fencingToken,
       state,
     }
+    if (this.permits !== 1) fields.permits = this.permits
     const lease = this.leaseRemainingMs
     if (lease !== null) fields.leaseRemainingMs = lease
     return `LockHandle ${show(fields, { ...options, depth: depth < 0 ? null : depth })}`
@@ -531,8 +594,8 @@ async function acquireUntraced(
   options: unknown,
   tryOnly: boolean,
 ): Promise<LockHandle | null> {
-  const checked = checkOptions(options)
-  const { timeoutMs = tryOnly ? 0 : undefined, signal, leaseMs } = checked
+  const checked = checkOptions(options, kind === 'semaphore')
+  const { timeoutMs = tryOnly ? 0 : undefined, signal, leaseMs, permits } = checked
   const autoRenew = checked.autoRenew ?? source.defaults?.autoRenew
   const maxHoldMs = checked.maxHoldMs ?? source.defaults?.maxHoldMs
   const what = describe(source, kind, name)
@@ -551,7 +614,7 @@ async function acquireUntraced(
     let left = timeoutMs
     for (;;) {
       const id = source.settler.id()
-      let handle = source.native.acquire(id, name, kind, maxCount, left, cancel, leaseMs, autoRenew)
+      let handle = source.native.acquire(id, name, kind, maxCount, permits, left, cancel, leaseMs, autoRenew)
       if (handle === undefined) handle = await source.settler.wait(id)
       if (handle && handle.lostReason != null) {
         // Granted, then lost before the grant reached this thread (its session ended, its
@@ -563,7 +626,7 @@ async function acquireUntraced(
         if (left > 0 && timeoutMs !== 0) continue
         handle = null
       }
-      if (handle) return new LockHandle(handle, name, kind, source, what, maxHoldMs)
+      if (handle) return new LockHandle(handle, name, kind, source, what, maxHoldMs, permits)
       if (tryOnly) return null
       throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what}`)
     }
@@ -647,7 +710,7 @@ abstract class NamedLock {
       throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
     }
     const { timeoutMs, signal } = options ?? {}
-    checkKeys(options ?? {}, ['timeoutMs', 'signal'])
+    const isFree = this.freeCheck(options ?? {})
     if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !(timeoutMs >= 0))) {
       throw invalidArgValue(`The "options.timeoutMs" property must be a number >= 0. Received ${String(timeoutMs)}`)
     }
@@ -656,7 +719,7 @@ abstract class NamedLock {
     const deadline = timeoutMs === undefined ? Infinity : performance.now() + timeoutMs
     for (let pause = 5; ; pause = Math.min(pause * 2, 250)) {
       if (signal?.aborted) throw new AbortError(`The wait for ${what} to be free was aborted`, { cause: signal.reason })
-      if (!(await this.getInfo()).held) return
+      if (isFree(await this.getInfo())) return
       const left = deadline - performance.now()
       if (left <= 0) throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for ${what} to be free`)
       await pauseFor(Math.min(pause, left), signal)
@@ -665,6 +728,15 @@ abstract class NamedLock {
 
   /** A snapshot of the lock's state. */
   abstract getInfo(): Promise<LockInfo>
+
+  /**
+   * Checks `waitForUnlock`'s option keys and says when a snapshot counts as free.
+   * @internal
+   */
+  protected freeCheck(options: object): (info: LockInfo) => boolean {
+    checkKeys(options, ['timeoutMs', 'signal'])
+    return (info) => !info.held
+  }
 
   /** How messages name this lock. */
   get #what(): string {
@@ -697,6 +769,12 @@ export interface WaitOptions {
   timeoutMs?: number
   /** Cancels the wait. */
   signal?: AbortSignalLike
+}
+
+/** Options of a semaphore's `waitForUnlock`. */
+export interface SemaphoreWaitOptions extends WaitOptions {
+  /** How many permits must be free at once (default 1, up to `maxCount`). */
+  permits?: number
 }
 
 /** Waits `ms`, or until `signal` aborts (then resolves early; the caller looks again). */
@@ -796,7 +874,10 @@ export class DistributedReaderWriterLock extends NamedLock implements ReaderWrit
   }
 }
 
-/** A semaphore: at most `maxCount` holders of the name at once. */
+/**
+ * A semaphore: at most `maxCount` permits of the name taken at once; an acquire takes one, or
+ * `permits` of them.
+ */
 export class DistributedSemaphore extends NamedLock implements Semaphore {
   /** @internal */
   protected kindForMessages(): LockKind {
@@ -820,19 +901,43 @@ export class DistributedSemaphore extends NamedLock implements Semaphore {
     this.maxCount = maxCount
   }
 
-  /** Waits for a permit. */
-  acquire(options?: AcquireOptions): Promise<LockHandle> {
+  /** Waits for a permit (or `options.permits` of them, taken together). */
+  acquire(options?: SemaphoreAcquireOptions): Promise<LockHandle> {
     return this.acquireAs('semaphore', options, this.maxCount)
   }
 
-  /** Tries for a permit; `null` if all `maxCount` are taken. */
-  tryAcquire(options?: AcquireOptions): Promise<LockHandle | null> {
+  /** Tries for a permit (or `options.permits`); `null` if not that many are free. */
+  tryAcquire(options?: SemaphoreAcquireOptions): Promise<LockHandle | null> {
     return this.tryAcquireAs('semaphore', options, this.maxCount)
   }
 
-  /** Runs `fn` holding a permit. */
-  withLock<T>(fn: LockedFn<T>, options?: AcquireOptions): Promise<T> {
+  /** Runs `fn` holding a permit (or `options.permits`). */
+  withLock<T>(fn: LockedFn<T>, options?: SemaphoreAcquireOptions): Promise<T> {
     return runLocked(fn, () => this.acquire(options))
+  }
+
+  /**
+   * Resolves once a permit (or `options.permits` of them) is free, without taking it. It looks
+   * with `getInfo()` as a lock's `waitForUnlock` does, with the same timeout and cancellation.
+   */
+  override waitForUnlock(options?: SemaphoreWaitOptions): Promise<void> {
+    return super.waitForUnlock(options)
+  }
+
+  /** @internal */
+  protected override freeCheck(options: SemaphoreWaitOptions): (info: LockInfo) => boolean {
+    checkKeys(options, ['timeoutMs', 'signal', 'permits'])
+    const { permits = 1 } = options
+    if (typeof permits !== 'number') {
+      throw invalidArgType(`The "options.permits" property must be of type number. Received ${typeName(permits)}`)
+    }
+    if (!Number.isInteger(permits) || permits < 1 || permits > this.maxCount) {
+      throw invalidArgValue(
+        `The "options.permits" property must be a whole number from 1 to the semaphore's maxCount ${this.maxCount}. Received ${permits}`,
+      )
+    }
+    // Semaphores count the permits taken on every backend.
+    return (info) => (info.holders === null ? !info.held : this.maxCount - info.holders >= permits)
   }
 
   /** Whether every permit is taken now (a snapshot, for monitoring). */

@@ -18,12 +18,19 @@ export interface AcquireAllOptions extends AcquireOptions {}
 
 /** Several held locks, as a type: what {@link MultiLockHandle} offers. */
 export interface MultiHandle extends AsyncDisposable {
+  /** The locks' handles, in the order they were taken. */
   readonly handles: readonly Handle[]
+  /** The names, in the order they were taken. */
   readonly names: string[]
+  /** Aborts when any of the locks is lost; its reason is that loss's `LockLostError`. */
   readonly signal: AbortSignal
+  /** Whether every one of the locks is held right now. */
   readonly isHeld: boolean
+  /** Whether the locks have been released. */
   readonly isReleased: boolean
+  /** Sets every lock's lease to `ms` from now. */
   extend(ms: number): Promise<void>
+  /** Releases every lock; idempotent. */
   release(): Promise<void>
 }
 
@@ -75,6 +82,7 @@ export class MultiLockHandle implements MultiHandle {
     await releaseAll(this.handles)
   }
 
+  /** Releases the locks at the end of an `await using` block. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.release()
   }
@@ -112,10 +120,23 @@ function orderedNames(names: unknown): string[] {
   return sorted
 }
 
+/** How `acquireAll` takes its locks. */
+export type AcquireAllStrategy =
+  /** One after another in the names' order, waiting for each while holding the earlier ones. */
+  | 'ordered'
+  /**
+   * All at once: one attempt at every lock in the same round (one round trip per server), kept
+   * only if every one was granted, else all given back; between rounds it waits for one busy
+   * lock, holding nothing else, and tries the rest with it. For RedLock.
+   */
+  | 'together'
+
 /**
- * Takes the locks `createLock(name)` for every name, in UTF-8 byte order, within one budget:
- * `timeoutMs` bounds the whole call, and `signal` cancels it. If any cannot be had, those
- * already taken are released and the call rejects (or, for a try, resolves to `null`).
+ * Takes the locks `createLock(name)` for every name within one budget: `timeoutMs` bounds the
+ * whole call, and `signal` cancels it. If they cannot all be had, those already taken are
+ * released and the call rejects (or, for a try, resolves to `null`). Both strategies are free
+ * of deadlock: `ordered` waits only in one global order, `together` never waits while holding
+ * more than the one lock it waited for.
  * @internal
  */
 export async function acquireAll(
@@ -123,34 +144,63 @@ export async function acquireAll(
   names: unknown,
   options: unknown,
   tryOnly: boolean,
+  strategy: AcquireAllStrategy = 'ordered',
 ): Promise<MultiLockHandle | null> {
   const ordered = orderedNames(names)
   const opts: AcquireAllOptions = checkOptions(options)
   const locks = ordered.map(createLock)
   const timeoutMs = opts.timeoutMs ?? (tryOnly ? 0 : undefined)
   const deadline = timeoutMs === undefined ? undefined : performance.now() + timeoutMs
+  // What is left of the budget (a try makes one attempt: 0).
+  const left = () =>
+    deadline === undefined ? Infinity : timeoutMs === 0 ? 0 : Math.max(0, deadline - performance.now())
+  const attempt = (lock: DistributedLock, ms: number) =>
+    lock.tryAcquire({
+      timeoutMs: ms,
+      signal: opts.signal,
+      leaseMs: opts.leaseMs,
+      autoRenew: opts.autoRenew,
+      maxHoldMs: opts.maxHoldMs,
+    })
+  const timedOut = (name: string, nth: number) => {
+    if (tryOnly) return null
+    throw new LockTimeoutError(
+      `Timed out after ${timeoutMs} ms waiting for lock ${JSON.stringify(name)} (${nth} of ${ordered.length} in acquireAll)`,
+    )
+  }
   const taken: LockHandle[] = []
   try {
-    for (const lock of locks) {
-      // Every lock gets what is left of the budget; a try makes one attempt at each.
-      const left = deadline === undefined ? undefined : timeoutMs === 0 ? 0 : Math.max(0, deadline - performance.now())
-      const handle = await lock.tryAcquire({
-        timeoutMs: left ?? Infinity,
-        signal: opts.signal,
-        leaseMs: opts.leaseMs,
-        autoRenew: opts.autoRenew,
-        maxHoldMs: opts.maxHoldMs,
-      })
-      if (!handle) {
-        if (tryOnly) {
-          await releaseAll(taken)
-          return null
+    if (strategy === 'ordered') {
+      for (const lock of locks) {
+        const handle = await attempt(lock, left())
+        if (!handle) {
+          const nth = taken.length + 1
+          await releaseAll(taken.splice(0))
+          return timedOut(lock.name, nth)
         }
-        throw new LockTimeoutError(
-          `Timed out after ${timeoutMs} ms waiting for lock ${JSON.stringify(lock.name)} (${taken.length + 1} of ${ordered.length} in acquireAll)`,
-        )
+        taken.push(handle)
       }
-      taken.push(handle)
+      return new MultiLockHandle(taken)
+    }
+    for (;;) {
+      // One round: an attempt at every lock not held yet, all sent before any answer is read.
+      const held = taken.splice(0)
+      const round = await Promise.allSettled(
+        locks.map((lock) => held.find((h) => h.name === lock.name) ?? attempt(lock, 0)),
+      )
+      const got = round.flatMap((r) => (r.status === 'fulfilled' && r.value ? [r.value] : []))
+      const failed = round.find((r) => r.status === 'rejected')
+      if (failed) {
+        taken.push(...got)
+        throw failed.reason
+      }
+      if (got.length === locks.length) return new MultiLockHandle(got)
+      const busy = locks[round.findIndex((r) => r.status === 'fulfilled' && !r.value)]!
+      await releaseAll(got)
+      // Wait for one busy lock (woken by its release, not by polling), then try the rest with it.
+      const waited = left() > 0 ? await attempt(busy, left()) : null
+      if (!waited) return timedOut(busy.name, locks.indexOf(busy) + 1)
+      taken.push(waited)
     }
   } catch (err) {
     try {
@@ -160,5 +210,4 @@ export async function acquireAll(
     }
     throw err
   }
-  return new MultiLockHandle(taken)
 }

@@ -20,7 +20,13 @@ import {
 import { checkKeys, invalidArgType, invalidArgValue, toLockError } from './errors'
 import { publishBackendEvent } from './diagnostics'
 import { forget, releaseAtExit } from './exit'
-import { acquireAll, type AcquireAllOptions, type MultiHandle, type MultiLockHandle } from './multi'
+import {
+  acquireAll,
+  type AcquireAllOptions,
+  type AcquireAllStrategy,
+  type MultiHandle,
+  type MultiLockHandle,
+} from './multi'
 
 /** The keys each provider's options may have. @internal */
 const COMMON_KEYS = ['releaseOnExit', 'maxHoldMs'] as const
@@ -126,12 +132,27 @@ abstract class BaseProvider implements LockProvider {
     return new DistributedSemaphore(this.#source, name, maxCount)
   }
 
+  /**
+   * How `acquireAll` takes its locks: one after another in the names' order, or (RedLock) all in
+   * one round per server.
+   * @internal
+   */
+  protected get acquireAllStrategy(): AcquireAllStrategy {
+    return 'ordered'
+  }
+
   async acquireAll(names: readonly string[], options?: AcquireAllOptions): Promise<MultiLockHandle> {
-    return (await acquireAll((n) => this.createLock(n), names, options, false)) as MultiLockHandle
+    return (await acquireAll(
+      (n) => this.createLock(n),
+      names,
+      options,
+      false,
+      this.acquireAllStrategy,
+    )) as MultiLockHandle
   }
 
   tryAcquireAll(names: readonly string[], options?: AcquireAllOptions): Promise<MultiLockHandle | null> {
-    return acquireAll((n) => this.createLock(n), names, options, true)
+    return acquireAll((n) => this.createLock(n), names, options, true, this.acquireAllStrategy)
   }
 
   async close(): Promise<void> {
@@ -143,6 +164,7 @@ abstract class BaseProvider implements LockProvider {
     }
   }
 
+  /** Closes the provider at the end of an `await using` block. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
   }
@@ -389,16 +411,29 @@ export interface RedisTlsOptions {
  */
 export class RedisLockProvider extends BaseProvider {
   readonly #native: NativeProvider
+  readonly #redlock: boolean
 
   constructor(options: RedisLockProviderOptions) {
     let nativeProvider
+    let checked
     try {
-      nativeProvider = native.NativeProvider.redis(redisOptions(options))
+      checked = redisOptions(options)
+      nativeProvider = native.NativeProvider.redis(checked)
     } catch (err) {
       throw toLockError(err)
     }
     super(nativeProvider, 'redis', options)
     this.#native = nativeProvider
+    this.#redlock = checked.urls.length > 1
+  }
+
+  /**
+   * RedLock takes `acquireAll`'s locks together: every lock's attempt goes out in the same round
+   * (one round trip per server), and the round is kept only if every lock won its quorum.
+   * @internal
+   */
+  protected override get acquireAllStrategy(): AcquireAllStrategy {
+    return this.#redlock ? 'together' : 'ordered'
   }
 
   /** Locks held through this provider now. */
@@ -416,9 +451,31 @@ export class RedisLockProvider extends BaseProvider {
   }
 
   /** Lease renewals sent so far, and the scripts (round trips per server) that carried them. */
-  get renewalStats(): { renewals: number; scripts: number } {
+  get renewalStats(): {
+    /** Lease renewals sent. */
+    renewals: number
+    /** Scripts that carried them (one round trip per server each). */
+    scripts: number
+  } {
     const [renewals = 0, scripts = 0] = this.#native.renewalStats ?? []
     return { renewals, scripts }
+  }
+
+  /**
+   * Deletes the fencing counters (`…:distlock:fence`, one per name ever locked, never expiring)
+   * of this provider's names (under its `keyPrefix`) that nobody holds, reads, waits on or is
+   * acquiring right now, on every server (every primary of a cluster), and resolves to how
+   * many. Safe while other clients use the names: each counter is checked and deleted in one
+   * script. Tokens still never go backwards: a deleted counter starts again at the server's
+   * clock in microseconds, above every token it handed out. Run it from time to time (a daily
+   * job), not in a tight loop: it `SCAN`s the whole keyspace.
+   */
+  async removeUnusedFenceKeys(): Promise<number> {
+    try {
+      return await this.#native.removeUnused()
+    } catch (err) {
+      throw toLockError(err)
+    }
   }
 }
 

@@ -45,6 +45,7 @@ const fakeHandle: Handle = {
   name: 'fake',
   backend: 'fake',
   kind: 'mutex',
+  permits: 1,
   signal: new AbortController().signal,
   fencingToken: 1n,
   isHeld: true,

@@ -2,7 +2,7 @@
 //
 // Overlap: two critical sections [tEnter, tExit] that intersect on the shared monotonic time
 // line, where at least one is exclusive (mutex, write) — or, for a semaphore, more than maxCount
-// sections at once. In mode 'strict' every overlap violates the promise. In mode 'allowed' (faults
+// permits taken at once (a grant holds `permits` of them, 1 unless it says). In mode 'strict' every overlap violates the promise. In mode 'allowed' (faults
 // that make an overlap impossible to prevent) an overlap is allowed only when each earlier holder
 // involved saw its synchronous isHeld check false at every step after the later grant (its
 // lastHeldAt, the last step whose check was not false, is before the later grant) and the later
@@ -18,7 +18,7 @@ const EXCLUSIVE = new Set(['mutex', 'write'])
 /** Whether the holders `set` (plus `b`) exceed what the primitive admits. */
 function conflict(set, b, maxCount) {
   if (set.length === 0) return false
-  if (b.kind === 'semaphore') return set.length + 1 > maxCount
+  if (b.kind === 'semaphore') return set.reduce((n, a) => n + (a.permits ?? 1), b.permits ?? 1) > maxCount
   return EXCLUSIVE.has(b.kind) || set.some((a) => EXCLUSIVE.has(a.kind))
 }
 

@@ -29,14 +29,24 @@ pub enum LockKind {
     Read,
     /// The exclusive (writer) side of a reader-writer lock.
     Write,
-    /// One of `max_count` permits of a semaphore.
+    /// `permits` of the `max_count` permits of a semaphore, taken all or nothing.
     Semaphore {
-        /// How many holders the semaphore admits at once.
+        /// How many permits the semaphore has.
         max_count: u32,
+        /// How many of them this request takes (1..=max_count; inspection ignores it).
+        permits: u32,
     },
 }
 
 impl LockKind {
+    /// A semaphore request for one of `max_count` permits.
+    pub fn semaphore(max_count: u32) -> Self {
+        LockKind::Semaphore {
+            max_count,
+            permits: 1,
+        }
+    }
+
     /// The primitive's name as error messages show it.
     pub fn primitive(self) -> &'static str {
         match self {

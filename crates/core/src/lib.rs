@@ -26,6 +26,6 @@ pub use held::HeldSet;
 pub use lease::Lease;
 pub use lost::LostSignal;
 pub use memory::MemoryBackend;
-pub use options::{Timeout, validate_max_count, validate_name};
+pub use options::{Timeout, validate_max_count, validate_name, validate_permits};
 pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
 pub use tokio_util::sync::CancellationToken;

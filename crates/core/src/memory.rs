@@ -76,7 +76,7 @@ impl Backend for MemoryBackend {
             });
         }
         let (entry, weight) = match req.kind {
-            LockKind::Semaphore { max_count } => {
+            LockKind::Semaphore { max_count, permits } => {
                 let entry =
                     self.inner
                         .semaphores
@@ -91,7 +91,7 @@ impl Backend for MemoryBackend {
                         ),
                     ));
                 }
-                (entry, 1)
+                (entry, u64::from(permits))
             }
             kind => (
                 self.inner
@@ -289,7 +289,7 @@ mod tests {
         assert!(b.fencing_token() > t1);
         drop(b);
         assert!(!m.inspect("x", LockKind::Mutex).await.unwrap().held);
-        let sem = LockKind::Semaphore { max_count: 2 };
+        let sem = LockKind::semaphore(2);
         let s1 = m
             .acquire(req("s", sem, Timeout::Zero))
             .unwrap()

@@ -115,6 +115,27 @@ pub fn validate_max_count(max_count: f64) -> Result<u32> {
     Ok(max_count as u32)
 }
 
+/// Validates how many permits of a semaphore with `max_count` permits one acquire takes: a
+/// whole number from 1 to `max_count` (`None`, undefined in JS, is 1).
+pub fn validate_permits(permits: Option<f64>, max_count: u32) -> Result<u32> {
+    let Some(permits) = permits else {
+        return Ok(1);
+    };
+    if !(permits.is_finite() && permits.fract() == 0.0) {
+        return Err(Error::invalid(
+            "permits",
+            format!("must be a whole number, got {permits}"),
+        ));
+    }
+    if permits < 1.0 || permits > f64::from(max_count) {
+        return Err(Error::invalid(
+            "permits",
+            format!("must be from 1 to the semaphore's maxCount {max_count}, got {permits}"),
+        ));
+    }
+    Ok(permits as u32)
+}
+
 /// Parses a duration option in milliseconds that must be a positive whole number no larger than `max`.
 pub fn positive_ms(argument: &'static str, ms: f64, max: f64) -> Result<Duration> {
     if !(ms.is_finite() && ms.fract() == 0.0 && ms >= 1.0 && ms <= max) {

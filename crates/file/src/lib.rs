@@ -3,7 +3,8 @@
 //! - A lock (and the writer side of a reader-writer lock of the same name) is an exclusive lock
 //!   on `<dir>/<stem>.lock`; readers take shared locks on the same file, and the readers of one
 //!   process share a single OS shared lock.
-//! - A semaphore of `maxCount` N is N slot files `<stem>.sem<i>`; a holder owns one slot.
+//! - A semaphore of `maxCount` N is N slot files `<stem>.sem<i>`; a holder of k permits owns k
+//!   slots, taken all or nothing.
 //! - Callers in one process queue FIFO in memory (distlock-core's queue); only the caller at the
 //!   head talks to the OS. A contended OS wait runs on a dedicated thread, so waiting never
 //!   parks a tokio worker or a libuv pool thread, and a cancelled wait leaves nothing held.
@@ -110,10 +111,13 @@ struct Inner {
     watched: Mutex<Watched>,
 }
 
+/// The files of one held lock, by path and identity: what `is_held` and the lost check `stat`.
+type Watch = Vec<(PathBuf, FileId)>;
+
 /// The held locks whose files the lost check looks at, and whether its task runs.
 #[derive(Default)]
 struct Watched {
-    files: HashMap<u64, (PathBuf, FileId, Weak<FileHeld>)>,
+    files: HashMap<u64, (Watch, Weak<FileHeld>)>,
     running: bool,
 }
 
@@ -276,7 +280,7 @@ impl Backend for FileBackend {
         inner.ensure_dir()?;
         let start = Instant::now();
         match req.kind {
-            LockKind::Semaphore { max_count } => {
+            LockKind::Semaphore { max_count, permits } => {
                 let entry = inner
                     .semaphores
                     .entry(&req.name, u64::from(max_count), || SemState {
@@ -294,9 +298,11 @@ impl Backend for FileBackend {
                         ),
                     ));
                 }
-                let ticket = entry.queue.enqueue(1);
+                let ticket = entry.queue.enqueue(u64::from(permits));
                 Ok(Box::pin(async move {
-                    inner.acquire_slot(req, entry, ticket, start).await
+                    inner
+                        .acquire_slots(req, permits, entry, ticket, start)
+                        .await
                 }))
             }
             kind => {
@@ -341,7 +347,7 @@ impl Backend for FileBackend {
                 Ok(Some((!free, token)))
             };
             match kind {
-                LockKind::Semaphore { max_count } => {
+                LockKind::Semaphore { max_count, .. } => {
                     let mut busy = 0u32;
                     for slot in 0..max_count {
                         if let Some((true, _)) = probe(inner.dir.join(format!("{stem}.sem{slot}")))?
@@ -476,7 +482,7 @@ impl Inner {
                 let (token, id) = (os.token, os.id);
                 let state = HeldState::Shared { os, ticket, entry };
                 return self
-                    .register(&req, token, state, Some((path, id)), start)
+                    .register(&req, token, state, vec![(path, id)], start)
                     .map(Some);
             }
         }
@@ -507,7 +513,7 @@ impl Inner {
             }
         };
         drop(gate);
-        self.register(&req, token, state, Some((path, id)), start)
+        self.register(&req, token, state, vec![(path, id)], start)
             .map(Some)
     }
 
@@ -596,9 +602,10 @@ impl Inner {
         }
     }
 
-    async fn acquire_slot(
+    async fn acquire_slots(
         self: Arc<Self>,
         req: AcquireRequest,
+        permits: u32,
         entry: Arc<Entry<SemState>>,
         mut ticket: Ticket,
         start: Instant,
@@ -625,12 +632,12 @@ impl Inner {
         };
         let stem = file_stem(&req.name);
         let mut backoff = Duration::from_millis(1);
-        let (slot, file, id) = loop {
+        let slots = loop {
             // Listen for slots this process frees before scanning, so none is missed.
             let freed = entry.state.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(found) = self.try_slots(&req, &stem, &entry)? {
+            if let Some(found) = self.try_slots(&req, &stem, permits, &entry)? {
                 break found;
             }
             // Slots held by other processes cannot signal us: poll them with a capped backoff.
@@ -649,10 +656,14 @@ impl Inner {
             backoff = (backoff * 2).min(Duration::from_millis(50));
         };
         drop(gate);
-        let path = self.dir.join(format!("{stem}.sem{slot}"));
-        let state = HeldState::Slot {
-            file,
-            slot,
+        let mut watch = Vec::with_capacity(slots.len());
+        let mut files = Vec::with_capacity(slots.len());
+        for (slot, file, id) in slots {
+            watch.push((self.dir.join(format!("{stem}.sem{slot}")), id));
+            files.push((slot, file));
+        }
+        let state = HeldState::Slots {
+            files,
             ticket,
             entry,
         };
@@ -663,41 +674,67 @@ impl Inner {
                 return Err(e);
             }
         };
-        self.register(&req, token, state, Some((path, id)), start)
-            .map(Some)
+        self.register(&req, token, state, watch, start).map(Some)
     }
 
-    /// One pass over the slots this process does not hold: the first free one whose file is
-    /// still in place.
+    /// One pass over the slots this process does not hold: `permits` free ones whose files are
+    /// still in place, all or none (slots taken by a pass that finds too few are let go).
     fn try_slots(
         &self,
         req: &AcquireRequest,
         stem: &str,
+        permits: u32,
         entry: &Entry<SemState>,
-    ) -> Result<Option<(usize, File, FileId)>> {
+    ) -> Result<Option<Vec<(usize, File, FileId)>>> {
         let count = lock(&entry.state.taken).len();
+        let mut found = Vec::with_capacity(permits as usize);
+        let give_back = |found: Vec<(usize, File, FileId)>| {
+            let mut taken = lock(&entry.state.taken);
+            for (slot, file, _) in found {
+                drop(file);
+                taken[slot] = false;
+            }
+        };
         for slot in 0..count {
+            if found.len() == permits as usize {
+                break;
+            }
             if lock(&entry.state.taken)[slot] {
                 continue;
             }
             let path = self.dir.join(format!("{stem}.sem{slot}"));
-            let mut reopens = 0;
-            loop {
-                let file = self.open(&path)?;
-                if !os::try_lock(&file, Mode::Exclusive).map_err(io_at(LOCK_CALL, &path))? {
-                    break;
-                }
-                if let Some(id) = os::still_named(&file, &path).map_err(io_at("stat", &path))? {
+            match self.try_slot(req, &path) {
+                Ok(Some((file, id))) => {
                     lock(&entry.state.taken)[slot] = true;
-                    return Ok(Some((slot, file, id)));
+                    found.push((slot, file, id));
                 }
-                reopens += 1;
-                if reopens > MAX_REOPENS {
-                    return Err(replaced_too_often(req, &path));
+                Ok(None) => {}
+                Err(e) => {
+                    give_back(found);
+                    return Err(e);
                 }
             }
         }
+        if found.len() == permits as usize {
+            return Ok(Some(found));
+        }
+        give_back(found);
         Ok(None)
+    }
+
+    /// One non-waiting try on the slot file `path`: its file and identity if this call locked
+    /// it and the path still names it, `None` when someone holds it.
+    fn try_slot(&self, req: &AcquireRequest, path: &Path) -> Result<Option<(File, FileId)>> {
+        for _ in 0..=MAX_REOPENS {
+            let file = self.open(path)?;
+            if !os::try_lock(&file, Mode::Exclusive).map_err(io_at(LOCK_CALL, path))? {
+                return Ok(None);
+            }
+            if let Some(id) = os::still_named(&file, path).map_err(io_at("stat", path))? {
+                return Ok(Some((file, id)));
+            }
+        }
+        Err(replaced_too_often(req, path))
     }
 
     /// The semaphore's fencing counter lives in its own file, bumped under a short exclusive
@@ -741,7 +778,7 @@ impl Inner {
         req: &AcquireRequest,
         token: u64,
         state: HeldState,
-        watch: Option<(PathBuf, FileId)>,
+        watch: Watch,
         start: Instant,
     ) -> Result<Held> {
         let id = self.held.next_id();
@@ -751,13 +788,13 @@ impl Inner {
             lost: LostSignal::new(),
             released: AtomicBool::new(false),
             state: Mutex::new(Some(state)),
-            file: watch.clone(),
+            files: watch.clone(),
             backend: Arc::downgrade(self),
             target: req.target(BACKEND).to_string(),
         });
         self.held.insert(id, &held);
-        if let Some((path, file_id)) = watch {
-            self.watch(id, path, file_id, &held);
+        if !watch.is_empty() {
+            self.watch(id, watch, &held);
         }
         tracing::debug!(backend = BACKEND, name = %req.name, kind = ?req.kind, token, waited_us = start.elapsed().as_micros() as u64, "acquired");
         if self.closed.is_cancelled() {
@@ -772,14 +809,12 @@ impl Inner {
     }
 
     /// Adds a held lock to the lost check, starting the check's task if it is not running.
-    fn watch(self: &Arc<Self>, id: u64, path: PathBuf, file_id: FileId, held: &Arc<FileHeld>) {
+    fn watch(self: &Arc<Self>, id: u64, files: Watch, held: &Arc<FileHeld>) {
         let Some(every) = self.lost_check else {
             return;
         };
         let mut watched = lock(&self.watched);
-        watched
-            .files
-            .insert(id, (path, file_id, Arc::downgrade(held)));
+        watched.files.insert(id, (files, Arc::downgrade(held)));
         if watched.running {
             return;
         }
@@ -809,7 +844,7 @@ async fn check_files(inner: Weak<Inner>, every: Duration) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let files: Vec<(PathBuf, FileId, Weak<FileHeld>)> = {
+        let files: Vec<(Watch, Weak<FileHeld>)> = {
             let mut watched = lock(&inner.watched);
             if watched.files.is_empty() || inner.closed.is_cancelled() {
                 watched.running = false;
@@ -818,11 +853,15 @@ async fn check_files(inner: Weak<Inner>, every: Duration) {
             watched.files.values().cloned().collect()
         };
         drop(inner);
-        for (path, id, held) in files {
+        for (paths, held) in files {
             // An error other than "not found" (permissions, I/O) proves nothing: keep the lock.
-            let gone = os::path_identity(&path).is_ok_and(|now| now != Some(id));
-            if gone && let Some(held) = held.upgrade() {
-                held.lose_file(&path);
+            let gone = paths
+                .iter()
+                .find(|(path, id)| os::path_identity(path).is_ok_and(|now| now != Some(*id)));
+            if let Some((path, _)) = gone
+                && let Some(held) = held.upgrade()
+            {
+                held.lose_file(path);
             }
         }
     }
@@ -852,9 +891,8 @@ enum HeldState {
         ticket: Ticket,
         entry: Arc<Entry<LockState>>,
     },
-    Slot {
-        file: File,
-        slot: usize,
+    Slots {
+        files: Vec<(usize, File)>,
         ticket: Ticket,
         entry: Arc<Entry<SemState>>,
     },
@@ -878,14 +916,17 @@ impl HeldState {
                 drop(ticket);
                 drop(entry);
             }
-            HeldState::Slot {
-                file,
-                slot,
+            HeldState::Slots {
+                files,
                 ticket,
                 entry,
             } => {
-                drop(file);
-                lock(&entry.state.taken)[slot] = false;
+                let mut taken = lock(&entry.state.taken);
+                for (slot, file) in files {
+                    drop(file);
+                    taken[slot] = false;
+                }
+                drop(taken);
                 entry.state.freed.notify_waiters();
                 drop(ticket);
             }
@@ -899,8 +940,8 @@ struct FileHeld {
     lost: LostSignal,
     released: AtomicBool,
     state: Mutex<Option<HeldState>>,
-    /// The locked file's path and identity, for `is_held` and the lost check.
-    file: Option<(PathBuf, FileId)>,
+    /// The locked files' paths and identities, for `is_held` and the lost check.
+    files: Watch,
     backend: Weak<Inner>,
     target: String,
 }
@@ -971,9 +1012,11 @@ impl HeldLock for FileHeld {
         if self.is_released() || self.lost.is_lost() {
             return false;
         }
-        if let Some((path, id)) = &self.file
-            && os::path_identity(path).is_ok_and(|now| now != Some(*id))
-        {
+        let gone = self
+            .files
+            .iter()
+            .find(|(path, id)| os::path_identity(path).is_ok_and(|now| now != Some(*id)));
+        if let Some((path, _)) = gone {
             self.lose_file(path);
             return false;
         }

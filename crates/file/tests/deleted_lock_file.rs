@@ -307,7 +307,7 @@ async fn a_deleted_lock_file_fires_lost_and_frees_the_name_in_process() {
 #[tokio::test]
 async fn a_deleted_semaphore_slot_is_lost_and_tokens_keep_increasing() {
     let dir = temp_dir("sem");
-    let sem = LockKind::Semaphore { max_count: 1 };
+    let sem = LockKind::semaphore(1);
     let b = FileBackend::new(&dir).with_lost_check_interval(Some(Duration::from_millis(20)));
     let held = acquire(&b, sem, Timeout::Zero).await.unwrap();
     for entry in std::fs::read_dir(&dir).unwrap() {

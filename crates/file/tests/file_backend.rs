@@ -168,7 +168,7 @@ async fn semaphore_admits_max_count_across_backends() {
     let dir = temp_dir("sem");
     let a = FileBackend::new(&dir);
     let b = FileBackend::new(&dir);
-    let sem = LockKind::Semaphore { max_count: 3 };
+    let sem = LockKind::semaphore(3);
     let h1 = acquire(&a, "gpu", sem, Timeout::Zero).await.unwrap();
     let h2 = acquire(&a, "gpu", sem, Timeout::Zero).await.unwrap();
     let h3 = acquire(&b, "gpu", sem, Timeout::Zero).await.unwrap();
@@ -185,11 +185,7 @@ async fn semaphore_admits_max_count_across_backends() {
         .unwrap();
     assert!(h4.fencing_token() > tokens[2]);
     drop((h2, h3, h4));
-    let err = a.acquire(req(
-        "gpu",
-        LockKind::Semaphore { max_count: 2 },
-        Timeout::Zero,
-    ));
+    let err = a.acquire(req("gpu", LockKind::semaphore(2), Timeout::Zero));
     assert!(
         err.is_ok(),
         "nobody uses it any more, a new maxCount is fine"
@@ -199,15 +195,11 @@ async fn semaphore_admits_max_count_across_backends() {
 #[tokio::test]
 async fn conflicting_max_count_in_one_process_is_an_error() {
     let b = FileBackend::new(temp_dir("semcount"));
-    let _h = acquire(&b, "s", LockKind::Semaphore { max_count: 2 }, Timeout::Zero)
+    let _h = acquire(&b, "s", LockKind::semaphore(2), Timeout::Zero)
         .await
         .unwrap();
     let err = b
-        .acquire(req(
-            "s",
-            LockKind::Semaphore { max_count: 3 },
-            Timeout::Zero,
-        ))
+        .acquire(req("s", LockKind::semaphore(3), Timeout::Zero))
         .err()
         .unwrap();
     assert_eq!(err.code(), "INVALID_ARGUMENT");
@@ -480,4 +472,67 @@ async fn concurrent_holders_never_overlap() {
             .unwrap();
     }
     assert_eq!(violations.load(Ordering::SeqCst), 0);
+}
+
+fn permits(max_count: u32, permits: u32) -> LockKind {
+    LockKind::Semaphore { max_count, permits }
+}
+
+/// Several permits are taken all or nothing, across processes' backends, and a large request
+/// queued in a process is not overtaken there by a later small one.
+#[tokio::test]
+async fn semaphore_permits_are_all_or_nothing_and_fifo() {
+    let dir = temp_dir("permits");
+    let a = FileBackend::new(&dir);
+    let b = FileBackend::new(&dir);
+    let three = acquire(&a, "pool", permits(4, 3), Timeout::Zero)
+        .await
+        .unwrap();
+    // Two are asked for, one is free: nothing is taken, so the one free permit stays free.
+    assert!(
+        acquire(&b, "pool", permits(4, 2), Timeout::Zero)
+            .await
+            .is_none()
+    );
+    let one = acquire(&b, "pool", permits(4, 1), Timeout::Zero)
+        .await
+        .unwrap();
+    assert!(
+        acquire(&b, "pool", permits(4, 1), Timeout::Zero)
+            .await
+            .is_none()
+    );
+    let info = a.inspect("pool", permits(4, 1)).await.unwrap();
+    assert!(info.held);
+    assert_eq!(info.holders, Some(4), "holders counts permits taken");
+    // In `a`: a request for all four queues first, then one for a single permit.
+    let all = a
+        .acquire(req("pool", permits(4, 4), Timeout::Forever))
+        .unwrap();
+    let small = a
+        .acquire(req("pool", permits(4, 1), Timeout::Forever))
+        .unwrap();
+    drop(three);
+    let small = tokio::spawn(small);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !small.is_finished(),
+        "the single permit waits behind the request for four"
+    );
+    drop(one);
+    let all = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!small.is_finished());
+    drop(all);
+    let small = tokio::time::timeout(Duration::from_secs(5), small)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    drop(small);
+    assert!(!a.inspect("pool", permits(4, 1)).await.unwrap().held);
 }

@@ -72,15 +72,24 @@ fn json_string(s: &str) -> String {
     out
 }
 
-/// Parses the JS-side kind string (`mutex`, `read`, `write`, `semaphore`).
-fn lock_kind(kind: &str, max_count: Option<f64>) -> distlock_core::Result<LockKind> {
+/// Parses the JS-side kind string (`mutex`, `read`, `write`, `semaphore`); `permits` (a
+/// semaphore's, default 1) is checked against `max_count`.
+fn lock_kind(
+    kind: &str,
+    max_count: Option<f64>,
+    permits: Option<f64>,
+) -> distlock_core::Result<LockKind> {
     Ok(match kind {
         "mutex" => LockKind::Mutex,
         "read" => LockKind::Read,
         "write" => LockKind::Write,
-        "semaphore" => LockKind::Semaphore {
-            max_count: distlock_core::validate_max_count(max_count.unwrap_or(f64::NAN))?,
-        },
+        "semaphore" => {
+            let max_count = distlock_core::validate_max_count(max_count.unwrap_or(f64::NAN))?;
+            LockKind::Semaphore {
+                max_count,
+                permits: distlock_core::validate_permits(permits, max_count)?,
+            }
+        }
         other => {
             return Err(distlock_core::Error::invalid(
                 "kind",
@@ -671,8 +680,9 @@ impl NativeProvider {
         Ok(())
     }
 
-    /// Acquires `name` as `kind`: a handle, or `null` when `timeoutMs` ran out; `undefined` when
-    /// the answer is not known at once, which then settles through the channel with `id`.
+    /// Acquires `name` as `kind` (`permits` of a semaphore's `maxCount`): a handle, or `null`
+    /// when `timeoutMs` ran out; `undefined` when the answer is not known at once, which then
+    /// settles through the channel with `id`.
     #[napi]
     #[allow(clippy::too_many_arguments)]
     pub fn acquire(
@@ -681,6 +691,7 @@ impl NativeProvider {
         name: String,
         kind: String,
         max_count: Option<f64>,
+        permits: Option<f64>,
         timeout_ms: Option<f64>,
         cancel: Option<&CancelToken>,
         lease_ms: Option<f64>,
@@ -688,7 +699,7 @@ impl NativeProvider {
     ) -> Result<Either<Option<NativeHandle>, ()>> {
         let request = AcquireRequest {
             name,
-            kind: lock_kind(&kind, max_count).map_err(to_js)?,
+            kind: lock_kind(&kind, max_count, permits).map_err(to_js)?,
             timeout: Timeout::from_ms(timeout_ms).map_err(to_js)?,
             cancel: cancel.map(|c| c.token.clone()),
             lease: lease(lease_ms).map_err(to_js)?,
@@ -714,7 +725,7 @@ impl NativeProvider {
         kind: String,
         max_count: Option<f64>,
     ) -> Result<PromiseRaw<'env, NativeLockInfo>> {
-        let kind = lock_kind(&kind, max_count).map_err(to_js)?;
+        let kind = lock_kind(&kind, max_count, None).map_err(to_js)?;
         let looking = self.backend.inspect(&name, kind);
         env.spawn_future(async move {
             let info = looking.await.map_err(to_js)?;
@@ -735,13 +746,20 @@ impl NativeProvider {
             .map(|p| u32::try_from(p.connections()).unwrap_or(u32::MAX))
     }
 
-    /// Removes the lock files nobody holds or waits on (file backend); resolves to how many.
+    /// Removes what names nobody uses now leave behind: lock files (file backend), fencing
+    /// counters (Redis); resolves to how many.
     #[napi]
     pub fn remove_unused<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, u32>> {
+        if let Some(redis) = self.redis.clone() {
+            return env.spawn_future(async move {
+                let n = redis.remove_unused_fence_keys().await.map_err(to_js)?;
+                Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            });
+        }
         let Some(file) = self.file.clone() else {
             return Err(to_js(distlock_core::Error::invalid(
                 "provider",
-                "has no lock files to remove (only the file backend has)",
+                "has nothing to remove (only the file and Redis backends leave keys behind)",
             )));
         };
         env.spawn_future(async move {

@@ -249,11 +249,13 @@ fn reset(scope: Scope) -> Stmt {
     }
 }
 
-/// Unlocks permit `slot` of semaphore `name` (session scope).
-fn slot_unlock(name: &str, slot: u32) -> Stmt {
+/// Unlocks the permit `slots` of semaphore `name` (session scope).
+fn slots_unlock(name: &str, slots: &[u32]) -> Stmt {
     Stmt::new(
-        "SELECT pg_advisory_unlock($1::int8)",
-        vec![Param::Int8(semaphore_key(name, slot))],
+        "SELECT pg_advisory_unlock(k) FROM unnest($1::int8[]) AS k",
+        vec![Param::Int8Array(
+            slots.iter().map(|&i| semaphore_key(name, i)).collect(),
+        )],
     )
 }
 
@@ -319,15 +321,17 @@ impl Backend for PostgresBackend {
                     inner.acquire_key(req, ticket, entry, sql).await
                 }))
             }
-            LockKind::Semaphore { max_count } => {
+            LockKind::Semaphore { max_count, permits } => {
                 let entry = inner.semaphores.entry(
                     &(req.name.clone(), max_count),
                     u64::from(max_count),
                     SemState::default,
                 );
-                let ticket = entry.queue.enqueue(1);
+                let ticket = entry.queue.enqueue(u64::from(permits));
                 Ok(Box::pin(async move {
-                    inner.acquire_slot(req, ticket, entry, max_count).await
+                    inner
+                        .acquire_slots(req, ticket, entry, max_count, permits)
+                        .await
                 }))
             }
         }
@@ -338,7 +342,7 @@ impl Backend for PostgresBackend {
         Box::pin(async move {
             distlock_core::validate_name(&name)?;
             let (keys, max) = match kind {
-                LockKind::Semaphore { max_count } => (
+                LockKind::Semaphore { max_count, .. } => (
                     (0..max_count)
                         .map(|i| AdvisoryKey::Bigint(semaphore_key(&name, i)))
                         .collect(),
@@ -1028,12 +1032,13 @@ impl Inner {
         ));
     }
 
-    async fn acquire_slot(
+    async fn acquire_slots(
         self: Arc<Self>,
         req: AcquireRequest,
         mut ticket: Ticket,
         entry: Arc<Entry<SemState>>,
         max_count: u32,
+        permits: u32,
     ) -> Result<Option<Held>> {
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
@@ -1043,19 +1048,26 @@ impl Inner {
         let mut retry = Retry::new();
         loop {
             let miss = match self
-                .slot_round(&req, &entry, max_count, start, deadline, &mut retry)
+                .slot_round(
+                    &req,
+                    &entry,
+                    (max_count, permits),
+                    start,
+                    deadline,
+                    &mut retry,
+                )
                 .await
             {
                 Ok(Some((s, _, _))) if s.is_dead() => self.ended_at_grant(&req, &s),
-                Ok(Some((s, slot, token))) => {
-                    lock(&entry.state.taken).insert(slot);
+                Ok(Some((s, slots, token))) => {
+                    lock(&entry.state.taken).extend(slots.iter().copied());
                     let unlock = match self.pool.opts.scope {
-                        Scope::Session => slot_unlock(&req.name, slot),
+                        Scope::Session => slots_unlock(&req.name, &slots),
                         Scope::Transaction => rollback(),
                     };
                     let turn = Turn {
                         ticket,
-                        keep: Keep::Slot(entry, slot),
+                        keep: Keep::Slots(entry, slots),
                     };
                     return self.grant(&req, s, unlock, token, turn, start);
                 }
@@ -1069,16 +1081,18 @@ impl Inner {
     }
 
     /// One round of a semaphore acquire: non-waiting attempts on the free permits, polled
-    /// (woken at once by a permit freed in this process) until the deadline.
+    /// (woken at once by a permit freed in this process) until the deadline. An attempt takes
+    /// `permits` of them in one statement, all or none: a statement that locked fewer unlocks
+    /// them again before it answers (session scope), or its transaction is rolled back.
     async fn slot_round(
         self: &Arc<Self>,
         req: &AcquireRequest,
         entry: &Arc<Entry<SemState>>,
-        max_count: u32,
+        (max_count, permits): (u32, u32),
         start: Instant,
         deadline: Option<Instant>,
         retry: &mut Retry,
-    ) -> std::result::Result<Option<(Arc<Session>, u32, u64)>, Miss> {
+    ) -> std::result::Result<Option<(Arc<Session>, Vec<u32>, u64)>, Miss> {
         let until = self.until(req, start, deadline);
         self.ensure_sequence(req, until).await?;
         let scope = self.pool.opts.scope;
@@ -1094,35 +1108,44 @@ impl Inner {
             };
             let keys = free.iter().map(|i| semaphore_key(&req.name, *i)).collect();
             let slots = free.iter().map(|i| i64::from(*i)).collect();
+            // The LIMIT stops the tries once `permits` are locked; with fewer, the outer query
+            // gives them back (CASE fixes the order: nothing is unlocked when all were taken).
+            let (xact, give_back) = match scope {
+                Scope::Transaction => ("_xact", "false"),
+                Scope::Session => ("", "NOT pg_advisory_unlock(got.k)"),
+            };
             let stmt = Stmt {
                 text: format!(
-                    "SELECT t.i, nextval('{seq}') FROM unnest($1::int8[], $2::int8[]) AS t(k, i) \
-                     WHERE pg_try_advisory{}_lock(t.k) LIMIT 1",
-                    if scope == Scope::Transaction {
-                        "_xact"
-                    } else {
-                        ""
-                    },
+                    "WITH got AS MATERIALIZED (SELECT t.i, t.k \
+                     FROM unnest($1::int8[], $2::int8[]) AS t(k, i) \
+                     WHERE pg_try_advisory{xact}_lock(t.k) LIMIT $3::int8), \
+                     n AS (SELECT count(*) AS c FROM got) \
+                     SELECT got.i, (SELECT nextval('{seq}')) FROM got, n \
+                     WHERE CASE WHEN n.c = $3::int8 THEN true ELSE {give_back} END",
                 ),
-                params: vec![Param::Int8Array(keys), Param::Int8Array(slots)],
+                params: vec![
+                    Param::Int8Array(keys),
+                    Param::Int8Array(slots),
+                    Param::Int8(i64::from(permits)),
+                ],
                 begin: scope == Scope::Transaction,
             };
             let name = req.name.clone();
             let undo: Undo = Box::new(move |rows| {
-                let slot = u32::try_from(bigint_cell(rows, 0).ok()??).ok()?;
-                Some(slot_unlock(&name, slot))
+                let slots = slot_cells(rows)?;
+                Some(slots_unlock(&name, &slots))
             });
             let (s, rows) = self.attempt(req, start, until, stmt, undo, None).await?;
             retry.answered(); // the server answers again
             if !rows.is_empty() {
-                let cells = (bigint_cell(&rows, 0), bigint_cell(&rows, 1));
+                let cells = (slot_cells(&rows), bigint_cell(&rows, 1));
                 let granted = match &cells {
-                    (Ok(Some(slot)), Ok(token)) => {
-                        u32::try_from(*slot).ok().zip(parse_token(*token).ok())
+                    (Some(slots), Ok(token)) if slots.len() == permits as usize => {
+                        parse_token(*token).ok().map(|t| (slots.clone(), t))
                     }
                     _ => None,
                 };
-                let Some((slot, token)) = granted else {
+                let Some((slots, token)) = granted else {
                     s.kill(String::from(
                         "the server answered a semaphore attempt unexpectedly",
                     ));
@@ -1134,7 +1157,7 @@ impl Inner {
                         transient: false,
                     }));
                 };
-                return Ok(Some((s, slot, token)));
+                return Ok(Some((s, slots, token)));
             }
             self.end_attempt(&s).await;
             if req.timeout == Timeout::Zero {
@@ -1202,6 +1225,16 @@ impl Inner {
     }
 }
 
+/// The permit slots in the first cell of every row, `None` if one is not a slot number.
+fn slot_cells(rows: &Rows) -> Option<Vec<u32>> {
+    rows.iter()
+        .map(|row| {
+            let slot: Option<i64> = row.try_get(0).ok()?;
+            u32::try_from(slot?).ok()
+        })
+        .collect()
+}
+
 /// The key of permit `slot` of semaphore `name` (always in the bigint space).
 fn semaphore_key(name: &str, slot: u32) -> i64 {
     key::hashed(&format!("distlock-semaphore\u{0}{name}\u{0}{slot}"))
@@ -1210,7 +1243,7 @@ fn semaphore_key(name: &str, slot: u32) -> i64 {
 /// What a grant keeps alive besides its session: its place in the in-process queue.
 enum Keep {
     Entry(Arc<Entry<Handoff>>),
-    Slot(Arc<Entry<SemState>>, u32),
+    Slots(Arc<Entry<SemState>>, Vec<u32>),
 }
 
 /// A grant's share of this process: its turn in the in-process queue and, for a semaphore, its
@@ -1223,8 +1256,12 @@ struct Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        if let Keep::Slot(entry, slot) = &self.keep {
-            lock(&entry.state.taken).remove(slot);
+        if let Keep::Slots(entry, slots) = &self.keep {
+            let mut taken = lock(&entry.state.taken);
+            for slot in slots {
+                taken.remove(slot);
+            }
+            drop(taken);
             entry.state.freed.notify_waiters();
         }
         // The ticket is dropped after this body: the queue moves on once the slot is free.
@@ -1534,7 +1571,7 @@ mod prepared_statements {
         let sem = format!("{}-sem", tag("wait"));
         for _ in 0..3 {
             let permit = waiter
-                .acquire(req(&sem, LockKind::Semaphore { max_count: 3 }, 0.0))
+                .acquire(req(&sem, LockKind::semaphore(3), 0.0))
                 .unwrap()
                 .await
                 .unwrap()

@@ -383,7 +383,7 @@ async fn a_lost_lock_frees_its_name_in_its_own_process_at_once() {
     let admin = admin_at(&base_url()).await;
     let name = unique("lostfree");
     let sem_name = unique("lostsem");
-    let sem = LockKind::Semaphore { max_count: 1 };
+    let sem = LockKind::semaphore(1);
     let h = get(&p, &name, Some(0.0)).await.unwrap();
     let s = p
         .acquire(req(&sem_name, sem, Some(0.0)))

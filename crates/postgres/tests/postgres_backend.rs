@@ -254,7 +254,7 @@ async fn semaphore_admits_max_count_across_sessions() {
     let a = provider("sem_a");
     let b = provider("sem_b");
     let name = unique("sem");
-    let sem = LockKind::Semaphore { max_count: 3 };
+    let sem = LockKind::semaphore(3);
     let mut held = vec![
         get(&a, req(&name, sem, Some(0.0))).await.unwrap(),
         get(&a, req(&name, sem, Some(0.0))).await.unwrap(),
@@ -385,7 +385,7 @@ async fn transaction_scope_holds_the_lock_in_an_open_transaction() {
     hb.release().await.unwrap();
     let h2 = waiting.await.unwrap().unwrap().unwrap();
     h2.release().await.unwrap();
-    let sem = LockKind::Semaphore { max_count: 2 };
+    let sem = LockKind::semaphore(2);
     let s1 = get(&a, req(&name, sem, Some(0.0))).await.unwrap();
     let s2 = get(&a, req(&name, sem, Some(0.0))).await.unwrap();
     assert!(get(&a, req(&name, sem, Some(0.0))).await.is_none());
@@ -724,4 +724,45 @@ async fn a_login_that_never_completes_fails_after_connect_timeout() {
     assert_eq!(err.code(), "BACKEND");
     assert!(err.to_string().contains("no answer"), "{err}");
     keep.abort();
+}
+
+/// Several permits are taken all or none, in either scope: an attempt that finds too few free
+/// gives back the ones it locked before it answers, so the free ones stay free.
+#[tokio::test]
+async fn semaphore_permits_are_all_or_nothing_in_both_scopes() {
+    for scope in [Scope::Session, Scope::Transaction] {
+        let (a, _) = provider_opts("permits_a", |o| o.scope(scope));
+        let (b, _) = provider_opts("permits_b", |o| o.scope(scope));
+        let name = unique("permits");
+        let kind = |permits| LockKind::Semaphore {
+            max_count: 4,
+            permits,
+        };
+        let three = get(&a, req(&name, kind(3), Some(0.0))).await.unwrap();
+        assert!(get(&b, req(&name, kind(2), Some(0.0))).await.is_none());
+        let info = b.inspect(&name, kind(1)).await.unwrap();
+        assert_eq!(
+            info.holders,
+            Some(3),
+            "{scope:?}: the failed try took nothing"
+        );
+        let one = get(&b, req(&name, kind(1), Some(0.0))).await.unwrap();
+        assert!(one.fencing_token() > three.fencing_token());
+        assert!(b.inspect(&name, kind(1)).await.unwrap().held);
+        // Another process's request for all four waits for both holders.
+        let all = tokio::spawn(b.acquire(req(&name, kind(4), Some(5_000.0))).unwrap());
+        three.release().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!all.is_finished(), "{scope:?}: one permit is still taken");
+        one.release().await.unwrap();
+        let all = tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.inspect(&name, kind(1)).await.unwrap().holders, Some(4));
+        all.release().await.unwrap();
+        assert_eq!(b.inspect(&name, kind(1)).await.unwrap().holders, Some(0));
+    }
 }

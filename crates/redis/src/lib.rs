@@ -30,6 +30,7 @@
 //!   a promoted replica that never saw it) the lost signal fires. The fencing counters this
 //!   process has seen are raised back to their floor on every reconnect and with each acquire.
 
+mod cleanup;
 mod config;
 mod direct;
 pub mod keys;
@@ -166,20 +167,22 @@ impl Inner {
     }
 }
 
-/// One primitive's side: `w` mutex or writer, `r` reader, `s` semaphore permit.
+/// One primitive's side: `w` mutex or writer, `r` reader, `s` semaphore permits (how many).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Side {
     W,
     R,
-    S,
+    S(u32),
 }
 
 impl Side {
-    fn code(self) -> &'static str {
+    /// The kind argument of the scripts: `w`, `r`, `s` for one permit, `s<k>:` for k permits.
+    fn code(self) -> std::borrow::Cow<'static, str> {
         match self {
-            Side::W => "w",
-            Side::R => "r",
-            Side::S => "s",
+            Side::W => "w".into(),
+            Side::R => "r".into(),
+            Side::S(1) => "s".into(),
+            Side::S(k) => format!("s{k}:").into(),
         }
     }
 }
@@ -339,7 +342,7 @@ impl Backend for RedisBackend {
                 };
                 (Keys::lock(prefix, &req.name), side, entry, weight, 0)
             }
-            LockKind::Semaphore { max_count } => {
+            LockKind::Semaphore { max_count, permits } => {
                 if !inner.fair {
                     return Err(Error::invalid(
                         "urls",
@@ -365,9 +368,9 @@ impl Backend for RedisBackend {
                 }
                 (
                     Keys::semaphore(prefix, &req.name),
-                    Side::S,
+                    Side::S(permits),
                     entry,
-                    1,
+                    u64::from(permits),
                     max_count,
                 )
             }
@@ -385,8 +388,8 @@ impl Backend for RedisBackend {
             distlock_core::validate_name(&name)?;
             let prefix = &inner.opts.key_prefix;
             let (keys, side, max) = match kind {
-                LockKind::Semaphore { max_count } => {
-                    (Keys::semaphore(prefix, &name), Side::S, Some(max_count))
+                LockKind::Semaphore { max_count, .. } => {
+                    (Keys::semaphore(prefix, &name), Side::S(1), Some(max_count))
                 }
                 _ => (Keys::lock(prefix, &name), Side::W, None),
             };
@@ -394,7 +397,7 @@ impl Backend for RedisBackend {
             // The first server that answers (on RedLock: a snapshot of one server's view).
             let mut errors = Vec::new();
             for s in &inner.servers {
-                let args = vec![Value::from(side.code())];
+                let args = vec![Value::from(side.code().as_ref())];
                 let bound = inner.opts.server_timeout + Duration::from_millis(50);
                 let looking = s.eval(&Scripts::get().inspect, op.keys(), args);
                 let answer = tokio::time::timeout(bound, looking)
@@ -750,7 +753,7 @@ impl Inner {
         // it cannot overtake one of them), finished in the background.
         send_now(async move {
             let args = vec![
-                Value::from(op.side.code()),
+                Value::from(op.side.code().as_ref()),
                 Value::from(op.waiter.as_ref()),
                 Value::from(op.keys.channel.as_str()),
             ];
@@ -762,7 +765,7 @@ impl Inner {
 
     fn acquire_args(&self, op: &Op, lease: Duration, max: u32, wait: Duration) -> Vec<Value> {
         vec![
-            Value::from(op.side.code()),
+            Value::from(op.side.code().as_ref()),
             Value::from(op.id.as_ref()),
             Value::from(ms(lease)),
             Value::from(i64::from(max)),
@@ -842,7 +845,7 @@ impl Inner {
 
     fn release_args(&self, op: &Op, floor: u64, revoke: Option<Duration>) -> Vec<Value> {
         vec![
-            Value::from(op.side.code()),
+            Value::from(op.side.code().as_ref()),
             Value::from(op.id.as_ref()),
             Value::from(if self.fair { "1" } else { "0" }),
             Value::from(op.keys.channel.as_str()),

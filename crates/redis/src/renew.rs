@@ -234,7 +234,7 @@ async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> Vec<Renewal>
     for (_, op, lease_ms, floor) in chunk {
         keys.push(Key::from(op.grant_key()));
         keys.push(Key::from(op.keys.fence.as_str()));
-        args.push(Value::from(op.side.code()));
+        args.push(Value::from(op.side.code().as_ref()));
         args.push(Value::from(op.id.as_ref()));
         args.push(Value::from(*lease_ms));
         args.push(Value::from(i64::try_from(*floor).unwrap_or(i64::MAX)));

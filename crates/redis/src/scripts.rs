@@ -3,7 +3,9 @@
 //!
 //! Kinds: `w` is a mutex or writer (the main key holds the token, as redlock lays it out), `r` a
 //! reader and `s` a semaphore permit (members of a sorted set scored by their expiry in server
-//! milliseconds, from `TIME`). A waiter queues as the member `kind .. token` of the queue set.
+//! milliseconds, from `TIME`). `s<k>:` is k permits of a semaphore: the members `token`,
+//! `token:2` … `token:k`, added, renewed and removed together, so the set's size is the number
+//! of permits taken. A waiter queues as the member `kind .. token` of the queue set.
 
 use sha1::{Digest, Sha1};
 
@@ -46,6 +48,29 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
+/// `weight(kind)`: the kind letter and how many permits (`s3:` is `s`, 3; the others count 1).
+/// `members(id, n)`: the set members of a grant `id` of n permits; `remove(key, id, n)` takes
+/// them out of `key` (in chunks: Lua's `unpack` has a limit) and says how many were there.
+const PERMITS: &str = r"
+local function weight(kind)
+  local k = string.match(kind, '^s(%d+):$')
+  if k then return 's', tonumber(k) end
+  return kind, 1
+end
+local function members(id, n)
+  local out = {id}
+  for i = 2, n do out[i] = id .. ':' .. i end
+  return out
+end
+local function remove(key, id, n)
+  local ms, gone = members(id, n), 0
+  for i = 1, #ms, 1000 do
+    gone = gone + redis.call('ZREM', key, unpack(ms, i, math.min(i + 999, #ms)))
+  end
+  return gone
+end
+";
+
 /// ARGV: kind, grant token, lease ms, max count, wait ms (0: do not queue), fair (1|0), channel,
 /// waiter id, fence floor. Returns `{1, fence}` when granted, `{0, hint}` when busy, where
 /// `hint` is the number of ms after which the holder's or a dead waiter's expiry may free the
@@ -57,9 +82,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// never goes below the floor: the largest token this client saw for the name.
 const ACQUIRE: &str = r"
 local lock, set, fence, queue, dl, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local kind, id, lease, max = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local kind, permits = weight(ARGV[1])
+local id, lease, max = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local waitms, fair, channel = tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7]
-local me, floor = kind .. ARGV[8], tonumber(ARGV[9])
+local me, floor = ARGV[1] .. ARGV[8], tonumber(ARGV[9])
 
 local function bump()
   local ok, n = pcall(redis.call, 'INCR', fence)
@@ -73,7 +99,7 @@ local function bump()
     if n ~= was then redis.call('SET', fence, n) end
     return n
   end
-  if kind == 'w' then redis.call('DEL', lock) else redis.call('ZREM', set, id) end
+  if kind == 'w' then redis.call('DEL', lock) else remove(set, id, permits) end
   return redis.error_reply('WRONGTYPE the fencing counter ' .. fence .. ' is not an integer')
 end
 
@@ -102,7 +128,7 @@ local count = redis.call('ZCARD', set)
 local free
 if kind == 'w' then free = (not holder) and count == 0
 elseif kind == 'r' then free = not holder
-else free = count < max end
+else free = count + permits <= max end
 
 local hint = -1
 local function soonest(ms) if ms > 0 and (hint < 0 or ms < hint) then hint = ms end end
@@ -129,7 +155,13 @@ if fair then
         if string.sub(m, 1, 1) == 'w' then turn = false break end
       end
     else
-      turn = (rank or redis.call('ZCARD', queue)) < max - count
+      -- Permits go in queue order: this one's and every earlier waiter's must fit.
+      local want = permits
+      for _, m in ipairs(redis.call('ZRANGE', queue, 0, rank and rank - 1 or -1)) do
+        local _, n = weight(string.match(m, '^(s%d+:)') or 's')
+        want = want + n
+      end
+      turn = want <= max - count
     end
     if not turn then soonest(tonumber(redis.call('HGET', dl, head) or '0') - now) end
   end
@@ -139,7 +171,7 @@ if free and turn then
   if kind == 'w' then
     redis.call('SET', lock, id, 'PX', lease)
   else
-    redis.call('ZADD', set, now + lease, id)
+    for _, m in ipairs(members(id, permits)) do redis.call('ZADD', set, now + lease, m) end
     if redis.call('PTTL', set) < lease then redis.call('PEXPIRE', set, lease) end
   end
   if fair and redis.call('ZREM', queue, me) == 1 then
@@ -172,14 +204,15 @@ return {0, hint}
 /// that long, so its acquire, if it is still on its way, does not grant.
 const RELEASE: &str = r"
 local lock, set, fence, queue, revoked = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6]
-local kind, id, fair, channel, floor = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5])
+local kind, permits = weight(ARGV[1])
+local id, fair, channel, floor = ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5])
 local revoke = tonumber(ARGV[6])
 local released
 if kind == 'w' then
   released = redis.call('GET', lock) == id
   if released then redis.call('DEL', lock) end
 else
-  released = redis.call('ZREM', set, id) == 1
+  released = remove(set, id, permits) > 0
 end
 if not released then
   if revoke > 0 then
@@ -226,7 +259,8 @@ const RENEW: &str = r"
 local out = {}
 for i = 1, #KEYS / 2 do
   local key, fence = KEYS[2 * i - 1], KEYS[2 * i]
-  local kind, id = ARGV[4 * i - 3], ARGV[4 * i - 2]
+  local kind, permits = weight(ARGV[4 * i - 3])
+  local id = ARGV[4 * i - 2]
   local lease, floor = tonumber(ARGV[4 * i - 1]), tonumber(ARGV[4 * i])
   local ok = 0
   if kind == 'w' then
@@ -235,11 +269,11 @@ for i = 1, #KEYS / 2 do
   else
     local got, s = pcall(redis.call, 'ZSCORE', key, id)
     if got and s and tonumber(s) > now then
-      redis.call('ZADD', key, 'XX', now + lease, id)
+      for _, m in ipairs(members(id, permits)) do redis.call('ZADD', key, 'XX', now + lease, m) end
       if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
       ok = 1
     elseif got and s then
-      redis.call('ZREM', key, id)
+      remove(key, id, permits)
     end
   end
   if floor > 0 then raise(fence, floor) end
@@ -271,6 +305,16 @@ end
 return {holders, left, tonumber(redis.call('GET', fence) or '0')}
 ";
 
+/// KEYS: a fencing counter, then every key whose existence shows its name in use (holder,
+/// readers or permits, queued waiters, revoked attempts). Deletes the counter only when none exists,
+/// atomically with that check. Returns 1 if it deleted it.
+const CLEAN: &str = r"
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+return redis.call('DEL', KEYS[1])
+";
+
 /// The scripts, hashed once.
 #[derive(Debug)]
 pub struct Scripts {
@@ -280,6 +324,7 @@ pub struct Scripts {
     pub renew: Script,
     pub inspect: Script,
     pub floor: Script,
+    pub clean: Script,
 }
 
 impl Scripts {
@@ -292,13 +337,17 @@ impl Scripts {
             let with_raise = |body: &str| -> &'static str {
                 Box::leak(format!("{RAISE}{body}").into_boxed_str())
             };
+            let with_permits = |body: &str| -> &'static str {
+                Box::leak(format!("{PERMITS}{body}").into_boxed_str())
+            };
             Scripts {
-                acquire: Script::new(with_clock(ACQUIRE)),
-                release: Script::new(with_raise(RELEASE)),
+                acquire: Script::new(with_clock(with_permits(ACQUIRE))),
+                release: Script::new(with_raise(with_permits(RELEASE))),
                 leave: Script::new(LEAVE),
-                renew: Script::new(with_clock(with_raise(RENEW))),
+                renew: Script::new(with_clock(with_raise(with_permits(RENEW)))),
                 inspect: Script::new(with_clock(INSPECT)),
                 floor: Script::new(with_raise(FLOOR)),
+                clean: Script::new(CLEAN),
             }
         })
     }

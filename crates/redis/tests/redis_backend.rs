@@ -180,7 +180,7 @@ async fn reader_writer_lock_with_writer_preference() {
 #[tokio::test]
 async fn semaphore_counts_on_the_server_and_dead_permits_expire() {
     let server = RedisProc::start(&[]);
-    let sem = LockKind::Semaphore { max_count: 2 };
+    let sem = LockKind::semaphore(2);
     let a = backend(&[server.url()], |o| o);
     let b = backend(&[server.url()], |o| o);
     let p1 = try_get(&a, "gpu", sem).await.unwrap();
@@ -215,7 +215,7 @@ async fn semaphore_counts_on_the_server_and_dead_permits_expire() {
         )
         .await
         .unwrap();
-    let one = LockKind::Semaphore { max_count: 1 };
+    let one = LockKind::semaphore(1);
     assert!(try_get(&a, "one", one).await.is_none());
     let start = Instant::now();
     assert!(get(&a, req("one", one, Some(3_000.0))).await.is_some());
@@ -393,4 +393,61 @@ async fn a_per_acquire_lease_shorter_than_the_renewal_period_is_renewed_in_time(
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(h.is_held(), "lost after extend: {:?}", h.lost().reason());
     h.release().await.unwrap();
+}
+
+/// k permits are k members of the semaphore's set, added, renewed and removed together and
+/// all or none; across providers a queued large request is not overtaken by a later small one.
+#[tokio::test]
+async fn semaphore_permits_are_all_or_nothing_renewed_together_and_queued_fairly() {
+    let server = RedisProc::start(&[]);
+    let kind = |permits| LockKind::Semaphore {
+        max_count: 4,
+        permits,
+    };
+    let a = backend(&[server.url()], |o| o);
+    let b = backend(&[server.url()], |o| o);
+    let c = backend(&[server.url()], |o| o);
+    let raw = raw(&server.url()).await;
+    let set = distlock_redis::keys::Keys::semaphore("", "pool").set;
+    let mut three = req("pool", kind(3), Some(0.0));
+    three.lease = Some(Duration::from_millis(600));
+    let three = get(&a, three).await.unwrap();
+    let members: i64 = raw.zcard(&set).await.unwrap();
+    assert_eq!(members, 3);
+    assert!(try_get(&b, "pool", kind(2)).await.is_none());
+    assert_eq!(raw.zcard::<i64, _>(&set).await.unwrap(), 3, "nothing taken");
+    // Past two leases: the renewals kept all three members.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(raw.zcard::<i64, _>(&set).await.unwrap(), 3);
+    assert!(three.is_held());
+    let info = b.inspect("pool", kind(1)).await.unwrap();
+    assert_eq!(info.holders, Some(3), "holders counts permits taken");
+    // b queues for all four, then c asks for one: c waits behind b.
+    let all = tokio::spawn(b.acquire(req("pool", kind(4), Some(5_000.0))).unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let one = tokio::spawn(c.acquire(req("pool", kind(1), Some(5_000.0))).unwrap());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !one.is_finished(),
+        "the single permit waits behind the request for four"
+    );
+    three.release().await.unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw.zcard::<i64, _>(&set).await.unwrap(), 4);
+    assert!(!one.is_finished());
+    all.release().await.unwrap();
+    let one = tokio::time::timeout(Duration::from_secs(5), one)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw.zcard::<i64, _>(&set).await.unwrap(), 1);
+    one.release().await.unwrap();
+    assert_eq!(raw.zcard::<i64, _>(&set).await.unwrap(), 0);
 }

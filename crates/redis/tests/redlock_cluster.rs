@@ -93,7 +93,7 @@ async fn redlock_reader_writer_and_no_semaphore() {
     assert!(try_get(&b, "rw", LockKind::Write).await.is_none());
     r.release().await.unwrap();
     let err = a
-        .acquire(req("s", LockKind::Semaphore { max_count: 2 }, Some(0.0)))
+        .acquire(req("s", LockKind::semaphore(2), Some(0.0)))
         .err()
         .unwrap();
     assert_eq!(err.code(), "INVALID_ARGUMENT");
@@ -159,14 +159,8 @@ async fn cluster_locks_span_slots_and_tokens_increase_per_name() {
         let r = try_get(&a, n, LockKind::Read).await.unwrap();
         assert!(try_get(&b, n, LockKind::Write).await.is_none());
         r.release().await.unwrap();
-        let s = try_get(&a, n, LockKind::Semaphore { max_count: 1 })
-            .await
-            .unwrap();
-        assert!(
-            try_get(&b, n, LockKind::Semaphore { max_count: 1 })
-                .await
-                .is_none()
-        );
+        let s = try_get(&a, n, LockKind::semaphore(1)).await.unwrap();
+        assert!(try_get(&b, n, LockKind::semaphore(1)).await.is_none());
         s.release().await.unwrap();
     }
     // A waiter on a cluster is woken by the release.
