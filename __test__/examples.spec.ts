@@ -1,23 +1,46 @@
 // The runnable examples under examples/ run as documented: on the file backend (the embedded
-// default), and leader election also on Redis, where a leader stopped past its lease loses the lock.
+// default), leader election, the reader-writer lock and the semaphore pool also on Redis, the
+// PostgreSQL example on the test server, and the TypeScript example type-checked, then run.
 import { execFile } from 'node:child_process'
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import ts from 'typescript'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import { ROOT, aborted, tempDir } from './helpers'
+import { ROOT, aborted, tempDir, typecheck } from './helpers'
 
 const run = promisify(execFile)
 type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
 let services: Services
 
-async function example(name: string, env: Record<string, string> = {}): Promise<string> {
-  const { stdout } = await run(process.execPath, [join(ROOT, 'examples', `${name}.mjs`)], {
+/** Runs `examples/<name>.mjs` (or `file`) with Node, in a fresh lock directory; its stdout. */
+async function example(
+  name: string,
+  env: Record<string, string> = {},
+  file = join(ROOT, 'examples', `${name}.mjs`),
+): Promise<string> {
+  const { stdout } = await run(process.execPath, [file], {
     cwd: ROOT,
     timeout: 60_000,
     env: { ...process.env, DISTLOCK_EXAMPLE_DIR: tempDir(`example-${name}`), ...env },
   })
   return stdout
+}
+
+/** The reader-writer example's counts: readers overlapped, nobody was inside with the writer. */
+function checkReaderWriter(out: string) {
+  expect(out).toMatch(/^60 reads, 5 writes, config version 6$/m)
+  expect(Number(/^most readers inside at once: (\d+)$/m.exec(out)?.[1])).toBeGreaterThan(1)
+  expect(out).toMatch(/^reads that saw the writer inside: 0; writes that saw anyone else inside: 0$/m)
+}
+
+/** The semaphore pool's count of calls at once: more than one, at most the limit of 3. */
+function checkPool(out: string) {
+  const m = /^48 jobs by 4 workers; at most (\d+) calls at once \(limit 3\)$/m.exec(out)
+  expect(m, out).not.toBeNull()
+  expect(Number(m![1])).toBeGreaterThan(1)
+  expect(Number(m![1])).toBeLessThanOrEqual(3)
 }
 
 beforeAll(async () => {
@@ -61,6 +84,56 @@ describe('examples', () => {
     expect(await example('fencing')).toMatch(
       /late write rejected: token \d+ is older than \d+; the row still says "written by B"/,
     )
+  })
+
+  it('PostgreSQL: no lost increment across three processes; the row refuses a late write', async () => {
+    const { url } = await services.findPostgres()
+    const out = await example('postgres', { DISTLOCK_EXAMPLE_PG_URL: url })
+    expect(out).toMatch(/^counter 60 after 60 increments by w1, w2, w3; writes refused by the fence: 0$/m)
+    const late = /^late write with token (\d+) refused; the row keeps value -1 from token (\d+)$/m.exec(out)
+    expect(late, out).not.toBeNull()
+    expect(BigInt(late![2]!)).toBeGreaterThan(BigInt(late![1]!))
+  })
+
+  it('TypeScript: type-checks as a strict project would, runs, and tells the errors apart by class', async () => {
+    const file = join(ROOT, 'examples', 'typescript.mts')
+    const checked = typecheck([file], 'nodenext', 'nodenext')
+    expect(checked.output).toBe('')
+    expect(checked.status).toBe(0)
+    // Node 20 runs no TypeScript: transpiled into a project whose node_modules/distlock is this package.
+    const dir = tempDir('example-ts')
+    mkdirSync(join(dir, 'node_modules'))
+    symlinkSync(ROOT, join(dir, 'node_modules', 'distlock'), 'dir')
+    const { outputText } = ts.transpileModule(readFileSync(file, 'utf8'), {
+      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
+    })
+    writeFileSync(join(dir, 'typescript.mjs'), outputText)
+    const out = await example('typescript', {}, join(dir, 'typescript.mjs'))
+    expect(out).toMatch(/^report 7 rebuilt under fencing token \d+$/m)
+    expect(out).toContain('busy: LockTimeoutError ERR_LOCK_TIMEOUT (kind timeout)')
+    expect(out).toContain('cancelled: AbortError ABORT_ERR')
+    expect(out).toContain('report 8 still held by its holder: true')
+    expect(out).toContain('lost: LockLostError ERR_LOCK_LOST')
+    expect(out).toContain('unreachable: LockBackendError ERR_LOCK_BACKEND')
+    expect(out).toContain('invalid: RangeError ERR_INVALID_ARG_VALUE')
+  })
+
+  it('reader-writer lock: readers overlap, the writer is alone', async () => {
+    checkReaderWriter(await example('reader-writer'))
+  })
+
+  it('reader-writer lock on Redis', async () => {
+    const redis = await services.startRedis()
+    checkReaderWriter(await example('reader-writer', { DISTLOCK_EXAMPLE_REDIS: redis.url }))
+  })
+
+  it('semaphore pool: at most 3 calls at once across four processes', async () => {
+    checkPool(await example('semaphore-pool'))
+  })
+
+  it('semaphore pool on Redis', async () => {
+    const redis = await services.startRedis()
+    checkPool(await example('semaphore-pool', { DISTLOCK_EXAMPLE_REDIS: redis.url }))
   })
 })
 

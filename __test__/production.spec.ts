@@ -818,6 +818,24 @@ describe('LockBackendError keeps its cause', () => {
       locked.stop()
     }
   })
+
+  it('PostgreSQL and Redis: a refused connection is ECONNREFUSED from connect, in plain words', async () => {
+    // Port 1 on loopback: nothing listens there.
+    await using pg = new PostgresLockProvider({ connectionString: 'postgres://postgres@127.0.0.1:1/postgres' })
+    await using r = new RedisLockProvider({ urls: 'redis://127.0.0.1:1' })
+    for (const lock of [pg.createLock('refused'), r.createLock('refused')]) {
+      const err = (await thrown(() => lock.acquire({ timeoutMs: 300 }))) as LockBackendError
+      expect(err).toBeInstanceOf(LockBackendError)
+      expect(err.errno).toBeLessThan(0)
+      expect(err.syscall).toBe('connect')
+      const cause = err.cause as Error & { code?: string; errno?: number }
+      expect(cause.code).toBe('ECONNREFUSED')
+      expect(cause.errno).toBe(err.errno)
+      expect(err.message).toContain('Connection refused')
+      expect(err.message).not.toMatch(/Os \{|kind:|Custom \{/)
+      expect(Object.keys(err)).not.toContain('path')
+    }
+  })
 })
 
 describe('error stacks', () => {
@@ -944,16 +962,17 @@ describe('waitForUnlock', () => {
   })
 })
 
-describe('semaphore permits', () => {
-  const backends = (): Array<[string, () => Promise<LockProvider>]> => [
-    ['memory', async () => new MemoryLockProvider()],
-    ['file', async () => new FileLockProvider({ directory: tempDir('permits') })],
-    ['postgres', async () => new PostgresLockProvider({ connectionString: process.env.DISTLOCK_TEST_PG_URL! })],
-    ['redis', async () => new RedisLockProvider({ urls: redis.url })],
-  ]
+/** A fresh provider of every backend, by name (Redis: the shared test server). */
+const everyBackend = (): Array<[string, () => Promise<LockProvider>]> => [
+  ['memory', async () => new MemoryLockProvider()],
+  ['file', async () => new FileLockProvider({ directory: tempDir('permits') })],
+  ['postgres', async () => new PostgresLockProvider({ connectionString: process.env.DISTLOCK_TEST_PG_URL! })],
+  ['redis', async () => new RedisLockProvider({ urls: redis.url })],
+]
 
+describe('semaphore permits', () => {
   it('are taken all or none, counted by getInfo, and queued first come first served on every backend', async () => {
-    for (const [backend, make] of backends()) {
+    for (const [backend, make] of everyBackend()) {
       await using locks = await make()
       const name = `permits-${backend}-${process.pid}-${Math.random()}`
       const sem = locks.createSemaphore(name, 4)
@@ -1063,9 +1082,9 @@ describe('Redis removeUnusedFenceKeys', () => {
       let regressions = 0
       let grants = 0
       let removed = 0
-      let cleaning = true
-      const cleaning$ = (async () => {
-        for (let i = 0; cleaning && i < 2_000; i++) {
+      const cleaner$ = { running: true }
+      const cleaning = (async () => {
+        for (let i = 0; cleaner$.running && i < 2_000; i++) {
           removed += await cleaner.removeUnusedFenceKeys()
           await new Promise((r) => setTimeout(r, 2))
         }
@@ -1087,8 +1106,8 @@ describe('Redis removeUnusedFenceKeys', () => {
           }
         }),
       )
-      cleaning = false
-      await cleaning$
+      cleaner$.running = false
+      await cleaning
       for (const p of providers) await p.close()
       expect(overlaps).toBe(0)
       expect(regressions).toBe(0)

@@ -1,4 +1,4 @@
-// Writes the results of the last full torture run (torture/results/latest.json) into the README,
+// Writes the results of the last full torture run (torture/results/latest.json) into docs/torture.md,
 // between the markers `<!-- torture:begin -->` and `<!-- torture:end -->`:
 //   node torture/readme-table.mjs [results.json]
 import { readFileSync, writeFileSync } from 'node:fs'
@@ -6,10 +6,10 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
-const README = join(HERE, '..', 'README.md')
+const README = join(HERE, '..', 'docs', 'torture.md')
 const source = process.argv[2] ?? join(HERE, 'results', 'latest.json')
 const { meta, results } = JSON.parse(readFileSync(source, 'utf8'))
-if (meta.smoke) throw new Error(`${source} is a smoke run; the README shows a full run`)
+if (meta.smoke) throw new Error(`${source} is a smoke run; docs/torture.md shows a full run`)
 
 const cell = (text) => String(text).replaceAll('|', '\\|').replaceAll('\n', ' ')
 const stress = results.filter((r) => r.id.startsWith('stress/'))
@@ -43,6 +43,6 @@ const begin = '<!-- torture:begin -->'
 const end = '<!-- torture:end -->'
 const a = readme.indexOf(begin)
 const b = readme.indexOf(end)
-if (a < 0 || b < a) throw new Error(`README.md has no ${begin} … ${end} block`)
+if (a < 0 || b < a) throw new Error(`docs/torture.md has no ${begin} … ${end} block`)
 writeFileSync(README, `${readme.slice(0, a + begin.length)}\n${lines.join('\n')}\n${readme.slice(b)}`)
-console.log(`README.md: torture table from ${source} (${results.length} rows)`)
+console.log(`docs/torture.md: torture table from ${source} (${results.length} rows)`)

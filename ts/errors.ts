@@ -93,12 +93,13 @@ export interface BackendFacts {
  * the Redis error prefix as `code` for a server's), and the facts are fields of their own.
  */
 export class LockBackendError extends LockError implements BackendFacts {
-  readonly server?: string
-  readonly errno?: number
-  readonly syscall?: string
-  readonly path?: string
-  readonly sqlState?: string
-  readonly redisError?: string
+  // Declared only: a fact that is not known is not a property at all (not an own `undefined`).
+  declare readonly server?: string
+  declare readonly errno?: number
+  declare readonly syscall?: string
+  declare readonly path?: string
+  declare readonly sqlState?: string
+  declare readonly redisError?: string
 
   constructor(message: string, options?: LockErrorOptions & BackendFacts) {
     super(message, 'ERR_LOCK_BACKEND', options)

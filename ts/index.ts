@@ -18,7 +18,9 @@ export {
   LockStateError,
   LockTimeoutError,
   SuppressedError,
+  type BackendFacts,
   type LockErrorKind,
+  type LockErrorOptions,
   type SuppressedErrorConstructor,
   type SuppressedErrorLike,
 } from './errors'

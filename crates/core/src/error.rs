@@ -125,6 +125,56 @@ impl Cause {
     pub fn is_empty(&self) -> bool {
         *self == Cause::default()
     }
+
+    /// Fills `errno` (and `syscall`, for a failed connection) from an OS error that a driver
+    /// only passed on as text (see [`os_error_text`]).
+    pub fn with_os_error_in(mut self, text: &str) -> Self {
+        if self.errno.is_none()
+            && let (_, Some(errno)) = os_error_text(text)
+        {
+            self.errno = Some(errno);
+            if text.contains("cannot connect") || text.contains("cannot reach") {
+                self.syscall.get_or_insert("connect");
+            }
+        }
+        self
+    }
+}
+
+/// Rewrites the OS errors that drivers pass on as Rust text into plain words, and returns the
+/// first one's number: `Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }`
+/// (an `io::Error` shown with `Debug`) becomes `Connection refused (os error 111)`, its
+/// `Display` form, which is left as it is.
+pub fn os_error_text(text: &str) -> (String, Option<i32>) {
+    let mut out = String::with_capacity(text.len());
+    let mut errno = None;
+    let mut rest = text;
+    while let Some(at) = rest.find("Os { code: ") {
+        let tail = &rest[at + "Os { code: ".len()..];
+        let code: String = tail.chars().take_while(char::is_ascii_digit).collect();
+        let message = tail
+            .find("message: \"")
+            .map(|m| &tail[m + "message: \"".len()..])
+            .and_then(|m| m.find("\" }").map(|end| &m[..end]));
+        let (Ok(n), Some(message)) = (code.parse::<i32>(), message) else {
+            break;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str(&format!("{message} (os error {n})"));
+        errno.get_or_insert(n);
+        rest = &tail[tail.find("\" }").map_or(tail.len(), |e| e + 3)..];
+    }
+    out.push_str(rest);
+    if errno.is_none()
+        && let Some(at) = out.find("(os error ")
+    {
+        let digits: String = out[at + "(os error ".len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        errno = digits.parse().ok();
+    }
+    (out, errno)
 }
 
 impl Error {
@@ -214,6 +264,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn os_errors_in_driver_text_become_plain_words_and_a_number() {
+        let (text, errno) = os_error_text(
+            "cannot reach 127.0.0.1:1 (Os { code: 111, kind: ConnectionRefused, message: \"Connection refused\" })",
+        );
+        assert_eq!(
+            text,
+            "cannot reach 127.0.0.1:1 (Connection refused (os error 111))"
+        );
+        assert_eq!(errno, Some(111));
+        let (text, errno) =
+            os_error_text("cannot connect to h:1: Connection refused (os error 111)");
+        assert_eq!(
+            text,
+            "cannot connect to h:1: Connection refused (os error 111)"
+        );
+        assert_eq!(errno, Some(111));
+        assert_eq!(
+            os_error_text("WRONGPASS invalid"),
+            ("WRONGPASS invalid".into(), None)
+        );
+        let cause = Cause::default().with_os_error_in("cannot connect to h:1: x (os error 104)");
+        assert_eq!((cause.errno, cause.syscall), (Some(104), Some("connect")));
+    }
 
     #[test]
     fn codes_are_stable() {

@@ -1600,7 +1600,10 @@ mod prepared_statements {
             .find(|(t, _)| t.contains("unnest($1::int8[], $2::int8[])"))
             .unwrap_or_else(|| panic!("no semaphore attempt in {prepared:#?}"));
         assert_eq!(sem_try.1, 3);
-        assert_eq!(runs("SELECT pg_advisory_unlock($1::int8)"), 3);
+        assert_eq!(
+            runs("SELECT pg_advisory_unlock(k) FROM unnest($1::int8[]) AS k"),
+            3
+        );
         held.release().await.unwrap();
         holder.close().await.unwrap();
         waiter.close().await.unwrap();

@@ -108,6 +108,7 @@ pub(crate) fn cause_of(server: &str, message: &str) -> distlock_core::Cause {
         message: Some(message.to_owned()),
         ..Default::default()
     }
+    .with_os_error_in(message)
 }
 
 /// Whether a driver error is one a reconnect can cure: the connection broke (I/O, closed,

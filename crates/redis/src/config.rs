@@ -132,6 +132,18 @@ impl RedisOptions {
                     ),
                 )
             })?;
+            let mut config = config;
+            // The sentinels take `sentinelUsername`/`sentinelPassword` when the URL gives them,
+            // else the URL's own user and password, as they did before those were read.
+            if let ServerConfig::Sentinel {
+                username, password, ..
+            } = &mut config.server
+                && username.is_none()
+                && password.is_none()
+            {
+                username.clone_from(&config.username);
+                password.clone_from(&config.password);
+            }
             let spec = ServerSpec {
                 label: label(&config),
                 config,

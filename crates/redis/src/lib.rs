@@ -544,6 +544,7 @@ impl Inner {
             message: Some(detail.to_owned()),
             ..Default::default()
         }
+        .with_os_error_in(detail)
     }
 
     /// Starts, once and inside the runtime, the task that follows the servers' connections.

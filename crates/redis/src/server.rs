@@ -106,7 +106,8 @@ pub fn describe(label: &str, timeout: Duration, e: &fred::error::Error) -> Strin
     match e.kind() {
         ErrorKind::Timeout => format!("{label} did not answer within {} ms", timeout.as_millis()),
         _ => {
-            let details = e.details();
+            // fred passes OS errors on as Rust `Debug` text: show their words instead.
+            let (details, _) = distlock_core::error::os_error_text(e.details());
             if details.contains("WRONGTYPE") {
                 format!("{label}: a key of this lock holds another Redis type ({details})")
             } else {
@@ -315,9 +316,18 @@ impl Server {
     /// Listens to the sentinels' `+switch-master` announcements for our service: a failover
     /// does not always close the connections to the old master.
     fn follow_sentinels(&self, client: &Client, hosts: &[fred::types::config::Server], name: &str) {
+        // The sentinels' own credentials (see `RedisOptions::parse`).
+        let (username, password) = match &self.spec.config.server {
+            ServerConfig::Sentinel {
+                username, password, ..
+            } => (username.clone(), password.clone()),
+            _ => (None, None),
+        };
         for host in hosts {
             let config = Config {
                 server: ServerConfig::new_centralized(host.host.to_string(), host.port),
+                username: username.clone(),
+                password: password.clone(),
                 tls: self.spec.config.tls.clone(),
                 fail_fast: false,
                 ..Config::default()
@@ -563,7 +573,8 @@ fn watch(
                         let permanent = matches!(e.kind(), ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url)
                             || e.details().contains("WRONGPASS")
                             || e.details().contains("NOAUTH");
-                        *lock(&last_error) = Some((e.details().to_owned(), !permanent));
+                        let (words, _) = distlock_core::error::os_error_text(e.details());
+                        *lock(&last_error) = Some((words, !permanent));
                         if events.send(Event::Lost(index)).is_err() {
                             return;
                         }

@@ -202,3 +202,49 @@ async fn sentinel_finds_the_master_and_locks_on_it() {
     assert!(h2.fencing_token() > t1);
     h2.release().await.unwrap();
 }
+
+/// Sentinels with a password of their own (`sentinelPassword`), or, without it, the URL's.
+#[tokio::test]
+async fn sentinel_credentials_of_their_own_or_the_urls() {
+    let master = RedisProc::start(&["--requirepass", "m4st"]);
+    let sentinel = Sentinel::start_with(
+        &master,
+        "requirepass s3nt\nsentinel auth-pass mymaster m4st",
+    );
+    let url = |query: &str| {
+        format!(
+            "redis-sentinel://:m4st@127.0.0.1:{}/0?sentinelServiceName=mymaster{query}",
+            sentinel.port
+        )
+    };
+    let a = backend(&[url("&sentinelPassword=s3nt")], |o| o);
+    let h = get(&a, req("sauth", LockKind::Mutex, Some(5_000.0)))
+        .await
+        .expect("locks through the sentinel that wants its own password");
+    h.release().await.unwrap();
+    let wrong = backend(&[url("&sentinelPassword=nope")], |o| o);
+    assert!(
+        wrong
+            .acquire(req("sauth", LockKind::Mutex, Some(1_000.0)))
+            .unwrap()
+            .await
+            .is_err(),
+        "a wrong sentinel password is a backend error"
+    );
+
+    // One password for both: the URL's reaches the sentinels too.
+    let shared = RedisProc::start(&["--requirepass", "same"]);
+    let sentinel = Sentinel::start_with(
+        &shared,
+        "requirepass same\nsentinel auth-pass mymaster same",
+    );
+    let url = format!(
+        "redis-sentinel://:same@127.0.0.1:{}/0?sentinelServiceName=mymaster",
+        sentinel.port
+    );
+    let b = backend(&[url], |o| o);
+    let h = get(&b, req("sauth", LockKind::Mutex, Some(5_000.0)))
+        .await
+        .expect("locks with the URL's password on both");
+    h.release().await.unwrap();
+}

@@ -210,6 +210,11 @@ pub struct Sentinel {
 
 impl Sentinel {
     pub fn start(master: &RedisProc) -> Self {
+        Self::start_with(master, "")
+    }
+
+    /// A sentinel with `extra` lines in its configuration (`requirepass`, `sentinel auth-pass`).
+    pub fn start_with(master: &RedisProc, extra: &str) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "distlock-sentinel-test-{}-{port}",
@@ -220,7 +225,7 @@ impl Sentinel {
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 5000\n",
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 5000\n{extra}\n",
                 dir.display(),
                 master.port
             ),
