@@ -205,7 +205,9 @@ for (const topology of Object.keys(TOPOLOGIES)) {
 // process (the next caller's attempt sent right behind the release) is checked against the
 // other processes' grants.
 for (const topology of ['file', 'postgres', 'redis-single', 'redlock-3']) {
-  const primitives = { 'redis-single': ['mutex', 'rw', 'semaphore'], postgres: ['mutex', 'rw'] }[topology] ?? ['mutex']
+  const primitives = { 'redis-single': ['mutex', 'rw', 'semaphore'], postgres: ['mutex', 'rw', 'semaphore'] }[
+    topology
+  ] ?? ['mutex']
   for (const primitive of primitives) {
     stressRow({
       topology,

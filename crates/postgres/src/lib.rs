@@ -122,6 +122,10 @@ struct Handoff {
 struct SemState {
     /// Permit slots this process holds (the server would let one session take a key twice).
     taken: Mutex<HashSet<u32>>,
+    /// Held from choosing the free slots of an attempt until the slots it won are in `taken`:
+    /// two callers of this process whose turns overlap (a semaphore admits several) would
+    /// otherwise try the same slots, and on a shared session both would get them.
+    gate: Arc<tokio::sync::Mutex<()>>,
     freed: Notify,
 }
 
@@ -1058,9 +1062,10 @@ impl Inner {
                 )
                 .await
             {
-                Ok(Some((s, _, _))) if s.is_dead() => self.ended_at_grant(&req, &s),
-                Ok(Some((s, slots, token))) => {
+                Ok(Some((s, _, _, _gate))) if s.is_dead() => self.ended_at_grant(&req, &s),
+                Ok(Some((s, slots, token, gate))) => {
                     lock(&entry.state.taken).extend(slots.iter().copied());
+                    drop(gate);
                     let unlock = match self.pool.opts.scope {
                         Scope::Session => slots_unlock(&req.name, &slots),
                         Scope::Transaction => rollback(),
@@ -1092,7 +1097,7 @@ impl Inner {
         start: Instant,
         deadline: Option<Instant>,
         retry: &mut Retry,
-    ) -> std::result::Result<Option<(Arc<Session>, Vec<u32>, u64)>, Miss> {
+    ) -> std::result::Result<Option<SlotGrant>, Miss> {
         let until = self.until(req, start, deadline);
         self.ensure_sequence(req, until).await?;
         let scope = self.pool.opts.scope;
@@ -1102,6 +1107,11 @@ impl Inner {
             let freed = entry.state.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
+            let gate = entry.state.gate.clone().lock_owned();
+            let gate = race(gate, until, req.cancel.as_ref(), &self.closed)
+                .await
+                .done()
+                .map_err(Miss::Stop)?;
             let free: Vec<u32> = {
                 let taken = lock(&entry.state.taken);
                 (0..max_count).filter(|i| !taken.contains(i)).collect()
@@ -1157,8 +1167,9 @@ impl Inner {
                         transient: false,
                     }));
                 };
-                return Ok(Some((s, slots, token)));
+                return Ok(Some((s, slots, token, gate)));
             }
+            drop(gate);
             self.end_attempt(&s).await;
             if req.timeout == Timeout::Zero {
                 return Ok(None);
@@ -1224,6 +1235,15 @@ impl Inner {
         Ok(Some(held))
     }
 }
+
+/// A semaphore attempt that won: its session, slots and token, and the gate of the name's
+/// attempts in this process, held until the slots are marked taken.
+type SlotGrant = (
+    Arc<Session>,
+    Vec<u32>,
+    u64,
+    tokio::sync::OwnedMutexGuard<()>,
+);
 
 /// The permit slots in the first cell of every row, `None` if one is not a slot number.
 fn slot_cells(rows: &Rows) -> Option<Vec<u32>> {

@@ -766,3 +766,59 @@ async fn semaphore_permits_are_all_or_nothing_in_both_scopes() {
         assert_eq!(b.inspect(&name, kind(1)).await.unwrap().holders, Some(0));
     }
 }
+
+/// Callers of one process whose turns overlap (a semaphore admits several at once) never get
+/// the same permit slot: on a shared session the server would grant a key twice, and another
+/// process would then find a slot free that this one counts as taken.
+#[tokio::test]
+async fn one_process_never_takes_a_permit_twice() {
+    let b = Arc::new(provider("permits_inproc"));
+    let other = provider("permits_other");
+    let name = unique("permits_inproc");
+    for round in 0..20u32 {
+        // All three callers are let in by this process's queue at once and race to the server.
+        let (one, two) = (
+            LockKind::semaphore(3),
+            LockKind::Semaphore {
+                max_count: 3,
+                permits: 2,
+            },
+        );
+        let kinds = if round % 2 == 0 {
+            [one, one, one]
+        } else {
+            [two, one, one]
+        };
+        let n = if round % 2 == 0 { 3 } else { 2 };
+        let grants: Vec<_> = kinds[..n]
+            .iter()
+            .map(|k| tokio::spawn(b.acquire(req(&name, *k, Some(5_000.0))).unwrap()))
+            .collect();
+        let mut held = Vec::new();
+        for g in grants {
+            held.push(
+                tokio::time::timeout(Duration::from_secs(10), g)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        let info = other.inspect(&name, LockKind::semaphore(3)).await.unwrap();
+        assert_eq!(
+            info.holders,
+            Some(3),
+            "round {round}: three distinct slots on the server"
+        );
+        assert!(
+            get(&other, req(&name, LockKind::semaphore(3), Some(0.0)))
+                .await
+                .is_none(),
+            "round {round}: another process found a permit free"
+        );
+        for h in held {
+            h.release().await.unwrap();
+        }
+    }
+}
