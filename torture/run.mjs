@@ -57,7 +57,7 @@ const ONLY = option('--only')
 const OUT = option('--out') ?? join(HERE, 'results')
 const BASENAME = SMOKE ? 'smoke' : 'latest'
 /** The whole run stops starting rows after this long (rows not run count as failures). */
-const RUN_BUDGET_MS = SMOKE ? 110_000 : 900_000
+const RUN_BUDGET_MS = SMOKE ? 110_000 : 1_200_000
 
 const envMs = (name, fallback) => (process.env[name] ? Number(process.env[name]) : fallback)
 /** The bounds the rows check. They are the library's promises; keep them in step with the README. */

@@ -73,7 +73,10 @@ export class LockLostError extends LockError {
 
 /** What a {@link LockBackendError} knows about the failure behind it; every field may be absent. */
 export interface BackendFacts {
-  /** The server that failed, as messages name it (`host:port`, never with a password). */
+  /**
+   * The server that failed, as messages name it: `host:port` (PostgreSQL: `host:port/database`),
+   * never with a password.
+   */
   server?: string
   /** For an operating-system error: Node's `errno` (negative, as in `fs` and `net` errors). */
   errno?: number
