@@ -17,6 +17,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFi
 import { delimiter, dirname, join, relative, resolve } from 'node:path'
 
 import ts from 'typescript'
+import { expect, it } from 'vitest'
 
 import { ROOT, tempDir, typecheck } from './helpers'
 
@@ -282,4 +283,31 @@ export function linkProblems(file: string): string[] {
     }
   }
   return problems
+}
+
+/**
+ * Declares a test for every block the spec runs as it is (`run: file|memory|postgres|redis`) or
+ * parses (`shell`): a run must exit 0, and its output must match what `expected` gives for it.
+ * `servers` is read when the tests run (a spec fills it in `beforeAll`).
+ */
+export function blockTests(
+  blocks: Block[],
+  servers: Servers,
+  expected: (block: Block) => Array<['stdout' | 'stderr', RegExp]>,
+): void {
+  for (const block of blocks) {
+    const mark = markOf(block)
+    if ('run' in mark) {
+      it(`runs ${title(block)}`, async () => {
+        const run = await runBlock(block, mark.run, servers)
+        expect(run.status, `${run.stdout}\n${run.stderr}`).toBe(0)
+        for (const [stream, re] of expected(block)) expect(run[stream]).toMatch(re)
+      })
+    } else if ('shell' in mark) {
+      it(`parses ${title(block)}`, () => {
+        const { status, output } = shellSyntax(block)
+        expect(status, output).toBe(0)
+      })
+    }
+  }
 }

@@ -7,14 +7,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LockBackendError, RedisLockProvider } from 'distlock'
 
 import {
+  blockTests,
   command,
   linkProblems,
-  markOf,
   markProblems,
   parseBlocks,
   runBlock,
-  shellSyntax,
-  title,
   typecheckBlocks,
   type Backend,
   type Block,
@@ -113,21 +111,9 @@ describe(FILE, () => {
     expect(status, output).toBe(0)
   })
 
-  for (const block of blocks) {
-    const mark = markOf(block)
-    if ('run' in mark) {
-      it(`runs ${title(block)}`, async () => {
-        const run = await runBlock(block, mark.run, servers)
-        expect(run.status, `${run.stdout}\n${run.stderr}`).toBe(0)
-        for (const [needle, re] of EXPECTED) if (block.code.includes(needle)) expect(run.stdout).toMatch(re)
-      })
-    } else if ('shell' in mark) {
-      it(`parses ${title(block)}`, () => {
-        const { status, output } = shellSyntax(block)
-        expect(status, output).toBe(0)
-      })
-    }
-  }
+  blockTests(blocks, servers, (block) =>
+    EXPECTED.filter(([needle]) => block.code.includes(needle)).map(([, re]) => ['stdout', re] as ['stdout', RegExp]),
+  )
 
   it("exit 13: awaiting only a held lock's signal ends the process with code 13", async () => {
     const run = await runBlock(custom('exit-13'), 'file', servers)

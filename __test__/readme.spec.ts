@@ -7,16 +7,7 @@ import { join } from 'node:path'
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import {
-  markOf,
-  markProblems,
-  parseBlocks,
-  runBlock,
-  shellSyntax,
-  title,
-  typecheckBlocks,
-  linkProblems,
-} from './doc-blocks'
+import { blockTests, markOf, markProblems, parseBlocks, runBlock, typecheckBlocks, linkProblems } from './doc-blocks'
 import type { Block, Servers } from './doc-blocks'
 import { ROOT } from './helpers'
 
@@ -105,21 +96,7 @@ describe('README.md', () => {
     expect(status, output).toBe(0)
   })
 
-  for (const block of blocks) {
-    const mark = markOf(block)
-    if ('run' in mark) {
-      it(`runs ${title(block)}`, async () => {
-        const run = await runBlock(block, mark.run, servers)
-        expect(run.status, `${run.stdout}\n${run.stderr}`).toBe(0)
-        for (const [stream, re] of expectationsOf(block)) expect(run[stream]).toMatch(re)
-      })
-    } else if ('shell' in mark) {
-      it(`parses ${title(block)}`, () => {
-        const { status, output } = shellSyntax(block)
-        expect(status, output).toBe(0)
-      })
-    }
-  }
+  blockTests(blocks, servers, expectationsOf)
 
   it('names the test command CI runs', () => {
     const shells = blocks.filter((b) => 'shell' in markOf(b)).map((b) => b.code.trim())

@@ -203,11 +203,16 @@ for (const topology of Object.keys(TOPOLOGIES)) {
 
 // In-process contention too: 4 processes × 4 loops on one name, so every handoff inside a
 // process (the next caller's attempt sent right behind the release) is checked against the
-// other processes' grants.
-for (const topology of ['file', 'postgres', 'redis-single', 'redlock-3']) {
-  const primitives = { 'redis-single': ['mutex', 'rw', 'semaphore'], postgres: ['mutex', 'rw', 'semaphore'] }[
-    topology
-  ] ?? ['mutex']
+// other processes' grants. `permits`: a semaphore of 5 whose acquires take 1 to 3 permits at
+// once; the permits held never add up to more than 5 (each permit is a slot marker).
+const IN_PROCESS = {
+  file: ['mutex', 'permits'],
+  postgres: ['mutex', 'rw', 'semaphore', 'permits'],
+  'redis-single': ['mutex', 'rw', 'semaphore', 'permits'],
+  'redlock-3': ['mutex'],
+}
+const IN_PROCESS_SMOKE = new Set(['redis-single/mutex', 'postgres/permits'])
+for (const [topology, primitives] of Object.entries(IN_PROCESS)) {
   for (const primitive of primitives) {
     stressRow({
       topology,
@@ -216,23 +221,7 @@ for (const topology of ['file', 'postgres', 'redis-single', 'redlock-3']) {
       workers: 4,
       callers: 4,
       durationMs: 20_000,
-      smoke: topology === 'redis-single' && primitive === 'mutex',
-    })
-  }
-}
-
-// Semaphores whose acquires take 1 to 3 of 5 permits at once: the permits held never add up to
-// more than 5 (each permit is a slot marker), with 4 processes × 4 loops.
-for (const topology of ['file', 'postgres', 'redis-single']) {
-  for (const primitive of ['permits']) {
-    stressRow({
-      topology,
-      primitive,
-      suffix: '-4x4-callers',
-      workers: 4,
-      callers: 4,
-      durationMs: 20_000,
-      smoke: topology === 'postgres',
+      smoke: IN_PROCESS_SMOKE.has(`${topology}/${primitive}`),
     })
   }
 }
