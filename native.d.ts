@@ -61,6 +61,10 @@ export declare class NativeProvider {
   static postgres(options: PostgresOptions): NativeProvider
   /** Redis: one server, a cluster, a Sentinel group, or RedLock over several servers. */
   static redis(options: RedisOptions): NativeProvider
+  /** MySQL or MariaDB named locks. */
+  static mysql(options: MySqlOptions): NativeProvider
+  /** etcd v3: leases, and keys ordered by their create revision. */
+  static etcd(options: EtcdOptions): NativeProvider
   /** Locks inside this process, for tests. */
   static memory(): NativeProvider
   /**
@@ -85,7 +89,7 @@ export declare class NativeProvider {
   acquire(id: number, name: string, kind: string, maxCount?: number | undefined | null, permits?: number | undefined | null, timeoutMs?: number | undefined | null, cancel?: CancelToken | undefined | null, leaseMs?: number | undefined | null, autoRenew?: boolean | undefined | null): NativeHandle | undefined | null | undefined
   /** A snapshot of the lock's state. */
   inspect(name: string, kind: string, maxCount?: number | undefined | null): Promise<NativeLockInfo>
-  /** Server connections open now (PostgreSQL). */
+  /** Server connections open now (PostgreSQL, MySQL). */
   get connections(): number | null
   /**
    * Removes what names nobody uses now leave behind: lock files (file backend), fencing
@@ -94,7 +98,7 @@ export declare class NativeProvider {
   removeUnused(): Promise<number>
   /** Of those, the ones whose socket is read on the event loop (PostgreSQL). */
   get eventLoopConnections(): number | null
-  /** Locks held through this provider now (Redis). */
+  /** Locks held through this provider now (Redis, MySQL, etcd). */
   get heldCount(): number | null
   /**
    * Lease renewals sent so far, and the scripts (round trips per server) that carried them
@@ -110,6 +114,28 @@ export declare class NativeProvider {
   get driver(): string
   get isClosed(): boolean
   close(): Promise<undefined>
+}
+
+/** Options of the etcd provider, validated in TS for types and here for values. */
+export interface EtcdOptions {
+  endpoints: Array<string>
+  leaseMs?: number
+  keyPrefix?: string
+  username?: string
+  password?: string
+  opTimeoutMs?: number
+  tls?: RedisTlsOptions
+}
+
+/** Options of the MySQL provider, validated in TS for types and here for values. */
+export interface MySqlOptions {
+  connectionString: string
+  maxConnections?: number
+  keepaliveMs?: number
+  opTimeoutMs?: number
+  connectTimeoutMs?: number
+  fencingTable?: string
+  tls?: RedisTlsOptions
 }
 
 /** What `getInfo` reports (see `distlock_core::LockInfo`). */

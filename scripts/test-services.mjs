@@ -3,8 +3,24 @@
 // (initdb + pg_ctl on a free loopback port in a temp dir, stopped by stopServices()).
 // Redis: never a shared server; every test starts its own redis-server processes on free
 // loopback ports (startRedis, startRedisCluster) and stops them after.
+// MySQL/MariaDB: $DISTLOCK_TEST_MYSQL_URL, else a private MariaDB server (mariadb-install-db +
+// mariadbd on a free loopback port in a temp dir, with TLS, stopped by stopServices()).
+// etcd: never a shared server; tests start their own members (startEtcd, startEtcdCluster).
 import { spawn, spawnSync } from 'node:child_process'
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
+import { request } from 'node:http'
 import { createServer, connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -223,6 +239,13 @@ export function redisServerBin() {
 
 let exitHook = false
 
+/** Stops every service when the process exits, also when a test worker ends without its afterAll. */
+function stopAtExit() {
+  if (exitHook) return
+  exitHook = true
+  process.once('exit', stopServices)
+}
+
 async function waitFor(check, what, ms = 10_000) {
   const deadline = Date.now() + ms
   while (Date.now() < deadline) {
@@ -279,11 +302,7 @@ export async function startRedis(args = [], { tls = false } = {}) {
     rmSync(dir, { recursive: true, force: true })
   }
   stops.push(stop)
-  if (!exitHook) {
-    // Also when a test worker ends without its afterAll: no redis-server outlives the run.
-    exitHook = true
-    process.once('exit', stopServices)
-  }
+  stopAtExit() // no redis-server outlives the run
   await waitFor(
     async () => exited || (await reachable('127.0.0.1', port, 200)),
     `redis-server on port ${port} starting`,
@@ -330,4 +349,388 @@ export async function startRedisCluster() {
     nodes,
     stop: () => nodes.forEach((n) => n.stop()),
   }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** The last `chars` characters of a log file ('' when there is none). */
+function tail(file, chars = 2000) {
+  try {
+    return readFileSync(file, 'utf8').slice(-chars).trim()
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * Spawns a server with its output going to `log` (kept out of the test output) and tracks its
+ * exit. `kill(signal)` sends a signal while it runs; `stop()` kills it for good (SIGCONT first, in
+ * case a test paused it) and may be called again.
+ */
+function spawnLogged(bin, args, log, env = process.env) {
+  const fd = openSync(log, 'a')
+  let child
+  try {
+    child = spawn(bin, args, { stdio: ['ignore', fd, fd], env })
+  } finally {
+    closeSync(fd)
+  }
+  const proc = { child, exited: false }
+  child.on('exit', () => (proc.exited = true))
+  child.on('error', () => (proc.exited = true))
+  proc.kill = (signal = 'SIGKILL') => !proc.exited && child.kill(signal)
+  proc.stop = () => {
+    if (proc.exited) return
+    child.kill('SIGCONT')
+    child.kill('SIGKILL')
+  }
+  return proc
+}
+
+/** `count` distinct free loopback ports. */
+async function freePorts(count) {
+  const ports = new Set()
+  for (let i = 0; i < count * 20 && ports.size < count; i++) ports.add(await freePort())
+  if (ports.size < count) throw new Error(`could not find ${count} free loopback ports`)
+  return [...ports]
+}
+
+/** mariadbd and its install script ($DISTLOCK_MYSQLD, else PATH, else /usr/sbin), or null. */
+function mysqlServerBins() {
+  const server =
+    process.env.DISTLOCK_MYSQLD ||
+    which('mariadbd') ||
+    ['/usr/sbin/mariadbd', '/usr/sbin/mysqld'].find((p) => existsSync(p)) ||
+    which('mysqld')
+  const install = which('mariadb-install-db') || which('mysql_install_db')
+  return server && install ? { server, install } : null
+}
+
+/** Whether a MySQL server on host:port sends its handshake greeting (protocol version 10). */
+function mysqlGreets(host, port, ms = 1000) {
+  return new Promise((resolve) => {
+    const s = connect({ host, port })
+    const done = (ok) => {
+      s.destroy()
+      resolve(ok)
+    }
+    s.setTimeout(ms, () => done(false))
+    s.once('data', (d) => done(d.length > 4 && d[4] === 10))
+    s.on('error', () => done(false))
+  })
+}
+
+/**
+ * Whether `url` (mysql://user:password@host:port/db) accepts a login over TCP, by the mariadb (or
+ * mysql) client when installed; else whether the server greets, all we can check without one.
+ */
+async function mysqlLoginWorks(url) {
+  const u = new URL(url)
+  const host = u.hostname.replace(/^\[(.*)\]$/, '$1')
+  const port = u.port || '3306'
+  const client = which('mariadb') || which('mysql')
+  if (!client) return mysqlGreets(host, Number(port))
+  const args = ['--no-defaults', '--protocol=TCP', '-h', host, '-P', port, '-u', decodeURIComponent(u.username)]
+  const db = decodeURIComponent(u.pathname.slice(1))
+  if (db) args.push('-D', db)
+  if (/ssl/i.test(u.search)) args.push('--ssl')
+  if (process.env.DISTLOCK_TEST_MYSQL_CA) args.push(`--ssl-ca=${process.env.DISTLOCK_TEST_MYSQL_CA}`)
+  const res = spawnSync(client, [...args, '-Nse', 'SELECT 1'], {
+    encoding: 'utf8',
+    timeout: 10_000,
+    env: { ...process.env, MYSQL_PWD: decodeURIComponent(u.password) },
+  })
+  return res.status === 0
+}
+
+/**
+ * Starts a private MariaDB server: mariadb-install-db into a temp dir, then mariadbd on a free
+ * loopback port (as root when running as root: --user=root). User root has an empty password,
+ * by the unix socket in the temp dir and over TCP from 127.0.0.1; database `test` exists. TLS is
+ * offered (not required) with a certificate for "localhost" from a fresh private CA (`caFile`).
+ * Throws saying what to install when the server binaries are missing.
+ */
+export async function startMysql() {
+  const bins = mysqlServerBins()
+  if (!bins) {
+    throw new Error(
+      'the MySQL tests need a MariaDB server and none was found: set DISTLOCK_TEST_MYSQL_URL=mysql://user@host:port/db ' +
+        'or install the server binaries (Debian/Ubuntu: apt-get install mariadb-server; macOS: brew install mariadb) ' +
+        'so a private server can be started (or set DISTLOCK_MYSQLD to mariadbd)',
+    )
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'distlock-mysql-'))
+  const data = join(dir, 'data')
+  const socket = join(dir, 'mysqld.sock')
+  const log = join(dir, 'error.log')
+  const output = join(dir, 'output.log')
+  const user = process.getuid?.() === 0 ? ['--user=root'] : []
+  let proc
+  const stop = () => {
+    proc?.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+  stops.push(stop)
+  stopAtExit() // no mariadbd outlives the run
+  const fail = (what) => {
+    const logs = [tail(output), tail(log)].filter(Boolean).join('\n')
+    stop()
+    return new Error(`${what}${logs ? `; its log ends:\n${logs}` : ''}`)
+  }
+  const innodb = ['--innodb-log-file-size=16M', '--innodb-buffer-pool-size=64M']
+  const res = spawnSync(
+    bins.install,
+    [
+      '--no-defaults',
+      `--datadir=${data}`,
+      ...user,
+      '--auth-root-authentication-method=normal',
+      '--skip-test-db',
+      '--skip-name-resolve',
+      ...innodb,
+    ],
+    { encoding: 'utf8', timeout: 120_000 },
+  )
+  if (res.status !== 0) {
+    stop()
+    throw new Error(`${bins.install} failed: ${(res.stdout + res.stderr).slice(-2000) || res.error}`)
+  }
+  const { caFile, certFile, keyFile } = makeCertificates(dir)
+  const init = join(dir, 'init.sql')
+  writeFileSync(
+    init,
+    [
+      'CREATE DATABASE IF NOT EXISTS test;',
+      "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1';",
+      "GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;",
+      '',
+    ].join('\n'),
+  )
+  const port = await freePort()
+  proc = spawnLogged(
+    bins.server,
+    [
+      '--no-defaults',
+      `--datadir=${data}`,
+      ...user,
+      `--port=${port}`,
+      '--bind-address=127.0.0.1',
+      `--socket=${socket}`,
+      `--pid-file=${join(dir, 'mariadbd.pid')}`,
+      `--log-error=${log}`,
+      `--tmpdir=${dir}`,
+      `--init-file=${init}`,
+      '--skip-name-resolve',
+      '--max-connections=1000',
+      '--max-connect-errors=1000000',
+      '--innodb-flush-log-at-trx-commit=2',
+      ...innodb,
+      `--ssl-ca=${caFile}`,
+      `--ssl-cert=${certFile}`,
+      `--ssl-key=${keyFile}`,
+    ],
+    output,
+  )
+  try {
+    await waitFor(
+      async () => proc.exited || (await mysqlGreets('127.0.0.1', port)),
+      `mariadbd on port ${port} starting`,
+      30_000,
+    )
+  } catch (err) {
+    throw fail(err.message)
+  }
+  if (proc.exited) throw fail(`mariadbd (${bins.server}) exited at start on port ${port}`)
+  const url = `mysql://root@127.0.0.1:${port}/test`
+  if (!(await mysqlLoginWorks(url))) throw fail(`the private MariaDB server on port ${port} refused root's login`)
+  return { url, caFile, port, socket, pid: proc.child.pid, stop }
+}
+
+/**
+ * The MySQL URL for the tests: $DISTLOCK_TEST_MYSQL_URL (with $DISTLOCK_TEST_MYSQL_CA as its
+ * `caFile`), else a private MariaDB server (startMysql). Throws with install instructions.
+ */
+export async function findMysql() {
+  const fromEnv = process.env.DISTLOCK_TEST_MYSQL_URL
+  if (fromEnv) {
+    if (!(await mysqlLoginWorks(fromEnv))) {
+      throw new Error(`DISTLOCK_TEST_MYSQL_URL=${fromEnv} does not accept a login`)
+    }
+    const u = new URL(fromEnv)
+    return {
+      url: fromEnv,
+      how: 'from DISTLOCK_TEST_MYSQL_URL',
+      caFile: process.env.DISTLOCK_TEST_MYSQL_CA || undefined,
+      port: Number(u.port || 3306),
+      socket: undefined,
+      pid: undefined,
+    }
+  }
+  const server = await startMysql()
+  return { ...server, how: 'a private MariaDB server (mariadb-install-db)' }
+}
+
+/** The etcd binary ($DISTLOCK_ETCD_BIN, else PATH), or an error saying how to get it. */
+export function etcdBin() {
+  const bin = process.env.DISTLOCK_ETCD_BIN || which('etcd')
+  if (!bin) {
+    throw new Error(
+      'etcd was not found. The etcd tests start their own members: install etcd ' +
+        '(Debian/Ubuntu: apt-get install etcd-server; macOS: brew install etcd) or set DISTLOCK_ETCD_BIN to its path',
+    )
+  }
+  return bin
+}
+
+/** GET (or POST `body` as JSON) on an etcd member's HTTP gateway: the parsed answer, or null on any failure. */
+function etcdHttp(endpoint, path, body, ms = 1000) {
+  return new Promise((resolve) => {
+    const req = request(
+      `${endpoint}${path}`,
+      {
+        method: body === undefined ? 'GET' : 'POST',
+        agent: false,
+        timeout: ms,
+        headers: { 'content-type': 'application/json' },
+      },
+      (res) => {
+        let text = ''
+        res.setEncoding('utf8')
+        res.on('data', (d) => (text += d))
+        res.on('error', () => resolve(null))
+        res.on('end', () => {
+          try {
+            resolve(res.statusCode === 200 ? JSON.parse(text) : null)
+          } catch {
+            resolve(null)
+          }
+        })
+      },
+    )
+    req.on('timeout', () => req.destroy())
+    req.on('error', () => resolve(null))
+    req.end(body === undefined ? undefined : JSON.stringify(body))
+  })
+}
+
+/**
+ * `n` etcd members of one new cluster, each on two free loopback ports (client, peer) with a data
+ * dir in one temp dir; resolves once every member reports healthy (30 s at most). Output goes to
+ * a log per member, shown only when the cluster fails to start.
+ */
+async function startEtcdMembers(n) {
+  const bin = etcdBin()
+  const dir = mkdtempSync(join(tmpdir(), 'distlock-etcd-'))
+  const ports = await freePorts(2 * n)
+  const specs = Array.from({ length: n }, (_, i) => ({
+    name: `m${i}`,
+    endpoint: `http://127.0.0.1:${ports[2 * i]}`,
+    peer: `http://127.0.0.1:${ports[2 * i + 1]}`,
+  }))
+  const initialCluster = specs.map((s) => `${s.name}=${s.peer}`).join(',')
+  const token = `distlock-${process.pid}-${Date.now()}`
+  const env = { ...process.env, ETCDCTL_API: '3' }
+  const members = specs.map(({ name, endpoint, peer }) => {
+    mkdirSync(join(dir, name))
+    const log = join(dir, `${name}.log`)
+    const proc = spawnLogged(
+      bin,
+      [
+        '--name',
+        name,
+        '--data-dir',
+        join(dir, name, 'data'),
+        '--listen-client-urls',
+        endpoint,
+        '--advertise-client-urls',
+        endpoint,
+        '--listen-peer-urls',
+        peer,
+        '--initial-advertise-peer-urls',
+        peer,
+        '--initial-cluster',
+        initialCluster,
+        '--initial-cluster-state',
+        'new',
+        '--initial-cluster-token',
+        token,
+        '--logger',
+        'zap',
+        '--log-outputs',
+        'stderr',
+        '--log-level',
+        'error',
+      ],
+      log,
+      env,
+    )
+    return { name, endpoint, pid: proc.child.pid, kill: proc.kill, stop: proc.stop, proc, log }
+  })
+  const stop = () => {
+    for (const m of members) m.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+  stops.push(stop)
+  stopAtExit() // no etcd outlives the run
+  const healthy = async () => {
+    const answers = await Promise.all(members.map((m) => etcdHttp(m.endpoint, '/health')))
+    return answers.every((a) => a?.health === 'true')
+  }
+  let problem = null
+  try {
+    await waitFor(
+      async () => members.some((m) => m.proc.exited) || (await healthy()),
+      `etcd (${n} member${n > 1 ? 's' : ''}, ${bin}) becoming healthy`,
+      30_000,
+    )
+    const dead = members.find((m) => m.proc.exited)
+    if (dead) problem = `etcd member ${dead.name} (${bin}) exited at start`
+  } catch (err) {
+    problem = err.message
+  }
+  if (problem) {
+    const logs = members.map((m) => `[${m.name}] ${tail(m.log, 1500)}`).join('\n')
+    stop()
+    throw new Error(`${problem}; the logs end:\n${logs}`)
+  }
+  return {
+    dir,
+    members: members.map((m) => ({ name: m.name, endpoint: m.endpoint, pid: m.pid, kill: m.kill, stop: m.stop })),
+    stop,
+  }
+}
+
+/**
+ * One private etcd member on free loopback ports in a temp data dir. `kill(signal)` signals it
+ * (default SIGKILL; SIGSTOP pauses it); `stop()` kills it and removes its data.
+ */
+export async function startEtcd() {
+  const { members, stop } = await startEtcdMembers(1)
+  const [m] = members
+  return { endpoint: m.endpoint, pid: m.pid, kill: m.kill, stop }
+}
+
+/**
+ * A private etcd cluster of `n` members on loopback. A member's `kill(signal)` signals it and its
+ * `stop()` kills it; `leader()` is the index in `members` of the member that reports itself the
+ * leader (asked over the HTTP gateway, waiting up to 10 s through an election); `stop()` kills
+ * every member and removes the data.
+ */
+export async function startEtcdCluster(n = 3) {
+  const { members, stop } = await startEtcdMembers(n)
+  const leader = async () => {
+    const deadline = Date.now() + 10_000
+    while (Date.now() < deadline) {
+      const statuses = await Promise.all(members.map((m) => etcdHttp(m.endpoint, '/v3/maintenance/status', {})))
+      let best = -1
+      for (const [i, s] of statuses.entries()) {
+        if (!s?.leader || s.leader === '0' || s.leader !== s.header?.member_id) continue
+        if (best === -1 || Number(s.raftTerm) > Number(statuses[best].raftTerm)) best = i
+      }
+      if (best !== -1) return best
+      await sleep(50)
+    }
+    throw new Error('no etcd member reported itself the leader within 10 s')
+  }
+  return { endpoints: members.map((m) => m.endpoint), members, leader, stop }
 }

@@ -4,7 +4,7 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync, readdirSync } from 'node:fs'
 
-import { findPostgres, redisServerBin, stopServices } from './test-services.mjs'
+import { etcdBin, findMysql, findPostgres, redisServerBin, stopServices } from './test-services.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 
@@ -33,6 +33,12 @@ try {
   console.log(`distlock test: PostgreSQL: ${pg.how} (${pg.url})`)
   process.env.DISTLOCK_REDIS_SERVER = redisServerBin()
   console.log(`distlock test: Redis: private redis-server processes from ${process.env.DISTLOCK_REDIS_SERVER}`)
+  const mysql = await findMysql()
+  process.env.DISTLOCK_TEST_MYSQL_URL = mysql.url
+  if (mysql.caFile) process.env.DISTLOCK_TEST_MYSQL_CA = mysql.caFile
+  console.log(`distlock test: MySQL: ${mysql.how} (${mysql.url})`)
+  process.env.DISTLOCK_ETCD_BIN = etcdBin()
+  console.log(`distlock test: etcd: private etcd processes from ${process.env.DISTLOCK_ETCD_BIN}`)
 } catch (err) {
   console.error(`distlock test: ${err.message}`)
   stopServices()

@@ -8,7 +8,14 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 
 import { LockBackendError, LockTimeoutError } from './errors'
-import { FileLockProvider, PostgresLockProvider, RedisLockProvider, type LockProvider } from './providers'
+import {
+  EtcdLockProvider,
+  FileLockProvider,
+  MySqlLockProvider,
+  PostgresLockProvider,
+  RedisLockProvider,
+  type LockProvider,
+} from './providers'
 
 /** Exit code when `--timeout` runs out before the lock is granted (EX_TEMPFAIL). */
 export const EXIT_TIMEOUT = 75
@@ -35,6 +42,10 @@ Options:
                     rediss:// for TLS), a cluster (redis-cluster://…) or a
                     Sentinel group (redis-sentinel://…); several URLs (or a
                     repeated --redis) are independent servers for RedLock
+  --mysql <url>     lock with a MySQL or MariaDB named lock on the server at
+                    <url> (mysql://user:password@host:3306/db)
+  --etcd <url>...   lock with etcd: the cluster's client endpoints
+                    (http://host:2379; several URLs or a repeated --etcd)
   --timeout <ms>    give up after <ms> milliseconds (default: wait forever);
                     exits with code ${EXIT_TIMEOUT} on timeout
   -h, --help        show this help
@@ -55,6 +66,8 @@ interface RunArgs {
   directory: string | undefined
   postgres: string | undefined
   redis: string[]
+  mysql: string | undefined
+  etcd: string[]
   timeoutMs: number | undefined
   command: string[]
 }
@@ -72,6 +85,8 @@ function parse(argv: string[]): RunArgs | 'help' | 'version' {
   let directory: string | undefined
   let postgres: string | undefined
   const redis: string[] = []
+  let mysql: string | undefined
+  const etcd: string[] = []
   let timeoutMs: number | undefined
   for (let i = 0; i < opts.length; i++) {
     const arg = opts[i]
@@ -83,10 +98,12 @@ function parse(argv: string[]): RunArgs | 'help' | 'version' {
     if (arg === '-h' || arg === '--help') return 'help'
     else if (arg === '--file') directory = value()
     else if (arg === '--postgres') postgres = value()
-    else if (arg === '--redis') {
-      redis.push(value())
+    else if (arg === '--mysql') mysql = value()
+    else if (arg === '--redis' || arg === '--etcd') {
+      const urls = arg === '--redis' ? redis : etcd
+      urls.push(value())
       // More URLs may follow: anything with a scheme, up to the next option or the name.
-      while (opts[i + 1]?.includes('://')) redis.push(opts[++i]!)
+      while (opts[i + 1]?.includes('://')) urls.push(opts[++i]!)
     } else if (arg === '--timeout') {
       const raw = value()
       timeoutMs = Number(raw)
@@ -102,11 +119,13 @@ function parse(argv: string[]): RunArgs | 'help' | 'version' {
     directory !== undefined && '--file',
     postgres !== undefined && '--postgres',
     redis.length > 0 && '--redis',
+    mysql !== undefined && '--mysql',
+    etcd.length > 0 && '--etcd',
   ]
   const chosen = backends.filter(Boolean)
   if (chosen.length > 1) throw new UsageError(`${chosen.join(' and ')} exclude each other`)
   if (command.length === 0) throw new UsageError('missing the command: distlock run <name> -- <command> [args...]')
-  return { name, directory, postgres, redis, timeoutMs, command }
+  return { name, directory, postgres, redis, mysql, etcd, timeoutMs, command }
 }
 
 /** The package's version, from its package.json (beside `dist/`). */
@@ -144,7 +163,11 @@ export async function main(argv: string[]): Promise<number> {
         ? new PostgresLockProvider({ connectionString: args.postgres })
         : args.redis.length > 0
           ? new RedisLockProvider({ urls: args.redis })
-          : new FileLockProvider(args.directory === undefined ? {} : { directory: args.directory })
+          : args.mysql !== undefined
+            ? new MySqlLockProvider({ connectionString: args.mysql })
+            : args.etcd.length > 0
+              ? new EtcdLockProvider({ endpoints: args.etcd })
+              : new FileLockProvider(args.directory === undefined ? {} : { directory: args.directory })
   } catch (err) {
     say((err as Error).message)
     return EXIT_USAGE

@@ -43,22 +43,28 @@ export {
   type LockInfo,
 } from './locks'
 export {
+  EtcdLockProvider,
   FileLockProvider,
   MemoryLockProvider,
+  MySqlLockProvider,
   PostgresLockProvider,
   RedisLockProvider,
   type CommonProviderOptions,
+  type EtcdLockProviderOptions,
   type FileLockProviderOptions,
   type LockProvider,
+  type MySqlLockProviderOptions,
   type PostgresLockProviderOptions,
   type Pem,
   type RedisLockProviderOptions,
   type RedisTlsOptions,
 } from './providers'
 export {
+  EtcdDistributedLock,
   FileDistributedLock,
   LockGuard,
   MemoryDistributedLock,
+  MySqlDistributedLock,
   PostgresDistributedLock,
   RedisDistributedLock,
   type KeyedAcquireOptions,

@@ -14,6 +14,10 @@ import {
   PostgresLockProvider,
   PROVIDER_KEYS,
   RedisLockProvider,
+  MySqlLockProvider,
+  EtcdLockProvider,
+  type MySqlLockProviderOptions,
+  type EtcdLockProviderOptions,
   type FileLockProviderOptions,
   type LockProvider,
   type PostgresLockProviderOptions,
@@ -240,6 +244,24 @@ export class PostgresDistributedLock extends KeyedLock<PostgresLockProvider> {
     const config = configOf(options, PROVIDER_KEYS.postgres)
     const { ttlMs: _t, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
     super(new PostgresLockProvider(rest), config)
+  }
+}
+
+/** Keyed locks on MySQL or MariaDB named locks. */
+export class MySqlDistributedLock extends KeyedLock<MySqlLockProvider> {
+  constructor(options: MySqlLockProviderOptions & LockConfig) {
+    const config = configOf(options, PROVIDER_KEYS.mysql)
+    const { ttlMs: _t, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
+    super(new MySqlLockProvider(rest), config)
+  }
+}
+
+/** Keyed locks on etcd; `ttlMs` is the lease (`leaseMs`). */
+export class EtcdDistributedLock extends KeyedLock<EtcdLockProvider> {
+  constructor(options: Omit<EtcdLockProviderOptions, 'leaseMs'> & LockConfig) {
+    const config = configOf(options, PROVIDER_KEYS.etcd)
+    const { ttlMs, retryIntervalMs: _i, maxRetries: _m, ...rest } = options
+    super(new EtcdLockProvider({ leaseMs: ttlMs, ...rest }), config)
   }
 }
 

@@ -45,6 +45,27 @@ export const PROVIDER_KEYS = {
     ...COMMON_KEYS,
   ],
   redis: ['urls', 'leaseMs', 'extendEveryMs', 'keyPrefix', 'serverTimeoutMs', 'tls', 'autoRenew', ...COMMON_KEYS],
+  mysql: [
+    'connectionString',
+    'maxConnections',
+    'keepaliveMs',
+    'opTimeoutMs',
+    'connectTimeoutMs',
+    'fencingTable',
+    'tls',
+    ...COMMON_KEYS,
+  ],
+  etcd: [
+    'endpoints',
+    'leaseMs',
+    'keyPrefix',
+    'username',
+    'password',
+    'opTimeoutMs',
+    'tls',
+    'autoRenew',
+    ...COMMON_KEYS,
+  ],
 } as const
 
 /**
@@ -355,6 +376,118 @@ function postgresOptions(options: PostgresLockProviderOptions): PostgresLockProv
   return { connectionString, maxConnections, keepaliveMs, opTimeoutMs, connectTimeoutMs, scope, fencingSequence }
 }
 
+/** Options of {@link MySqlLockProvider}. */
+export interface MySqlLockProviderOptions extends CommonProviderOptions {
+  /**
+   * The server: `mysql://user:password@host:3306/database` (or `mariadb://`), with the
+   * `mysql_async` driver's query parameters, e.g. `?require_ssl=true` for TLS,
+   * `&verify_identity=true` to check the host name. The database holds the fencing table.
+   */
+  connectionString: string
+  /** The most server sessions the provider opens (1–1000; default 10). Held locks share them. */
+  maxConnections?: number
+  /**
+   * How often sessions that hold locks are probed, in ms, and how long a probe may take
+   * before the session is given up and its locks reported lost (default 1 000).
+   */
+  keepaliveMs?: number
+  /** How long one statement (a try, a release, `getInfo`) may take, in ms (default 5 000). */
+  opTimeoutMs?: number
+  /** How long opening a session (TCP, TLS, login) may take, in ms (default 5 000). */
+  connectTimeoutMs?: number
+  /**
+   * The table of fencing counters, `table` (in the URL's database) or `database.table`;
+   * created on first use if missing (default `distlock_fencing`).
+   */
+  fencingTable?: string
+  /** TLS beyond the URL: certificates to trust instead of the built-in roots, a client certificate. */
+  tls?: RedisTlsOptions
+}
+
+/**
+ * Locks on MySQL 8 or MariaDB 10.6+ named locks (`GET_LOCK`): held by a server session, freed
+ * by the server the moment that session ends. Lock names map to server names by the rule of
+ * .NET DistributedLock's MySQL lock, so the two libraries exclude each other. There is no
+ * reader-writer lock: named locks are exclusive ({@link createReaderWriterLock} throws).
+ */
+export class MySqlLockProvider extends BaseProvider {
+  readonly #native: NativeProvider
+
+  constructor(options: MySqlLockProviderOptions) {
+    let nativeProvider
+    try {
+      nativeProvider = native.NativeProvider.mysql(mysqlOptions(options))
+    } catch (err) {
+      throw toLockError(err)
+    }
+    super(nativeProvider, 'mysql', options)
+    this.#native = nativeProvider
+  }
+
+  /**
+   * Throws: MySQL named locks are exclusive, so a reader-writer lock cannot let readers share
+   * without capping them or starving writers. Use {@link createLock} or {@link createSemaphore}.
+   */
+  override createReaderWriterLock(name: string): never {
+    throw invalidArgValue(
+      `MySqlLockProvider has no reader-writer lock (asked for ${JSON.stringify(name)}): MySQL named locks (GET_LOCK) are exclusive, so readers could not share without capping them or starving writers; use createLock or createSemaphore`,
+    )
+  }
+
+  /** Server sessions open now (held locks share them). */
+  get connections(): number {
+    return this.#native.connections ?? 0
+  }
+
+  /** Locks held through this provider now. */
+  get heldCount(): number {
+    return this.#native.heldCount ?? 0
+  }
+}
+
+function mysqlOptions(options: MySqlLockProviderOptions) {
+  if (options === null || typeof options !== 'object') {
+    throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+  }
+  checkKeys(options, PROVIDER_KEYS.mysql)
+  const { connectionString, maxConnections, keepaliveMs, opTimeoutMs, connectTimeoutMs, fencingTable, tls } = options
+  if (typeof connectionString !== 'string') {
+    throw invalidArgType(
+      `The "options.connectionString" property must be of type string. Received ${typeName(connectionString)}`,
+    )
+  }
+  if (connectionString === '') throw invalidArgValue('The "options.connectionString" property must not be empty')
+  checkNumbers({ maxConnections, keepaliveMs, opTimeoutMs, connectTimeoutMs })
+  checkStrings({ fencingTable })
+  return {
+    connectionString,
+    maxConnections,
+    keepaliveMs,
+    opTimeoutMs,
+    connectTimeoutMs,
+    fencingTable,
+    tls: tlsOptions(tls),
+  }
+}
+
+/** Checks that each of `values` is a number when given. */
+function checkNumbers(values: Record<string, unknown>): void {
+  for (const [key, value] of Object.entries(values)) {
+    if (value !== undefined && typeof value !== 'number') {
+      throw invalidArgType(`The "options.${key}" property must be of type number. Received ${typeName(value)}`)
+    }
+  }
+}
+
+/** Checks that each of `values` is a string when given. */
+function checkStrings(values: Record<string, unknown>): void {
+  for (const [key, value] of Object.entries(values)) {
+    if (value !== undefined && typeof value !== 'string') {
+      throw invalidArgType(`The "options.${key}" property must be of type string. Received ${typeName(value)}`)
+    }
+  }
+}
+
 /** Options of {@link RedisLockProvider}. */
 export interface RedisLockProviderOptions extends CommonProviderOptions {
   /**
@@ -524,6 +657,85 @@ function tlsOptions(tls: unknown): { ca?: string[]; cert?: string; key?: string 
   const { ca, cert, key } = tls as RedisTlsOptions
   const caList = ca === undefined ? undefined : (Array.isArray(ca) ? ca : [ca]).map((c) => pem('ca', c)!)
   return { ca: caList, cert: pem('cert', cert), key: pem('key', key) }
+}
+
+/** Options of {@link EtcdLockProvider}. */
+export interface EtcdLockProviderOptions extends CommonProviderOptions {
+  /**
+   * The cluster's client endpoints (`http://host:2379`, `https://` for TLS); the client
+   * balances over them and fails over when one goes down.
+   */
+  endpoints: string | readonly string[]
+  /**
+   * The TTL of the lease the locks hang on, in ms (etcd counts whole seconds, so it is rounded
+   * up; 2 000 to 86 400 000; default 30 000). The lease is kept alive in the background.
+   */
+  leaseMs?: number
+  /** Prepended to every key (default `'distlock/'`). */
+  keyPrefix?: string
+  /** A user name for etcd authentication (with `password`). */
+  username?: string
+  /** The password of `username`. */
+  password?: string
+  /** How long one request (a try, a release, `getInfo`) may take, in ms (default 5 000). */
+  opTimeoutMs?: number
+  /** TLS for `https://` endpoints, beyond the system's roots. */
+  tls?: RedisTlsOptions
+  /**
+   * Whether the lease is kept alive in the background (default true). With `false` each lock
+   * gets a lease of its own that ends `leaseMs` after the grant unless `handle.extend()` keeps it.
+   */
+  autoRenew?: boolean
+}
+
+/**
+ * Locks on etcd v3: consensus-backed, FIFO by create revision, held by a lease kept alive in
+ * the background. The fencing token is the lock key's create revision, which the whole
+ * cluster agrees on: pass it to the storage you write, and have it reject smaller tokens.
+ */
+export class EtcdLockProvider extends BaseProvider {
+  readonly #native: NativeProvider
+
+  constructor(options: EtcdLockProviderOptions) {
+    let nativeProvider
+    try {
+      nativeProvider = native.NativeProvider.etcd(etcdOptions(options))
+    } catch (err) {
+      throw toLockError(err)
+    }
+    super(nativeProvider, 'etcd', options)
+    this.#native = nativeProvider
+  }
+
+  /** Locks held through this provider now. */
+  get heldCount(): number {
+    return this.#native.heldCount ?? 0
+  }
+}
+
+function etcdOptions(options: EtcdLockProviderOptions) {
+  if (options === null || typeof options !== 'object') {
+    throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
+  }
+  checkKeys(options, PROVIDER_KEYS.etcd)
+  const { endpoints, leaseMs, keyPrefix, username, password, opTimeoutMs, tls } = options
+  const list = typeof endpoints === 'string' ? [endpoints] : endpoints
+  if (!Array.isArray(list) || list.some((u) => typeof u !== 'string')) {
+    throw invalidArgType(
+      `The "options.endpoints" property must be a string or an array of strings. Received ${typeName(endpoints)}`,
+    )
+  }
+  checkNumbers({ leaseMs, opTimeoutMs })
+  checkStrings({ keyPrefix, username, password })
+  return {
+    endpoints: [...list] as string[],
+    leaseMs,
+    keyPrefix,
+    username,
+    password,
+    opTimeoutMs,
+    tls: tlsOptions(tls),
+  }
 }
 
 /**

@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 use distlock_core::{
     AcquireRequest, Backend, CancellationToken, Held, LockKind, MemoryBackend, Timeout,
 };
+use distlock_etcd::{EtcdBackend, EtcdOptions as EtcdConfig};
 use distlock_file::FileBackend;
+use distlock_mysql::{MySqlBackend, MySqlOptions as MySqlConfig};
 use distlock_postgres::{PgOptions, PostgresBackend, Scope};
 use distlock_redis::{RedisBackend, RedisOptions as RedisConfig};
 use napi::bindgen_prelude::*;
@@ -452,6 +454,30 @@ pub struct RedisOptions {
     pub tls: Option<RedisTlsOptions>,
 }
 
+/// Options of the MySQL provider, validated in TS for types and here for values.
+#[napi(object)]
+pub struct MySqlOptions {
+    pub connection_string: String,
+    pub max_connections: Option<f64>,
+    pub keepalive_ms: Option<f64>,
+    pub op_timeout_ms: Option<f64>,
+    pub connect_timeout_ms: Option<f64>,
+    pub fencing_table: Option<String>,
+    pub tls: Option<RedisTlsOptions>,
+}
+
+/// Options of the etcd provider, validated in TS for types and here for values.
+#[napi(object)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub lease_ms: Option<f64>,
+    pub key_prefix: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub op_timeout_ms: Option<f64>,
+    pub tls: Option<RedisTlsOptions>,
+}
+
 /// TLS material for `rediss://` servers, as PEM text (the TS layer turns Buffers into text).
 #[napi(object)]
 pub struct RedisTlsOptions {
@@ -533,34 +559,85 @@ fn redis_backend(options: RedisOptions) -> distlock_core::Result<RedisBackend> {
     RedisBackend::new(opts)
 }
 
+fn mysql_backend(options: MySqlOptions) -> distlock_core::Result<MySqlBackend> {
+    let mut opts = MySqlConfig::parse(&options.connection_string)?;
+    if let Some(n) = options.max_connections {
+        opts = opts.max_connections(n)?;
+    }
+    let ms = distlock_core::options::positive_ms;
+    if let Some(v) = options.keepalive_ms {
+        opts = opts.keepalive(ms("keepaliveMs", v, 3_600_000.0)?);
+    }
+    if let Some(v) = options.op_timeout_ms {
+        opts = opts.op_timeout(ms("opTimeoutMs", v, 600_000.0)?);
+    }
+    if let Some(v) = options.connect_timeout_ms {
+        opts = opts.connect_timeout(ms("connectTimeoutMs", v, 600_000.0)?);
+    }
+    if let Some(table) = options.fencing_table.as_deref() {
+        opts = opts.fencing_table(table)?;
+    }
+    if let Some(tls) = options.tls {
+        opts = opts.tls(tls.ca, tls.cert, tls.key)?;
+    }
+    MySqlBackend::new(opts)
+}
+
+fn etcd_backend(options: EtcdOptions) -> distlock_core::Result<EtcdBackend> {
+    let mut opts = EtcdConfig::parse(&options.endpoints)?;
+    if let Some(v) = options.lease_ms {
+        opts = opts.lease(v)?;
+    }
+    if let Some(prefix) = &options.key_prefix {
+        opts = opts.key_prefix(prefix);
+    }
+    match (options.username, options.password) {
+        (Some(user), Some(password)) => opts = opts.auth(user, password),
+        (None, None) => {}
+        _ => {
+            return Err(distlock_core::Error::invalid(
+                "username",
+                "and password go together: give both or neither",
+            ));
+        }
+    }
+    if let Some(v) = options.op_timeout_ms {
+        opts = opts.op_timeout(v)?;
+    }
+    if let Some(tls) = options.tls {
+        opts = opts.tls(tls.ca, tls.cert, tls.key)?;
+    }
+    EtcdBackend::new(opts)
+}
+
+/// The backend behind a provider, for what only some backends have.
+enum Kind {
+    File(FileBackend),
+    Postgres(PostgresBackend),
+    Redis(RedisBackend),
+    MySql(MySqlBackend),
+    Etcd(EtcdBackend),
+    Memory,
+}
+
 /// A lock provider on one backend; the factories pick which.
 #[napi]
 pub struct NativeProvider {
     backend: Arc<dyn Backend>,
-    postgres: Option<PostgresBackend>,
-    redis: Option<RedisBackend>,
-    file: Option<FileBackend>,
+    kind: Kind,
     channel: Channel,
 }
 
 impl NativeProvider {
     /// A provider over `backend`, on this environment's event loop when it has one.
-    fn on(
-        env: Env,
-        backend: Arc<dyn Backend>,
-        postgres: Option<PostgresBackend>,
-        redis: Option<RedisBackend>,
-        file: Option<FileBackend>,
-    ) -> Self {
+    fn on(env: Env, backend: Arc<dyn Backend>, kind: Kind) -> Self {
         let event_loop = Loop::current(env.raw());
         if let Some(l) = &event_loop {
             backend.attach(l.clone());
         }
         Self {
             backend,
-            postgres,
-            redis,
-            file,
+            kind,
             channel: SettleChannel::new(event_loop),
         }
     }
@@ -572,33 +649,41 @@ impl NativeProvider {
     #[napi(factory)]
     pub fn file(env: Env, directory: String) -> Self {
         let file = FileBackend::new(directory);
-        Self::on(env, Arc::new(file.clone()), None, None, Some(file))
+        Self::on(env, Arc::new(file.clone()), Kind::File(file))
     }
 
     /// PostgreSQL advisory locks.
     #[napi(factory)]
     pub fn postgres(env: Env, options: PostgresOptions) -> Result<Self> {
         let pg = postgres_backend(options).map_err(to_js)?;
-        Ok(Self::on(env, Arc::new(pg.clone()), Some(pg), None, None))
+        Ok(Self::on(env, Arc::new(pg.clone()), Kind::Postgres(pg)))
     }
 
     /// Redis: one server, a cluster, a Sentinel group, or RedLock over several servers.
     #[napi(factory)]
     pub fn redis(env: Env, options: RedisOptions) -> Result<Self> {
         let redis = redis_backend(options).map_err(to_js)?;
-        Ok(Self::on(
-            env,
-            Arc::new(redis.clone()),
-            None,
-            Some(redis),
-            None,
-        ))
+        Ok(Self::on(env, Arc::new(redis.clone()), Kind::Redis(redis)))
+    }
+
+    /// MySQL or MariaDB named locks.
+    #[napi(factory)]
+    pub fn mysql(env: Env, options: MySqlOptions) -> Result<Self> {
+        let mysql = mysql_backend(options).map_err(to_js)?;
+        Ok(Self::on(env, Arc::new(mysql.clone()), Kind::MySql(mysql)))
+    }
+
+    /// etcd v3: leases, and keys ordered by their create revision.
+    #[napi(factory)]
+    pub fn etcd(env: Env, options: EtcdOptions) -> Result<Self> {
+        let etcd = etcd_backend(options).map_err(to_js)?;
+        Ok(Self::on(env, Arc::new(etcd.clone()), Kind::Etcd(etcd)))
     }
 
     /// Locks inside this process, for tests.
     #[napi(factory)]
     pub fn memory(env: Env) -> Self {
-        Self::on(env, Arc::new(MemoryBackend::new()), None, None, None)
+        Self::on(env, Arc::new(MemoryBackend::new()), Kind::Memory)
     }
 
     /// Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
@@ -738,30 +823,35 @@ impl NativeProvider {
         })
     }
 
-    /// Server connections open now (PostgreSQL).
+    /// Server connections open now (PostgreSQL, MySQL).
     #[napi(getter)]
     pub fn connections(&self) -> Option<u32> {
-        self.postgres
-            .as_ref()
-            .map(|p| u32::try_from(p.connections()).unwrap_or(u32::MAX))
+        let n = match &self.kind {
+            Kind::Postgres(p) => p.connections(),
+            Kind::MySql(m) => m.connections(),
+            _ => return None,
+        };
+        Some(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Removes what names nobody uses now leave behind: lock files (file backend), fencing
     /// counters (Redis); resolves to how many.
     #[napi]
     pub fn remove_unused<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, u32>> {
-        if let Some(redis) = self.redis.clone() {
+        if let Kind::Redis(redis) = &self.kind {
+            let redis = redis.clone();
             return env.spawn_future(async move {
                 let n = redis.remove_unused_fence_keys().await.map_err(to_js)?;
                 Ok(u32::try_from(n).unwrap_or(u32::MAX))
             });
         }
-        let Some(file) = self.file.clone() else {
+        let Kind::File(file) = &self.kind else {
             return Err(to_js(distlock_core::Error::invalid(
                 "provider",
                 "has nothing to remove (only the file and Redis backends leave keys behind)",
             )));
         };
+        let file = file.clone();
         env.spawn_future(async move {
             let removing = tokio::task::spawn_blocking(move || file.remove_unused());
             match removing.await {
@@ -775,34 +865,41 @@ impl NativeProvider {
     /// Of those, the ones whose socket is read on the event loop (PostgreSQL).
     #[napi(getter)]
     pub fn event_loop_connections(&self) -> Option<u32> {
-        self.postgres
-            .as_ref()
-            .map(|p| u32::try_from(p.connections_on_loop()).unwrap_or(u32::MAX))
+        match &self.kind {
+            Kind::Postgres(p) => Some(u32::try_from(p.connections_on_loop()).unwrap_or(u32::MAX)),
+            _ => None,
+        }
     }
 
-    /// Locks held through this provider now (Redis).
+    /// Locks held through this provider now (Redis, MySQL, etcd).
     #[napi(getter)]
     pub fn held_count(&self) -> Option<u32> {
-        self.redis
-            .as_ref()
-            .map(|r| u32::try_from(r.held_count()).unwrap_or(u32::MAX))
+        let n = match &self.kind {
+            Kind::Redis(r) => r.held_count(),
+            Kind::MySql(m) => m.held_count(),
+            Kind::Etcd(e) => e.held_count(),
+            _ => return None,
+        };
+        Some(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Lease renewals sent so far, and the scripts (round trips per server) that carried them
     /// (Redis).
     #[napi(getter)]
     pub fn renewal_stats(&self) -> Option<Vec<f64>> {
-        self.redis
-            .as_ref()
-            .map(|r| vec![r.renewals_sent() as f64, r.renewal_batches() as f64])
+        match &self.kind {
+            Kind::Redis(r) => Some(vec![r.renewals_sent() as f64, r.renewal_batches() as f64]),
+            _ => None,
+        }
     }
 
     /// Scripts sent on the event loop's own connections so far (Redis).
     #[napi(getter)]
     pub fn event_loop_scripts(&self) -> Option<f64> {
-        self.redis
-            .as_ref()
-            .map(|r| r.scripts_on_event_loop() as f64)
+        match &self.kind {
+            Kind::Redis(r) => Some(r.scripts_on_event_loop() as f64),
+            _ => None,
+        }
     }
 
     /// Where pending calls are answered: `event-loop` (the JS thread's libuv loop) or

@@ -1,0 +1,227 @@
+// The MySQL provider through the public API, against a real server ($DISTLOCK_TEST_MYSQL_URL,
+// which `npm test` sets after starting a private MariaDB; else the local server on 3306).
+import { spawnSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+
+import mysql from 'mysql2/promise'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+
+import { AbortError, LockBackendError, LockLostError, MySqlLockProvider } from 'distlock'
+
+import { Child, eventually, tempDir } from './helpers'
+
+const URL_MYSQL = process.env.DISTLOCK_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'
+const CA = process.env.DISTLOCK_TEST_MYSQL_CA
+let seq = 0
+const unique = (tag: string) => `${tag}-${process.pid}-${Date.now()}-${seq++}`
+
+let admin: mysql.Connection
+const providers: MySqlLockProvider[] = []
+function provider(options: Partial<ConstructorParameters<typeof MySqlLockProvider>[0]> = {}): MySqlLockProvider {
+  const p = new MySqlLockProvider({ connectionString: URL_MYSQL, ...options })
+  providers.push(p)
+  return p
+}
+
+beforeAll(async () => {
+  admin = await mysql.createConnection(URL_MYSQL).catch((err: Error) => {
+    throw new Error(
+      `cannot reach the test MySQL server at ${URL_MYSQL} (${err.message}); run npm test or set DISTLOCK_TEST_MYSQL_URL`,
+    )
+  })
+})
+
+afterAll(async () => {
+  await Promise.all(providers.map((p) => p.close()))
+  await admin.end()
+})
+
+/** The connection id holding the server lock `serverName`, or null. */
+async function holderOf(serverName: string): Promise<number | null> {
+  const [rows] = await admin.query('SELECT IS_USED_LOCK(?) AS id', [serverName])
+  return (rows as { id: number | null }[])[0]!.id
+}
+
+/** A provider that cannot be made with `options`, as a function for `expect(…).toThrow`. */
+const bad = (options: unknown) => () => new MySqlLockProvider(options as never)
+
+/** TLS handshakes the server has accepted so far. */
+async function accepts(): Promise<number> {
+  const [rows] = await admin.query("SHOW GLOBAL STATUS LIKE 'Ssl_accepts'")
+  return Number((rows as { Value: string }[])[0]!.Value)
+}
+
+async function serverWaits(serverName: string): Promise<number> {
+  const [rows] = await admin.query(
+    "SELECT count(*) AS n FROM information_schema.processlist WHERE info LIKE 'SELECT GET_LOCK(%' AND id <> CONNECTION_ID()",
+  )
+  void serverName
+  return Number((rows as { n: number }[])[0]!.n)
+}
+
+describe('MySqlLockProvider', () => {
+  it('excludes a raw GET_LOCK client on the name .NET DistributedLock would use, both ways', async () => {
+    const p = provider()
+    // Lowercase names of up to 64 characters are the server's names as they are; others are
+    // hashed by .NET's rule (vector from DistributedLock's own tests: "ABC").
+    const plain = unique('plain')
+    const [got] = await admin.query('SELECT GET_LOCK(?, 0) AS g', [plain])
+    expect((got as { g: number }[])[0]!.g).toBe(1)
+    expect(await p.createLock(plain).tryAcquire()).toBeNull()
+    await admin.query('DO RELEASE_LOCK(?)', [plain])
+    const h = await p.createLock('ABC').acquire({ timeoutMs: 5_000 })
+    expect(await holderOf('abczj4qr6tvn4a3kmgq4bukhowqyfrlxsb3')).not.toBeNull()
+    const [busy] = await admin.query('SELECT GET_LOCK(?, 0) AS g', ['abczj4qr6tvn4a3kmgq4bukhowqyfrlxsb3'])
+    expect((busy as { g: number }[])[0]!.g).toBe(0)
+    await h.release()
+    expect(await holderOf('abczj4qr6tvn4a3kmgq4bukhowqyfrlxsb3')).toBeNull()
+  })
+
+  it('many held locks share a few sessions', async () => {
+    const p = provider({ maxConnections: 4 })
+    const tag = unique('share')
+    const handles = await Promise.all(Array.from({ length: 200 }, (_, i) => p.createLock(`${tag}-${i}`).acquire()))
+    expect(p.connections).toBeGreaterThanOrEqual(1)
+    expect(p.connections).toBeLessThanOrEqual(4)
+    expect(p.heldCount).toBe(200)
+    await Promise.all(handles.map((h) => h.release()))
+    expect(p.heldCount).toBe(0)
+  })
+
+  it('aborts handle.signal with LockLostError within 3 s of KILL CONNECTION, only for that session', async () => {
+    const a = provider()
+    const b = provider()
+    const name = unique('killed')
+    const other = unique('other')
+    const h = await a.createLock(name).acquire()
+    const kept = await b.createLock(other).acquire()
+    const id = await holderOf(name)
+    expect(id).not.toBeNull()
+    const killedAt = Date.now()
+    await admin.query(`KILL CONNECTION ${id}`)
+    await eventually(() => h.signal.aborted, 3_000)
+    expect(Date.now() - killedAt).toBeLessThan(3_000)
+    expect(h.signal.reason).toBeInstanceOf(LockLostError)
+    expect((h.signal.reason as Error).message).toContain(name)
+    expect(h.isHeld).toBe(false)
+    expect(kept.isHeld).toBe(true)
+    // The server freed the name; this process's queue let it go too.
+    const again = await a.createLock(name).acquire({ timeoutMs: 2_000 })
+    expect(again.fencingToken > h.fencingToken).toBe(true)
+    await h.release() // a lost lock releases without error
+    await again.release()
+    await kept.release()
+  })
+
+  it('an AbortSignal ends the wait on the server and leaves nothing held', async () => {
+    const a = provider()
+    const b = provider()
+    const name = unique('abort')
+    const h = await a.createLock(name).acquire()
+    const ac = new AbortController()
+    const waiting = b
+      .createLock(name)
+      .acquire({ signal: ac.signal })
+      .catch((e: unknown) => e)
+    await eventually(async () => (await serverWaits(name)) > 0, 3_000)
+    ac.abort()
+    expect(await waiting).toBeInstanceOf(AbortError)
+    await eventually(async () => (await serverWaits(name)) === 0, 3_000)
+    await h.release()
+    const c = await provider().createLock(name).tryAcquire()
+    expect(c).not.toBeNull()
+    await c!.release()
+  })
+
+  it('createReaderWriterLock throws a RangeError that says why', () => {
+    expect(() => provider().createReaderWriterLock('doc')).toThrow(RangeError)
+    expect(() => provider().createReaderWriterLock('doc')).toThrow(/named locks .* are exclusive/)
+  })
+
+  it('rejects bad options with errors that name them', () => {
+    expect(bad({})).toThrow(/options\.connectionString/)
+    expect(bad({ connectionString: 'postgres://x' })).toThrow(/connectionString must be a URL starting with mysql:\/\//)
+    expect(bad({ connectionString: URL_MYSQL, maxConnections: 0 })).toThrow(/maxConnections/)
+    expect(bad({ connectionString: URL_MYSQL, maxConnections: '3' })).toThrow(TypeError)
+    expect(bad({ connectionString: URL_MYSQL, fencingTable: 'a;drop' })).toThrow(/fencingTable/)
+    expect(bad({ connectionString: URL_MYSQL, keepaliveMs: -1 })).toThrow(/keepaliveMs/)
+    expect(bad({ connectionString: URL_MYSQL, scope: 'transaction' })).toThrow(/scope/)
+    expect(bad({ connectionString: URL_MYSQL, tls: { cert: 'x' } })).toThrow(/cert and key/)
+  })
+
+  it('a wrong password and a refused connection are backend errors, never busy', async () => {
+    const wrong = URL_MYSQL.replace('://root', '://nobody_here:wrong')
+    const err = await provider({ connectionString: wrong })
+      .createLock('x')
+      .acquire({ timeoutMs: 2_000 })
+      .catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(LockBackendError)
+    expect((err as Error).message).toMatch(/denied/)
+    const refused = await provider({ connectionString: 'mysql://root@127.0.0.1:1/test' })
+      .createLock('x')
+      .tryAcquire()
+      .catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(LockBackendError)
+  })
+
+  it('speaks TLS, verifying the server against the given CA', async () => {
+    if (!CA) throw new Error('DISTLOCK_TEST_MYSQL_CA is not set: npm test sets it with the private server it starts')
+    // The private server's certificate names "localhost", so the URL does too (the driver
+    // always checks the host name: its `verify_identity=false` has no effect with rustls).
+    const tlsUrl = `${URL_MYSQL.replace('@127.0.0.1:', '@localhost:')}${URL_MYSQL.includes('?') ? '&' : '?'}require_ssl=true&prefer_socket=false`
+    const before = await accepts()
+    const p = provider({ connectionString: tlsUrl, tls: { ca: readFileSync(CA) } })
+    const h = await p.createLock(unique('tls')).acquire({ timeoutMs: 5_000 })
+    expect(await accepts()).toBeGreaterThan(before)
+    await h.release()
+    // A CA that did not sign the server's certificate is refused.
+    const dir = tempDir('mysql-other-ca')
+    const made = spawnSync('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=someone else',
+      '-keyout',
+      join(dir, 'key.pem'),
+      '-out',
+      join(dir, 'ca.pem'),
+    ])
+    expect(made.status, made.stderr?.toString()).toBe(0)
+    const strangers = provider({ connectionString: tlsUrl, tls: { ca: readFileSync(join(dir, 'ca.pem')) } })
+    const err = await strangers
+      .createLock(unique('tls'))
+      .tryAcquire()
+      .catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(LockBackendError)
+  })
+})
+
+describe('MySqlLockProvider across processes', () => {
+  it('4 processes incrementing a counter under the lock lose no update', async () => {
+    const dir = tempDir('mysql-counter')
+    const name = unique('counter')
+    const children = Array.from(
+      { length: 4 },
+      () => new Child('child.cjs', ['mysql', 'counter', URL_MYSQL, name, dir, '50']),
+    )
+    for (const c of children) expect((await c.exited).code, c.lines.join('\n')).toBe(0)
+    expect(Number(readFileSync(join(dir, 'counter.txt'), 'utf8'))).toBe(200)
+  })
+
+  it('the server frees the lock of a holder killed with kill -9', async () => {
+    const name = unique('kill9')
+    const child = new Child('child.cjs', ['mysql', 'hold', URL_MYSQL, name])
+    await child.line('HOLDING')
+    expect(await provider().createLock(name).tryAcquire()).toBeNull()
+    child.kill('SIGKILL')
+    await child.exited
+    const h = await provider().createLock(name).acquire({ timeoutMs: 5_000 })
+    await h.release()
+  })
+})

@@ -1,0 +1,150 @@
+//! Connections: one `etcd_client::Client` per endpoint, one of them in use at a time.
+//!
+//! `etcd-client`'s own balancing spreads requests over every endpoint, a dead one included
+//! (it reports itself ready and fails each request it gets), so a cluster with one member down
+//! fails a share of all requests. Here requests stick to one member; a request that fails
+//! for any reason a retry might cure (a refused or reset connection, no answer in time, a member
+//! without a leader) moves the provider to the next endpoint, and the request is retried there
+//! within its bound.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use crate::error::Trouble;
+use crate::options::EtcdOptions;
+
+/// HTTP/2 pings on idle connections: often enough to find a dead server, rarer than etcd's
+/// default `--grpc-keepalive-min-time` (5 s), below which it drops the connection.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+pub(crate) struct Pool {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    clients: Vec<OnceCell<Client>>,
+    current: AtomicUsize,
+    /// The bound of one request (`opTimeoutMs`).
+    pub bound: Duration,
+}
+
+impl Pool {
+    pub fn new(opts: &EtcdOptions) -> Self {
+        let bound = opts.op_timeout;
+        let mut o = ConnectOptions::new()
+            .with_connect_timeout(bound)
+            .with_keep_alive(PING_EVERY, bound)
+            .with_require_leader(true);
+        if let Some((user, password)) = &opts.user {
+            o = o
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if opts.endpoints.iter().any(|e| e.starts_with("https://")) {
+            let tls = opts.tls.clone().unwrap_or_default();
+            let mut t = TlsOptions::new();
+            if tls.ca.is_empty() {
+                t = t.with_native_roots();
+            } else {
+                t = t.ca_certificates(tls.ca.iter().map(Certificate::from_pem));
+            }
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(Identity::from_pem(cert, key));
+            }
+            o = o.with_tls(t);
+        }
+        Self {
+            endpoints: opts.endpoints.clone(),
+            options: o,
+            clients: opts.endpoints.iter().map(|_| OnceCell::new()).collect(),
+            current: AtomicUsize::new(0),
+            bound,
+        }
+    }
+
+    /// The client in use and its index, connected on first use (connecting authenticates
+    /// when a user is set). A failed connect moves to the next endpoint.
+    pub async fn client(&self) -> Result<(usize, Client), Trouble> {
+        let i = self.current.load(Ordering::Acquire) % self.clients.len();
+        let connecting = self.clients[i].get_or_try_init(|| async {
+            let endpoint = [self.endpoints[i].as_str()];
+            match tokio::time::timeout(
+                self.bound,
+                Client::connect(endpoint, Some(self.options.clone())),
+            )
+            .await
+            {
+                Ok(Ok(c)) => Ok(c),
+                Ok(Err(e)) => Err(Trouble::from_etcd(&e)),
+                Err(_) => Err(Trouble::timeout(self.bound)),
+            }
+        });
+        match connecting.await {
+            Ok(c) => Ok((i, c.clone())),
+            Err(t) => {
+                if !t.fatal {
+                    self.failed(i);
+                }
+                Err(t.at(&self.endpoints[i]))
+            }
+        }
+    }
+
+    /// Endpoint `i` as messages name it.
+    pub fn endpoint(&self, i: usize) -> &str {
+        &self.endpoints[i % self.endpoints.len()]
+    }
+
+    /// Request trouble on endpoint `i`: the next request goes to the next endpoint.
+    pub fn failed(&self, i: usize) {
+        if self.clients.len() > 1 {
+            let _ = self.current.compare_exchange(
+                i,
+                (i + 1) % self.clients.len(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
+    /// Runs `op` on the client in use, moving on and retrying (pausing 20 ms, doubling to
+    /// 500 ms) until it succeeds, fails for good, or `bound` runs out.
+    pub async fn call<T, F, Fut>(&self, bound: Duration, mut op: F) -> Result<T, Trouble>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let until = Instant::now() + bound;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let trouble = match tokio::time::timeout_at(until, self.client()).await {
+                Err(_) => return Err(Trouble::timeout(bound)),
+                Ok(Err(t)) => t,
+                Ok(Ok((i, c))) => match tokio::time::timeout_at(until, op(c)).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) => {
+                        let t = Trouble::from_etcd(&e);
+                        if !t.fatal {
+                            self.failed(i);
+                        }
+                        t.at(&self.endpoints[i])
+                    }
+                    Err(_) => {
+                        self.failed(i);
+                        return Err(Trouble::timeout(bound).at(&self.endpoints[i]));
+                    }
+                },
+            };
+            if trouble.fatal || Instant::now() + pause >= until {
+                return Err(trouble);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+}
