@@ -97,6 +97,23 @@ const shared = {
   sentinel: once(() => sentinelGroup()),
   pg: once(() => sharedPostgres()),
   pgPrivate: once(() => privatePostgres()),
+  mysql: once(async () => {
+    const services = await import('../scripts/test-services.mjs')
+    onCleanup(() => services.stopServices())
+    return services.findMysql()
+  }),
+  etcd: once(async () => {
+    const services = await import('../scripts/test-services.mjs')
+    const server = await services.startEtcd()
+    onCleanup(() => server.stop())
+    return server
+  }),
+  etcd3: once(async () => {
+    const services = await import('../scripts/test-services.mjs')
+    const cluster = await services.startEtcdCluster(3)
+    onCleanup(() => cluster.stop())
+    return cluster
+  }),
 }
 
 const proxies = []
@@ -139,6 +156,9 @@ const TOPOLOGIES = {
   'redlock-5': { backend: 'redis', config: async () => redisProvider((await shared.redlock5()).urls) },
   cluster: { backend: 'redis', config: async () => redisProvider((await shared.cluster()).url) },
   sentinel: { backend: 'redis', config: async () => redisProvider((await shared.sentinel()).url) },
+  mysql: { backend: 'mysql', config: async () => ({ type: 'mysql', connectionString: (await shared.mysql()).url }) },
+  etcd: { backend: 'etcd', config: async () => ({ type: 'etcd', endpoints: [(await shared.etcd()).endpoint] }) },
+  'etcd-3': { backend: 'etcd', config: async () => ({ type: 'etcd', endpoints: (await shared.etcd3()).endpoints }) },
 }
 for (const t of Object.values(TOPOLOGIES)) {
   t.setup = async (dir) => {
@@ -160,6 +180,8 @@ const SMOKE_MATRIX = new Set([
   'redis-single/semaphore',
   'redlock-3/mutex',
   'cluster/mutex',
+  'mysql/mutex',
+  'etcd/mutex',
 ])
 /** How many holders (permits) a row's primitive admits: a semaphore 3, a semaphore of weighted acquires 5. */
 const permitsOf = (row) => ({ semaphore: 3, permits: 5 })[row.primitive] ?? 1
@@ -188,8 +210,10 @@ function stressRow({ topology, primitive, suffix = '', fault = 'none', workers =
 
 for (const topology of Object.keys(TOPOLOGIES)) {
   for (const primitive of ['mutex', 'rw', 'semaphore']) {
-    // Semaphores need one deployment: RedLock refuses them (documented).
+    // Semaphores need one deployment: RedLock refuses them (documented). MySQL has no
+    // reader-writer lock (named locks are exclusive; refused, documented).
     if (topology.startsWith('redlock') && primitive === 'semaphore') continue
+    if (topology === 'mysql' && primitive === 'rw') continue
     const long = topology.startsWith('redlock') && primitive === 'mutex'
     stressRow({
       topology,
@@ -210,6 +234,8 @@ const IN_PROCESS = {
   postgres: ['mutex', 'rw', 'semaphore', 'permits'],
   'redis-single': ['mutex', 'rw', 'semaphore', 'permits'],
   'redlock-3': ['mutex'],
+  mysql: ['mutex', 'semaphore', 'permits'],
+  etcd: ['mutex', 'rw', 'permits'],
 }
 const IN_PROCESS_SMOKE = new Set(['redis-single/mutex', 'postgres/permits'])
 for (const [topology, primitives] of Object.entries(IN_PROCESS)) {

@@ -23,7 +23,7 @@ import { createRequire } from 'node:module'
 import { join } from 'node:path'
 
 const cfg = JSON.parse(process.argv[2])
-// cfg: { provider: { type: 'file'|'postgres'|'redis', ... }, primitive: 'mutex'|'rw'|'semaphore',
+// cfg: { provider: { type: 'file'|'postgres'|'redis'|'mysql'|'etcd', ... }, primitive: 'mutex'|'rw'|'semaphore',
 //   name, maxCount, dir, out, t0 (ns, string), durationMs, timeoutMs, steps, stepMs, readRatio, leaseMs,
 //   callers (loops in this process contending for the name at once; default 1) }
 
@@ -49,6 +49,10 @@ function makeProvider(p) {
       return new lib.FileLockProvider({ directory: p.directory })
     case 'postgres':
       return new lib.PostgresLockProvider({ connectionString: p.connectionString })
+    case 'mysql':
+      return new lib.MySqlLockProvider({ connectionString: p.connectionString })
+    case 'etcd':
+      return new lib.EtcdLockProvider({ endpoints: p.endpoints })
     case 'redis':
       return new lib.RedisLockProvider({
         urls: p.urls,

@@ -619,14 +619,17 @@ impl Inner {
         if once {
             return Ok(Step::Busy);
         }
-        let mut opts = WatchOptions::new()
-            .with_start_revision(seen + 1)
-            .with_filters([WatchFilterType::NoPut]);
+        // A watch that starts at a past revision joins etcd's unsynced watchers, which the
+        // server catches up only every 100 ms: under contention every hand-over waited for
+        // that. So a watch on the predecessor key starts now, and once it is created one look
+        // tells whether the key went in between. A semaphore's family watch starts after the
+        // revision it checked (any delete since matters, not one key's).
+        let mut opts = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
         if watch.1 {
-            opts = opts.with_prefix();
+            opts = opts.with_prefix().with_start_revision(seen + 1);
         }
         let mut stream = self
-            .request(ci, &session, bound, c.watch(watch.0, Some(opts)))
+            .request(ci, &session, bound, c.watch(watch.0.clone(), Some(opts)))
             .await?;
         loop {
             tokio::select! {
@@ -643,6 +646,16 @@ impl Inner {
                         } else {
                             Trouble::transient(message)
                         });
+                    }
+                    Ok(Some(resp)) if resp.created() && !watch.1 => {
+                        let gone = self
+                            .request(ci, &session, bound, c.get(watch.0.clone(), Some(GetOptions::new().with_count_only())))
+                            .await?
+                            .count()
+                            == 0;
+                        if gone {
+                            return Ok(Step::Again);
+                        }
                     }
                     Ok(Some(resp)) if !resp.events().is_empty() => return Ok(Step::Again),
                     Ok(Some(_)) => {}

@@ -209,13 +209,24 @@ fn lease_secs(ms: f64) -> Duration {
 }
 
 /// `host:port` → `http://host:port`; checks the scheme, host and port.
+/// `endpoint` with any `user:password@` replaced, for messages.
+fn redact(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
+    match rest.split_once('@') {
+        Some((_, host)) if scheme.is_empty() => format!("***@{host}"),
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => endpoint.to_owned(),
+    }
+}
+
 fn normalize(endpoint: &str) -> Result<String> {
     let e = endpoint.trim();
+    let shown = redact(endpoint);
     let bad = |why: &str| {
         Error::invalid(
             "endpoints",
             format!(
-                "has {endpoint:?}, which is not an etcd endpoint ({why}); expected http://host:port, https://host:port or host:port"
+                "has {shown:?}, which is not an etcd endpoint ({why}); expected http://host:port, https://host:port or host:port (credentials go in username and password)"
             ),
         )
     };

@@ -125,20 +125,29 @@ impl Pool {
             let trouble = match tokio::time::timeout_at(until, self.client()).await {
                 Err(_) => return Err(Trouble::timeout(bound)),
                 Ok(Err(t)) => t,
-                Ok(Ok((i, c))) => match tokio::time::timeout_at(until, op(c)).await {
-                    Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(e)) => {
-                        let t = Trouble::from_etcd(&e);
-                        if !t.fatal {
-                            self.failed(i);
+                // One attempt gets a third of the bound (at least 1 s): a request stuck on a
+                // member (a proposal lost in a leader change hangs until the server's own
+                // timeout) then leaves time to try the next endpoint.
+                Ok(Ok((i, c))) => {
+                    let attempt = Instant::now() + (bound / 3).max(Duration::from_secs(1));
+                    match tokio::time::timeout_at(attempt.min(until), op(c)).await {
+                        Ok(Ok(v)) => return Ok(v),
+                        Ok(Err(e)) => {
+                            let t = Trouble::from_etcd(&e);
+                            if !t.fatal {
+                                self.failed(i);
+                            }
+                            t.at(&self.endpoints[i])
                         }
-                        t.at(&self.endpoints[i])
+                        Err(_) => {
+                            self.failed(i);
+                            if Instant::now() >= until {
+                                return Err(Trouble::timeout(bound).at(&self.endpoints[i]));
+                            }
+                            continue;
+                        }
                     }
-                    Err(_) => {
-                        self.failed(i);
-                        return Err(Trouble::timeout(bound).at(&self.endpoints[i]));
-                    }
-                },
+                }
             };
             if trouble.fatal || Instant::now() + pause >= until {
                 return Err(trouble);
