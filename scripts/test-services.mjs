@@ -424,7 +424,7 @@ function mysqlGreets(host, port, ms = 1000) {
  * Whether `url` (mysql://user:password@host:port/db) accepts a login over TCP, by the mariadb (or
  * mysql) client when installed; else whether the server greets, all we can check without one.
  */
-async function mysqlLoginWorks(url) {
+async function mysqlLoginWorks(url, caFile) {
   const u = new URL(url)
   const host = u.hostname.replace(/^\[(.*)\]$/, '$1')
   const port = u.port || '3306'
@@ -434,7 +434,7 @@ async function mysqlLoginWorks(url) {
   const db = decodeURIComponent(u.pathname.slice(1))
   if (db) args.push('-D', db)
   if (/ssl/i.test(u.search)) args.push('--ssl')
-  if (process.env.DISTLOCK_TEST_MYSQL_CA) args.push(`--ssl-ca=${process.env.DISTLOCK_TEST_MYSQL_CA}`)
+  if (caFile) args.push(`--ssl-ca=${caFile}`)
   const res = spawnSync(client, [...args, '-Nse', 'SELECT 1'], {
     encoding: 'utf8',
     timeout: 10_000,
@@ -542,7 +542,8 @@ export async function startMysql() {
   }
   if (proc.exited) throw fail(`mariadbd (${bins.server}) exited at start on port ${port}`)
   const url = `mysql://root@127.0.0.1:${port}/test`
-  if (!(await mysqlLoginWorks(url))) throw fail(`the private MariaDB server on port ${port} refused root's login`)
+  if (!(await mysqlLoginWorks(url, caFile)))
+    throw fail(`the private MariaDB server on port ${port} refused root's login`)
   return { url, caFile, port, socket, pid: proc.child.pid, stop }
 }
 
@@ -553,7 +554,7 @@ export async function startMysql() {
 export async function findMysql() {
   const fromEnv = process.env.DISTLOCK_TEST_MYSQL_URL
   if (fromEnv) {
-    if (!(await mysqlLoginWorks(fromEnv))) {
+    if (!(await mysqlLoginWorks(fromEnv, process.env.DISTLOCK_TEST_MYSQL_CA))) {
       throw new Error(`DISTLOCK_TEST_MYSQL_URL=${fromEnv} does not accept a login`)
     }
     const u = new URL(fromEnv)

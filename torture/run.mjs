@@ -102,6 +102,12 @@ const shared = {
     onCleanup(() => services.stopServices())
     return services.findMysql()
   }),
+  // A server of the suite's own, for the rows that kill every client session.
+  mysqlPrivate: once(async () => {
+    const services = await import('../scripts/test-services.mjs')
+    onCleanup(() => services.stopServices())
+    return services.startMysql()
+  }),
   etcd: once(async () => {
     const services = await import('../scripts/test-services.mjs')
     const server = await services.startEtcd()
@@ -139,6 +145,13 @@ const withPort = (url, port) => {
 
 /** How long a PostgreSQL client may take to read that the server ended its session. */
 const SESSION_END_GRACE_MS = 250
+/**
+ * The MySQL rows' probe period: a MySQL client learns that the server ended its session at its
+ * next probe (the driver does not read an idle socket), so its grace is two periods and the
+ * PostgreSQL grace on top.
+ */
+const MYSQL_KEEPALIVE_MS = 250
+const MYSQL_GRACE_MS = 2 * MYSQL_KEEPALIVE_MS + SESSION_END_GRACE_MS
 const PROMISE = {
   strict:
     'No two holders at once (markers and time line), fencing tokens in grant order, no lost update, every call within its budget.',
@@ -156,7 +169,14 @@ const TOPOLOGIES = {
   'redlock-5': { backend: 'redis', config: async () => redisProvider((await shared.redlock5()).urls) },
   cluster: { backend: 'redis', config: async () => redisProvider((await shared.cluster()).url) },
   sentinel: { backend: 'redis', config: async () => redisProvider((await shared.sentinel()).url) },
-  mysql: { backend: 'mysql', config: async () => ({ type: 'mysql', connectionString: (await shared.mysql()).url }) },
+  mysql: {
+    backend: 'mysql',
+    config: async () => ({
+      type: 'mysql',
+      connectionString: (await shared.mysql()).url,
+      keepaliveMs: MYSQL_KEEPALIVE_MS,
+    }),
+  },
   etcd: { backend: 'etcd', config: async () => ({ type: 'etcd', endpoints: [(await shared.etcd()).endpoint] }) },
   'etcd-3': { backend: 'etcd', config: async () => ({ type: 'etcd', endpoints: (await shared.etcd3()).endpoints }) },
 }
@@ -514,6 +534,87 @@ for (const [topology, mode] of [
     },
   })
 }
+// MySQL: the server ends every client session; their locks are freed at once, and each holder
+// learns it at its next probe.
+faultRow({
+  id: 'fault/kill-connection/mysql',
+  fault: 'KILL CONNECTION of every client session, three times',
+  backend: 'mysql (private server)',
+  mode: 'session-end',
+  graceMs: MYSQL_GRACE_MS,
+  promise: PROMISE['session-end'].replace(
+    `within ${SESSION_END_GRACE_MS} ms`,
+    `within ${MYSQL_GRACE_MS} ms (two ${MYSQL_KEEPALIVE_MS} ms probe periods and ${SESSION_END_GRACE_MS} ms: the MySQL client learns it at its next probe)`,
+  ),
+  durationMs: 6_000,
+  smoke: { durationMs: 5_000 },
+  setup: async (dir, ctx) => {
+    ctx.mysql = await shared.mysqlPrivate()
+    const mysql = createRequire(join(ROOT, 'package.json'))('mysql2/promise')
+    ctx.admin = await mysql.createConnection(ctx.mysql.url)
+    onCleanup(() => ctx.admin.end())
+    return { provider: () => ({ type: 'mysql', connectionString: ctx.mysql.url, keepaliveMs: MYSQL_KEEPALIVE_MS }) }
+  },
+  async faults(ctx) {
+    for (const at of [1_000, 2_500, 4_000]) {
+      await ctx.at(at)
+      const [rows] = await ctx.admin.query(
+        "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() AND command <> 'Daemon' AND user = 'root'",
+      )
+      for (const { id } of rows) await ctx.admin.query(`KILL CONNECTION ${id}`).catch(() => {})
+      ctx.mark(`killed ${rows.length}`)
+    }
+  },
+  check: resumes('killed'),
+})
+
+// etcd: the leader of a private three-member cluster killed mid-run. Grants are decided by the
+// cluster's consensus, so a leader change never hands a lock out twice: strict.
+faultRow({
+  id: 'fault/leader-kill/etcd-3',
+  fault: 'kill -9 of the leader of a three-member etcd cluster',
+  backend: 'etcd (3 members, private)',
+  mode: 'strict',
+  durationMs: 9_000,
+  setup: async (dir, ctx) => {
+    const services = await import('../scripts/test-services.mjs')
+    ctx.cluster = await services.startEtcdCluster(3)
+    onCleanup(() => ctx.cluster.stop())
+    return { provider: () => ({ type: 'etcd', endpoints: ctx.cluster.endpoints }) }
+  },
+  async faults(ctx) {
+    await ctx.at(2_000)
+    const i = await ctx.cluster.leader()
+    ctx.cluster.members[i].kill('SIGKILL')
+    ctx.mark(`leader ${i} killed`)
+  },
+  check: resumes('leader'),
+})
+faultRow({
+  id: 'fault/holder-frozen/etcd',
+  fault: 'a holder process SIGSTOPs itself mid-section for 3 s (past its 2 s lease), then SIGCONT; twice',
+  backend: 'etcd',
+  mode: 'allowed',
+  promise: PROMISE.allowed + ' The frozen holder’s first check on resuming is false.',
+  leaseMs: 2_000,
+  durationMs: 9_000,
+  setup: TOPOLOGIES.etcd.setup,
+  async faults(ctx) {
+    for (const at of [1_000, 5_000]) {
+      await ctx.at(at)
+      const w = await ctx.freezeHolder()
+      ctx.mark(w === null ? 'no holder froze' : `worker ${w} frozen`)
+      if (w === null) continue
+      await sleep(3_000)
+      ctx.thaw(w)
+      ctx.mark(`worker ${w} resumed`)
+    }
+  },
+  check(grants, events, summaries) {
+    const frozen = summaries.reduce((n, s) => n + (s.frozen ?? 0), 0)
+    return frozen === 2 ? [] : [`${frozen} of 2 holders froze (the fault did not happen)`]
+  },
+})
 faultRow({
   id: 'fault/lock-file-deleted/file',
   fault: 'the lock file deleted every 30 ms while processes hold and wait',
@@ -920,7 +1021,7 @@ async function runWorkers(row) {
   }
   const a = analyze(grants, {
     mode: row.mode === 'session-end' ? 'allowed' : row.mode,
-    graceMs: row.mode === 'session-end' ? SESSION_END_GRACE_MS : 0,
+    graceMs: row.mode === 'session-end' ? (row.graceMs ?? SESSION_END_GRACE_MS) : 0,
     maxCount: permitsOf(row),
   })
   const counter = Number(readFileSync(join(dir, 'counter'), 'utf8')) || 0

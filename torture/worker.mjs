@@ -50,7 +50,7 @@ function makeProvider(p) {
     case 'postgres':
       return new lib.PostgresLockProvider({ connectionString: p.connectionString })
     case 'mysql':
-      return new lib.MySqlLockProvider({ connectionString: p.connectionString })
+      return new lib.MySqlLockProvider({ connectionString: p.connectionString, keepaliveMs: p.keepaliveMs })
     case 'etcd':
       return new lib.EtcdLockProvider({ endpoints: p.endpoints })
     case 'redis':

@@ -302,15 +302,22 @@ impl Backend for MySqlBackend {
                     h.take_and_release()
                 })
                 .collect();
-            for r in releasing {
-                r.await;
-            }
+            // Each release is one statement on its session; sessions work in parallel.
+            futures_join(releasing).await;
             let limit = Duration::from_secs(5);
-            for s in inner.pool.sessions() {
+            for s in inner.pool.drain() {
                 s.close(limit).await;
             }
             Ok(())
         })
+    }
+}
+
+/// Runs `futures` together to the end.
+async fn futures_join(futures: Vec<impl Future<Output = ()> + Send + 'static>) {
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    for t in tasks {
+        let _ = t.await;
     }
 }
 
@@ -337,8 +344,10 @@ impl Inner {
                     _ = tokio::time::sleep(every) => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
+                // Idle sessions too: the server's `wait_timeout` would end them, and the next
+                // call would find its session gone.
                 for s in inner.pool.sessions() {
-                    if s.holds_something() && !s.is_waiting() {
+                    if !s.is_waiting() && !s.is_dead() {
                         tokio::spawn(async move {
                             // A probe that fails or gets no answer ends the session.
                             let _ = s.run(Some(every), ping()).await;
@@ -428,6 +437,7 @@ impl Inner {
         self.start_keepalive();
         let mut pause = Duration::from_millis(50);
         let mut last_fault: Option<Failure> = None;
+        let mut stale_retry = true;
         let mut answered = false;
         loop {
             let round = async {
@@ -464,10 +474,14 @@ impl Inner {
                 }
                 Err(Miss::Stop(i)) => return i.into_outcome(&req, BACKEND),
                 Err(Miss::Fault(f)) => {
+                    // A try goes again once, at once: a pooled session the server ended while
+                    // it was idle (a restart, `wait_timeout`) is not a reason to fail.
                     let retry = f.transient
-                        && req.timeout != Timeout::Zero
                         && self.pool.ever_connected()
-                        && deadline.is_none_or(|d| Instant::now() + pause < d);
+                        && match req.timeout {
+                            Timeout::Zero => std::mem::take(&mut stale_retry),
+                            _ => deadline.is_none_or(|d| Instant::now() + pause < d),
+                        };
                     if !retry {
                         return Err(f.into_error(
                             self.label(),
@@ -476,6 +490,9 @@ impl Inner {
                     }
                     tracing::debug!(backend = BACKEND, error = %f.message, "retrying after a fault");
                     last_fault = Some(f);
+                    if req.timeout == Timeout::Zero {
+                        continue;
+                    }
                     let sleep = tokio::time::sleep(pause);
                     if let Err(i) = race(sleep, deadline, req.cancel.as_ref(), &self.closed)
                         .await
@@ -617,10 +634,7 @@ impl Inner {
                 _ => false,
             };
             if !killed {
-                tracing::debug!(
-                    backend = BACKEND,
-                    "could not kill a wait; closing its session"
-                );
+                tracing::debug!(backend = BACKEND, "could not kill a wait");
             }
         }
         match tokio::time::timeout(limit, &mut q).await {
@@ -633,6 +647,12 @@ impl Inner {
             _ => {
                 q.abort();
                 w.kill("a wait could not be ended");
+            }
+        }
+        if self.closed.is_cancelled() {
+            // The provider closed while this wait ended: the sessions opened for it go too.
+            for s in self.pool.drain() {
+                s.close(limit).await;
             }
         }
     }

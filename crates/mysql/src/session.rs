@@ -192,10 +192,6 @@ impl Session {
         lock(&self.holds).is_empty()
     }
 
-    pub(crate) fn holds_something(&self) -> bool {
-        !self.holds_nothing()
-    }
-
     pub(crate) fn is_waiting(&self) -> bool {
         self.waiting.load(Ordering::Acquire)
     }
@@ -291,6 +287,11 @@ impl Pool {
 
     pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
         lock(&self.sessions).clone()
+    }
+
+    /// Takes every session out of the pool (on close).
+    pub(crate) fn drain(&self) -> Vec<Arc<Session>> {
+        std::mem::take(&mut *lock(&self.sessions))
     }
 
     fn forget(&self, s: &Session) {

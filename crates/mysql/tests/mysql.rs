@@ -62,15 +62,11 @@ async fn holder(admin: &mut mysql_async::Conn, server_name: &str) -> Option<u64>
         .flatten()
 }
 
-async fn waits_on_server(admin: &mut mysql_async::Conn, server_name: &str) -> usize {
-    let rows: Vec<Option<String>> = admin
-        .query(
-            "SELECT info FROM information_schema.processlist WHERE info LIKE 'SELECT GET_LOCK(%'",
-        )
-        .await
-        .unwrap();
-    let _ = server_name;
-    rows.len()
+/// Whether a wait for `server_name` is still pending on the server: after the holder lets go,
+/// a pending `GET_LOCK` would take it within a few ms.
+async fn wait_left_behind(admin: &mut mysql_async::Conn, server_name: &str) -> bool {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    holder(admin, server_name).await.is_some()
 }
 
 #[tokio::test]
@@ -137,17 +133,11 @@ async fn a_wait_that_ends_early_is_killed_on_the_server_and_holds_nothing() {
     cancel.cancel();
     let out = waiting.await.unwrap();
     assert!(matches!(out, Err(distlock_core::Error::Cancelled { .. })));
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while waits_on_server(&mut admin, &server_name).await > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        waits_on_server(&mut admin, &server_name).await,
-        0,
-        "a GET_LOCK still waits"
-    );
     h.release().await.unwrap();
-    assert_eq!(holder(&mut admin, &server_name).await, None);
+    assert!(
+        !wait_left_behind(&mut admin, &server_name).await,
+        "a GET_LOCK still waited and took the lock"
+    );
     // Nothing was left held by the killed waits: another provider takes it at once.
     let again = acquire(&provider(), &name, LockKind::Mutex, Some(0.0)).await;
     assert!(again.is_some());
@@ -345,4 +335,48 @@ async fn bad_credentials_are_a_backend_error_not_busy() {
         .err()
         .expect("an error");
     assert_eq!(e.code(), "BACKEND", "{e}");
+}
+
+#[tokio::test]
+async fn a_try_rides_out_an_idle_session_the_server_ended() {
+    let a = provider();
+    let mut admin = admin().await;
+    let name = unique("stale");
+    let h = acquire(&a, &name, LockKind::Mutex, Some(0.0))
+        .await
+        .unwrap();
+    let id = holder(&mut admin, &lock_name(&name)).await.unwrap();
+    h.release().await.unwrap();
+    // The session is idle in the pool; the server ends it (a restart, wait_timeout).
+    admin
+        .query_drop(format!("KILL CONNECTION {id}"))
+        .await
+        .unwrap();
+    let again = acquire(&a, &name, LockKind::Mutex, Some(0.0)).await;
+    assert!(again.is_some(), "the try failed on the dead pooled session");
+    again.unwrap().release().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_ends_pending_waits_on_the_server_and_its_sessions() {
+    let (a, b) = (provider(), provider());
+    let mut admin = admin().await;
+    let name = unique("close");
+    let h = acquire(&a, &name, LockKind::Mutex, None).await.unwrap();
+    let waiting = tokio::spawn(b.acquire(req(&name, LockKind::Mutex, None)).unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.close().await.unwrap();
+    let out = waiting.await.unwrap();
+    assert!(matches!(out, Err(distlock_core::Error::Closed { .. })));
+    h.release().await.unwrap();
+    assert!(
+        !wait_left_behind(&mut admin, &lock_name(&name)).await,
+        "the closed provider's wait took the lock"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.connections(), 0);
+    a.close().await.unwrap();
 }
