@@ -135,6 +135,7 @@ export interface MySqlOptions {
   opTimeoutMs?: number
   connectTimeoutMs?: number
   fencingTable?: string
+  fencing?: string
   tls?: RedisTlsOptions
 }
 

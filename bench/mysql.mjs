@@ -42,17 +42,23 @@ const WAIT_S = 31_536_000
 // every case.
 const lockName = (w) => freshName(w).toLowerCase()
 
+/** distlock's loops on `names`, with fencing tokens from `fencing`. */
+function distlockLoops(url, names, fencing) {
+  const { MySqlLockProvider } = require(root)
+  return providerLoops(new MySqlLockProvider({ connectionString: url, maxConnections: 16, fencing }), names)
+}
+
 // A case: make(url, names) -> { loops: [acquire() -> release()], close() }, one loop per name.
 const CASES = [
   {
     id: 'distlock',
     label: 'distlock MySqlLockProvider',
-    async make(url, names) {
-      // Loaded here, so that the other cases run (--only=mysql2) while no build has the provider.
-      const { MySqlLockProvider } = require(root)
-      if (!MySqlLockProvider) throw new Error('this build of distlock has no MySqlLockProvider (npm run build)')
-      return providerLoops(new MySqlLockProvider({ connectionString: url, maxConnections: 16 }), names)
-    },
+    make: (url, names) => distlockLoops(url, names, 'table'),
+  },
+  {
+    id: 'distlock-uuid',
+    label: "distlock MySqlLockProvider, fencing: 'uuid-short'",
+    make: (url, names) => distlockLoops(url, names, 'uuid-short'),
   },
   {
     id: 'mysql2',

@@ -52,6 +52,7 @@ export const PROVIDER_KEYS = {
     'opTimeoutMs',
     'connectTimeoutMs',
     'fencingTable',
+    'fencing',
     'tls',
     ...COMMON_KEYS,
   ],
@@ -400,6 +401,15 @@ export interface MySqlLockProviderOptions extends CommonProviderOptions {
    * created on first use if missing (default `distlock_fencing`).
    */
   fencingTable?: string
+  /**
+   * Where fencing tokens come from. `'table'` (default): a counter per name in
+   * {@link fencingTable}, written by every grant, so tokens keep growing across restarts and
+   * failovers of a replicated server. `'uuid-short'`: the server's `UUID_SHORT()`, read in the
+   * statement that takes the lock, with no write (a grant costs no commit): strictly increasing
+   * on one server, across its restarts unless its clock is set back, but after a failover only
+   * if the new server's `server_id` is larger.
+   */
+  fencing?: 'table' | 'uuid-short'
   /** TLS beyond the URL: certificates to trust instead of the built-in roots, a client certificate. */
   tls?: RedisTlsOptions
 }
@@ -450,7 +460,8 @@ function mysqlOptions(options: MySqlLockProviderOptions) {
     throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
   }
   checkKeys(options, PROVIDER_KEYS.mysql)
-  const { connectionString, maxConnections, keepaliveMs, opTimeoutMs, connectTimeoutMs, fencingTable, tls } = options
+  const { connectionString, maxConnections, keepaliveMs, opTimeoutMs, connectTimeoutMs, fencingTable, fencing, tls } =
+    options
   if (typeof connectionString !== 'string') {
     throw invalidArgType(
       `The "options.connectionString" property must be of type string. Received ${typeName(connectionString)}`,
@@ -458,7 +469,7 @@ function mysqlOptions(options: MySqlLockProviderOptions) {
   }
   if (connectionString === '') throw invalidArgValue('The "options.connectionString" property must not be empty')
   checkNumbers({ maxConnections, keepaliveMs, opTimeoutMs, connectTimeoutMs })
-  checkStrings({ fencingTable })
+  checkStrings({ fencingTable, fencing })
   return {
     connectionString,
     maxConnections,
@@ -466,6 +477,7 @@ function mysqlOptions(options: MySqlLockProviderOptions) {
     opTimeoutMs,
     connectTimeoutMs,
     fencingTable,
+    fencing,
     tls: tlsOptions(tls),
   }
 }

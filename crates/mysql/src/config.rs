@@ -17,6 +17,8 @@ pub struct MySqlOptions {
     pub(crate) connect_timeout: Duration,
     /// The fencing table, quoted for SQL (`` `db`.`table` `` or `` `table` ``).
     pub(crate) fencing_table: String,
+    /// Fencing tokens from the server's `UUID_SHORT()` instead of the table.
+    pub(crate) uuid_short: bool,
 }
 
 impl MySqlOptions {
@@ -44,6 +46,7 @@ impl MySqlOptions {
             op_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             fencing_table: String::from("`distlock_fencing`"),
+            uuid_short: false,
         })
     }
 
@@ -102,6 +105,25 @@ impl MySqlOptions {
             .map(|p| format!("`{p}`"))
             .collect::<Vec<_>>()
             .join(".");
+        Ok(self)
+    }
+
+    /// Where fencing tokens come from: `table` (default), a counter per name in the fencing
+    /// table, written by every grant; or `uuid-short`, the server's `UUID_SHORT()`, read in the
+    /// statement that takes the lock (no write): strictly increasing on one server, across its
+    /// restarts unless its clock is set back, but after a failover larger only if the new
+    /// server's `server_id` is larger.
+    pub fn fencing(mut self, mode: &str) -> Result<Self> {
+        self.uuid_short = match mode {
+            "table" => false,
+            "uuid-short" => true,
+            other => {
+                return Err(Error::invalid(
+                    "fencing",
+                    format!("must be 'table' or 'uuid-short', got {other:?}"),
+                ));
+            }
+        };
         Ok(self)
     }
 

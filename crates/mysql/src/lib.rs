@@ -212,15 +212,37 @@ fn try_and_bump(table: &str, name: String) -> Op<Option<u64>> {
 }
 
 /// The blocking wait for `name`, up to `secs` seconds: `Some(1)` granted, `Some(0)` the
-/// server's timeout, `None` killed.
-fn wait_for(name: String, secs: u64) -> Op<Option<i64>> {
+/// server's timeout, `None` killed; with the server's `UUID_SHORT()` read after it.
+fn wait_for(name: String, secs: u64) -> Op<(Option<i64>, Option<u64>)> {
     Box::new(move |c| {
         Box::pin(async move {
-            c.exec_first("SELECT GET_LOCK(?, ?)", (name, secs))
-                .await
-                .map(Option::flatten)
+            let row: Option<(Option<i64>, Option<u64>)> = c
+                .exec_first("SELECT GET_LOCK(?, ?), UUID_SHORT()", (name, secs))
+                .await?;
+            Ok(row.unwrap_or((None, None)))
         })
     })
+}
+
+/// A try that takes `name` and reads `UUID_SHORT()` in one statement (no write): `None` when
+/// busy.
+fn try_with_uuid(name: String) -> Op<Option<u64>> {
+    Box::new(move |c| {
+        Box::pin(async move {
+            let row: Option<(Option<i64>, Option<u64>)> = c
+                .exec_first("SELECT GET_LOCK(?, 0), UUID_SHORT()", (name,))
+                .await?;
+            Ok(match row {
+                Some((Some(1), token)) => token,
+                _ => None,
+            })
+        })
+    })
+}
+
+/// The server's next `UUID_SHORT()`.
+fn uuid_short() -> Op<Option<u64>> {
+    Box::new(|c| Box::pin(async move { c.query_first("SELECT UUID_SHORT()").await }))
 }
 
 fn kill_query(id: u32) -> Op<()> {
@@ -360,6 +382,9 @@ impl Inner {
 
     /// Creates the fencing table once per provider if it is missing.
     async fn ensure_table(&self) -> std::result::Result<(), Failure> {
+        if self.pool.opts.uuid_short {
+            return Ok(());
+        }
         let table = self.pool.opts.fencing_table.clone();
         self.table
             .get_or_try_init(|| async {
@@ -536,7 +561,11 @@ impl Inner {
             .attempt(
                 req,
                 &s,
-                try_and_bump(&table, name.clone()),
+                if self.pool.opts.uuid_short {
+                    try_with_uuid(name.clone())
+                } else {
+                    try_and_bump(&table, name.clone())
+                },
                 until,
                 move |t| t.map(|_| release_all(vec![undo_name])),
             )
@@ -569,10 +598,13 @@ impl Inner {
         let waiting = wait_for(name.clone(), secs);
         let mut q = tokio::spawn(async move { session.run(None, waiting).await });
         match race(&mut q, deadline, req.cancel.as_ref(), &self.closed).await {
-            Waited::Done(Ok(Ok(Some(1)))) => {
-                let bumped = self
-                    .attempt(req, &w, bump(&table, name.clone()), None, |_| None)
-                    .await;
+            Waited::Done(Ok(Ok((Some(1), uuid)))) => {
+                let bumped = if self.pool.opts.uuid_short {
+                    Ok(uuid)
+                } else {
+                    self.attempt(req, &w, bump(&table, name.clone()), None, |_| None)
+                        .await
+                };
                 match bumped {
                     Ok(Some(token)) => {
                         let got = Got::new(w.clone(), None, vec![name], token);
@@ -624,7 +656,7 @@ impl Inner {
     async fn finish_wait(
         self: Arc<Self>,
         w: Arc<Session>,
-        mut q: JoinHandle<std::result::Result<Option<i64>, Failure>>,
+        mut q: JoinHandle<std::result::Result<(Option<i64>, Option<u64>), Failure>>,
         name: String,
     ) {
         let limit = self.op_timeout();
@@ -638,7 +670,7 @@ impl Inner {
             }
         }
         match tokio::time::timeout(limit, &mut q).await {
-            Ok(Ok(Ok(Some(1)))) => {
+            Ok(Ok(Ok((Some(1), _)))) => {
                 let _ = w.run(Some(limit), release_all(vec![name])).await;
                 w.end_wait();
             }
@@ -729,8 +761,13 @@ impl Inner {
                 let held_names: Vec<String> =
                     got.iter().map(|&i| slot_name(&req.name, i)).collect();
                 let undo_names = held_names.clone();
+                let token = if self.pool.opts.uuid_short {
+                    uuid_short()
+                } else {
+                    bump(&table, fence)
+                };
                 let bumped = self
-                    .attempt(req, &s, bump(&table, fence), until, move |_| {
+                    .attempt(req, &s, token, until, move |_| {
                         Some(release_all(undo_names))
                     })
                     .await;
@@ -826,7 +863,7 @@ impl Inner {
             ));
         }
         self.ensure_table().await.map_err(fail)?;
-        let table = self.pool.opts.fencing_table.clone();
+        let table = (!self.pool.opts.uuid_short).then(|| self.pool.opts.fencing_table.clone());
         let (locks, fence, max) = match kind {
             LockKind::Semaphore { max_count, .. } => (
                 (0..max_count)
@@ -843,13 +880,17 @@ impl Inner {
         let count = locks.len();
         let op: Op<(u32, Option<u64>)> = Box::new(move |c| {
             Box::pin(async move {
-                let sql = format!(
-                    "SELECT ({}), (SELECT token FROM {table} WHERE name = ?)",
-                    list("(IS_USED_LOCK(?) IS NOT NULL)", count).replace(", ", " + ")
-                );
+                let used = list("(IS_USED_LOCK(?) IS NOT NULL)", count).replace(", ", " + ");
                 let mut params: Vec<mysql_async::Value> =
                     locks.into_iter().map(Into::into).collect();
-                params.push(fence.into());
+                // With UUID_SHORT tokens no per-name token is kept.
+                let sql = match table {
+                    Some(table) => {
+                        params.push(fence.into());
+                        format!("SELECT ({used}), (SELECT token FROM {table} WHERE name = ?)")
+                    }
+                    None => format!("SELECT ({used}), NULL"),
+                };
                 let row: Option<(Option<u64>, Option<u64>)> = c.exec_first(sql, params).await?;
                 let (used, token) = row.unwrap_or((None, None));
                 Ok((used.unwrap_or(0) as u32, token))

@@ -380,3 +380,64 @@ async fn close_ends_pending_waits_on_the_server_and_its_sessions() {
     assert_eq!(b.connections(), 0);
     a.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn uuid_short_tokens_increase_without_writing_the_table() {
+    let opts = || {
+        MySqlOptions::parse(&url())
+            .unwrap()
+            .fencing("uuid-short")
+            .unwrap()
+    };
+    let (a, b) = (
+        MySqlBackend::new(opts()).unwrap(),
+        MySqlBackend::new(opts()).unwrap(),
+    );
+    let mut admin = admin().await;
+    let name = unique("uuid");
+    let mut last = 0;
+    for _ in 0..3 {
+        let h = acquire(&a, &name, LockKind::Mutex, Some(0.0))
+            .await
+            .unwrap();
+        assert!(h.fencing_token() > last);
+        last = h.fencing_token();
+        // A waiter granted on release reads its token in the same statement as its wait.
+        let waiter = tokio::spawn({
+            let (b, name) = (b.clone(), name.clone());
+            async move { acquire(&b, &name, LockKind::Mutex, Some(5_000.0)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.release().await.unwrap();
+        let w = waiter.await.unwrap().unwrap();
+        assert!(w.fencing_token() > last);
+        last = w.fencing_token();
+        w.release().await.unwrap();
+    }
+    let s = acquire(&a, &name, LockKind::semaphore(2), Some(0.0))
+        .await
+        .unwrap();
+    assert!(s.fencing_token() > last);
+    s.release().await.unwrap();
+    // Nothing was written for the name (the table may exist from other tests).
+    let rows: Vec<u64> = admin
+        .exec(
+            "SELECT token FROM distlock_fencing WHERE name = ?",
+            (lock_name(&name),),
+        )
+        .await
+        .unwrap_or_default();
+    assert!(rows.is_empty());
+    assert_eq!(
+        a.inspect(&name, LockKind::Mutex)
+            .await
+            .unwrap()
+            .fencing_token,
+        None
+    );
+    let e = MySqlOptions::parse(&url())
+        .unwrap()
+        .fencing("clock")
+        .unwrap_err();
+    assert!(e.to_string().starts_with("fencing must be"), "{e}");
+}

@@ -463,6 +463,7 @@ pub struct MySqlOptions {
     pub op_timeout_ms: Option<f64>,
     pub connect_timeout_ms: Option<f64>,
     pub fencing_table: Option<String>,
+    pub fencing: Option<String>,
     pub tls: Option<RedisTlsOptions>,
 }
 
@@ -576,6 +577,9 @@ fn mysql_backend(options: MySqlOptions) -> distlock_core::Result<MySqlBackend> {
     }
     if let Some(table) = options.fencing_table.as_deref() {
         opts = opts.fencing_table(table)?;
+    }
+    if let Some(mode) = options.fencing.as_deref() {
+        opts = opts.fencing(mode)?;
     }
     if let Some(tls) = options.tls {
         opts = opts.tls(tls.ca, tls.cert, tls.key)?;
