@@ -211,9 +211,12 @@ fn try_and_bump(table: &str, name: String) -> Op<Option<u64>> {
     })
 }
 
+/// What a blocking wait answers: `GET_LOCK`'s result and the `UUID_SHORT()` read after it.
+type WaitAnswer = (Option<i64>, Option<u64>);
+
 /// The blocking wait for `name`, up to `secs` seconds: `Some(1)` granted, `Some(0)` the
 /// server's timeout, `None` killed; with the server's `UUID_SHORT()` read after it.
-fn wait_for(name: String, secs: u64) -> Op<(Option<i64>, Option<u64>)> {
+fn wait_for(name: String, secs: u64) -> Op<WaitAnswer> {
     Box::new(move |c| {
         Box::pin(async move {
             let row: Option<(Option<i64>, Option<u64>)> = c
@@ -656,7 +659,7 @@ impl Inner {
     async fn finish_wait(
         self: Arc<Self>,
         w: Arc<Session>,
-        mut q: JoinHandle<std::result::Result<(Option<i64>, Option<u64>), Failure>>,
+        mut q: JoinHandle<std::result::Result<WaitAnswer, Failure>>,
         name: String,
     ) {
         let limit = self.op_timeout();
