@@ -133,17 +133,6 @@ describe('MySqlLockProvider', () => {
     expect(() => provider().createReaderWriterLock('doc')).toThrow(/named locks .* are exclusive/)
   })
 
-  it('rejects bad options with errors that name them', () => {
-    expect(bad({})).toThrow(/options\.connectionString/)
-    expect(bad({ connectionString: 'postgres://x' })).toThrow(/connectionString must be a URL starting with mysql:\/\//)
-    expect(bad({ connectionString: URL_MYSQL, maxConnections: 0 })).toThrow(/maxConnections/)
-    expect(bad({ connectionString: URL_MYSQL, maxConnections: '3' })).toThrow(TypeError)
-    expect(bad({ connectionString: URL_MYSQL, fencingTable: 'a;drop' })).toThrow(/fencingTable/)
-    expect(bad({ connectionString: URL_MYSQL, keepaliveMs: -1 })).toThrow(/keepaliveMs/)
-    expect(bad({ connectionString: URL_MYSQL, scope: 'transaction' })).toThrow(/scope/)
-    expect(bad({ connectionString: URL_MYSQL, tls: { cert: 'x' } })).toThrow(/cert and key/)
-  })
-
   it('a wrong password and a refused connection are backend errors, never busy', async () => {
     const wrong = URL_MYSQL.replace('://root', '://nobody_here:wrong')
     const err = await provider({ connectionString: wrong })
@@ -193,6 +182,87 @@ describe('MySqlLockProvider', () => {
       .tryAcquire()
       .catch((e: unknown) => e)
     expect(err).toBeInstanceOf(LockBackendError)
+  })
+})
+
+describe('MySqlLockProvider bad input', () => {
+  it.each([
+    ['options not an object', 'nope', TypeError, 'ERR_INVALID_ARG_TYPE', 'options'],
+    ['connectionString missing', {}, TypeError, 'ERR_INVALID_ARG_TYPE', 'connectionString'],
+    ['connectionString empty', { connectionString: '' }, RangeError, 'ERR_INVALID_ARG_VALUE', 'connectionString'],
+    [
+      'another scheme',
+      { connectionString: 'postgres://x' },
+      RangeError,
+      'ERR_INVALID_ARG_VALUE',
+      'connectionString must be a URL starting with mysql://',
+    ],
+    [
+      'malformed URL',
+      { connectionString: 'mysql://root@h:notaport/db' },
+      RangeError,
+      'ERR_INVALID_ARG_VALUE',
+      'connectionString',
+    ],
+    [
+      'maxConnections 0',
+      { connectionString: URL_MYSQL, maxConnections: 0 },
+      RangeError,
+      'ERR_INVALID_ARG_VALUE',
+      'maxConnections',
+    ],
+    [
+      'maxConnections a string',
+      { connectionString: URL_MYSQL, maxConnections: '3' },
+      TypeError,
+      'ERR_INVALID_ARG_TYPE',
+      'maxConnections',
+    ],
+    [
+      'keepaliveMs negative',
+      { connectionString: URL_MYSQL, keepaliveMs: -1 },
+      RangeError,
+      'ERR_INVALID_ARG_VALUE',
+      'keepaliveMs',
+    ],
+    [
+      'fencingTable with SQL in it',
+      { connectionString: URL_MYSQL, fencingTable: 'a;drop' },
+      RangeError,
+      'ERR_INVALID_ARG_VALUE',
+      'fencingTable',
+    ],
+    [
+      'fencing unknown',
+      { connectionString: URL_MYSQL, fencing: 'clock' },
+      RangeError,
+      'ERR_INVALID_ARG_VALUE',
+      'fencing',
+    ],
+    [
+      'scope (no transaction scope on MySQL)',
+      { connectionString: URL_MYSQL, scope: 'transaction' },
+      TypeError,
+      'ERR_INVALID_ARG_VALUE',
+      'scope',
+    ],
+    [
+      'a client certificate without its key',
+      { connectionString: URL_MYSQL, tls: { cert: 'x' } },
+      RangeError,
+      'ERR_INVALID_ARG_VALUE',
+      'cert and key',
+    ],
+  ])('%s', (_label, options, cls, code, mention) => {
+    let caught: unknown
+    try {
+      bad(options)()
+    } catch (e) {
+      caught = e
+    }
+    expect(caught).toBeInstanceOf(cls)
+    expect((caught as { code: string }).code).toBe(code)
+    expect((caught as Error).message).toContain(mention)
   })
 })
 
