@@ -1,5 +1,6 @@
 // The etcd provider through the public API, against private etcd processes: every test starts
 // its own member (or a 3-member cluster) on free loopback ports and stops it after.
+import { spawnSync } from 'node:child_process'
 import { readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
@@ -8,6 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 
 import {
   AbortError,
+  EtcdDistributedLock,
   EtcdLockProvider,
   LockBackendError,
   LockLostError,
@@ -470,6 +472,51 @@ describe('EtcdLockProvider with a paused holder', () => {
     expect(await Promise.race([reason, timer])).toBeInstanceOf(LockLostError)
     expect(h.isHeld).toBe(false)
     await h.release()
+  })
+})
+
+describe('EtcdDistributedLock (keyed)', () => {
+  it('acquire, tryAcquire, isLocked, extend within the lease, release; the CLI holds the lock', async () => {
+    const { endpoint } = await single()
+    const a = new EtcdDistributedLock({ endpoints: endpoint, ttlMs: 4_000 })
+    const b = new EtcdDistributedLock({ endpoints: [endpoint], retryIntervalMs: 100, maxRetries: 3 })
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    )
+    const k = unique('keyed')
+    const guard = await a.acquire(k)
+    expect(await a.isLocked(k)).toBe(true)
+    expect(await b.tryAcquire(k)).toBeNull()
+    await a.extend(guard, 3_000)
+    // etcd cannot lengthen a lease past its TTL.
+    await expect(a.extend(guard, 60_000)).rejects.toThrow(RangeError)
+    const err = await b.acquire(k).catch((e: unknown) => e)
+    expect(err).toBeInstanceOf(LockTimeoutError)
+    await guard.release()
+    expect(await a.isLocked(k)).toBe(false)
+    // distlock run --etcd: the command runs under the lock, which is free again afterwards.
+    const cli = join(__dirname, '..', 'bin', 'distlock.js')
+    const run = spawnSync(
+      process.execPath,
+      [
+        cli,
+        'run',
+        k,
+        '--etcd',
+        endpoint,
+        '--',
+        process.execPath,
+        '-e',
+        'console.log(process.env.DISTLOCK_FENCING_TOKEN)',
+      ],
+      { encoding: 'utf8', timeout: 20_000 },
+    )
+    expect(run.status, run.stderr).toBe(0)
+    expect(BigInt(run.stdout.trim()) > guard.fencingToken).toBe(true)
+    const g2 = await b.tryAcquire(k)
+    expect(g2).not.toBeNull()
+    await g2!.release()
   })
 })
 

@@ -1,5 +1,6 @@
 // The keyed lock classes and the inspection API (isLocked, getInfo, extend, per-acquire leaseMs)
-// on every backend: memory, file, PostgreSQL and Redis (a redis-server this spec starts).
+// on every backend: memory, file, PostgreSQL, MySQL and Redis (a redis-server this spec starts);
+// etcd's keyed class is in etcd.spec.ts (its extend is bounded by the lease's TTL).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import {
@@ -9,6 +10,7 @@ import {
   LockTimeoutError,
   MemoryDistributedLock,
   MemoryLockProvider,
+  MySqlDistributedLock,
   PostgresDistributedLock,
   RedisDistributedLock,
   type LockConfig,
@@ -19,6 +21,7 @@ import type { RedisServer } from '../scripts/test-services.mjs' with { 'resoluti
 
 type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
 const PG_URL = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const MYSQL_URL = process.env.DISTLOCK_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'
 let services: Services
 let redis: RedisServer
 const dir = tempDir('keyed')
@@ -27,7 +30,8 @@ const memory = new MemoryLockProvider()
 let seq = 0
 const key = (tag: string) => `keyed-${tag}-${process.pid}-${Date.now()}-${seq++}`
 
-type Keyed = MemoryDistributedLock | FileDistributedLock | PostgresDistributedLock | RedisDistributedLock
+type Keyed =
+  MemoryDistributedLock | FileDistributedLock | PostgresDistributedLock | MySqlDistributedLock | RedisDistributedLock
 const BACKENDS: Array<[string, (config: LockConfig) => Keyed, { lease: boolean; tokenInfo: boolean }]> = [
   ['memory', (c) => new MemoryDistributedLock({ ...c, provider: memory }), { lease: false, tokenInfo: true }],
   ['file', (c) => new FileDistributedLock({ directory: dir, ...c }), { lease: false, tokenInfo: true }],
@@ -36,6 +40,7 @@ const BACKENDS: Array<[string, (config: LockConfig) => Keyed, { lease: boolean; 
     (c) => new PostgresDistributedLock({ connectionString: PG_URL, ...c }),
     { lease: false, tokenInfo: false },
   ],
+  ['mysql', (c) => new MySqlDistributedLock({ connectionString: MYSQL_URL, ...c }), { lease: false, tokenInfo: true }],
   ['redis', (c) => new RedisDistributedLock({ urls: [redis.url], ...c }), { lease: true, tokenInfo: true }],
 ]
 const open: Keyed[] = []
@@ -125,17 +130,23 @@ describe('inspection on the provider API', () => {
   it('reader-writer locks and semaphores report holders on every backend', async () => {
     for (const [name, factory] of BACKENDS) {
       const p = make(factory).provider
-      const rw = p.createReaderWriterLock(key(`rw-${name}`))
-      const r1 = await rw.acquireRead()
-      const r2 = await rw.acquireRead()
-      const info = await rw.getInfo()
-      expect(info.held, name).toBe(true)
-      // File readers of one process share one OS lock: the OS cannot count them.
-      // File readers of one process share one OS lock, PostgreSQL readers may share a session:
-      // neither can count readers.
-      expect(info.holders, name).toBe(name === 'file' || name === 'postgres' ? null : 2)
-      await Promise.all([r1.release(), r2.release()])
-      expect(await rw.isLocked(), name).toBe(false)
+      if (name === 'mysql') {
+        // Named locks are exclusive: MySQL has no reader-writer lock.
+        expect(() => p.createReaderWriterLock(key('rw-mysql'))).toThrow(RangeError)
+      }
+      const rw = name === 'mysql' ? null : p.createReaderWriterLock(key(`rw-${name}`))
+      if (rw) {
+        const r1 = await rw.acquireRead()
+        const r2 = await rw.acquireRead()
+        const info = await rw.getInfo()
+        expect(info.held, name).toBe(true)
+        // File readers of one process share one OS lock: the OS cannot count them.
+        // File readers of one process share one OS lock, PostgreSQL readers may share a session:
+        // neither can count readers.
+        expect(info.holders, name).toBe(name === 'file' || name === 'postgres' ? null : 2)
+        await Promise.all([r1.release(), r2.release()])
+        expect(await rw.isLocked(), name).toBe(false)
+      }
 
       const sem = p.createSemaphore(key(`sem-${name}`), 2)
       const s1 = await sem.acquire()
@@ -148,7 +159,7 @@ describe('inspection on the provider API', () => {
   })
 
   it('a per-acquire leaseMs sets the Redis lease; extend fails once the lock is lost', async () => {
-    const locks = make(BACKENDS[3]![1]) as RedisDistributedLock
+    const locks = make(BACKENDS.find(([name]) => name === 'redis')![1]) as RedisDistributedLock
     const k = key('lease')
     const h = await locks.provider.createLock(k).acquire({ leaseMs: 5_000 })
     const left = (await locks.getInfo(k)).leaseRemainingMs!

@@ -185,6 +185,28 @@ describe('MySqlLockProvider', () => {
   })
 })
 
+describe('distlock run --mysql', () => {
+  it('runs the command under a MySQL named lock, then frees it', async () => {
+    const name = unique('cli')
+    const cli = join(__dirname, '..', 'bin', 'distlock.js')
+    const script = 'console.log(process.env.DISTLOCK_FENCING_TOKEN)'
+    const run = spawnSync(
+      process.execPath,
+      [cli, 'run', name, '--mysql', URL_MYSQL, '--', process.execPath, '-e', script],
+      {
+        encoding: 'utf8',
+        timeout: 20_000,
+      },
+    )
+    expect(run.status, run.stderr).toBe(0)
+    expect(BigInt(run.stdout.trim()) > 0n).toBe(true)
+    const h = await provider().createLock(name).tryAcquire()
+    expect(h).not.toBeNull()
+    expect(h!.fencingToken > BigInt(run.stdout.trim())).toBe(true)
+    await h!.release()
+  })
+})
+
 describe('MySqlLockProvider bad input', () => {
   it.each([
     ['options not an object', 'nope', TypeError, 'ERR_INVALID_ARG_TYPE', 'options'],

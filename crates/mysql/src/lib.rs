@@ -15,11 +15,12 @@
 //!   at most one waiter per name; it first tries on a shared session, then waits on a session of
 //!   its own. The server's timeout is the caller's rounded up to whole seconds; the caller's own
 //!   deadline is kept to the millisecond, and a wait that ends early (deadline, `AbortSignal`,
-//!   close) is ended on the server with `KILL QUERY` from another session, and whatever it was
-//!   granted meanwhile is released.
+//!   close) is ended on the server by `KILL CONNECTION` of its session, sent from another
+//!   session; the server frees whatever it was granted meanwhile.
 //! - Fencing tokens: a counter per name in a table (default `distlock_fencing`, created on
 //!   first use), bumped with `LAST_INSERT_ID(token + 1)` by the holder only, so strictly
-//!   increasing per name. A try takes the lock and bumps the counter in one statement
+//!   increasing per name; or, with `fencing: 'uuid-short'`, the server's `UUID_SHORT()` read
+//!   in the statement that takes the lock. A try takes the lock and bumps the counter in one statement
 //!   (`INSERT … SELECT … WHERE GET_LOCK(?, 0) = 1`); a wait bumps it after its grant.
 //! - A session that ends (killed on the server, the socket closed, a probe unanswered within
 //!   `keepalive`) fires the lost signal of every lock it held and gives each lock's in-process
@@ -29,7 +30,7 @@
 //!
 //! | call | settles by |
 //! |---|---|
-//! | `acquire` with `timeout` T > 0 | T (a statement in flight then is finished in the background, and its grant undone) |
+//! | `acquire` with `timeout` T > 0 | T, plus the server's confirmation of the kill of its waiting session (at most 250 ms) |
 //! | `acquire` with `timeout` 0 (try) | `connect_timeout` + `op_timeout` |
 //! | `release` | `op_timeout`; no answer closes the session (the server frees its locks) |
 //! | `inspect` | `op_timeout` |
@@ -248,9 +249,13 @@ fn uuid_short() -> Op<Option<u64>> {
     Box::new(|c| Box::pin(async move { c.query_first("SELECT UUID_SHORT()").await }))
 }
 
-fn kill_query(id: u32) -> Op<()> {
-    Box::new(move |c| Box::pin(async move { c.query_drop(format!("KILL QUERY {id}")).await }))
+fn kill_connection(id: u32) -> Op<()> {
+    Box::new(move |c| Box::pin(async move { c.query_drop(format!("KILL CONNECTION {id}")).await }))
 }
+
+/// How long a wait that ends early (deadline, cancel, close) waits for the server to confirm
+/// that its waiting session is gone before it settles anyway (the cleanup goes on).
+const KILL_SETTLE: Duration = Duration::from_millis(250);
 
 fn ping() -> Op<()> {
     Box::new(|c| Box::pin(async move { c.ping().await }))
@@ -643,7 +648,9 @@ impl Inner {
             }
             other => {
                 let inner = self.clone();
-                tokio::spawn(async move { inner.finish_wait(w, q, name).await });
+                let (confirmed, ended) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move { inner.finish_wait(w, q, name, confirmed).await });
+                let _ = tokio::time::timeout(KILL_SETTLE, ended).await;
                 Err(Miss::Stop(match other {
                     Waited::Cancelled => Interrupted::Cancelled,
                     Waited::Closed => Interrupted::Closed,
@@ -653,35 +660,44 @@ impl Inner {
         }
     }
 
-    /// Ends a wait whose caller stopped waiting: `KILL QUERY` from another session, then the
-    /// wait's answer, and a grant that raced the kill is released. A session that does not
-    /// answer within `op_timeout` is closed.
+    /// Ends a wait whose caller stopped waiting. While its `GET_LOCK` may still be on the way or
+    /// waiting, the session is ended on the server with `KILL CONNECTION` from another session:
+    /// that ends the wait whenever its statement arrives, and frees a grant that raced it (a
+    /// `KILL QUERY` could land before the statement and miss it, leaving a wait the server never
+    /// ends). `confirmed` is told once the server has the kill. A wait that already answered is
+    /// cleaned up on its own session. Each step is bounded by `op_timeout`.
     async fn finish_wait(
         self: Arc<Self>,
         w: Arc<Session>,
         mut q: JoinHandle<std::result::Result<WaitAnswer, Failure>>,
         name: String,
+        confirmed: tokio::sync::oneshot::Sender<()>,
     ) {
         let limit = self.op_timeout();
         if !q.is_finished() {
-            let killed = match tokio::time::timeout(limit, self.pool.shared()).await {
-                Ok(Ok(u)) => u.session.run(Some(limit), kill_query(w.id)).await.is_ok(),
-                _ => false,
-            };
-            if !killed {
-                tracing::debug!(backend = BACKEND, "could not kill a wait");
+            match tokio::time::timeout(limit, self.pool.shared()).await {
+                Ok(Ok(u)) => {
+                    let _ = u.session.run(Some(limit), kill_connection(w.id)).await;
+                }
+                _ => tracing::debug!(backend = BACKEND, "no session to end a wait from"),
             }
-        }
-        match tokio::time::timeout(limit, &mut q).await {
-            Ok(Ok(Ok((Some(1), _)))) => {
-                let _ = w.run(Some(limit), release_all(vec![name])).await;
-                w.end_wait();
-            }
-            // Not granted: the server's timeout, or the kill (an error on some servers).
-            Ok(Ok(_)) if !w.is_dead() => w.end_wait(),
-            _ => {
+            let _ = confirmed.send(());
+            // The wait now ends with an error: its session is gone, and so is anything it was
+            // granted.
+            w.kill("it was ended to stop a wait");
+            if tokio::time::timeout(limit, &mut q).await.is_err() {
                 q.abort();
-                w.kill("a wait could not be ended");
+            }
+        } else {
+            let _ = confirmed.send(());
+            match q.await {
+                Ok(Ok((Some(1), _))) => {
+                    let _ = w.run(Some(limit), release_all(vec![name])).await;
+                    w.end_wait();
+                }
+                // Not granted: the server's own timeout.
+                Ok(Ok(_)) if !w.is_dead() => w.end_wait(),
+                _ => w.kill("a wait could not be ended"),
             }
         }
         if self.closed.is_cancelled() {

@@ -87,7 +87,7 @@ pub(crate) type Op<T> =
 
 /// One server connection.
 pub(crate) struct Session {
-    /// The server's id of the connection (`CONNECTION_ID()`), for `KILL QUERY`.
+    /// The server's id of the connection (`CONNECTION_ID()`), for `KILL CONNECTION`.
     pub id: u32,
     conn: tokio::sync::Mutex<Option<Conn>>,
     holds: Mutex<HashMap<u64, Weak<dyn Dependent>>>,
@@ -149,13 +149,13 @@ impl Session {
         }
         let holds: Vec<_> = lock(&self.holds).drain().collect();
         let reason = format!("its MySQL session ended ({reason})");
-        for (_, held) in holds {
+        for (_, held) in &holds {
             if let Some(h) = held.upgrade() {
                 h.session_ended(&reason);
             }
         }
         if let Some(pool) = self.pool.upgrade() {
-            pool.forget(self);
+            pool.forget(self, !holds.is_empty());
         }
     }
 
@@ -294,9 +294,10 @@ impl Pool {
         std::mem::take(&mut *lock(&self.sessions))
     }
 
-    fn forget(&self, s: &Session) {
+    /// Takes a session that ended out of the pool; observers hear of it when locks depended on it.
+    fn forget(&self, s: &Session, held_locks: bool) {
         lock(&self.sessions).retain(|x| !std::ptr::eq(x.as_ref(), s));
-        if let Some(o) = self.observer.get() {
+        if held_locks && let Some(o) = self.observer.get() {
             o(BackendEvent::Disconnected {
                 server: self.opts.label.clone(),
             });
