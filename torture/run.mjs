@@ -558,11 +558,11 @@ faultRow({
   async faults(ctx) {
     for (const at of [1_000, 2_500, 4_000]) {
       await ctx.at(at)
-      const [rows] = await ctx.admin.query(
+      const [sessions] = await ctx.admin.query(
         "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() AND command <> 'Daemon' AND user = 'root'",
       )
-      for (const { id } of rows) await ctx.admin.query(`KILL CONNECTION ${id}`).catch(() => {})
-      ctx.mark(`killed ${rows.length}`)
+      for (const { id } of sessions) await ctx.admin.query(`KILL CONNECTION ${id}`).catch(() => {})
+      ctx.mark(`killed ${sessions.length}`)
     }
   },
   check: resumes('killed'),
