@@ -1,18 +1,13 @@
 // Writes the results of the last full torture run (torture/results/latest.json) into docs/torture.md,
 // between the markers `<!-- torture:begin -->` and `<!-- torture:end -->`:
 //   node torture/readme-table.mjs [results.json]
-// With `--only <marker>` it writes the results of a run of some rows (`--only` of run.mjs)
-// between `<!-- torture-<marker>:begin -->` and `<!-- torture-<marker>:end -->` instead.
 import { readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 const README = join(HERE, '..', 'docs', 'torture.md')
-const args = process.argv.slice(2)
-const at = args.indexOf('--only')
-const part = at >= 0 ? args.splice(at, 2)[1] : null
-const source = args[0] ?? join(HERE, 'results', 'latest.json')
+const source = process.argv[2] ?? join(HERE, 'results', 'latest.json')
 const { meta, results } = JSON.parse(readFileSync(source, 'utf8'))
 if (meta.smoke) throw new Error(`${source} is a smoke run; docs/torture.md shows a full run`)
 
@@ -21,7 +16,7 @@ const stress = results.filter((r) => r.id.startsWith('stress/'))
 const others = results.filter((r) => !r.id.startsWith('stress/'))
 
 const lines = [
-  `${part ? `Run of these rows alone (\`--only ${part}\`)` : 'Last full run'}: ${meta.date.slice(0, 10)}, Node ${meta.node}, ${meta.passed}/${meta.total} rows kept their promise in ${Math.round(meta.elapsedMs / 1000)} s.`,
+  `Last full run: ${meta.date.slice(0, 10)}, Node ${meta.node}, ${meta.passed}/${meta.total} rows kept their promise in ${Math.round(meta.elapsedMs / 1000)} s.`,
   '',
   `**No fault, heavy contention** (${stress[0]?.promise ?? ''})`,
   '',
@@ -44,9 +39,8 @@ const lines = [
 ]
 
 const readme = readFileSync(README, 'utf8')
-const marker = part ? `torture-${part}` : 'torture'
-const begin = `<!-- ${marker}:begin -->`
-const end = `<!-- ${marker}:end -->`
+const begin = '<!-- torture:begin -->'
+const end = '<!-- torture:end -->'
 const a = readme.indexOf(begin)
 const b = readme.indexOf(end)
 if (a < 0 || b < a) throw new Error(`docs/torture.md has no ${begin} … ${end} block`)
