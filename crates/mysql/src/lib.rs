@@ -107,6 +107,15 @@ impl From<Failure> for Miss {
     }
 }
 
+/// Why a race that did not end with its result ended.
+fn interruption<T>(w: &Waited<T>) -> Interrupted {
+    match w {
+        Waited::Cancelled => Interrupted::Cancelled,
+        Waited::Closed => Interrupted::Closed,
+        _ => Interrupted::TimedOut,
+    }
+}
+
 fn stop<T>(w: Waited<T>) -> std::result::Result<T, Miss> {
     w.done().map_err(Miss::Stop)
 }
@@ -439,11 +448,7 @@ impl Inner {
                         let _ = s.run(Some(limit), op).await;
                     }
                 });
-                Err(Miss::Stop(match other {
-                    Waited::Cancelled => Interrupted::Cancelled,
-                    Waited::Closed => Interrupted::Closed,
-                    _ => Interrupted::TimedOut,
-                }))
+                Err(Miss::Stop(interruption(&other)))
             }
         }
     }
@@ -651,11 +656,7 @@ impl Inner {
                 let (confirmed, ended) = tokio::sync::oneshot::channel();
                 tokio::spawn(async move { inner.finish_wait(w, q, name, confirmed).await });
                 let _ = tokio::time::timeout(KILL_SETTLE, ended).await;
-                Err(Miss::Stop(match other {
-                    Waited::Cancelled => Interrupted::Cancelled,
-                    Waited::Closed => Interrupted::Closed,
-                    _ => Interrupted::TimedOut,
-                }))
+                Err(Miss::Stop(interruption(&other)))
             }
         }
     }

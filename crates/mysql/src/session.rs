@@ -347,85 +347,66 @@ impl Pool {
     /// A session for statements that never wait: the least used live one, or a new one when
     /// every session is in use and there is room.
     pub(crate) async fn shared(&self) -> Result<Use, Failure> {
-        loop {
-            let notified = self.freed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let pick = {
-                let sessions = lock(&self.sessions);
+        let session = self
+            .pick(false, |sessions, room| {
                 let best = sessions
                     .iter()
                     .filter(|s| !s.is_dead() && !s.waiting.load(Ordering::Acquire))
-                    .min_by_key(|s| s.users.load(Ordering::Acquire))
-                    .cloned();
-                match best {
-                    Some(s) if s.users.load(Ordering::Acquire) == 0 || !self.room(&sessions) => {
-                        s.users.fetch_add(1, Ordering::AcqRel);
-                        Pick::This(s)
-                    }
-                    _ if self.room(&sessions) => {
-                        self.opening.fetch_add(1, Ordering::AcqRel);
-                        Pick::Open
-                    }
-                    // Every session waits: wait for one to be free.
-                    _ => Pick::Later,
-                }
-            };
-            let pick = match pick {
-                Pick::This(s) => Some(s),
-                Pick::Open => None,
-                Pick::Later => {
-                    notified.await;
-                    continue;
-                }
-            };
-            let session = match pick {
-                Some(s) => s,
-                None => self.open(false).await?,
-            };
-            return Ok(Use { session });
-        }
+                    .min_by_key(|s| s.users.load(Ordering::Acquire))?;
+                (best.users.load(Ordering::Acquire) == 0 || !room).then(|| {
+                    best.users.fetch_add(1, Ordering::AcqRel);
+                    best.clone()
+                })
+            })
+            .await?;
+        Ok(Use { session })
     }
 
     /// A session for a blocking wait: one that holds nothing and has no caller, or a new one;
     /// when the pool is full, waits until one is free.
     pub(crate) async fn for_wait(&self) -> Result<Arc<Session>, Failure> {
+        self.pick(true, |sessions, _| {
+            let idle = sessions.iter().find(|s| {
+                !s.is_dead()
+                    && !s.waiting.load(Ordering::Acquire)
+                    && s.users.load(Ordering::Acquire) == 0
+                    && s.holds_nothing()
+            })?;
+            idle.waiting.store(true, Ordering::Release);
+            Some(idle.clone())
+        })
+        .await
+    }
+
+    /// A session `choose` takes (and marks as its own) from the live ones, told whether there
+    /// is room for another; else a new one when there is room (opened for a wait when
+    /// `waiting`), else, once a session is freed, the same again.
+    async fn pick(
+        &self,
+        waiting: bool,
+        choose: impl Fn(&[Arc<Session>], bool) -> Option<Arc<Session>>,
+    ) -> Result<Arc<Session>, Failure> {
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let pick = {
                 let sessions = lock(&self.sessions);
-                let idle = sessions.iter().find(|s| {
-                    !s.is_dead()
-                        && !s.waiting.load(Ordering::Acquire)
-                        && s.users.load(Ordering::Acquire) == 0
-                        && s.holds_nothing()
-                });
-                match idle {
-                    Some(s) => {
-                        s.waiting.store(true, Ordering::Release);
-                        Pick::This(s.clone())
-                    }
-                    None if self.room(&sessions) => {
+                let room = self.room(&sessions);
+                match choose(&sessions, room) {
+                    Some(s) => Pick::This(s),
+                    None if room => {
                         self.opening.fetch_add(1, Ordering::AcqRel);
                         Pick::Open
                     }
                     None => Pick::Later,
                 }
             };
-            let pick = match pick {
-                Pick::This(s) => Some(s),
-                Pick::Open => None,
-                Pick::Later => {
-                    notified.await;
-                    continue;
-                }
-            };
-            return match pick {
-                Some(s) => Ok(s),
-                None => self.open(true).await,
-            };
+            match pick {
+                Pick::This(s) => return Ok(s),
+                Pick::Open => return self.open(waiting).await,
+                Pick::Later => notified.await,
+            }
         }
     }
 }
