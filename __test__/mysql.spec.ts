@@ -311,3 +311,31 @@ describe('MySqlLockProvider across processes', () => {
     await h.release()
   })
 })
+
+describe('MySqlLockProvider against a server that accepts and never answers', () => {
+  it('an acquire settles by its timeoutMs, not by connectTimeoutMs', async () => {
+    const net = await import('node:net')
+    const sockets: import('node:net').Socket[] = []
+    const silent = net.createServer((s) => void sockets.push(s))
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r))
+    const { port } = silent.address() as import('node:net').AddressInfo
+    try {
+      const p = provider({ connectionString: `mysql://root@127.0.0.1:${port}/test`, connectTimeoutMs: 5_000 })
+      const started = performance.now()
+      const err = await p
+        .createLock('silent')
+        .acquire({ timeoutMs: 500 })
+        .then(
+          () => null,
+          (e: Error) => e,
+        )
+      const took = performance.now() - started
+      expect(err).toBeInstanceOf(LockBackendError)
+      expect(took).toBeGreaterThanOrEqual(490)
+      expect(took).toBeLessThan(1_500)
+    } finally {
+      for (const s of sockets) s.destroy()
+      silent.close()
+    }
+  })
+})

@@ -225,15 +225,74 @@ export function stopServices() {
   }
 }
 
-/** The redis-server binary ($DISTLOCK_REDIS_SERVER, else PATH), or an error saying how to get it. */
-export function redisServerBin() {
-  const bin = process.env.DISTLOCK_REDIS_SERVER || which('redis-server')
-  if (!bin) {
+/**
+ * The programs the suite runs itself, each with the variable that overrides where it is, the
+ * Debian package that has it and the Homebrew formula. `ensureTools()` installs the missing ones
+ * (as root on a system with apt-get); each lookup below names the package when it is missing.
+ */
+const TOOLS = {
+  'redis-server': { env: 'DISTLOCK_REDIS_SERVER', deb: 'redis-server', brew: 'redis', paths: [] },
+  etcd: { env: 'DISTLOCK_ETCD_BIN', deb: 'etcd-server', brew: 'etcd', paths: [] },
+  etcdctl: { env: 'DISTLOCK_ETCDCTL_BIN', deb: 'etcd-client', brew: 'etcd', paths: [] },
+  mariadbd: { env: 'DISTLOCK_MYSQLD', deb: 'mariadb-server', brew: 'mariadb', paths: ['/usr/sbin/mariadbd'] },
+}
+
+function findTool(name) {
+  const t = TOOLS[name]
+  return process.env[t.env] || which(name) || t.paths.find((p) => existsSync(p)) || null
+}
+
+function missingTool(name, why) {
+  const t = TOOLS[name]
+  return new Error(
+    `${name} was not found; ${why}. Install it (Debian/Ubuntu: apt-get install ${t.deb}; macOS: brew install ${t.brew}) ` +
+      `or set ${t.env} to its path`,
+  )
+}
+
+/**
+ * Makes sure the programs in `names` are there. Missing ones are installed from Debian's packages
+ * when this runs as root where apt-get exists (saying what it installs, unless
+ * DISTLOCK_NO_INSTALL=1); otherwise the error gives the one command to run.
+ */
+export function ensureTools(names) {
+  const missing = names.filter((n) => !findTool(n))
+  if (missing.length === 0) return
+  const pkgs = [...new Set(missing.map((n) => TOOLS[n].deb))]
+  const command = `apt-get install -y --no-install-recommends ${pkgs.join(' ')}`
+  const canInstall = process.getuid?.() === 0 && which('apt-get') && process.env.DISTLOCK_NO_INSTALL !== '1'
+  if (!canInstall) {
+    const brew = [...new Set(missing.map((n) => TOOLS[n].brew))].join(' ')
     throw new Error(
-      'redis-server was not found. The Redis tests start their own servers: install Redis ' +
-        '(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set DISTLOCK_REDIS_SERVER to its path',
+      `the tests need ${missing.join(', ')}, which ${missing.length > 1 ? 'are' : 'is'} not installed. ` +
+        `Install: ${process.getuid?.() === 0 ? '' : 'sudo '}${command} (macOS: brew install ${brew})`,
     )
   }
+  console.log(`distlock test: ${missing.join(', ')} missing; installing Debian's ${pkgs.join(', ')}: ${command}`)
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+  const install = () => spawnSync('sh', ['-c', command], { stdio: 'inherit', env, timeout: 600_000 }).status === 0
+  // A machine whose package lists were never fetched knows no package: fetch them once, then retry.
+  if (!install()) {
+    console.log('distlock test: the install failed; fetching the package lists (apt-get update) and trying once more')
+    spawnSync('apt-get', ['update'], { stdio: 'inherit', env, timeout: 600_000 })
+    if (!install())
+      throw new Error(`could not install ${pkgs.join(', ')} (${command} failed): install them and run again`)
+  }
+  const still = missing.filter((n) => !findTool(n))
+  if (still.length > 0) throw new Error(`${still.join(', ')} still not found after installing ${pkgs.join(', ')}`)
+}
+
+/** The redis-server binary ($DISTLOCK_REDIS_SERVER, else PATH), or an error saying how to get it. */
+export function redisServerBin() {
+  const bin = findTool('redis-server')
+  if (!bin) throw missingTool('redis-server', 'the Redis tests start their own servers')
+  return bin
+}
+
+/** The etcdctl binary ($DISTLOCK_ETCDCTL_BIN, else PATH), or an error saying how to get it. */
+export function etcdctlBin() {
+  const bin = findTool('etcdctl')
+  if (!bin) throw missingTool('etcdctl', "the etcd interop tests run etcd's own client")
   return bin
 }
 
@@ -397,11 +456,7 @@ async function freePorts(count) {
 
 /** mariadbd and its install script ($DISTLOCK_MYSQLD, else PATH, else /usr/sbin), or null. */
 function mysqlServerBins() {
-  const server =
-    process.env.DISTLOCK_MYSQLD ||
-    which('mariadbd') ||
-    ['/usr/sbin/mariadbd', '/usr/sbin/mysqld'].find((p) => existsSync(p)) ||
-    which('mysqld')
+  const server = findTool('mariadbd') || ['/usr/sbin/mysqld'].find((p) => existsSync(p)) || which('mysqld')
   const install = which('mariadb-install-db') || which('mysql_install_db')
   return server && install ? { server, install } : null
 }
@@ -573,13 +628,8 @@ export async function findMysql() {
 
 /** The etcd binary ($DISTLOCK_ETCD_BIN, else PATH), or an error saying how to get it. */
 export function etcdBin() {
-  const bin = process.env.DISTLOCK_ETCD_BIN || which('etcd')
-  if (!bin) {
-    throw new Error(
-      'etcd was not found. The etcd tests start their own members: install etcd ' +
-        '(Debian/Ubuntu: apt-get install etcd-server; macOS: brew install etcd) or set DISTLOCK_ETCD_BIN to its path',
-    )
-  }
+  const bin = findTool('etcd')
+  if (!bin) throw missingTool('etcd', 'the etcd tests start their own members')
   return bin
 }
 

@@ -4,7 +4,15 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync, readdirSync } from 'node:fs'
 
-import { etcdBin, findMysql, findPostgres, redisServerBin, stopServices } from './test-services.mjs'
+import {
+  ensureTools,
+  etcdBin,
+  etcdctlBin,
+  findMysql,
+  findPostgres,
+  redisServerBin,
+  stopServices,
+} from './test-services.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 
@@ -28,6 +36,9 @@ if (!hasBinary || !existsSync(`${root}dist/index.js`)) {
   run('build', process.execPath, ['scripts/build.mjs'])
 }
 try {
+  // The servers and clients the suite runs itself; a private MariaDB only without a given server.
+  const mysqld = process.env.DISTLOCK_TEST_MYSQL_URL ? [] : ['mariadbd']
+  ensureTools(['redis-server', 'etcd', 'etcdctl', ...mysqld])
   const pg = await findPostgres()
   process.env.DISTLOCK_TEST_PG_URL = pg.url
   console.log(`distlock test: PostgreSQL: ${pg.how} (${pg.url})`)
@@ -38,7 +49,10 @@ try {
   if (mysql.caFile) process.env.DISTLOCK_TEST_MYSQL_CA = mysql.caFile
   console.log(`distlock test: MySQL: ${mysql.how} (${mysql.url})`)
   process.env.DISTLOCK_ETCD_BIN = etcdBin()
-  console.log(`distlock test: etcd: private etcd processes from ${process.env.DISTLOCK_ETCD_BIN}`)
+  process.env.DISTLOCK_ETCDCTL_BIN = etcdctlBin()
+  console.log(
+    `distlock test: etcd: private etcd processes from ${process.env.DISTLOCK_ETCD_BIN}, etcdctl ${process.env.DISTLOCK_ETCDCTL_BIN}`,
+  )
 } catch (err) {
   console.error(`distlock test: ${err.message}`)
   stopServices()

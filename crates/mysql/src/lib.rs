@@ -479,7 +479,24 @@ impl Inner {
         let mut answered = false;
         loop {
             let round = async {
-                self.ensure_table().await?;
+                // Creating the fencing table is the first statement a provider sends, so it is
+                // where a server that accepts and never answers is met: it keeps to the budget.
+                // A server that never answers is trouble, not a busy lock.
+                let until = self.until(&req, deadline);
+                match race(
+                    self.ensure_table(),
+                    until,
+                    req.cancel.as_ref(),
+                    &self.closed,
+                )
+                .await
+                {
+                    Waited::TimedOut => {
+                        let f = Failure::new("no answer within the acquire's timeout", true);
+                        return Err(Miss::Fault(f));
+                    }
+                    w => stop(w)??,
+                }
                 match &mut keep {
                     Keep::Entry(_) => self.lock_round(&req, deadline).await,
                     Keep::Slots(entry, _) => {
