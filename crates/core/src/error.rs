@@ -141,6 +141,23 @@ impl Cause {
     }
 }
 
+/// An error in words: its own text, then the text of each source it does not already contain,
+/// joined by ": ". Client libraries often keep the detail (which option, which port) only in a
+/// source, under a top-level text such as "invalid connection string".
+pub fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Rewrites the OS errors that drivers pass on as Rust text into plain words, and returns the
 /// first one's number: `Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }`
 /// (an `io::Error` shown with `Debug`) becomes `Connection refused (os error 111)`, its

@@ -55,6 +55,9 @@ impl Failure {
                 sqlstate: Some(s.state.clone()),
             },
             mysql_async::Error::Url(u) => Self::new(u.to_string(), false),
+            // The OS error itself ("Broken pipe (os error 32)"), not under the driver's two
+            // layers of "Input/output error: ".
+            mysql_async::Error::Io(mysql_async::IoError::Io(io)) => Self::new(io.to_string(), true),
             other => Self::new(other.to_string(), true),
         }
     }
@@ -408,5 +411,24 @@ impl Pool {
                 Pick::Later => notified.await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_failures_read_as_the_os_error() {
+        // EPIPE, as Linux numbers it.
+        let io = std::io::Error::from_raw_os_error(32);
+        let f = Failure::of(&mysql_async::Error::Io(mysql_async::IoError::Io(io)));
+        assert_eq!(f.message, "Broken pipe (os error 32)");
+        assert!(f.transient);
+        let e = f.into_error("127.0.0.1:3306", "acquiring mysql lock \"x\"");
+        assert_eq!(
+            e.to_string(),
+            "mysql backend error: acquiring mysql lock \"x\" on 127.0.0.1:3306: Broken pipe (os error 32)"
+        );
     }
 }

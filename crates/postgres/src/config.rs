@@ -87,11 +87,25 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
 impl PgOptions {
     /// Parses `connection_string` (URL or `key=value` form) with the defaults for the rest.
     pub fn parse(connection_string: &str) -> Result<Self> {
+        if let Some((scheme, _)) = connection_string.split_once("://")
+            && !matches!(scheme, "postgres" | "postgresql")
+        {
+            return Err(Error::invalid(
+                "connectionString",
+                format!(
+                    "is a {scheme}:// URL; expected postgres:// or postgresql:// (or key=value pairs)"
+                ),
+            ));
+        }
         let (rest, verify_override, root_path) = take_libpq_only(connection_string);
         let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
+            let detail = distlock_core::error::with_sources(&e);
+            let detail = detail
+                .strip_prefix("invalid connection string: ")
+                .unwrap_or(&detail);
             Error::invalid(
                 "connectionString",
-                format!("is not a valid PostgreSQL connection string: {e}"),
+                format!("is not a valid PostgreSQL connection string: {detail}"),
             )
         })?;
         if config.get_hosts().is_empty() {
@@ -430,6 +444,15 @@ mod tests {
             msg("postgres:///db")
         );
         assert!(msg("postgres://h/db").contains("no user"));
+        // Each names the part that is wrong, not one "invalid connection string" for all.
+        let sslmode = msg("postgres://u@h/db?sslmode=bogus");
+        assert!(sslmode.contains("sslmode"), "{sslmode}");
+        let port = msg("postgres://u@h:99999/db");
+        assert!(port.contains("port"), "{port}");
+        let mysql = msg("mysql://u@h/db");
+        assert!(mysql.contains("mysql://"), "{mysql}");
+        let pairs = msg("host=h user=u sslmode=x");
+        assert!(pairs.contains("sslmode"), "{pairs}");
         assert!(msg("postgres://u@h/db?sslrootcert=/nonexistent").contains("sslrootcert"));
         assert!(PgOptions::parse("postgres://u:secret@h/db").is_ok());
     }
