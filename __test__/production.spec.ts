@@ -62,6 +62,7 @@ describe('unknown option keys', () => {
       () => locks.createLock('typo').tryAcquire({ timoutMs: 0 } as never),
       () => locks.createReaderWriterLock('typo').acquireRead({ TimeoutMs: 5 } as never),
       () => locks.createSemaphore('typo', 2).withLock(() => 1, { leasems: 200 } as never),
+      () => locks.createLock('typo').acquire({ retryCount: 3 } as never),
     ]) {
       const e = await thrown(call)
       expect(e.code).toBe('ERR_INVALID_ARG_VALUE')
@@ -89,6 +90,13 @@ describe('unknown option keys', () => {
       [() => new RedisLockProvider({ url: 'redis://127.0.0.1:1' } as never), 'url', 'urls'],
       [() => new RedisLockProvider({ urls: 'redis://127.0.0.1:1', leaseMS: 500 } as never), 'leaseMS', 'leaseMs'],
       [() => new MemoryDistributedLock({ ttl: 500 } as never), 'ttl', 'ttlMs'],
+      // redlock's `ttl` is distlock's `leaseMs`, though `tls` is one letter away.
+      [() => new RedisLockProvider({ urls: 'redis://127.0.0.1:1', ttl: 500 } as never), 'ttl', 'leaseMs'],
+      [
+        () => new RedisLockProvider({ urls: 'redis://127.0.0.1:1', lockTimeout: 500 } as never),
+        'lockTimeout',
+        'leaseMs',
+      ],
       [() => new FileDistributedLock({ maxRetry: 3 } as never), 'maxRetry', 'maxRetries'],
       [
         () => new RedisDistributedLock({ urls: 'redis://127.0.0.1:1', retryInterval: 5 } as never),

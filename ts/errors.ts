@@ -213,6 +213,24 @@ function closest(key: string, known: readonly string[]): string | undefined {
 }
 
 /**
+ * Options of the JS lock libraries people come from, and the distlock option that does that job.
+ * A user who passes redlock's `ttl` means `leaseMs`, not `tls`, however close the spelling.
+ */
+const FOREIGN_NAMES: Readonly<Record<string, string>> = {
+  ttl: 'leaseMs', // redlock, etcd3
+  duration: 'leaseMs', // redlock v5's `using(resources, duration)`
+  lockTimeout: 'leaseMs', // redis-semaphore
+  stale: 'leaseMs', // proper-lockfile
+  acquireTimeout: 'timeoutMs', // redis-semaphore
+  retryCount: 'timeoutMs', // redlock
+  retryDelay: 'timeoutMs', // redlock
+  retries: 'timeoutMs', // proper-lockfile
+  timeout: 'timeoutMs', // async-mutex and many others
+  refreshInterval: 'extendEveryMs', // redis-semaphore
+  automaticExtensionThreshold: 'extendEveryMs', // redlock v5
+}
+
+/**
  * Throws `ERR_INVALID_ARG_VALUE` (a `TypeError`, as in Node) for the first own key of `options`
  * that is not in `known`, naming it and suggesting the closest known key. `where` is how the
  * message names the object, e.g. `"options"`.
@@ -220,7 +238,8 @@ function closest(key: string, known: readonly string[]): string | undefined {
 export function checkKeys(options: object, known: readonly string[], where = 'options'): void {
   for (const key of Object.keys(options)) {
     if (known.includes(key)) continue
-    const near = closest(key, known)
+    const foreign = FOREIGN_NAMES[key]
+    const near = foreign !== undefined && known.includes(foreign) ? foreign : closest(key, known)
     const hint = near ? ` Did you mean "${near}"?` : ` Known properties: ${known.map((k) => `"${k}"`).join(', ')}.`
     throw Object.assign(new TypeError(`The "${where}" argument has an unknown property "${key}".${hint}`), {
       code: 'ERR_INVALID_ARG_VALUE',

@@ -43,8 +43,9 @@ export interface AcquireOptions {
    */
   signal?: AbortSignalLike
   /**
-   * The lease of this grant, in ms (≥ 100), instead of the provider's `leaseMs`. Only backends
-   * whose locks expire (Redis) use it; the others ignore it.
+   * The lease of this grant, in ms, instead of the provider's `leaseMs`, in the same range as
+   * that option (Redis: 100 and up; etcd: 2 000 and up). Only backends whose locks expire (Redis,
+   * etcd) use it; the others ignore it.
    */
   leaseMs?: number
   /**

@@ -573,6 +573,19 @@ export class RedisLockProvider extends BaseProvider {
   }
 
   /**
+   * A semaphore on one Redis deployment. Throws a `RangeError` on RedLock (several URLs): a count
+   * cannot be bounded by quorums of independent servers.
+   */
+  override createSemaphore(name: string, maxCount: number): DistributedSemaphore {
+    if (this.#redlock) {
+      throw invalidArgValue(
+        `RedisLockProvider has no semaphore on RedLock (asked for ${JSON.stringify(name)}): its urls are independent servers, and a count cannot be bounded by RedLock quorums; use one Redis deployment (a server, a cluster or a Sentinel group)`,
+      )
+    }
+    return super.createSemaphore(name, maxCount)
+  }
+
+  /**
    * RedLock takes `acquireAll`'s locks together: every lock's attempt goes out in the same round
    * (one round trip per server), and the round is kept only if every lock won its quorum.
    * @internal
