@@ -112,7 +112,8 @@ export function typecheckBlocks(tag: string, blocks: Block[]): { status: number 
       return path
     })
   if (files.length === 0) return { status: 0, output: '' }
-  return typecheck(files)
+  // As strict as a user's project may be: an explicit `undefined` where an option is optional.
+  return typecheck(files, 'node16', 'node16', { extra: ['--exactOptionalPropertyTypes'] })
 }
 
 /**

@@ -74,6 +74,13 @@ describe('module formats', () => {
     }
   })
 
+  it('options take an explicit undefined under exactOptionalPropertyTypes', () => {
+    const { status, output } = typecheck(['__test__/types/exact-optional.mts'], 'node16', 'node16', {
+      extra: ['--exactOptionalPropertyTypes'],
+    })
+    expect(status, output).toBe(0)
+  })
+
   it('the declarations need no lib newer than ES2020, with skipLibCheck off', () => {
     const { status, output } = typecheck(['__test__/types/es2020.mts'], 'node16', 'node16', {
       target: 'es2020',

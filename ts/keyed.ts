@@ -30,23 +30,23 @@ export interface LockConfig {
    * The lease of each grant in ms (default 30 000): Redis keys expire after it unless renewed
    * (they are renewed while held). File, PostgreSQL and memory locks do not expire while held.
    */
-  ttlMs?: number
+  ttlMs?: number | undefined
   /**
    * With `maxRetries`, the wait budget of `acquire`: `retryIntervalMs × maxRetries` ms (defaults
    * 100 × 10 = 1 s). Waiting itself is event-driven (a release wakes the next waiter); these only
    * bound how long it may take. `maxRetries: 0` means no waiting at all.
    */
-  retryIntervalMs?: number
+  retryIntervalMs?: number | undefined
   /** See `retryIntervalMs`. */
-  maxRetries?: number
+  maxRetries?: number | undefined
 }
 
 /** Per-call options of the keyed classes. */
 export interface KeyedAcquireOptions {
   /** Cancels the wait (rejects with `AbortError`; nothing stays held). */
-  signal?: AbortSignalLike
+  signal?: AbortSignalLike | undefined
   /** This grant's lease in ms, instead of the config's `ttlMs`. */
-  ttlMs?: number
+  ttlMs?: number | undefined
 }
 
 /** A held key. Release it with `release()` or `await using`. */

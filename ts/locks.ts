@@ -35,32 +35,32 @@ export interface AcquireOptions {
    * How long to wait, in milliseconds. `undefined` (the default for `acquire`) waits forever;
    * `0` (the default for `tryAcquire`) makes one attempt.
    */
-  timeoutMs?: number
+  timeoutMs?: number | undefined
   /**
    * Cancels the wait: the call rejects with {@link AbortError} and nothing stays held. Any
    * object shaped like an `AbortSignal` (`aborted`, `reason`, `addEventListener`,
    * `removeEventListener`) is accepted, as Node's own APIs accept them.
    */
-  signal?: AbortSignalLike
+  signal?: AbortSignalLike | undefined
   /**
    * The lease of this grant, in ms, instead of the provider's `leaseMs`, in the same range as
    * that option (Redis: 100 and up; etcd: 2 000 and up). Only backends whose locks expire (Redis,
    * etcd) use it; the others ignore it.
    */
-  leaseMs?: number
+  leaseMs?: number | undefined
   /**
    * Whether a lease is renewed in the background while held (default: the provider's
    * `autoRenew`, itself true). With `false` the lease ends `leaseMs` after the grant unless
    * `handle.extend()` moves it, and the handle's signal aborts then. Only backends whose locks
    * expire (Redis) have leases; the others ignore it.
    */
-  autoRenew?: boolean
+  autoRenew?: boolean | undefined
   /**
    * The longest this grant may be held, in ms (default: the provider's `maxHoldMs`, itself
    * none). Then the lock is released and the handle's signal aborts with a `LockLostError`,
    * on every backend: a cap for work that must not hold a lock forever.
    */
-  maxHoldMs?: number
+  maxHoldMs?: number | undefined
 }
 
 /** Options of a semaphore's acquire calls: those of every acquire, and how many permits. */
@@ -70,7 +70,7 @@ export interface SemaphoreAcquireOptions extends AcquireOptions {
    * number up to `maxCount`). Waiting stays first come, first served: a request for many
    * permits is not overtaken by later requests for fewer.
    */
-  permits?: number
+  permits?: number | undefined
 }
 
 /** A snapshot of a lock's state from {@link DistributedLock.getInfo} and friends. */
@@ -201,7 +201,7 @@ export interface LockSource {
   /** Throws {@link LockClosedError} if the provider was closed. */
   assertOpen(): void
   /** The provider's defaults for acquires that do not say. */
-  readonly defaults?: { readonly autoRenew?: boolean; readonly maxHoldMs?: number }
+  readonly defaults?: { readonly autoRenew?: boolean | undefined; readonly maxHoldMs?: number | undefined } | undefined
 }
 
 /** What a handle holds: a mutex, a reader-writer lock's read or write side, or a semaphore permit. */
@@ -767,15 +767,15 @@ abstract class NamedLock {
 /** Options of `waitForUnlock`. */
 export interface WaitOptions {
   /** How long to wait, in ms; default forever. */
-  timeoutMs?: number
+  timeoutMs?: number | undefined
   /** Cancels the wait. */
-  signal?: AbortSignalLike
+  signal?: AbortSignalLike | undefined
 }
 
 /** Options of a semaphore's `waitForUnlock`. */
 export interface SemaphoreWaitOptions extends WaitOptions {
   /** How many permits must be free at once (default 1, up to `maxCount`). */
-  permits?: number
+  permits?: number | undefined
 }
 
 /** Waits `ms`, or until `signal` aborts (then resolves early; the caller looks again). */

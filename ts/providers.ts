@@ -202,12 +202,12 @@ export interface CommonProviderOptions {
    * otherwise stay until their lease ends; the OS frees file locks and the server ends a dead
    * process's PostgreSQL sessions anyway.
    */
-  releaseOnExit?: boolean
+  releaseOnExit?: boolean | undefined
   /**
    * The longest any lock of this provider may be held, in ms, unless an acquire says otherwise
    * (`maxHoldMs` there): then the lock is released and its handle's signal aborts. Default none.
    */
-  maxHoldMs?: number
+  maxHoldMs?: number | undefined
 }
 
 /** Options of {@link FileLockProvider}. */
@@ -216,7 +216,7 @@ export interface FileLockProviderOptions extends CommonProviderOptions {
    * The directory holding the lock files; created on first use if missing. Every process that
    * must exclude the others uses the same directory. Defaults to `<os.tmpdir()>/distlock`.
    */
-  directory?: string
+  directory?: string | undefined
 }
 
 /**
@@ -277,37 +277,37 @@ export interface PostgresLockProviderOptions extends CommonProviderOptions {
    */
   connectionString: string
   /** At most this many server connections (1..1000, default 10). Held locks share them. */
-  maxConnections?: number
+  maxConnections?: number | undefined
   /**
    * Probe every session that holds locks this often (ms), with TCP keepalives and a TCP user
    * timeout to match; a session that does not answer within one period is closed and its locks'
    * signals abort. Default 5 000: a silent partition ends the held locks within about 10 s.
    */
-  keepaliveMs?: number
+  keepaliveMs?: number | undefined
   /**
    * The bound (ms) of every call that does not wait for a lock: a try (`timeoutMs: 0`, connect
    * included), `release`, `getInfo`. A session that does not answer within it is closed. Default
    * 5 000. An acquire with `timeoutMs: T` settles by T whatever the network does.
    */
-  opTimeoutMs?: number
+  opTimeoutMs?: number | undefined
   /**
    * The bound (ms) of opening one server connection: TCP connect, TLS handshake and login.
    * Default 5 000, or the connection string's `connect_timeout` (in seconds, as libpq reads
    * it) when it has one; this option wins over both. A call that needs a new connection still
    * settles within its own budget (`opTimeoutMs` for a try, `timeoutMs` for an acquire).
    */
-  connectTimeoutMs?: number
+  connectTimeoutMs?: number | undefined
   /**
    * `'session'` (default): `pg_advisory_lock`, many locks per connection. `'transaction'`:
    * `pg_advisory_xact_lock` inside a transaction held open for the lock's lifetime, one connection
    * per held lock — the mode that works behind PgBouncer in transaction pooling.
    */
-  scope?: 'session' | 'transaction'
+  scope?: 'session' | 'transaction' | undefined
   /**
    * The sequence fencing tokens come from, optionally schema-qualified. Created on first use if
    * missing (needs CREATE on the schema once). Default `distlock_fencing_token`.
    */
-  fencingSequence?: string
+  fencingSequence?: string | undefined
 }
 
 /**
@@ -386,21 +386,21 @@ export interface MySqlLockProviderOptions extends CommonProviderOptions {
    */
   connectionString: string
   /** The most server sessions the provider opens (1–1000; default 10). Held locks share them. */
-  maxConnections?: number
+  maxConnections?: number | undefined
   /**
    * How often sessions that hold locks are probed, in ms, and how long a probe may take
    * before the session is given up and its locks reported lost (default 1 000).
    */
-  keepaliveMs?: number
+  keepaliveMs?: number | undefined
   /** How long one statement (a try, a release, `getInfo`) may take, in ms (default 5 000). */
-  opTimeoutMs?: number
+  opTimeoutMs?: number | undefined
   /** How long opening a session (TCP, TLS, login) may take, in ms (default 5 000). */
-  connectTimeoutMs?: number
+  connectTimeoutMs?: number | undefined
   /**
    * The table of fencing counters, `table` (in the URL's database) or `database.table`;
    * created on first use if missing (default `distlock_fencing`).
    */
-  fencingTable?: string
+  fencingTable?: string | undefined
   /**
    * Where fencing tokens come from. `'table'` (default): a counter per name in
    * {@link fencingTable}, written by every grant, so tokens keep growing across restarts and
@@ -409,9 +409,9 @@ export interface MySqlLockProviderOptions extends CommonProviderOptions {
    * on one server, across its restarts unless its clock is set back, but after a failover only
    * if the new server's `server_id` is larger.
    */
-  fencing?: 'table' | 'uuid-short'
+  fencing?: 'table' | 'uuid-short' | undefined
   /** TLS beyond the URL: certificates to trust instead of the built-in roots, a client certificate. */
-  tls?: RedisTlsOptions
+  tls?: RedisTlsOptions | undefined
 }
 
 /**
@@ -510,26 +510,26 @@ export interface RedisLockProviderOptions extends CommonProviderOptions {
    */
   urls: string | readonly string[]
   /** How long a lock lives on the server unless renewed, in ms (≥ 100; default 30 000). */
-  leaseMs?: number
+  leaseMs?: number | undefined
   /** How often held leases are renewed, in ms (default a third of `leaseMs`). */
-  extendEveryMs?: number
+  extendEveryMs?: number | undefined
   /** Prepended to every key (default `''`, which keeps keys identical to the `redlock` package's). */
-  keyPrefix?: string
+  keyPrefix?: string | undefined
   /**
    * How long one server may take to answer one command, in ms (default 1 000), connect
    * included. It bounds a try (`timeoutMs: 0`), `release`, `extend` and, per server,
    * `getInfo`. An acquire with `timeoutMs: T` settles by T whatever the network does; a
    * failure that may pass (a reset, a stalled or restarting server) is retried until then.
    */
-  serverTimeoutMs?: number
+  serverTimeoutMs?: number | undefined
   /** TLS for the `rediss://` servers, beyond the system's roots. */
-  tls?: RedisTlsOptions
+  tls?: RedisTlsOptions | undefined
   /**
    * Whether held leases are renewed in the background (default true). With `false` a lock
    * ends `leaseMs` after its grant unless `handle.extend()` moves it; an acquire's
    * `autoRenew` overrides this.
    */
-  autoRenew?: boolean
+  autoRenew?: boolean | undefined
 }
 
 /** PEM text or a Buffer holding it. */
@@ -542,11 +542,11 @@ export interface RedisTlsOptions {
    * system's roots, as `ca` does in Node's `tls.connect`. Default: the system's roots, or
    * `SSL_CERT_FILE`.
    */
-  ca?: Pem | readonly Pem[]
+  ca?: Pem | readonly Pem[] | undefined
   /** A client certificate chain (PEM), for servers that check clients (`tls-auth-clients`). */
-  cert?: Pem
+  cert?: Pem | undefined
   /** The private key of `cert` (PEM, unencrypted). */
-  key?: Pem
+  key?: Pem | undefined
 }
 
 /**
@@ -695,22 +695,22 @@ export interface EtcdLockProviderOptions extends CommonProviderOptions {
    * The TTL of the lease the locks hang on, in ms (etcd counts whole seconds, so it is rounded
    * up; 2 000 to 86 400 000; default 30 000). The lease is kept alive in the background.
    */
-  leaseMs?: number
+  leaseMs?: number | undefined
   /** Prepended to every key (default `'distlock/'`). */
-  keyPrefix?: string
+  keyPrefix?: string | undefined
   /** A user name for etcd authentication (with `password`). */
-  username?: string
+  username?: string | undefined
   /** The password of `username`. */
-  password?: string
+  password?: string | undefined
   /** How long one request (a try, a release, `getInfo`) may take, in ms (default 5 000). */
-  opTimeoutMs?: number
+  opTimeoutMs?: number | undefined
   /** TLS for `https://` endpoints, beyond the system's roots. */
-  tls?: RedisTlsOptions
+  tls?: RedisTlsOptions | undefined
   /**
    * Whether the lease is kept alive in the background (default true). With `false` each lock
    * gets a lease of its own that ends `leaseMs` after the grant unless `handle.extend()` keeps it.
    */
-  autoRenew?: boolean
+  autoRenew?: boolean | undefined
 }
 
 /**
