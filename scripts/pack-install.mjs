@@ -134,7 +134,10 @@ step(`pack ${pkg.name}`, ['preflight'], () => {
     cpSync(join(ROOT, name), join(stage, name))
   }
   const optionalDependencies = Object.fromEntries(ctx.platformPackages.map((name) => [name, pkg.version]))
-  writeFileSync(join(stage, 'package.json'), `${JSON.stringify({ ...pkg, optionalDependencies }, null, 2)}\n`)
+  // As the release publishes it: without `prepare`, which builds a checkout from source and
+  // would only make npm 11 warn about an install script on every user's install.
+  const { prepare: _prepare, ...scripts } = pkg.scripts
+  writeFileSync(join(stage, 'package.json'), `${JSON.stringify({ ...pkg, scripts, optionalDependencies }, null, 2)}\n`)
   checkPublishable(stage)
   const report = npmPack(stage, ctx.work)
 
@@ -207,22 +210,27 @@ step('install into an empty project without Rust', [`pack ${pkg.name}-${PLATFORM
   // The main package's other seven optional dependencies are not on the registry: npm 11 gets a
   // 404 for each and, because they are optional, skips them and installs the rest (checked
   // with npm 11.19); linux-x64-gnu is satisfied by the platform tarball installed beside it.
-  run('npm', ['install', '--no-audit', '--no-fund', ctx.mainTgz, ctx.platformTgz], {
+  const installed = spawnSync('npm', ['install', '--no-audit', '--no-fund', ctx.mainTgz, ctx.platformTgz], {
     cwd: ctx.app,
     env,
+    encoding: 'utf8',
     timeout: 5 * MINUTE,
   })
+  if (installed.status !== 0) fail(`npm install exited with ${installed.status}:\n${installed.stderr}`)
+  // A user's install prints no warning of ours (npm 11 warns about any install script, `prepare` too).
+  const warnings = installed.stderr.split('\n').filter((l) => /^npm warn/.test(l) && !/ E404 |404 Not Found/.test(l))
+  if (warnings.some((l) => /install-scripts|distlock/.test(l))) fail(`npm install warned:\n${warnings.join('\n')}`)
 
   const modules = join(ctx.app, 'node_modules')
-  const installed = readdirSync(modules).filter((name) => name.startsWith(pkg.name))
+  const present = readdirSync(modules).filter((name) => name.startsWith(pkg.name))
   const expected = [pkg.name, `${pkg.name}-${PLATFORM}`]
-  if (installed.toSorted().join() !== expected.toSorted().join())
-    fail(`installed ${installed.join(', ')}; expected ${expected.join(', ')}`)
+  if (present.toSorted().join() !== expected.toSorted().join())
+    fail(`installed ${present.join(', ')}; expected ${expected.join(', ')}`)
   if (!existsSync(join(modules, `${pkg.name}-${PLATFORM}`, binary))) fail(`${pkg.name}-${PLATFORM} lacks ${binary}`)
   const stray = readdirSync(join(modules, pkg.name), { recursive: true }).filter((f) => f.endsWith('.node'))
   if (stray.length > 0)
     fail(`${pkg.name} itself holds a binary (${stray.join(', ')}): the platform package would not be used`)
-  return `${installed.join(' + ')}; cargo not on PATH`
+  return `${present.join(' + ')}; cargo not on PATH; no install-script warning`
 })
 
 // The ESM and CommonJS checks share this body; the lock directory is their first argument.
