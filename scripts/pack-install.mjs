@@ -210,7 +210,8 @@ step('install into an empty project without Rust', [`pack ${pkg.name}-${PLATFORM
   // The main package's other seven optional dependencies are not on the registry: npm 11 gets a
   // 404 for each and, because they are optional, skips them and installs the rest (checked
   // with npm 11.19); linux-x64-gnu is satisfied by the platform tarball installed beside it.
-  const installed = spawnSync('npm', ['install', '--no-audit', '--no-fund', ctx.mainTgz, ctx.platformTgz], {
+  const installArgs = ['install', '--no-audit', '--no-fund', '--loglevel=warn', ctx.mainTgz, ctx.platformTgz]
+  const installed = spawnSync('npm', installArgs, {
     cwd: ctx.app,
     env,
     encoding: 'utf8',
