@@ -68,6 +68,8 @@
 //! [`FairQueue`]: distlock_core::FairQueue
 
 mod error;
+#[doc(hidden)]
+pub mod grpc;
 mod keys;
 mod options;
 mod pool;
@@ -83,9 +85,9 @@ use distlock_core::{
     HeldSet, Interrupted, LockInfo, LockKind, LostSignal, Observer, Registry, Result,
     SHARED_CAPACITY, Target, Ticket, Timeout, Waited, race,
 };
-use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, WatchFilterType, WatchOptions,
+use grpc::wire::{
+    Compare, FILTER_NO_PUT, KeyValue, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    prefix_end,
 };
 use tokio::time::Instant;
 
@@ -512,7 +514,7 @@ impl Inner {
                 k
             }
         };
-        let (ci, mut c) = self.pool.client().await?;
+        let (ci, c) = self.pool.client().await?;
         let Some(rev) = w.rev else {
             // Create the key and look at the family in one round trip.
             let value = match w.side {
@@ -520,45 +522,41 @@ impl Inner {
                 _ => String::new(),
             };
             let look = match w.side {
-                Side::Writer => TxnOp::get(
-                    w.keys.family.clone(),
-                    Some(first_by_create().with_prefix().with_limit(1)),
-                ),
-                Side::Reader => TxnOp::get(
-                    w.keys.writers.clone(),
-                    Some(first_by_create().with_prefix().with_limit(1)),
-                ),
-                Side::Permits(_) => {
-                    TxnOp::get(w.keys.family.clone(), Some(first_by_create().with_prefix()))
-                }
+                Side::Writer => RangeRequest::prefix(w.keys.family.clone())
+                    .by_create(true)
+                    .limit(1),
+                Side::Reader => RangeRequest::prefix(w.keys.writers.clone())
+                    .by_create(true)
+                    .limit(1),
+                Side::Permits(_) => RangeRequest::prefix(w.keys.family.clone()).by_create(true),
             };
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([
-                    TxnOp::put(
-                        key.clone(),
-                        value,
-                        Some(PutOptions::new().with_lease(session.id)),
-                    ),
-                    look,
-                ])
-                .or_else([TxnOp::get(key.clone(), None)]);
-            let answer = self.request(ci, &session, bound, c.txn(txn)).await?;
+            let txn = TxnRequest {
+                compare: vec![Compare::created_at(key.clone(), 0)],
+                success: vec![
+                    RequestOp::put(key.clone(), value, session.id),
+                    RequestOp::range(look),
+                ],
+                failure: vec![RequestOp::range(RangeRequest::between(
+                    key.clone(),
+                    Vec::new(),
+                ))],
+            };
+            let mut answer = self.request(ci, &session, bound, c.txn(txn)).await?;
             w.last_error = None;
             w.answered = true;
-            let rev = answer.header().map_or(0, |h| h.revision());
-            let kvs = range_of(&answer, 1);
-            if !answer.succeeded() {
+            let rev = answer.revision();
+            if !answer.succeeded {
                 // An earlier attempt whose answer was lost created it: adopt it.
-                match range_of(&answer, 0).first() {
-                    Some(kv) if kv.lease() == session.id => w.rev = Some(kv.create_revision()),
+                match answer.range(0).first() {
+                    Some(kv) if kv.lease == session.id => w.rev = Some(kv.create_revision),
                     _ => w.key = None,
                 }
                 return Ok(Step::Again);
             }
+            let kvs = answer.range(1);
             w.rev = Some(rev);
             let holds = match w.side {
-                Side::Writer => kvs.first().is_none_or(|kv| kv.key() == key.as_bytes()),
+                Side::Writer => kvs.first().is_none_or(|kv| kv.key == key.as_bytes()),
                 Side::Reader => kvs.is_empty(),
                 Side::Permits(_) => permits_sum(&kvs) <= u64::from(max),
             };
@@ -572,48 +570,43 @@ impl Inner {
         };
         // Check the turn: is the key still there, and what comes before it?
         let look = match w.side {
-            Side::Writer => TxnOp::get(
-                w.keys.family.clone(),
-                Some(last_before(rev).with_prefix().with_limit(1)),
-            ),
-            Side::Reader => TxnOp::get(
-                w.keys.writers.clone(),
-                Some(last_before(rev).with_prefix().with_limit(1)),
-            ),
-            Side::Permits(_) => TxnOp::get(
-                w.keys.family.clone(),
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_max_create_revision(rev),
-                ),
-            ),
+            Side::Writer => RangeRequest::prefix(w.keys.family.clone())
+                .by_create(false)
+                .created_by(rev - 1)
+                .limit(1),
+            Side::Reader => RangeRequest::prefix(w.keys.writers.clone())
+                .by_create(false)
+                .created_by(rev - 1)
+                .limit(1),
+            Side::Permits(_) => RangeRequest::prefix(w.keys.family.clone()).created_by(rev),
         };
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev)])
-            .and_then([look]);
-        let answer = self.request(ci, &session, bound, c.txn(txn)).await?;
+        let txn = TxnRequest {
+            compare: vec![Compare::created_at(key.clone(), rev)],
+            success: vec![RequestOp::range(look)],
+            failure: Vec::new(),
+        };
+        let mut answer = self.request(ci, &session, bound, c.txn(txn)).await?;
         w.last_error = None;
         w.answered = true;
-        if !answer.succeeded() {
+        if !answer.succeeded {
             // Deleted by someone else, or its lease ended: queue again.
             tracing::debug!(backend = BACKEND, key = %key, "the waiter's key is gone; queueing again");
             w.key = None;
             w.rev = None;
             return Ok(Step::Again);
         }
-        let seen = answer.header().map_or(0, |h| h.revision());
-        let kvs = range_of(&answer, 0);
+        let seen = answer.revision();
+        let kvs = answer.range(0);
         let watch = match w.side {
             Side::Permits(_) => {
                 if permits_sum(&kvs) <= u64::from(max) {
                     return Ok(Step::Granted(rev));
                 }
-                (w.keys.family.clone(), true)
+                (w.keys.family.clone().into_bytes(), true)
             }
             _ => match kvs.first() {
                 None => return Ok(Step::Granted(rev)),
-                Some(before) => (String::from_utf8_lossy(before.key()).into_owned(), false),
+                Some(before) => (before.key.clone(), false),
             },
         };
         if once {
@@ -624,19 +617,23 @@ impl Inner {
         // that. So a watch on the predecessor key starts now, and once it is created one look
         // tells whether the key went in between. A semaphore's family watch starts after the
         // revision it checked (any delete since matters, not one key's).
-        let mut opts = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-        if watch.1 {
-            opts = opts.with_prefix().with_start_revision(seen + 1);
+        let (target, prefix) = watch;
+        let mut create = WatchCreateRequest {
+            filters: vec![FILTER_NO_PUT],
+            ..WatchCreateRequest::default()
+        };
+        if prefix {
+            create.range_end = prefix_end(&target);
+            create.start_revision = seen + 1;
         }
-        let mut stream = self
-            .request(ci, &session, bound, c.watch(watch.0.clone(), Some(opts)))
-            .await?;
+        create.key = target.clone();
+        let mut stream = self.request(ci, &session, bound, c.watch(create)).await?;
         loop {
             tokio::select! {
                 m = stream.message() => match m {
-                    Ok(Some(resp)) if resp.canceled() => {
-                        let reason = resp.cancel_reason();
-                        if resp.compact_revision() > 0 || reason.is_empty() {
+                    Ok(Some(resp)) if resp.canceled => {
+                        let reason = resp.cancel_reason;
+                        if resp.compact_revision > 0 || reason.is_empty() {
                             return Ok(Step::Again);
                         }
                         self.pool.failed(ci);
@@ -647,17 +644,18 @@ impl Inner {
                             Trouble::transient(message)
                         });
                     }
-                    Ok(Some(resp)) if resp.created() && !watch.1 => {
+                    Ok(Some(resp)) if resp.created && !prefix => {
+                        let look = RangeRequest { key: target.clone(), count_only: true, ..RangeRequest::default() };
                         let gone = self
-                            .request(ci, &session, bound, c.get(watch.0.clone(), Some(GetOptions::new().with_count_only())))
+                            .request(ci, &session, bound, c.range(look))
                             .await?
-                            .count()
+                            .count
                             == 0;
                         if gone {
                             return Ok(Step::Again);
                         }
                     }
-                    Ok(Some(resp)) if !resp.events().is_empty() => return Ok(Step::Again),
+                    Ok(Some(resp)) if !resp.events.is_empty() => return Ok(Step::Again),
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         self.pool.failed(ci);
@@ -665,7 +663,7 @@ impl Inner {
                     }
                     Err(e) => {
                         self.pool.failed(ci);
-                        return Err(Trouble::from_etcd(&e));
+                        return Err(Trouble::from_grpc(&e));
                     }
                 },
                 _ = session.lost.lost() => return Ok(Step::Again),
@@ -679,12 +677,12 @@ impl Inner {
         ci: usize,
         session: &Session,
         bound: Duration,
-        fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        fut: impl std::future::Future<Output = std::result::Result<T, grpc::Error>>,
     ) -> std::result::Result<T, Trouble> {
         match tokio::time::timeout(bound, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                let t = Trouble::from_etcd(&e).at(self.pool.endpoint(ci));
+                let t = Trouble::from_grpc(&e).at(self.pool.endpoint(ci));
                 if t.message.contains("lease not found") {
                     session
                         .lost
@@ -808,18 +806,18 @@ impl Inner {
         let target = Target::new(BACKEND, kind.primitive(), name);
         let bound = self.opts.op_timeout;
         let family = keys.family.clone();
-        let looking = self.pool.call(bound, |mut c| {
+        let looking = self.pool.call(bound, |c| {
             let family = family.clone();
-            async move { c.get(family, Some(first_by_create().with_prefix())).await }
+            async move { c.range(RangeRequest::prefix(family).by_create(true)).await }
         });
         let answer = match looking.await {
             Ok(a) => a,
             Err(t) => return Err(self.trouble_error("inspecting", &target, &t)),
         };
-        let kvs = answer.kvs();
+        let kvs = &answer.kvs;
         let fencing_token = kvs
             .iter()
-            .map(|kv| kv.create_revision())
+            .map(|kv| kv.create_revision)
             .max()
             .and_then(|r| u64::try_from(r).ok());
         let (held, holders) = match max {
@@ -837,7 +835,7 @@ impl Inner {
                 (waiting || sum >= u64::from(max), sum)
             }
             None => {
-                let writer = |kv: &KeyValue| kv.key().starts_with(keys.writers.as_bytes());
+                let writer = |kv: &KeyValue| kv.key.starts_with(keys.writers.as_bytes());
                 let holders = match kvs.first() {
                     None => 0,
                     Some(kv) if writer(kv) => 1,
@@ -863,9 +861,9 @@ const DELETE_FOR: Duration = Duration::from_secs(300);
 /// retried for up to five minutes, then left to the lease.
 async fn delete(pool: &Arc<Pool>, bound: Duration, key: String) {
     let attempt = |pool: Arc<Pool>, key: String, bound: Duration| async move {
-        pool.call(bound, |mut c| {
+        pool.call(bound, |c| {
             let key = key.clone();
-            async move { c.delete(key, None).await }
+            async move { c.delete(key).await }
         })
         .await
     };
@@ -887,27 +885,9 @@ async fn delete(pool: &Arc<Pool>, bound: Duration, key: String) {
     }
 }
 
-fn first_by_create() -> GetOptions {
-    GetOptions::new().with_sort(SortTarget::Create, SortOrder::Ascend)
-}
-
-fn last_before(rev: i64) -> GetOptions {
-    GetOptions::new()
-        .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_max_create_revision(rev - 1)
-}
-
-/// The key-values of the `i`-th range in a transaction's answer.
-fn range_of(answer: &etcd_client::TxnResponse, i: usize) -> Vec<KeyValue> {
-    match answer.op_responses().into_iter().nth(i) {
-        Some(TxnOpResponse::Get(mut g)) => g.take_kvs(),
-        _ => Vec::new(),
-    }
-}
-
 /// The permits a semaphore key records (1 if its value is not a count).
 fn permits_of(kv: &KeyValue) -> u64 {
-    std::str::from_utf8(kv.value())
+    std::str::from_utf8(&kv.value)
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&p| p > 0)

@@ -323,7 +323,7 @@ async fn semaphore_permits_are_all_or_nothing_and_fifo() {
 async fn a_key_deleted_by_someone_else_fires_lost_and_frees_the_name() {
     let etcd = Cluster::start(1).await;
     let p = prefix();
-    let mut raw = etcd.raw().await;
+    let raw = etcd.raw().await;
     let opts = distlock_etcd::EtcdOptions::parse(&etcd.urls())
         .unwrap()
         .key_prefix(&p)
@@ -336,12 +336,7 @@ async fn a_key_deleted_by_someone_else_fires_lost_and_frees_the_name() {
         .await
         .unwrap()
         .unwrap();
-    raw.delete(
-        p.clone(),
-        Some(etcd_client::DeleteOptions::new().with_prefix()),
-    )
-    .await
-    .unwrap();
+    raw.delete_prefix(&p).await;
     // Checked at every keep-alive (every second with a 3 s lease).
     let reason = tokio::time::timeout(Duration::from_secs(3), h.lost().lost())
         .await
@@ -535,10 +530,7 @@ async fn user_and_password_authentication() {
     let etcd = Cluster::start(1).await;
     let p = prefix();
     {
-        let mut raw = etcd.raw().await;
-        raw.user_add("root", "rootpw", None).await.unwrap();
-        raw.user_grant_role("root", "root").await.unwrap();
-        raw.auth_enable().await.unwrap();
+        etcd.raw().await.enable_auth("root", "rootpw").await;
     }
     let opts = |password: &str| {
         distlock_etcd::EtcdOptions::parse(&etcd.urls())
@@ -572,6 +564,32 @@ async fn user_and_password_authentication() {
     assert!(right.inspect("a", LockKind::Mutex).await.unwrap().held);
     h.release().await.unwrap();
     assert!(!right.inspect("a", LockKind::Mutex).await.unwrap().held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_replaced_by_authenticating_again() {
+    // Simple tokens that expire after one second: every request after a pause of two finds its
+    // token refused and must authenticate again.
+    let etcd = Cluster::start_args(&["--auth-token-ttl", "1"]).await;
+    let p = prefix();
+    etcd.raw().await.enable_auth("root", "rootpw").await;
+    let opts = distlock_etcd::EtcdOptions::parse(&etcd.urls())
+        .unwrap()
+        .key_prefix(&p)
+        .auth("root".to_owned(), "rootpw".to_owned());
+    let b = distlock_etcd::EtcdBackend::new(opts).unwrap();
+    for _ in 0..2 {
+        let h = b
+            .acquire(req("a", LockKind::Mutex, Some(3_000.0)))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(b.inspect("a", LockKind::Mutex).await.unwrap().held);
+        h.release().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+    assert!(!b.inspect("a", LockKind::Mutex).await.unwrap().held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
