@@ -3,16 +3,20 @@
 //! - Layout (`keys.rs`): one key per waiting or holding acquire, `<keyPrefix><name>/<marker><unique>`,
 //!   put with a lease and only if absent (a transaction comparing `create_revision == 0`).
 //! - Order: the etcd `concurrency` recipe. Keys of a name are ordered by create revision. A
-//!   mutex or writer holds when no key of the lock family has a smaller create revision; a
-//!   reader holds when no writer key has; a semaphore acquire holds when the permits of every
-//!   key with a create revision up to its own sum to at most `maxCount` (strict FIFO: a big
-//!   request is not overtaken by smaller ones behind it). Writer preference follows from the
-//!   order: a queued writer holds back the readers that came after it.
-//! - Waiting, without polling: a waiter watches (etcd Watch, from the revision of its last
-//!   check, deletes only) the key just before it that it must wait for — for a writer the last
-//!   key before it, for a reader the last writer before it — and checks again when it is
-//!   deleted. A semaphore waiter watches the semaphore's keys for deletes. A watch that breaks
-//!   or is cancelled (compaction, lost leader) leads to a fresh check, not to a missed wake-up.
+//!   mutex or writer holds when no key of the lock family, and no foreign key (one distlock did
+//!   not write: `etcdctl lock`, the Lock RPC), has a smaller create revision; a reader holds
+//!   when no writer key and no foreign key has; a semaphore acquire holds when no foreign key
+//!   has and the permits of every semaphore key with a create revision up to its own sum to at
+//!   most `maxCount` (strict FIFO: a big request is not overtaken by smaller ones behind it).
+//!   Writer preference follows from the order: a queued writer holds back the readers that came
+//!   after it. etcd's own recipe waits for every key before its own, distlock's included, so
+//!   the two exclude each other both ways (`keys.rs` has the table).
+//! - Waiting, without polling: a waiter watches (etcd Watch, deletes only) the newest key before
+//!   it that it must wait for — for a writer any key of the family or foreign key, for a reader
+//!   a writer or foreign key, for a semaphore a foreign key — and checks again when it is
+//!   deleted. A semaphore waiter with none of those watches the semaphore's keys for deletes.
+//!   A watch that breaks or is cancelled (compaction, lost leader) leads to a fresh check, not
+//!   to a missed wake-up.
 //! - In process: callers of one process queue first in the core's [`FairQueue`] (one per name,
 //!   like the other backends), so a process puts at most one key per name in etcd at a time for
 //!   a mutex (a semaphore: one per permit holder, a reader-writer lock: one per reader), and its
@@ -47,13 +51,14 @@
 //!   (pausing 50 ms, doubling to 1 s) for as long as their timeout lasts; a timeout that ends
 //!   while the last request failed, or before etcd answered at all, reports that as a backend
 //!   error. Not retried: refused credentials or permissions, and a try (`timeout` 0).
-//! - Connection (`pool.rs`): one `etcd-client` connection per endpoint, one in use at a time; a
+//! - Connection (`pool.rs`, `grpc/`): our own thin gRPC client (hand-written messages, tonic's
+//!   generic client, no code generation), one connection per endpoint, one in use at a time; a
 //!   request that fails in a way a retry may cure moves the provider to the next endpoint and
-//!   is retried there within its bound (etcd-client's own balancing keeps sending a share of
-//!   requests to a dead member). User/password authentication (tokens refreshed when they
-//!   expire) and TLS through rustls (ring): a private CA, or the system's roots, and an
-//!   optional client certificate. Requests carry "require leader", so a member cut off from
-//!   its cluster fails them fast. HTTP/2 pings every 10 s find dead connections.
+//!   is retried there within its bound (balancing over every endpoint keeps sending a share of
+//!   requests to a dead member). User/password authentication (a refused token is replaced by
+//!   authenticating again) and TLS through rustls (ring): a private CA, or the system's roots,
+//!   and an optional client certificate. Requests carry "require leader", so a member cut off
+//!   from its cluster fails them fast. HTTP/2 pings every 10 s find dead connections.
 //!
 //! # Time bounds
 //!
@@ -92,7 +97,7 @@ use grpc::wire::{
 use tokio::time::Instant;
 
 use error::Trouble;
-use keys::{Keys, Side};
+use keys::{Class, Keys, Side, Span};
 pub use options::{EtcdOptions, MAX_LEASE_MS, MIN_LEASE_MS};
 use pool::Pool;
 use session::Session;
@@ -515,27 +520,26 @@ impl Inner {
             }
         };
         let (ci, c) = self.pool.client().await?;
+        let ahead = w.keys.ahead(w.side);
+        let permits = matches!(w.side, Side::Permits(_));
+        // The requests: (the put, at creation), a semaphore's whole family, then one range per
+        // span of `ahead`.
         let Some(rev) = w.rev else {
-            // Create the key and look at the family in one round trip.
+            // Create the key and look at what is ahead of it in one round trip.
             let value = match w.side {
                 Side::Permits(n) => n.to_string(),
                 _ => String::new(),
             };
-            let look = match w.side {
-                Side::Writer => RangeRequest::prefix(w.keys.family.clone())
-                    .by_create(true)
-                    .limit(1),
-                Side::Reader => RangeRequest::prefix(w.keys.writers.clone())
-                    .by_create(true)
-                    .limit(1),
-                Side::Permits(_) => RangeRequest::prefix(w.keys.family.clone()).by_create(true),
-            };
+            let mut success = vec![RequestOp::put(key.clone(), value, session.id)];
+            if permits {
+                success.push(RequestOp::range(RangeRequest::prefix(
+                    w.keys.family.clone(),
+                )));
+            }
+            success.extend(ranges(&ahead, |r| r.by_create(true).limit(1)));
             let txn = TxnRequest {
                 compare: vec![Compare::created_at(key.clone(), 0)],
-                success: vec![
-                    RequestOp::put(key.clone(), value, session.id),
-                    RequestOp::range(look),
-                ],
+                success,
                 failure: vec![RequestOp::range(RangeRequest::between(
                     key.clone(),
                     Vec::new(),
@@ -553,13 +557,13 @@ impl Inner {
                 }
                 return Ok(Step::Again);
             }
-            let kvs = answer.range(1);
             w.rev = Some(rev);
-            let holds = match w.side {
-                Side::Writer => kvs.first().is_none_or(|kv| kv.key == key.as_bytes()),
-                Side::Reader => kvs.is_empty(),
-                Side::Permits(_) => permits_sum(&kvs) <= u64::from(max),
-            };
+            // The transaction wrote the key at `rev`: every other key is older.
+            let first = if permits { 2 } else { 1 };
+            let clear = (first..first + ahead.len())
+                .flat_map(|i| answer.range(i))
+                .all(|kv| kv.create_revision >= rev);
+            let holds = clear && (!permits || permits_sum(&answer.range(1)) <= u64::from(max));
             return Ok(if holds {
                 Step::Granted(rev)
             } else if once {
@@ -569,20 +573,18 @@ impl Inner {
             });
         };
         // Check the turn: is the key still there, and what comes before it?
-        let look = match w.side {
-            Side::Writer => RangeRequest::prefix(w.keys.family.clone())
-                .by_create(false)
-                .created_by(rev - 1)
-                .limit(1),
-            Side::Reader => RangeRequest::prefix(w.keys.writers.clone())
-                .by_create(false)
-                .created_by(rev - 1)
-                .limit(1),
-            Side::Permits(_) => RangeRequest::prefix(w.keys.family.clone()).created_by(rev),
-        };
+        let mut success = Vec::new();
+        if permits {
+            success.push(RequestOp::range(
+                RangeRequest::prefix(w.keys.family.clone()).created_by(rev),
+            ));
+        }
+        success.extend(ranges(&ahead, |r| {
+            r.by_create(false).created_by(rev - 1).limit(1)
+        }));
         let txn = TxnRequest {
             compare: vec![Compare::created_at(key.clone(), rev)],
-            success: vec![RequestOp::range(look)],
+            success,
             failure: Vec::new(),
         };
         let mut answer = self.request(ci, &session, bound, c.txn(txn)).await?;
@@ -596,18 +598,18 @@ impl Inner {
             return Ok(Step::Again);
         }
         let seen = answer.revision();
-        let kvs = answer.range(0);
-        let watch = match w.side {
-            Side::Permits(_) => {
-                if permits_sum(&kvs) <= u64::from(max) {
-                    return Ok(Step::Granted(rev));
-                }
-                (w.keys.family.clone().into_bytes(), true)
+        let first = usize::from(permits);
+        // The newest key before this one that it must wait for (etcd's recipe: wait for its
+        // deletion, then look again).
+        let before = (first..first + ahead.len())
+            .flat_map(|i| answer.range(i))
+            .max_by_key(|kv| kv.create_revision);
+        let watch = match before {
+            Some(kv) => (kv.key, false),
+            None if !permits || permits_sum(&answer.range(0)) <= u64::from(max) => {
+                return Ok(Step::Granted(rev));
             }
-            _ => match kvs.first() {
-                None => return Ok(Step::Granted(rev)),
-                Some(before) => (before.key.clone(), false),
-            },
+            None => (w.keys.family.clone().into_bytes(), true),
         };
         if once {
             return Ok(Step::Busy);
@@ -805,28 +807,39 @@ impl Inner {
         };
         let target = Target::new(BACKEND, kind.primitive(), name);
         let bound = self.opts.op_timeout;
-        let family = keys.family.clone();
+        let every = keys.name.clone();
         let looking = self.pool.call(bound, |c| {
-            let family = family.clone();
-            async move { c.range(RangeRequest::prefix(family).by_create(true)).await }
+            let every = every.clone();
+            async move { c.range(RangeRequest::prefix(every).by_create(true)).await }
         });
         let answer = match looking.await {
             Ok(a) => a,
             Err(t) => return Err(self.trouble_error("inspecting", &target, &t)),
         };
-        let kvs = &answer.kvs;
+        // This family's keys and the foreign ones, oldest first.
+        let kvs: Vec<(Class, &KeyValue)> = answer
+            .kvs
+            .iter()
+            .map(|kv| (keys.class(&kv.key), kv))
+            .filter(|(class, _)| match max {
+                Some(_) => matches!(class, Class::Permits | Class::Foreign),
+                None => *class != Class::Permits,
+            })
+            .collect();
         let fencing_token = kvs
             .iter()
-            .map(|kv| kv.create_revision)
+            .map(|(_, kv)| kv.create_revision)
             .max()
             .and_then(|r| u64::try_from(r).ok());
         let (held, holders) = match max {
             Some(max) => {
+                // Holders: the permits that fit, up to the first foreign key (which holds or
+                // waits alone, and everything after it waits too).
                 let mut sum = 0u64;
                 let mut waiting = false;
-                for kv in kvs {
+                for (class, kv) in &kvs {
                     let p = permits_of(kv);
-                    if sum + p > u64::from(max) {
+                    if *class == Class::Foreign || sum + p > u64::from(max) {
                         waiting = true;
                         break;
                     }
@@ -835,11 +848,13 @@ impl Inner {
                 (waiting || sum >= u64::from(max), sum)
             }
             None => {
-                let writer = |kv: &KeyValue| kv.key.starts_with(keys.writers.as_bytes());
                 let holders = match kvs.first() {
                     None => 0,
-                    Some(kv) if writer(kv) => 1,
-                    Some(_) => kvs.iter().take_while(|kv| !writer(kv)).count() as u64,
+                    Some((Class::Reader, _)) => kvs
+                        .iter()
+                        .take_while(|(class, _)| *class == Class::Reader)
+                        .count() as u64,
+                    Some(_) => 1,
                 };
                 (holders > 0, holders)
             }
@@ -892,6 +907,16 @@ fn permits_of(kv: &KeyValue) -> u64 {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&p| p > 0)
         .unwrap_or(1)
+}
+
+/// One range request per span, shaped by `shape` (sort order, limit, revision bound).
+fn ranges(spans: &[Span], shape: impl Fn(RangeRequest) -> RangeRequest) -> Vec<RequestOp> {
+    spans
+        .iter()
+        .map(|(start, end)| {
+            RequestOp::range(shape(RangeRequest::between(start.clone(), end.clone())))
+        })
+        .collect()
 }
 
 fn permits_sum(kvs: &[KeyValue]) -> u64 {

@@ -630,3 +630,81 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
         .expect_err("an unknown CA is an error");
     assert_eq!(err.code(), "BACKEND", "{err}");
 }
+
+/// A key etcd's own lock recipe would write (`<name>/<lease hex>`, as `etcdctl lock` and the
+/// Lock RPC do) holds against a mutex, a reader and a semaphore of that name; each waits, and
+/// is granted when the key goes. (The real etcdctl is in `__test__/etcd.interop.spec.ts`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_etcds_own_recipe_holds_against_every_kind() {
+    use distlock_etcd::grpc::wire::PutRequest;
+
+    let etcd = Cluster::start(1).await;
+    let p = prefix();
+    let b = backend(&etcd.urls(), &p);
+    let mut raw = etcd.raw().await;
+    let lease = raw.0.lease_grant(30).await.unwrap().id;
+    let foreign = format!("{p}f/{lease:x}");
+    let put = PutRequest {
+        key: foreign.clone().into_bytes(),
+        value: Vec::new(),
+        lease,
+    };
+    raw.0.put(put).await.unwrap();
+    let kinds = [
+        LockKind::Mutex,
+        LockKind::Read,
+        LockKind::Semaphore {
+            max_count: 3,
+            permits: 1,
+        },
+    ];
+    for kind in kinds {
+        let tried = b.acquire(req("f", kind, Some(0.0))).unwrap().await.unwrap();
+        assert!(tried.is_none(), "{kind:?} got past a foreign holder");
+        let info = b.inspect("f", kind).await.unwrap();
+        assert!(info.held, "{kind:?}: {info:?}");
+    }
+    // Queued in this order: each key is in etcd before the next acquire starts.
+    let mut waiters = Vec::new();
+    // One provider each: within one process a reader would queue behind the mutex in-process.
+    let providers = [
+        b.clone(),
+        backend(&etcd.urls(), &p),
+        backend(&etcd.urls(), &p),
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        waiters.push(tokio::spawn(
+            providers[i]
+                .acquire(req("f", kind, Some(10_000.0)))
+                .unwrap(),
+        ));
+        wait_keys(&mut raw, &p, 2 + i).await;
+    }
+    let mut waiters = waiters.into_iter();
+    let mut next = || waiters.next().unwrap();
+    let (mutex, reader, semaphore) = (next(), next(), next());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for w in [&mutex, &reader, &semaphore] {
+        assert!(!w.is_finished(), "granted while the foreign key holds");
+    }
+    raw.0.delete(foreign).await.unwrap();
+    type Waiting = tokio::task::JoinHandle<distlock_core::Result<Option<distlock_core::Held>>>;
+    let within = |w: Waiting| async move {
+        tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("granted in time")
+            .unwrap()
+            .unwrap()
+            .expect("granted, not busy")
+    };
+    // The key gone, the mutex holds; the semaphore (another family) too; the reader queued
+    // behind the mutex and waits for it.
+    let (m, s) = (within(mutex).await, within(semaphore).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!reader.is_finished());
+    m.release().await.unwrap();
+    let r = within(reader).await;
+    r.release().await.unwrap();
+    s.release().await.unwrap();
+    raw.0.lease_revoke(lease).await.unwrap();
+}
