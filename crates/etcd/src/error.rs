@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use etcd_client::Error as EtcdError;
 use tonic::Code;
+
+use crate::grpc::Error as GrpcError;
 
 /// A failed request: its description, and whether retrying cannot cure it (authentication,
 /// permissions, a request etcd refuses as such).
@@ -16,9 +17,9 @@ pub(crate) struct Trouble {
 }
 
 impl Trouble {
-    pub fn from_etcd(e: &EtcdError) -> Self {
+    pub fn from_grpc(e: &GrpcError) -> Self {
         let fatal = match e {
-            EtcdError::GRpcStatus(st) => matches!(
+            GrpcError::Status(st) => matches!(
                 st.code(),
                 Code::Unauthenticated
                     | Code::PermissionDenied
@@ -27,11 +28,8 @@ impl Trouble {
                     | Code::Unimplemented
                     | Code::OutOfRange
             ),
-            EtcdError::InvalidArgs(_)
-            | EtcdError::InvalidUri(_)
-            | EtcdError::InvalidMetadataValue(_)
-            | EtcdError::Utf8Error(_) => true,
-            _ => false,
+            GrpcError::Invalid(_) => true,
+            GrpcError::Transport(_) => false,
         };
         Self {
             message: describe(e),
@@ -67,19 +65,9 @@ impl Trouble {
     }
 }
 
-/// An etcd client error in words: the error, then its sources (a transport error's OS error).
-pub(crate) fn describe(e: &EtcdError) -> String {
-    let mut text = match e {
-        EtcdError::GRpcStatus(st) => {
-            let msg = st.message();
-            if msg.is_empty() {
-                format!("{:?}", st.code())
-            } else {
-                format!("{msg} ({:?})", st.code())
-            }
-        }
-        other => other.to_string(),
-    };
+/// A failed call in words: the error, then its sources (a transport error's OS error).
+pub(crate) fn describe(e: &GrpcError) -> String {
+    let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let s_text = s.to_string();

@@ -3,16 +3,20 @@
 //! - Layout (`keys.rs`): one key per waiting or holding acquire, `<keyPrefix><name>/<marker><unique>`,
 //!   put with a lease and only if absent (a transaction comparing `create_revision == 0`).
 //! - Order: the etcd `concurrency` recipe. Keys of a name are ordered by create revision. A
-//!   mutex or writer holds when no key of the lock family has a smaller create revision; a
-//!   reader holds when no writer key has; a semaphore acquire holds when the permits of every
-//!   key with a create revision up to its own sum to at most `maxCount` (strict FIFO: a big
-//!   request is not overtaken by smaller ones behind it). Writer preference follows from the
-//!   order: a queued writer holds back the readers that came after it.
-//! - Waiting, without polling: a waiter watches (etcd Watch, from the revision of its last
-//!   check, deletes only) the key just before it that it must wait for — for a writer the last
-//!   key before it, for a reader the last writer before it — and checks again when it is
-//!   deleted. A semaphore waiter watches the semaphore's keys for deletes. A watch that breaks
-//!   or is cancelled (compaction, lost leader) leads to a fresh check, not to a missed wake-up.
+//!   mutex or writer holds when no key of the lock family, and no foreign key (one distlock did
+//!   not write: `etcdctl lock`, the Lock RPC), has a smaller create revision; a reader holds
+//!   when no writer key and no foreign key has; a semaphore acquire holds when no foreign key
+//!   has and the permits of every semaphore key with a create revision up to its own sum to at
+//!   most `maxCount` (strict FIFO: a big request is not overtaken by smaller ones behind it).
+//!   Writer preference follows from the order: a queued writer holds back the readers that came
+//!   after it. etcd's own recipe waits for every key before its own, distlock's included, so
+//!   the two exclude each other both ways (`keys.rs` has the table).
+//! - Waiting, without polling: a waiter watches (etcd Watch, deletes only) the newest key before
+//!   it that it must wait for — for a writer any key of the family or foreign key, for a reader
+//!   a writer or foreign key, for a semaphore a foreign key — and checks again when it is
+//!   deleted. A semaphore waiter with none of those watches the semaphore's keys for deletes.
+//!   A watch that breaks or is cancelled (compaction, lost leader) leads to a fresh check, not
+//!   to a missed wake-up.
 //! - In process: callers of one process queue first in the core's [`FairQueue`] (one per name,
 //!   like the other backends), so a process puts at most one key per name in etcd at a time for
 //!   a mutex (a semaphore: one per permit holder, a reader-writer lock: one per reader), and its
@@ -47,13 +51,14 @@
 //!   (pausing 50 ms, doubling to 1 s) for as long as their timeout lasts; a timeout that ends
 //!   while the last request failed, or before etcd answered at all, reports that as a backend
 //!   error. Not retried: refused credentials or permissions, and a try (`timeout` 0).
-//! - Connection (`pool.rs`): one `etcd-client` connection per endpoint, one in use at a time; a
+//! - Connection (`pool.rs`, `grpc/`): our own thin gRPC client (hand-written messages, tonic's
+//!   generic client, no code generation), one connection per endpoint, one in use at a time; a
 //!   request that fails in a way a retry may cure moves the provider to the next endpoint and
-//!   is retried there within its bound (etcd-client's own balancing keeps sending a share of
-//!   requests to a dead member). User/password authentication (tokens refreshed when they
-//!   expire) and TLS through rustls (ring): a private CA, or the system's roots, and an
-//!   optional client certificate. Requests carry "require leader", so a member cut off from
-//!   its cluster fails them fast. HTTP/2 pings every 10 s find dead connections.
+//!   is retried there within its bound (balancing over every endpoint keeps sending a share of
+//!   requests to a dead member). User/password authentication (a refused token is replaced by
+//!   authenticating again) and TLS through rustls (ring): a private CA, or the system's roots,
+//!   and an optional client certificate. Requests carry "require leader", so a member cut off
+//!   from its cluster fails them fast. HTTP/2 pings every 10 s find dead connections.
 //!
 //! # Time bounds
 //!
@@ -68,6 +73,8 @@
 //! [`FairQueue`]: distlock_core::FairQueue
 
 mod error;
+#[doc(hidden)]
+pub mod grpc;
 mod keys;
 mod options;
 mod pool;
@@ -83,14 +90,14 @@ use distlock_core::{
     HeldSet, Interrupted, LockInfo, LockKind, LostSignal, Observer, Registry, Result,
     SHARED_CAPACITY, Target, Ticket, Timeout, Waited, race,
 };
-use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, WatchFilterType, WatchOptions,
+use grpc::wire::{
+    Compare, FILTER_NO_PUT, KeyValue, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    prefix_end,
 };
 use tokio::time::Instant;
 
 use error::Trouble;
-use keys::{Keys, Side};
+use keys::{Class, Keys, Side, Span};
 pub use options::{EtcdOptions, MAX_LEASE_MS, MIN_LEASE_MS};
 use pool::Pool;
 use session::Session;
@@ -512,56 +519,51 @@ impl Inner {
                 k
             }
         };
-        let (ci, mut c) = self.pool.client().await?;
+        let (ci, c) = self.pool.client().await?;
+        let ahead = w.keys.ahead(w.side);
+        let permits = matches!(w.side, Side::Permits(_));
+        // The requests: (the put, at creation), a semaphore's whole family, then one range per
+        // span of `ahead`.
         let Some(rev) = w.rev else {
-            // Create the key and look at the family in one round trip.
+            // Create the key and look at what is ahead of it in one round trip.
             let value = match w.side {
                 Side::Permits(n) => n.to_string(),
                 _ => String::new(),
             };
-            let look = match w.side {
-                Side::Writer => TxnOp::get(
+            let mut success = vec![RequestOp::put(key.clone(), value, session.id)];
+            if permits {
+                success.push(RequestOp::range(RangeRequest::prefix(
                     w.keys.family.clone(),
-                    Some(first_by_create().with_prefix().with_limit(1)),
-                ),
-                Side::Reader => TxnOp::get(
-                    w.keys.writers.clone(),
-                    Some(first_by_create().with_prefix().with_limit(1)),
-                ),
-                Side::Permits(_) => {
-                    TxnOp::get(w.keys.family.clone(), Some(first_by_create().with_prefix()))
-                }
+                )));
+            }
+            success.extend(ranges(&ahead, |r| r.by_create(true).limit(1)));
+            let txn = TxnRequest {
+                compare: vec![Compare::created_at(key.clone(), 0)],
+                success,
+                failure: vec![RequestOp::range(RangeRequest::between(
+                    key.clone(),
+                    Vec::new(),
+                ))],
             };
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([
-                    TxnOp::put(
-                        key.clone(),
-                        value,
-                        Some(PutOptions::new().with_lease(session.id)),
-                    ),
-                    look,
-                ])
-                .or_else([TxnOp::get(key.clone(), None)]);
-            let answer = self.request(ci, &session, bound, c.txn(txn)).await?;
+            let mut answer = self.request(ci, &session, bound, c.txn(txn)).await?;
             w.last_error = None;
             w.answered = true;
-            let rev = answer.header().map_or(0, |h| h.revision());
-            let kvs = range_of(&answer, 1);
-            if !answer.succeeded() {
+            let rev = answer.revision();
+            if !answer.succeeded {
                 // An earlier attempt whose answer was lost created it: adopt it.
-                match range_of(&answer, 0).first() {
-                    Some(kv) if kv.lease() == session.id => w.rev = Some(kv.create_revision()),
+                match answer.range(0).first() {
+                    Some(kv) if kv.lease == session.id => w.rev = Some(kv.create_revision),
                     _ => w.key = None,
                 }
                 return Ok(Step::Again);
             }
             w.rev = Some(rev);
-            let holds = match w.side {
-                Side::Writer => kvs.first().is_none_or(|kv| kv.key() == key.as_bytes()),
-                Side::Reader => kvs.is_empty(),
-                Side::Permits(_) => permits_sum(&kvs) <= u64::from(max),
-            };
+            // The transaction wrote the key at `rev`: every other key is older.
+            let first = if permits { 2 } else { 1 };
+            let clear = (first..first + ahead.len())
+                .flat_map(|i| answer.range(i))
+                .all(|kv| kv.create_revision >= rev);
+            let holds = clear && (!permits || permits_sum(&answer.range(1)) <= u64::from(max));
             return Ok(if holds {
                 Step::Granted(rev)
             } else if once {
@@ -571,50 +573,43 @@ impl Inner {
             });
         };
         // Check the turn: is the key still there, and what comes before it?
-        let look = match w.side {
-            Side::Writer => TxnOp::get(
-                w.keys.family.clone(),
-                Some(last_before(rev).with_prefix().with_limit(1)),
-            ),
-            Side::Reader => TxnOp::get(
-                w.keys.writers.clone(),
-                Some(last_before(rev).with_prefix().with_limit(1)),
-            ),
-            Side::Permits(_) => TxnOp::get(
-                w.keys.family.clone(),
-                Some(
-                    GetOptions::new()
-                        .with_prefix()
-                        .with_max_create_revision(rev),
-                ),
-            ),
+        let mut success = Vec::new();
+        if permits {
+            success.push(RequestOp::range(
+                RangeRequest::prefix(w.keys.family.clone()).created_by(rev),
+            ));
+        }
+        success.extend(ranges(&ahead, |r| {
+            r.by_create(false).created_by(rev - 1).limit(1)
+        }));
+        let txn = TxnRequest {
+            compare: vec![Compare::created_at(key.clone(), rev)],
+            success,
+            failure: Vec::new(),
         };
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev)])
-            .and_then([look]);
-        let answer = self.request(ci, &session, bound, c.txn(txn)).await?;
+        let mut answer = self.request(ci, &session, bound, c.txn(txn)).await?;
         w.last_error = None;
         w.answered = true;
-        if !answer.succeeded() {
+        if !answer.succeeded {
             // Deleted by someone else, or its lease ended: queue again.
             tracing::debug!(backend = BACKEND, key = %key, "the waiter's key is gone; queueing again");
             w.key = None;
             w.rev = None;
             return Ok(Step::Again);
         }
-        let seen = answer.header().map_or(0, |h| h.revision());
-        let kvs = range_of(&answer, 0);
-        let watch = match w.side {
-            Side::Permits(_) => {
-                if permits_sum(&kvs) <= u64::from(max) {
-                    return Ok(Step::Granted(rev));
-                }
-                (w.keys.family.clone(), true)
+        let seen = answer.revision();
+        let first = usize::from(permits);
+        // The newest key before this one that it must wait for (etcd's recipe: wait for its
+        // deletion, then look again).
+        let before = (first..first + ahead.len())
+            .flat_map(|i| answer.range(i))
+            .max_by_key(|kv| kv.create_revision);
+        let watch = match before {
+            Some(kv) => (kv.key, false),
+            None if !permits || permits_sum(&answer.range(0)) <= u64::from(max) => {
+                return Ok(Step::Granted(rev));
             }
-            _ => match kvs.first() {
-                None => return Ok(Step::Granted(rev)),
-                Some(before) => (String::from_utf8_lossy(before.key()).into_owned(), false),
-            },
+            None => (w.keys.family.clone().into_bytes(), true),
         };
         if once {
             return Ok(Step::Busy);
@@ -624,19 +619,23 @@ impl Inner {
         // that. So a watch on the predecessor key starts now, and once it is created one look
         // tells whether the key went in between. A semaphore's family watch starts after the
         // revision it checked (any delete since matters, not one key's).
-        let mut opts = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
-        if watch.1 {
-            opts = opts.with_prefix().with_start_revision(seen + 1);
+        let (target, prefix) = watch;
+        let mut create = WatchCreateRequest {
+            filters: vec![FILTER_NO_PUT],
+            ..WatchCreateRequest::default()
+        };
+        if prefix {
+            create.range_end = prefix_end(&target);
+            create.start_revision = seen + 1;
         }
-        let mut stream = self
-            .request(ci, &session, bound, c.watch(watch.0.clone(), Some(opts)))
-            .await?;
+        create.key = target.clone();
+        let mut stream = self.request(ci, &session, bound, c.watch(create)).await?;
         loop {
             tokio::select! {
                 m = stream.message() => match m {
-                    Ok(Some(resp)) if resp.canceled() => {
-                        let reason = resp.cancel_reason();
-                        if resp.compact_revision() > 0 || reason.is_empty() {
+                    Ok(Some(resp)) if resp.canceled => {
+                        let reason = resp.cancel_reason;
+                        if resp.compact_revision > 0 || reason.is_empty() {
                             return Ok(Step::Again);
                         }
                         self.pool.failed(ci);
@@ -647,17 +646,18 @@ impl Inner {
                             Trouble::transient(message)
                         });
                     }
-                    Ok(Some(resp)) if resp.created() && !watch.1 => {
+                    Ok(Some(resp)) if resp.created && !prefix => {
+                        let look = RangeRequest { key: target.clone(), count_only: true, ..RangeRequest::default() };
                         let gone = self
-                            .request(ci, &session, bound, c.get(watch.0.clone(), Some(GetOptions::new().with_count_only())))
+                            .request(ci, &session, bound, c.range(look))
                             .await?
-                            .count()
+                            .count
                             == 0;
                         if gone {
                             return Ok(Step::Again);
                         }
                     }
-                    Ok(Some(resp)) if !resp.events().is_empty() => return Ok(Step::Again),
+                    Ok(Some(resp)) if !resp.events.is_empty() => return Ok(Step::Again),
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         self.pool.failed(ci);
@@ -665,7 +665,7 @@ impl Inner {
                     }
                     Err(e) => {
                         self.pool.failed(ci);
-                        return Err(Trouble::from_etcd(&e));
+                        return Err(Trouble::from_grpc(&e));
                     }
                 },
                 _ = session.lost.lost() => return Ok(Step::Again),
@@ -679,12 +679,12 @@ impl Inner {
         ci: usize,
         session: &Session,
         bound: Duration,
-        fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        fut: impl std::future::Future<Output = std::result::Result<T, grpc::Error>>,
     ) -> std::result::Result<T, Trouble> {
         match tokio::time::timeout(bound, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                let t = Trouble::from_etcd(&e).at(self.pool.endpoint(ci));
+                let t = Trouble::from_grpc(&e).at(self.pool.endpoint(ci));
                 if t.message.contains("lease not found") {
                     session
                         .lost
@@ -807,28 +807,39 @@ impl Inner {
         };
         let target = Target::new(BACKEND, kind.primitive(), name);
         let bound = self.opts.op_timeout;
-        let family = keys.family.clone();
-        let looking = self.pool.call(bound, |mut c| {
-            let family = family.clone();
-            async move { c.get(family, Some(first_by_create().with_prefix())).await }
+        let every = keys.name.clone();
+        let looking = self.pool.call(bound, |c| {
+            let every = every.clone();
+            async move { c.range(RangeRequest::prefix(every).by_create(true)).await }
         });
         let answer = match looking.await {
             Ok(a) => a,
             Err(t) => return Err(self.trouble_error("inspecting", &target, &t)),
         };
-        let kvs = answer.kvs();
+        // This family's keys and the foreign ones, oldest first.
+        let kvs: Vec<(Class, &KeyValue)> = answer
+            .kvs
+            .iter()
+            .map(|kv| (keys.class(&kv.key), kv))
+            .filter(|(class, _)| match max {
+                Some(_) => matches!(class, Class::Permits | Class::Foreign),
+                None => *class != Class::Permits,
+            })
+            .collect();
         let fencing_token = kvs
             .iter()
-            .map(|kv| kv.create_revision())
+            .map(|(_, kv)| kv.create_revision)
             .max()
             .and_then(|r| u64::try_from(r).ok());
         let (held, holders) = match max {
             Some(max) => {
+                // Holders: the permits that fit, up to the first foreign key (which holds or
+                // waits alone, and everything after it waits too).
                 let mut sum = 0u64;
                 let mut waiting = false;
-                for kv in kvs {
+                for (class, kv) in &kvs {
                     let p = permits_of(kv);
-                    if sum + p > u64::from(max) {
+                    if *class == Class::Foreign || sum + p > u64::from(max) {
                         waiting = true;
                         break;
                     }
@@ -837,11 +848,13 @@ impl Inner {
                 (waiting || sum >= u64::from(max), sum)
             }
             None => {
-                let writer = |kv: &KeyValue| kv.key().starts_with(keys.writers.as_bytes());
                 let holders = match kvs.first() {
                     None => 0,
-                    Some(kv) if writer(kv) => 1,
-                    Some(_) => kvs.iter().take_while(|kv| !writer(kv)).count() as u64,
+                    Some((Class::Reader, _)) => kvs
+                        .iter()
+                        .take_while(|(class, _)| *class == Class::Reader)
+                        .count() as u64,
+                    Some(_) => 1,
                 };
                 (holders > 0, holders)
             }
@@ -863,9 +876,9 @@ const DELETE_FOR: Duration = Duration::from_secs(300);
 /// retried for up to five minutes, then left to the lease.
 async fn delete(pool: &Arc<Pool>, bound: Duration, key: String) {
     let attempt = |pool: Arc<Pool>, key: String, bound: Duration| async move {
-        pool.call(bound, |mut c| {
+        pool.call(bound, |c| {
             let key = key.clone();
-            async move { c.delete(key, None).await }
+            async move { c.delete(key).await }
         })
         .await
     };
@@ -887,31 +900,23 @@ async fn delete(pool: &Arc<Pool>, bound: Duration, key: String) {
     }
 }
 
-fn first_by_create() -> GetOptions {
-    GetOptions::new().with_sort(SortTarget::Create, SortOrder::Ascend)
-}
-
-fn last_before(rev: i64) -> GetOptions {
-    GetOptions::new()
-        .with_sort(SortTarget::Create, SortOrder::Descend)
-        .with_max_create_revision(rev - 1)
-}
-
-/// The key-values of the `i`-th range in a transaction's answer.
-fn range_of(answer: &etcd_client::TxnResponse, i: usize) -> Vec<KeyValue> {
-    match answer.op_responses().into_iter().nth(i) {
-        Some(TxnOpResponse::Get(mut g)) => g.take_kvs(),
-        _ => Vec::new(),
-    }
-}
-
 /// The permits a semaphore key records (1 if its value is not a count).
 fn permits_of(kv: &KeyValue) -> u64 {
-    std::str::from_utf8(kv.value())
+    std::str::from_utf8(&kv.value)
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&p| p > 0)
         .unwrap_or(1)
+}
+
+/// One range request per span, shaped by `shape` (sort order, limit, revision bound).
+fn ranges(spans: &[Span], shape: impl Fn(RangeRequest) -> RangeRequest) -> Vec<RequestOp> {
+    spans
+        .iter()
+        .map(|(start, end)| {
+            RequestOp::range(shape(RangeRequest::between(start.clone(), end.clone())))
+        })
+        .collect()
 }
 
 fn permits_sum(kvs: &[KeyValue]) -> u64 {

@@ -1,8 +1,9 @@
-//! Connections: one `etcd_client::Client` per endpoint, one of them in use at a time.
+//! Connections: one [`grpc::Client`] per endpoint, one of them in use at a time.
 //!
-//! `etcd-client`'s own balancing spreads requests over every endpoint, a dead one included
-//! (it reports itself ready and fails each request it gets), so a cluster with one member down
-//! fails a share of all requests. Here requests stick to one member; a request that fails
+//! Balancing requests over every endpoint (as gRPC's balancers do) keeps sending a share of them
+//! to a dead member, which reports itself ready and fails each request it gets, so a cluster
+//! with one member down fails a share of all requests. Here requests stick to one member; a
+//! request that fails
 //! for any reason a retry might cure (a refused or reset connection, no answer in time, a member
 //! without a leader) moves the provider to the next endpoint, and the request is retried there
 //! within its bound.
@@ -11,12 +12,11 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use crate::error::Trouble;
+use crate::grpc::{self, Certificate, Client, ClientTlsConfig, Identity, Settings};
+use crate::options::EtcdOptions;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-
-use crate::error::Trouble;
-use crate::options::EtcdOptions;
 
 /// HTTP/2 pings on idle connections: often enough to find a dead server, rarer than etcd's
 /// default `--grpc-keepalive-min-time` (5 s), below which it drops the connection.
@@ -26,7 +26,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 
 pub(crate) struct Pool {
     endpoints: Vec<String>,
-    options: ConnectOptions,
+    settings: Settings,
     clients: Vec<OnceCell<Client>>,
     current: AtomicUsize,
     /// The bound of one request (`opTimeoutMs`).
@@ -36,31 +36,31 @@ pub(crate) struct Pool {
 impl Pool {
     pub fn new(opts: &EtcdOptions) -> Self {
         let bound = opts.op_timeout;
-        let mut o = ConnectOptions::new()
-            .with_connect_timeout(bound)
-            .with_keep_alive(PING_EVERY, bound)
-            .with_require_leader(true);
-        if let Some((user, password)) = &opts.user {
-            o = o
-                .with_user(user.clone(), password.clone())
-                .with_auto_token_refresh(true);
-        }
-        if opts.endpoints.iter().any(|e| e.starts_with("https://")) {
-            let tls = opts.tls.clone().unwrap_or_default();
-            let mut t = TlsOptions::new();
-            if tls.ca.is_empty() {
-                t = t.with_native_roots();
-            } else {
-                t = t.ca_certificates(tls.ca.iter().map(Certificate::from_pem));
-            }
-            if let Some((cert, key)) = &tls.identity {
-                t = t.identity(Identity::from_pem(cert, key));
-            }
-            o = o.with_tls(t);
-        }
+        let tls = opts
+            .endpoints
+            .iter()
+            .any(|e| e.starts_with("https://"))
+            .then(|| {
+                let tls = opts.tls.clone().unwrap_or_default();
+                let mut t = ClientTlsConfig::new();
+                if tls.ca.is_empty() {
+                    t = t.with_native_roots();
+                } else {
+                    t = t.ca_certificates(tls.ca.iter().map(Certificate::from_pem));
+                }
+                if let Some((cert, key)) = &tls.identity {
+                    t = t.identity(Identity::from_pem(cert, key));
+                }
+                t
+            });
         Self {
             endpoints: opts.endpoints.clone(),
-            options: o,
+            settings: Settings {
+                connect_timeout: bound,
+                keep_alive: Some((PING_EVERY, bound)),
+                tls,
+                user: opts.user.clone(),
+            },
             clients: opts.endpoints.iter().map(|_| OnceCell::new()).collect(),
             current: AtomicUsize::new(0),
             bound,
@@ -72,15 +72,10 @@ impl Pool {
     pub async fn client(&self) -> Result<(usize, Client), Trouble> {
         let i = self.current.load(Ordering::Acquire) % self.clients.len();
         let connecting = self.clients[i].get_or_try_init(|| async {
-            let endpoint = [self.endpoints[i].as_str()];
-            match tokio::time::timeout(
-                self.bound,
-                Client::connect(endpoint, Some(self.options.clone())),
-            )
-            .await
-            {
+            let connecting = Client::connect(&self.endpoints[i], &self.settings);
+            match tokio::time::timeout(self.bound, connecting).await {
                 Ok(Ok(c)) => Ok(c),
-                Ok(Err(e)) => Err(Trouble::from_etcd(&e)),
+                Ok(Err(e)) => Err(Trouble::from_grpc(&e)),
                 Err(_) => Err(Trouble::timeout(self.bound)),
             }
         });
@@ -117,7 +112,7 @@ impl Pool {
     pub async fn call<T, F, Fut>(&self, bound: Duration, mut op: F) -> Result<T, Trouble>
     where
         F: FnMut(Client) -> Fut,
-        Fut: Future<Output = Result<T, etcd_client::Error>>,
+        Fut: Future<Output = Result<T, grpc::Error>>,
     {
         let until = Instant::now() + bound;
         let mut pause = FIRST_PAUSE;
@@ -133,7 +128,7 @@ impl Pool {
                     match tokio::time::timeout_at(attempt.min(until), op(c)).await {
                         Ok(Ok(v)) => return Ok(v),
                         Ok(Err(e)) => {
-                            let t = Trouble::from_etcd(&e);
+                            let t = Trouble::from_grpc(&e);
                             if !t.fatal {
                                 self.failed(i);
                             }

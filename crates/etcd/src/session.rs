@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use distlock_core::{BackendEvent, Lease, LostSignal, Observer};
-use etcd_client::LeaseTimeToLiveOptions;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Trouble, describe};
+use crate::grpc::wire::LeaseKeepAliveRequest;
 use crate::pool::Pool;
 
 /// The lost reason of a lease whose keep-alive did not get through in time.
@@ -126,9 +126,9 @@ impl Session {
     pub async fn revoke(&self, pool: &Pool, bound: Duration) {
         self.stop.cancel();
         let id = self.id;
-        let revoking = pool.call(bound, |mut c| async move {
+        let revoking = pool.call(bound, |c| async move {
             match c.lease_revoke(id).await {
-                Err(e) if lease_not_found(&e) => Ok(()),
+                Err(e) if e.is_lease_not_found() => Ok(()),
                 other => other.map(drop),
             }
         });
@@ -143,12 +143,16 @@ impl Session {
         let mut sent = Instant::now();
         let sent_at = &mut sent;
         let renewed = pool
-            .call(bound, |mut c| {
+            .call(bound, |c| {
                 *sent_at = Instant::now();
                 async move {
-                    match c.lease_keep_alive(id).await {
-                        Ok(_) => Ok(true),
-                        Err(e) if lease_not_found(&e) => Ok(false),
+                    // The answer to the stream's first request says whether it renewed.
+                    match c.lease_keep_alive(id).await?.message().await {
+                        Ok(Some(answer)) => Ok(answer.ttl > 0),
+                        Ok(None) => Err(crate::grpc::Error::Invalid(String::from(
+                            "the keep-alive stream ended without an answer",
+                        ))),
+                        Err(e) if e.is_lease_not_found() => Ok(false),
                         Err(e) => Err(e),
                     }
                 }
@@ -170,10 +174,10 @@ impl Session {
         if !due {
             return;
         }
-        let Ok((i, mut c)) = pool.client().await else {
+        let Ok((i, c)) = pool.client().await else {
             return;
         };
-        let asking = c.lease_time_to_live(self.id, Some(LeaseTimeToLiveOptions::new().with_keys()));
+        let asking = c.lease_keys(self.id);
         let answer = match tokio::time::timeout(bound, asking).await {
             Ok(Ok(answer)) => answer,
             _ => {
@@ -181,11 +185,11 @@ impl Session {
                 return;
             }
         };
-        if answer.ttl() < 0 {
+        if answer.ttl < 0 {
             self.lost.fire(GONE);
             return;
         }
-        let present: HashSet<&[u8]> = answer.keys().iter().map(Vec::as_slice).collect();
+        let present: HashSet<&[u8]> = answer.keys.iter().map(Vec::as_slice).collect();
         let gone: Vec<Attached> = {
             let mut locks = lock(&self.locks);
             let ids: Vec<u64> = locks
@@ -222,19 +226,19 @@ pub(crate) async fn grant(
     let mut sent = Instant::now();
     let sent_at = &mut sent;
     let answer = pool
-        .call(bound, |mut c| {
+        .call(bound, |c| {
             *sent_at = Instant::now();
-            async move { c.lease_grant(secs, None).await }
+            async move { c.lease_grant(secs).await }
         })
         .await?;
-    if !answer.error().is_empty() {
+    if !answer.error.is_empty() {
         return Err(Trouble::fatal(format!(
             "etcd refused a lease: {}",
-            answer.error()
+            answer.error
         )));
     }
     let stop = closed.child_token();
-    let session = Arc::new(Session::new(answer.id(), ttl, sent, shared, stop));
+    let session = Arc::new(Session::new(answer.id, ttl, sent, shared, stop));
     if closed.is_cancelled() {
         // Closed while the grant was in flight: nothing may hang on it.
         session.revoke(pool, bound).await;
@@ -266,14 +270,6 @@ async fn run(s: Arc<Session>, pool: Arc<Pool>, renew: bool, observer: Option<Obs
     }
 }
 
-fn lease_not_found(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
-        etcd_client::Error::GRpcStatus(st) => st.message().contains("lease not found"),
-        _ => false,
-    }
-}
-
 /// Keeps the lease alive until it is lost (returns then, the signal fired).
 async fn keep_alive(s: &Session, pool: &Pool, observer: Option<Observer>) {
     let period = s.ttl / 3;
@@ -301,7 +297,7 @@ async fn keep_alive(s: &Session, pool: &Pool, observer: Option<Observer>) {
             return;
         }
         let sent = Instant::now();
-        let (i, mut c) = match pool.client().await {
+        let (i, c) = match pool.client().await {
             Ok(pair) => pair,
             Err(t) => {
                 failed(t.message, &mut failing);
@@ -309,49 +305,39 @@ async fn keep_alive(s: &Session, pool: &Pool, observer: Option<Observer>) {
                 continue;
             }
         };
-        let (mut keeper, mut stream) =
-            match tokio::time::timeout(bound, c.lease_keep_alive(s.id)).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) if lease_not_found(&e) => {
-                    s.lost.fire(GONE);
-                    return;
-                }
-                Ok(Err(e)) => {
-                    pool.failed(i);
-                    failed(describe(&e), &mut failing);
-                    tokio::time::sleep(PAUSE).await;
-                    continue;
-                }
-                Err(_) => {
-                    pool.failed(i);
-                    failed(
-                        format!("no answer within {} ms", bound.as_millis()),
-                        &mut failing,
-                    );
-                    continue;
-                }
-            };
-        s.lease.renewed(sent);
-        failing = false;
-        s.check_keys(pool, bound, sent).await;
-        if s.lost.is_lost() {
-            return;
-        }
-        let mut last = sent;
-        loop {
-            tokio::time::sleep_until(last + period).await;
-            let sent = Instant::now();
-            if keeper.keep_alive().await.is_err() {
-                pool.failed(i);
-                failed(String::from("the keep-alive stream closed"), &mut failing);
-                break;
+        let mut stream = match tokio::time::timeout(bound, c.lease_keep_alive(s.id)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) if e.is_lease_not_found() => {
+                s.lost.fire(GONE);
+                return;
             }
+            Ok(Err(e)) => {
+                pool.failed(i);
+                failed(describe(&e), &mut failing);
+                tokio::time::sleep(PAUSE).await;
+                continue;
+            }
+            Err(_) => {
+                pool.failed(i);
+                failed(
+                    format!("no answer within {} ms", bound.as_millis()),
+                    &mut failing,
+                );
+                continue;
+            }
+        };
+        // The stream opened with its first renewal sent at `sent`; each turn reads the answer
+        // to the last one, then sends the next a period later.
+        let mut sent = sent;
+        loop {
             match tokio::time::timeout(bound, stream.message()).await {
-                Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                Ok(Ok(Some(answer))) if answer.ttl > 0 => {
                     s.lease.renewed(sent);
                     failing = false;
-                    last = sent;
                     s.check_keys(pool, bound, sent).await;
+                    if s.lost.is_lost() {
+                        return;
+                    }
                 }
                 Ok(Ok(Some(_))) => {
                     s.lost.fire(GONE);
@@ -362,6 +348,10 @@ async fn keep_alive(s: &Session, pool: &Pool, observer: Option<Observer>) {
                     failed(String::from("the keep-alive stream ended"), &mut failing);
                     break;
                 }
+                Ok(Err(e)) if e.is_lease_not_found() => {
+                    s.lost.fire(GONE);
+                    return;
+                }
                 Ok(Err(e)) => {
                     pool.failed(i);
                     failed(describe(&e), &mut failing);
@@ -375,6 +365,17 @@ async fn keep_alive(s: &Session, pool: &Pool, observer: Option<Observer>) {
                     );
                     break;
                 }
+            }
+            tokio::time::sleep_until(sent + period).await;
+            sent = Instant::now();
+            if stream
+                .send(LeaseKeepAliveRequest { id: s.id })
+                .await
+                .is_err()
+            {
+                pool.failed(i);
+                failed(String::from("the keep-alive stream closed"), &mut failing);
+                break;
             }
         }
         tokio::time::sleep(PAUSE).await;

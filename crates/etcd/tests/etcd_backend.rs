@@ -323,7 +323,7 @@ async fn semaphore_permits_are_all_or_nothing_and_fifo() {
 async fn a_key_deleted_by_someone_else_fires_lost_and_frees_the_name() {
     let etcd = Cluster::start(1).await;
     let p = prefix();
-    let mut raw = etcd.raw().await;
+    let raw = etcd.raw().await;
     let opts = distlock_etcd::EtcdOptions::parse(&etcd.urls())
         .unwrap()
         .key_prefix(&p)
@@ -336,12 +336,7 @@ async fn a_key_deleted_by_someone_else_fires_lost_and_frees_the_name() {
         .await
         .unwrap()
         .unwrap();
-    raw.delete(
-        p.clone(),
-        Some(etcd_client::DeleteOptions::new().with_prefix()),
-    )
-    .await
-    .unwrap();
+    raw.delete_prefix(&p).await;
     // Checked at every keep-alive (every second with a 3 s lease).
     let reason = tokio::time::timeout(Duration::from_secs(3), h.lost().lost())
         .await
@@ -535,10 +530,7 @@ async fn user_and_password_authentication() {
     let etcd = Cluster::start(1).await;
     let p = prefix();
     {
-        let mut raw = etcd.raw().await;
-        raw.user_add("root", "rootpw", None).await.unwrap();
-        raw.user_grant_role("root", "root").await.unwrap();
-        raw.auth_enable().await.unwrap();
+        etcd.raw().await.enable_auth("root", "rootpw").await;
     }
     let opts = |password: &str| {
         distlock_etcd::EtcdOptions::parse(&etcd.urls())
@@ -572,6 +564,32 @@ async fn user_and_password_authentication() {
     assert!(right.inspect("a", LockKind::Mutex).await.unwrap().held);
     h.release().await.unwrap();
     assert!(!right.inspect("a", LockKind::Mutex).await.unwrap().held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_replaced_by_authenticating_again() {
+    // Simple tokens that expire after one second: every request after a pause of two finds its
+    // token refused and must authenticate again.
+    let etcd = Cluster::start_args(&["--auth-token-ttl", "1"]).await;
+    let p = prefix();
+    etcd.raw().await.enable_auth("root", "rootpw").await;
+    let opts = distlock_etcd::EtcdOptions::parse(&etcd.urls())
+        .unwrap()
+        .key_prefix(&p)
+        .auth("root".to_owned(), "rootpw".to_owned());
+    let b = distlock_etcd::EtcdBackend::new(opts).unwrap();
+    for _ in 0..2 {
+        let h = b
+            .acquire(req("a", LockKind::Mutex, Some(3_000.0)))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(b.inspect("a", LockKind::Mutex).await.unwrap().held);
+        h.release().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+    assert!(!b.inspect("a", LockKind::Mutex).await.unwrap().held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -611,4 +629,82 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
         .map(|_| ())
         .expect_err("an unknown CA is an error");
     assert_eq!(err.code(), "BACKEND", "{err}");
+}
+
+/// A key etcd's own lock recipe would write (`<name>/<lease hex>`, as `etcdctl lock` and the
+/// Lock RPC do) holds against a mutex, a reader and a semaphore of that name; each waits, and
+/// is granted when the key goes. (The real etcdctl is in `__test__/etcd.interop.spec.ts`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_etcds_own_recipe_holds_against_every_kind() {
+    use distlock_etcd::grpc::wire::PutRequest;
+
+    let etcd = Cluster::start(1).await;
+    let p = prefix();
+    let b = backend(&etcd.urls(), &p);
+    let mut raw = etcd.raw().await;
+    let lease = raw.0.lease_grant(30).await.unwrap().id;
+    let foreign = format!("{p}f/{lease:x}");
+    let put = PutRequest {
+        key: foreign.clone().into_bytes(),
+        value: Vec::new(),
+        lease,
+    };
+    raw.0.put(put).await.unwrap();
+    let kinds = [
+        LockKind::Mutex,
+        LockKind::Read,
+        LockKind::Semaphore {
+            max_count: 3,
+            permits: 1,
+        },
+    ];
+    for kind in kinds {
+        let tried = b.acquire(req("f", kind, Some(0.0))).unwrap().await.unwrap();
+        assert!(tried.is_none(), "{kind:?} got past a foreign holder");
+        let info = b.inspect("f", kind).await.unwrap();
+        assert!(info.held, "{kind:?}: {info:?}");
+    }
+    // Queued in this order: each key is in etcd before the next acquire starts.
+    let mut waiters = Vec::new();
+    // One provider each: within one process a reader would queue behind the mutex in-process.
+    let providers = [
+        b.clone(),
+        backend(&etcd.urls(), &p),
+        backend(&etcd.urls(), &p),
+    ];
+    for (i, kind) in kinds.into_iter().enumerate() {
+        waiters.push(tokio::spawn(
+            providers[i]
+                .acquire(req("f", kind, Some(10_000.0)))
+                .unwrap(),
+        ));
+        wait_keys(&mut raw, &p, 2 + i).await;
+    }
+    let mut waiters = waiters.into_iter();
+    let mut next = || waiters.next().unwrap();
+    let (mutex, reader, semaphore) = (next(), next(), next());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for w in [&mutex, &reader, &semaphore] {
+        assert!(!w.is_finished(), "granted while the foreign key holds");
+    }
+    raw.0.delete(foreign).await.unwrap();
+    type Waiting = tokio::task::JoinHandle<distlock_core::Result<Option<distlock_core::Held>>>;
+    let within = |w: Waiting| async move {
+        tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("granted in time")
+            .unwrap()
+            .unwrap()
+            .expect("granted, not busy")
+    };
+    // The key gone, the mutex holds; the semaphore (another family) too; the reader queued
+    // behind the mutex and waits for it.
+    let (m, s) = (within(mutex).await, within(semaphore).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!reader.is_finished());
+    m.release().await.unwrap();
+    let r = within(reader).await;
+    r.release().await.unwrap();
+    s.release().await.unwrap();
+    raw.0.lease_revoke(lease).await.unwrap();
 }

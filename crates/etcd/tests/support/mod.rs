@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use distlock_core::{AcquireRequest, LockKind, Timeout};
+use distlock_etcd::grpc::wire::{DeleteRangeRequest, PutRequest, RangeRequest, prefix_end};
+use distlock_etcd::grpc::{Certificate, Client, ClientTlsConfig, Identity, Settings};
 use distlock_etcd::{EtcdBackend, EtcdOptions};
 
 /// The etcd binary: `$DISTLOCK_ETCD_BIN`, else `etcd` on PATH. Never skips.
@@ -188,15 +190,20 @@ impl Drop for Pki {
 
 impl Cluster {
     pub async fn start(n: usize) -> Cluster {
-        Self::start_with(n, None).await
+        Self::start_with(n, None, &[]).await
     }
 
     /// One member serving clients over TLS, requiring client certificates.
     pub async fn start_tls(pki: &Pki) -> Cluster {
-        Self::start_with(1, Some(pki)).await
+        Self::start_with(1, Some(pki), &[]).await
     }
 
-    async fn start_with(n: usize, pki: Option<&Pki>) -> Cluster {
+    /// One member started with these extra arguments.
+    pub async fn start_args(args: &[&str]) -> Cluster {
+        Self::start_with(1, None, args).await
+    }
+
+    async fn start_with(n: usize, pki: Option<&Pki>, extra: &[&str]) -> Cluster {
         let bin = etcd_bin();
         let scheme = if pki.is_some() { "https" } else { "http" };
         let token = format!("distlock-test-{}", unique());
@@ -243,6 +250,7 @@ impl Cluster {
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", &token])
                 .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -250,31 +258,36 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
             m.child = Some(child);
         }
-        let tls = pki.map(|pki| {
-            etcd_client::ConnectOptions::new().with_tls(
-                etcd_client::TlsOptions::new()
-                    .ca_certificate(etcd_client::Certificate::from_pem(pki.read("ca.pem")))
-                    .identity(etcd_client::Identity::from_pem(
+        let settings = Settings {
+            connect_timeout: Duration::from_secs(2),
+            tls: pki.map(|pki| {
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(pki.read("ca.pem")))
+                    .identity(Identity::from_pem(
                         pki.read("client.pem"),
                         pki.read("client.key"),
-                    )),
-            )
-        });
+                    ))
+            }),
+            ..Settings::default()
+        };
         let cluster = Cluster { members };
         for m in &cluster.members {
-            cluster.wait_ready(&m.client_url, tls.clone()).await;
+            cluster.wait_ready(&m.client_url, &settings).await;
         }
         cluster
     }
 
-    async fn wait_ready(&self, url: &str, options: Option<etcd_client::ConnectOptions>) {
+    async fn wait_ready(&self, url: &str, settings: &Settings) {
         let until = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let ok = async {
-                let mut c = etcd_client::Client::connect([url], options.clone())
-                    .await
-                    .ok()?;
-                c.put("distlock-test-ready", "1", None).await.ok()
+                let c = Client::connect(url, settings).await.ok()?;
+                let put = PutRequest {
+                    key: b"distlock-test-ready".to_vec(),
+                    value: b"1".to_vec(),
+                    lease: 0,
+                };
+                c.put(put).await.ok()
             };
             if tokio::time::timeout(Duration::from_secs(2), ok)
                 .await
@@ -302,29 +315,119 @@ impl Cluster {
 
     /// The index of the current leader, asked of member `via`.
     pub async fn leader(&self, via: usize) -> usize {
-        let mut c = etcd_client::Client::connect([&self.members[via].client_url], None)
-            .await
-            .unwrap();
-        let status = c.status().await.unwrap();
-        let leader = status.leader();
-        let members = c.member_list().await.unwrap();
+        let c = Raw::connect(&self.members[via].client_url).await;
+        let status: StatusResponse =
+            c.0.unary("/etcdserverpb.Maintenance/Status", Empty {})
+                .await
+                .unwrap();
+        let members: MemberListResponse =
+            c.0.unary("/etcdserverpb.Cluster/MemberList", Empty {})
+                .await
+                .unwrap();
         let m = members
-            .members()
+            .members
             .iter()
-            .find(|m| m.id() == leader)
+            .find(|m| m.id == status.leader)
             .expect("the leader is a member");
-        let url = m.client_urls()[0].clone();
+        let url = m.client_urls[0].clone();
         self.members
             .iter()
             .position(|x| x.client_url == url)
             .expect("the leader's url")
     }
 
-    /// A raw client on every live member, for checks the backend does not offer.
-    pub async fn raw(&self) -> etcd_client::Client {
-        etcd_client::Client::connect(self.urls(), None)
+    /// A raw client on the first member, for checks the backend does not offer.
+    pub async fn raw(&self) -> Raw {
+        Raw::connect(&self.members[0].client_url).await
+    }
+}
+
+/// distlock's own gRPC client, with the few administrative calls the tests need (messages
+/// from etcd's `rpc.proto`, only the fields read here).
+pub struct Raw(pub Client);
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Empty {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatusResponse {
+    #[prost(uint64, tag = "4")]
+    pub leader: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberListResponse {
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<MemberInfo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberInfo {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, repeated, tag = "4")]
+    pub client_urls: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserAdd {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub password: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserGrantRole {
+    #[prost(string, tag = "1")]
+    pub user: String,
+    #[prost(string, tag = "2")]
+    pub role: String,
+}
+
+impl Raw {
+    pub async fn connect(url: &str) -> Raw {
+        let settings = Settings {
+            connect_timeout: Duration::from_secs(2),
+            ..Settings::default()
+        };
+        Raw(Client::connect(url, &settings).await.unwrap())
+    }
+
+    /// Deletes every key starting with `prefix`.
+    pub async fn delete_prefix(&self, prefix: &str) {
+        let d = DeleteRangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+        };
+        self.0.delete_range(d).await.unwrap();
+    }
+
+    /// Adds `user` with `password` and the root role, then turns authentication on.
+    pub async fn enable_auth(&self, user: &str, password: &str) {
+        let add = UserAdd {
+            name: user.to_owned(),
+            password: password.to_owned(),
+        };
+        let _: Empty = self
+            .0
+            .unary("/etcdserverpb.Auth/UserAdd", add)
             .await
-            .unwrap()
+            .unwrap();
+        let grant = UserGrantRole {
+            user: user.to_owned(),
+            role: "root".to_owned(),
+        };
+        let _: Empty = self
+            .0
+            .unary("/etcdserverpb.Auth/UserGrantRole", grant)
+            .await
+            .unwrap();
+        let _: Empty = self
+            .0
+            .unary("/etcdserverpb.Auth/AuthEnable", Empty {})
+            .await
+            .unwrap();
     }
 }
 
@@ -356,15 +459,16 @@ pub fn req(name: &str, kind: LockKind, timeout_ms: Option<f64>) -> AcquireReques
 }
 
 /// How many keys live under `prefix`.
-pub async fn count_keys(raw: &mut etcd_client::Client, prefix: &str) -> usize {
-    let opts = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_count_only();
-    raw.get(prefix, Some(opts)).await.unwrap().count() as usize
+pub async fn count_keys(raw: &mut Raw, prefix: &str) -> usize {
+    let r = RangeRequest {
+        count_only: true,
+        ..RangeRequest::prefix(prefix)
+    };
+    raw.0.range(r).await.unwrap().count as usize
 }
 
 /// Waits (bounded) until `count_keys` is `n`.
-pub async fn wait_keys(raw: &mut etcd_client::Client, prefix: &str, n: usize) {
+pub async fn wait_keys(raw: &mut Raw, prefix: &str, n: usize) {
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let have = count_keys(raw, prefix).await;
