@@ -598,3 +598,23 @@ describe('EtcdLockProvider bad input', () => {
     expect(tried).toBeInstanceOf(LockBackendError)
   })
 })
+
+describe('EtcdLockProvider shutdown', () => {
+  it('close() returns within opTimeoutMs while etcd does not answer', async () => {
+    const server = await single()
+    const p = new EtcdLockProvider({ endpoints: server.endpoint, opTimeoutMs: 1_000 })
+    const held = [
+      await p.createLock(unique('c1')).acquire(),
+      await p.createLock(unique('c2')).acquire({ leaseMs: 5_000 }),
+    ]
+    server.kill('SIGSTOP')
+    cleanups.push(() => server.kill('SIGCONT'))
+    const started = performance.now()
+    await p.close()
+    const took = performance.now() - started
+    // One bound for the whole close (the releases and the revoke of the shared lease together),
+    // not a bound for each step after the other.
+    expect(took).toBeLessThan(1_500)
+    for (const h of held) expect(h.signal.aborted).toBe(true)
+  })
+})

@@ -107,8 +107,6 @@ pub const BACKEND: &str = "etcd";
 
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
-/// How long `close` waits for the releases of held locks.
-const CLOSE_BOUND: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Plain field updates: a poisoned lock is still consistent.
@@ -279,11 +277,20 @@ impl Backend for EtcdBackend {
                 h.lost.fire("the lock provider was closed");
                 releases.spawn(async move { h.release_now().await });
             }
-            let _ = tokio::time::timeout(CLOSE_BOUND, releases.join_all()).await;
+            // One bound for the whole close, `opTimeoutMs`, whatever the servers do: the releases
+            // and the revoke of the shared lease go out together (revoking it deletes the keys
+            // on it anyway), not one bound after the other.
+            let bound = inner.opts.op_timeout;
             let shared = inner.shared.lock().await.take();
-            if let Some(s) = shared {
-                s.revoke(&inner.pool, inner.opts.op_timeout).await;
-            }
+            let revoke = async {
+                if let Some(s) = &shared {
+                    s.revoke(&inner.pool, bound).await;
+                }
+            };
+            let _ = tokio::time::timeout(bound, async {
+                tokio::join!(releases.join_all(), revoke);
+            })
+            .await;
             Ok(())
         })
     }
