@@ -3,7 +3,11 @@
 //!
 //! - Busy: the first time, join the wake-ups (then look again at once, so a release that
 //!   happened while joining is not missed); after that, wait for a wake-up, the holder's lease
-//!   end (the hint), or the periodic re-check, whichever comes first.
+//!   end (the hint), or the periodic re-check, whichever comes first. Behind one of distlock's
+//!   holders the re-check is once a second: their release wakes the waiter, and the re-check
+//!   only keeps its place in the server queue and covers a lost message. Behind a foreign holder
+//!   (the server says so: the key's value lacks distlock's mark) nothing will wake the waiter,
+//!   so it re-checks every 25 ms.
 //! - Transient trouble (a reset, a stalled or restarting server, a deployment being confirmed
 //!   after a reconnect): back off, doubling from 20 ms to 1 s, then try again.
 //! - RedLock split vote (some servers granted, no quorum): nobody holds the lock and no release
@@ -26,6 +30,17 @@ use super::vote::Verdict;
 pub const QUEUE_TTL: Duration = Duration::from_secs(3);
 /// How often a waiter re-checks without a wake-up.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// How often a waiter whose turn it is re-checks behind a foreign holder: the redlock package,
+/// redis-py's `Lock` and a plain `DEL` publish nothing when they let go, so this bounds how late
+/// the release is noticed (25 ms plus a round trip, against redlock's own default retry delay of
+/// 200 ms). Chosen over server-side notifications: keyspace events need `notify-keyspace-events`
+/// in the server's config, which a library cannot count on (and managed Redis often refuses),
+/// and client-side tracking needs RESP3 or a redirect connection per server, plus its own
+/// reconnect story, for what is a rare case. The server tells the waiter when the holder is
+/// foreign, so a wait behind distlock's own holders sends nothing more than before; behind a
+/// foreign holder only the waiter at the head of the queue re-checks (those behind it wait for
+/// its release), one script per 25 ms per name and process.
+pub const FOREIGN_REFRESH: Duration = Duration::from_millis(25);
 /// How often a waiter re-checks while the wake-up subscription is not up.
 pub const REFRESH_UNSUBSCRIBED: Duration = Duration::from_millis(50);
 /// Backoff between attempts that met transient trouble: from the first to the last value.
@@ -75,6 +90,8 @@ pub struct Waiter {
     joined: bool,
     /// The holder's remaining lease from the last busy answer.
     hint: Option<Duration>,
+    /// The last busy answer named a foreign holder (whose release sends no wake-up).
+    foreign: bool,
 }
 
 impl Waiter {
@@ -88,6 +105,7 @@ impl Waiter {
             splits: 0,
             joined: false,
             hint: None,
+            foreign: false,
         }
     }
 
@@ -135,9 +153,15 @@ impl Waiter {
         self.hint = None;
         match v {
             Verdict::Granted { fence, by } => Some(End::Granted { fence, by }),
-            Verdict::Busy { hint, split, .. } => {
+            Verdict::Busy {
+                hint,
+                split,
+                foreign,
+                ..
+            } => {
                 (self.trouble, self.backoff, self.answered, self.hint) =
                     (None, BACKOFF.0, true, hint);
+                self.foreign = foreign;
                 self.splits = if split {
                     (self.splits + 1).min(MAX_SPLITS)
                 } else {
@@ -182,7 +206,9 @@ impl Waiter {
             self.joined = true;
             return Pause::Join;
         }
-        let refresh = if subscribed {
+        let refresh = if self.foreign {
+            FOREIGN_REFRESH
+        } else if subscribed {
             REFRESH
         } else {
             REFRESH_UNSUBSCRIBED
@@ -229,6 +255,16 @@ mod tests {
         Verdict::Busy {
             hint,
             split,
+            foreign: false,
+            revoke: vec![],
+        }
+    }
+
+    fn foreign(hint: Option<Duration>) -> Verdict {
+        Verdict::Busy {
+            hint,
+            split: false,
+            foreign: true,
             revoke: vec![],
         }
     }
@@ -265,6 +301,27 @@ mod tests {
             None,
             "server-queued waiters need no spread"
         );
+    }
+
+    #[test]
+    fn a_foreign_holder_is_re_checked_every_25_ms_and_one_of_ours_only_once_a_second() {
+        for fair in [true, false] {
+            let mut w = Waiter::new(fair, false);
+            w.verdict(foreign(Some(Duration::from_secs(9))));
+            assert_eq!(w.pause(true, &mut top), Pause::Join);
+            w.verdict(foreign(Some(Duration::from_secs(9))));
+            assert_eq!(w.pause(true, &mut top), Pause::Wait(FOREIGN_REFRESH));
+            w.verdict(foreign(None));
+            assert_eq!(w.pause(false, &mut top), Pause::Wait(FOREIGN_REFRESH));
+            w.verdict(foreign(Some(Duration::from_millis(3))));
+            assert_eq!(
+                w.pause(true, &mut top),
+                Pause::Wait(Duration::from_millis(3))
+            );
+            // The foreign holder let go and one of ours took it: back to its wake-up.
+            w.verdict(busy(Some(Duration::from_secs(9)), false));
+            assert_eq!(w.pause(true, &mut top), Pause::Wait(REFRESH));
+        }
     }
 
     #[test]
