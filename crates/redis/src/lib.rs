@@ -13,7 +13,7 @@
 //!   the next waiter's id on the lock's channel; the waiter also wakes when the holder's lease
 //!   runs out (a crashed holder) and re-checks once a second (lost messages). Behind a foreign
 //!   holder (redlock, redis-py, a plain `SET NX PX`: a value without distlock's mark), whose
-//!   release publishes nothing, the waiter whose turn it is re-checks every 25 ms.
+//!   release publishes nothing, the waiter whose turn it is re-checks every 15–35 ms.
 //! - Leases renew in the background in batches: one script per server per batch, not one timer
 //!   and round trip per lock. A lock whose renewal finds it gone, or whose local deadline (on
 //!   the monotonic clock, from when the granting request was sent) passes without a successful

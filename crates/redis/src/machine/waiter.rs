@@ -7,7 +7,7 @@
 //!   holders the re-check is once a second: their release wakes the waiter, and the re-check
 //!   only keeps its place in the server queue and covers a lost message. Behind a foreign holder
 //!   (the server says so: the key's value lacks distlock's mark) nothing will wake the waiter,
-//!   so it re-checks every 25 ms.
+//!   so it re-checks every 15–35 ms.
 //! - Transient trouble (a reset, a stalled or restarting server, a deployment being confirmed
 //!   after a reconnect): back off, doubling from 20 ms to 1 s, then try again.
 //! - RedLock split vote (some servers granted, no quorum): nobody holds the lock and no release
@@ -30,18 +30,21 @@ use super::vote::Verdict;
 pub const QUEUE_TTL: Duration = Duration::from_secs(3);
 /// How often a waiter re-checks without a wake-up.
 pub const REFRESH: Duration = Duration::from_secs(1);
-/// How often, on average, a waiter whose turn it is re-checks behind a foreign holder: the
-/// redlock package, redis-py's `Lock` and a plain `DEL` publish nothing when they let go, so this
-/// bounds how late the release is noticed (at most 35 ms plus a round trip, against redlock's own
-/// default retry delay of 200 ms). Each pause is drawn from 15–35 ms: a fixed period can fall
-/// in step with a foreign loop's hold-release cycle and keep landing while it holds (measured:
-/// 28 grants of 526 against a redlock retrying every 25 ms, with a fixed 25 ms). Chosen over server-side notifications: keyspace events need `notify-keyspace-events`
-/// in the server's config, which a library cannot count on (and managed Redis often refuses),
-/// and client-side tracking needs RESP3 or a redirect connection per server, plus its own
-/// reconnect story, for what is a rare case. The server tells the waiter when the holder is
-/// foreign, so a wait behind distlock's own holders sends nothing more than before; behind a
-/// foreign holder only the waiter at the head of the queue re-checks (those behind it wait for
-/// its release), one script per 25 ms per name and process.
+/// How often, on average, a waiter whose turn it is re-checks behind a foreign holder. The
+/// redlock package, redis-py's `Lock` and a plain `DEL` publish nothing when they let go, so
+/// this bounds how late such a release is noticed: at most 35 ms plus a round trip (redlock's
+/// own default retry delay is 200 ms). Each pause is drawn from 15–35 ms, because a fixed period
+/// can fall in step with a foreign loop's hold-release cycle and keep landing while it holds
+/// (measured with a fixed 25 ms: 28 grants of 526 against a redlock retrying every 25 ms).
+///
+/// Why re-checks and not server notifications: keyspace events need `notify-keyspace-events`
+/// in the server's config, which a library cannot count on, and client-side tracking needs RESP3
+/// or a redirect connection per server, with its own reconnect handling, for what is the rare
+/// case. The acquire script says when the holder is foreign (its value lacks distlock's mark),
+/// so a wait behind distlock's own holders sends nothing more than before. Behind a foreign
+/// holder only the waiter at the head of the server queue re-checks this often (those behind it
+/// wait for its release): one script per 25 ms per name and process. RedLock has no server
+/// queue, so there every waiting process does.
 pub const FOREIGN_REFRESH: Duration = Duration::from_millis(25);
 /// How far a re-check behind a foreign holder may fall from [`FOREIGN_REFRESH`], either way.
 const FOREIGN_SPREAD_MS: u64 = 10;
