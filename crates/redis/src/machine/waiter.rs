@@ -32,8 +32,8 @@ pub const QUEUE_TTL: Duration = Duration::from_secs(3);
 pub const REFRESH: Duration = Duration::from_secs(1);
 /// How often, on average, a waiter whose turn it is re-checks behind a foreign holder. The
 /// redlock package, redis-py's `Lock` and a plain `DEL` publish nothing when they let go, so
-/// this bounds how late such a release is noticed: at most 35 ms plus a round trip (redlock's
-/// own default retry delay is 200 ms). Each pause is drawn from 15–35 ms, because a fixed period
+/// this bounds how late such a release is noticed: at most 35 ms plus a round trip (on RedLock
+/// plus the 0–15 ms spread; redlock's own default retry delay is 200 ms). Each pause is drawn from 15–35 ms, because a fixed period
 /// can fall in step with a foreign loop's hold-release cycle and keep landing while it holds
 /// (measured with a fixed 25 ms: 28 grants of 526 against a redlock retrying every 25 ms).
 ///
