@@ -11,7 +11,9 @@
 //! - Waiting: the callers of one process queue in memory; one waiter per process and name talks
 //!   to the server, where waiters queue in arrival order (not on RedLock). A release publishes
 //!   the next waiter's id on the lock's channel; the waiter also wakes when the holder's lease
-//!   runs out (a crashed holder) and re-checks once a second (foreign releases, lost messages).
+//!   runs out (a crashed holder) and re-checks once a second (lost messages). Behind a foreign
+//!   holder (redlock, redis-py, a plain `SET NX PX`: a value without distlock's mark), whose
+//!   release publishes nothing, the waiter whose turn it is re-checks every 15–35 ms.
 //! - Leases renew in the background in batches: one script per server per batch, not one timer
 //!   and round trip per lock. A lock whose renewal finds it gone, or whose local deadline (on
 //!   the monotonic clock, from when the granting request was sent) passes without a successful
@@ -84,9 +86,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A 128-bit token in hex, unique per grant (and per waiter): 64 random bits drawn once per
-/// process (two processes share them with odds of 2^-64), then a counter. Cheap: no system call
-/// and one allocation per token, on the hot path of every acquire.
+/// A 128-bit token in hex after [`scripts::OWN`], unique per grant (and per waiter): 64 random
+/// bits drawn once per process (two processes share them with odds of 2^-64), then a counter.
+/// Cheap: no system call and one allocation per token, on the hot path of every acquire. The
+/// mark tells the acquire script that a holder is one of distlock's, whose release wakes the
+/// waiters (see [`machine::waiter::FOREIGN_REFRESH`]).
 fn token() -> String {
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static N: AtomicU64 = AtomicU64::new(0);
@@ -102,7 +106,8 @@ fn token() -> String {
         u64::from_le_bytes(bytes)
     });
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let mut out = String::with_capacity(32);
+    let mut out = String::with_capacity(scripts::OWN.len() + 32);
+    out.push_str(scripts::OWN);
     for v in [prefix, n] {
         for shift in (0..16).rev() {
             let digit = ((v >> (shift * 4)) & 0xf) as u8;

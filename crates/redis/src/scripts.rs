@@ -71,10 +71,17 @@ local function remove(key, id, n)
 end
 ";
 
+/// How every grant token distlock writes begins. A mutex or writer key whose value lacks it was
+/// set by a foreign client (the redlock package, redis-py's `Lock`, a plain `SET NX PX`), whose
+/// release publishes no wake-up; the acquire script reports such a holder.
+pub const OWN: &str = "dl-";
+
 /// ARGV: kind, grant token, lease ms, max count, wait ms (0: do not queue), fair (1|0), channel,
-/// waiter id, fence floor. Returns `{1, fence}` when granted, `{0, hint}` when busy, where
-/// `hint` is the number of ms after which the holder's or a dead waiter's expiry may free the
-/// lock (-1: unknown), and `{2}` when the grant token was revoked (its caller gave up on it).
+/// waiter id, fence floor. Returns `{1, fence}` when granted, `{0, hint, foreign}` when busy,
+/// where `hint` is the number of ms after which the holder's or a dead waiter's expiry may free
+/// the lock (-1: unknown) and `foreign` is 1 when what keeps this waiter out is a foreign
+/// holder of the main key (see [`OWN`]; a waiter queued behind one of ours gets 0: it waits for
+/// that waiter's release), and `{2}` when the grant token was revoked (its caller gave up on it).
 ///
 /// Each attempt carries a fresh grant token; the waiter id (its place in the queue) stays the
 /// same across attempts. A release or revoke of an abandoned attempt can therefore never
@@ -182,7 +189,11 @@ if free and turn then
   return {1, bump()}
 end
 
-if holder then soonest(redis.call('PTTL', lock)) end
+local foreign = 0
+if holder then
+  soonest(redis.call('PTTL', lock))
+  if turn and string.sub(holder, 1, #OWN) ~= OWN then foreign = 1 end
+end
 if count > 0 and kind ~= 'r' then
   local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
   if first[2] then soonest(tonumber(first[2]) - now) end
@@ -195,7 +206,7 @@ if fair and waitms > 0 then
   redis.call('PEXPIRE', queue, waitms * 2)
   redis.call('PEXPIRE', dl, waitms * 2)
 end
-return {0, hint}
+return {0, hint, foreign}
 ";
 
 /// ARGV: kind, token, fair (1|0), channel, fence floor (0: none), revoke ms (0: none). Returns 1
@@ -340,8 +351,9 @@ impl Scripts {
             let with_permits = |body: &str| -> &'static str {
                 Box::leak(format!("{PERMITS}{body}").into_boxed_str())
             };
+            let own = Box::leak(format!("local OWN = '{OWN}'\n{ACQUIRE}").into_boxed_str());
             Scripts {
-                acquire: Script::new(with_clock(with_permits(ACQUIRE))),
+                acquire: Script::new(with_clock(with_permits(own))),
                 release: Script::new(with_raise(with_permits(RELEASE))),
                 leave: Script::new(LEAVE),
                 renew: Script::new(with_clock(with_raise(with_permits(RENEW)))),

@@ -23,10 +23,9 @@ async fn mutex_excludes_and_fencing_tokens_increase() {
     );
     let raw = raw(&server.url()).await;
     let stored: String = raw.get("m").await.unwrap();
-    assert_eq!(
-        stored.len(),
-        32,
-        "the main key holds the random token (redlock's layout)"
+    assert!(
+        stored.len() == 35 && stored.starts_with("dl-"),
+        "the main key holds the random token (redlock's layout), marked as distlock's: {stored}"
     );
     let ttl: i64 = raw.pttl("m").await.unwrap();
     assert!(
@@ -71,11 +70,12 @@ async fn a_release_wakes_the_waiter_without_polling() {
 async fn a_crashed_holders_lock_is_taken_when_its_lease_expires() {
     let server = RedisProc::start(&[]);
     let raw = raw(&server.url()).await;
-    // What a holder that died leaves behind: its token with a lease, and no release.
+    // What a distlock holder that died leaves behind: its token with a lease, and no release
+    // (no wake-up, and a holder of ours, so no short re-checks either: the expiry wakes).
     let _: () = raw
         .set(
             "crash",
-            "someone-elses-token",
+            "dl-00000000000000000000000000000001",
             Some(Expiration::PX(700)),
             None,
             false,
@@ -94,6 +94,41 @@ async fn a_crashed_holders_lock_is_taken_when_its_lease_expires() {
     assert!(
         took < Duration::from_millis(1_500),
         "the expiry wake-up came late: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_holders_release_is_noticed_without_a_wake_up() {
+    let server = RedisProc::start(&[]);
+    let raw = raw(&server.url()).await;
+    // A plain SET NX PX holder (as redlock or redis-py lay it out): its DEL publishes nothing.
+    let _: () = raw
+        .set(
+            "plain",
+            "theirs",
+            Some(Expiration::PX(10_000)),
+            Some(SetOptions::NX),
+            false,
+        )
+        .await
+        .unwrap();
+    let b = backend(&[server.url()], |o| o);
+    let waiter = tokio::spawn(async move {
+        let h = get(&b, req("plain", LockKind::Mutex, Some(5_000.0))).await;
+        (h, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    let released = Instant::now();
+    let _: i64 = raw.del("plain").await.unwrap();
+    let (h, got) = waiter.await.unwrap();
+    assert!(h.is_some());
+    // The lease is 10 s and the queue refresh once a second: only the short re-check behind a
+    // foreign holder explains this.
+    assert!(
+        got - released < Duration::from_millis(200),
+        "noticed {:?} after the release",
+        got - released
     );
 }
 

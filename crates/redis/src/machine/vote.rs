@@ -20,8 +20,12 @@ use super::drift;
 pub enum Reply {
     /// Granted, with the name's fencing counter on that server.
     Granted(u64),
-    /// Held by someone else; the holder's remaining lease, when the server told it.
-    Busy(Option<Duration>),
+    /// Held by someone else: `hint`, the holder's remaining lease when the server told it;
+    /// `foreign` when the holder is not one of distlock's (its release publishes no wake-up).
+    Busy {
+        hint: Option<Duration>,
+        foreign: bool,
+    },
     /// The attempt had been revoked before it arrived (its caller gave up on it).
     Revoked,
     /// No answer, an error or a reply of the wrong shape: the script may have run, or may
@@ -30,7 +34,7 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Reads the acquire script's reply: `{1, fence}`, `{0, pttl}` or `{2}`.
+    /// Reads the acquire script's reply: `{1, fence}`, `{0, pttl, foreign}` or `{2}`.
     pub fn parse(v: &Value) -> Option<Reply> {
         let Value::Array(items) = v else {
             return None;
@@ -39,12 +43,13 @@ impl Reply {
         match n(0)? {
             1 => Some(Reply::Granted(u64::try_from(n(1)?).ok()?)),
             2 => Some(Reply::Revoked),
-            0 => Some(Reply::Busy(
-                u64::try_from(n(1)?)
+            0 => Some(Reply::Busy {
+                hint: u64::try_from(n(1)?)
                     .ok()
                     .filter(|&h| h > 0)
                     .map(|h| Duration::from_millis(h + 1)),
-            )),
+                foreign: n(2)? == 1,
+            }),
             _ => None,
         }
     }
@@ -56,10 +61,12 @@ pub enum Verdict {
     /// Granted by `by` (a quorum on RedLock); the token is the largest of their counters.
     Granted { fence: u64, by: Vec<usize> },
     /// Not granted: busy somewhere. `split` when some servers granted but not a quorum (on
-    /// RedLock nobody may hold a majority then). `revoke`: servers whose grants to take back.
+    /// RedLock nobody may hold a majority then). `foreign`: some server's holder is not one of
+    /// distlock's. `revoke`: servers whose grants to take back.
     Busy {
         hint: Option<Duration>,
         split: bool,
+        foreign: bool,
         revoke: Vec<usize>,
     },
     /// Not granted: too many servers failed for a quorum. `revoke` as for `Busy`.
@@ -73,7 +80,7 @@ pub enum Verdict {
 /// Whether an answer that arrived after a verdict other than a grant must be revoked: a grant
 /// must, and so must anything that is not a plain "busy" (it may still turn into one).
 pub fn late_needs_revoke(reply: &Reply) -> bool {
-    !matches!(reply, Reply::Busy(_))
+    !matches!(reply, Reply::Busy { .. })
 }
 
 /// The count of one acquire attempt over `n` servers.
@@ -84,6 +91,7 @@ pub struct Vote {
     granted: Vec<(usize, u64)>,
     busy: usize,
     hint: Option<Duration>,
+    foreign: bool,
     errors: Vec<String>,
     permanent: bool,
 }
@@ -96,6 +104,7 @@ impl Vote {
             granted: Vec::new(),
             busy: 0,
             hint: None,
+            foreign: false,
             errors: Vec::new(),
             permanent: false,
         }
@@ -106,9 +115,10 @@ impl Vote {
     pub fn count(&mut self, i: usize, reply: Reply) -> bool {
         match reply {
             Reply::Granted(fence) => self.granted.push((i, fence)),
-            Reply::Busy(h) => {
+            Reply::Busy { hint, foreign } => {
                 self.busy += 1;
-                if let Some(h) = h {
+                self.foreign |= foreign;
+                if let Some(h) = hint {
                     self.hint = Some(self.hint.map_or(h, |a| a.min(h)));
                 }
             }
@@ -158,6 +168,7 @@ impl Vote {
         Verdict::Busy {
             hint: self.hint,
             split: !revoke.is_empty(),
+            foreign: self.foreign,
             revoke,
         }
     }
@@ -246,6 +257,13 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(10);
     const FAST: Duration = Duration::from_millis(5);
 
+    fn busy(hint: Option<Duration>) -> Reply {
+        Reply::Busy {
+            hint,
+            foreign: false,
+        }
+    }
+
     fn failed(m: &str, transient: bool) -> Reply {
         Reply::Failed {
             message: m.to_owned(),
@@ -279,11 +297,19 @@ mod tests {
         let arr = |v: Vec<i64>| Value::Array(v.into_iter().map(Value::from).collect());
         assert_eq!(Reply::parse(&arr(vec![1, 42])), Some(Reply::Granted(42)));
         assert_eq!(
-            Reply::parse(&arr(vec![0, 250])),
-            Some(Reply::Busy(Some(Duration::from_millis(251))))
+            Reply::parse(&arr(vec![0, 250, 0])),
+            Some(busy(Some(Duration::from_millis(251))))
         );
-        assert_eq!(Reply::parse(&arr(vec![0, -1])), Some(Reply::Busy(None)));
-        assert_eq!(Reply::parse(&arr(vec![0, 0])), Some(Reply::Busy(None)));
+        assert_eq!(Reply::parse(&arr(vec![0, -1, 0])), Some(busy(None)));
+        assert_eq!(Reply::parse(&arr(vec![0, 0, 0])), Some(busy(None)));
+        assert_eq!(
+            Reply::parse(&arr(vec![0, -1, 1])),
+            Some(Reply::Busy {
+                hint: None,
+                foreign: true
+            })
+        );
+        assert_eq!(Reply::parse(&arr(vec![0, 250])), None);
         assert_eq!(Reply::parse(&arr(vec![2])), Some(Reply::Revoked));
         assert_eq!(Reply::parse(&arr(vec![1, -3])), None);
         assert_eq!(Reply::parse(&arr(vec![7, 1])), None);
@@ -310,12 +336,13 @@ mod tests {
                 by: vec![0]
             }
         );
-        let (v, ..) = run(1, &[(0, Reply::Busy(Some(FAST)))], FAST);
+        let (v, ..) = run(1, &[(0, busy(Some(FAST)))], FAST);
         assert_eq!(
             v,
             Verdict::Busy {
                 hint: Some(FAST),
                 split: false,
+                foreign: false,
                 revoke: vec![]
             }
         );
@@ -342,7 +369,7 @@ mod tests {
             &[
                 (2, Reply::Granted(5)),
                 (0, Reply::Granted(9)),
-                (1, Reply::Busy(None)),
+                (1, busy(None)),
             ],
             FAST,
         );
@@ -356,15 +383,23 @@ mod tests {
         );
         let (v, read, _) = run(
             5,
-            &[
-                (0, Reply::Busy(None)),
-                (1, Reply::Busy(None)),
-                (2, Reply::Busy(None)),
-            ],
+            &[(0, busy(None)), (1, busy(None)), (2, busy(None))],
             FAST,
         );
         assert_eq!(read, 3, "3 of 5 busy: a quorum is out of reach");
         assert!(matches!(v, Verdict::Busy { split: false, .. }));
+    }
+
+    #[test]
+    fn a_foreign_holder_on_any_server_makes_the_verdict_foreign() {
+        let theirs = Reply::Busy {
+            hint: None,
+            foreign: true,
+        };
+        let (v, ..) = run(3, &[(0, busy(None)), (1, theirs)], FAST);
+        assert!(matches!(v, Verdict::Busy { foreign: true, .. }));
+        let (v, ..) = run(3, &[(0, busy(None)), (1, busy(None))], FAST);
+        assert!(matches!(v, Verdict::Busy { foreign: false, .. }));
     }
 
     #[test]
@@ -373,7 +408,7 @@ mod tests {
             3,
             &[
                 (0, Reply::Granted(3)),
-                (1, Reply::Busy(Some(FAST))),
+                (1, busy(Some(FAST))),
                 (2, Reply::Revoked),
             ],
             FAST,
@@ -383,6 +418,7 @@ mod tests {
             Verdict::Busy {
                 hint: Some(FAST),
                 split: true,
+                foreign: false,
                 revoke: vec![0]
             }
         );
@@ -459,7 +495,7 @@ mod tests {
                     i,
                     match m % 3 {
                         0 => Reply::Granted(i as u64 + 1),
-                        1 => Reply::Busy(None),
+                        1 => busy(None),
                         _ => failed("down", true),
                     },
                 ));
@@ -495,7 +531,7 @@ mod tests {
         assert!(late_needs_revoke(&Reply::Granted(1)));
         assert!(late_needs_revoke(&failed("x", true)));
         assert!(late_needs_revoke(&Reply::Revoked));
-        assert!(!late_needs_revoke(&Reply::Busy(None)));
+        assert!(!late_needs_revoke(&busy(None)));
     }
 
     #[test]
