@@ -29,13 +29,14 @@ interface Runtime {
   auto: 'event-loop' | 'runtime'
 }
 
-const bin = (name: string) => join(ROOT, 'node_modules', '.bin', name)
+// The binaries themselves (their postinstall scripts put them there), not the .bin shims, which
+// are scripts on Windows.
 const RUNTIMES: Runtime[] = [
   { name: 'node', bin: process.execPath, args: [], auto: 'event-loop' },
-  { name: 'bun', bin: bin('bun'), args: [], auto: 'runtime' },
+  { name: 'bun', bin: join(ROOT, 'node_modules', 'bun', 'bin', 'bun.exe'), args: [], auto: 'runtime' },
   {
     name: 'deno',
-    bin: bin('deno'),
+    bin: join(ROOT, 'node_modules', 'deno', process.platform === 'win32' ? 'deno.exe' : 'deno'),
     // What a Deno script needs for the addon: env (the loader and the options read it), sys
     // (napi-rs's loader asks process.report which libc this is), and read + ffi for the package
     // files and the .node binary. The addon's own sockets and files are not Deno's to permit.
