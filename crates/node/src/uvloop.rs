@@ -273,7 +273,10 @@ fn probe(uv: &Uv) -> Result<(), String> {
         let l = uv_loop.cast::<UvLoop>();
         match (uv.loop_init)(l) {
             0 => {}
-            rc => return Err(fail("uv_loop_init", rc)),
+            rc => {
+                drop(Box::from_raw(uv_loop));
+                return Err(fail("uv_loop_init", rc));
+            }
         }
         let h = alloc_handle(uv, UV_POLL);
         let outcome = match (uv.poll_init_socket)(l, h, raw_socket(&mine)) {
