@@ -135,8 +135,9 @@ abstract class BaseProvider implements LockProvider {
   /**
    * Where this provider's calls that have to wait are answered: `'event-loop'`, on the JS
    * thread's own libuv loop (the default in Node), or `'runtime'`, on distlock's background
-   * threads (with `DISTLOCK_DRIVER=tokio`, or where the runtime has no libuv). Both give the
-   * same results; the event loop saves the hops between threads.
+   * threads (with `DISTLOCK_DRIVER=tokio`, in Bun and Deno, whose `uv_*` functions are not
+   * libuv's, and wherever a libuv poll handle fails its start-up check). Both give the same
+   * results; the event loop saves the hops between threads.
    */
   get driver(): 'event-loop' | 'runtime' {
     return this.#source.native.driver === 'event-loop' ? 'event-loop' : 'runtime'
@@ -219,6 +220,15 @@ export interface FileLockProviderOptions extends CommonProviderOptions {
   directory?: string | undefined
 }
 
+/** Calls a native factory whose only failures are the core's errors (a bad `DISTLOCK_DRIVER`). */
+function fromNative<T>(make: () => T): T {
+  try {
+    return make()
+  } catch (err) {
+    throw toLockError(err)
+  }
+}
+
 /**
  * Locks on OS file locks (`flock` on Unix, `LockFileEx` on Windows) in one directory: across
  * the processes of one machine, freed by the OS the moment a holder dies.
@@ -230,7 +240,7 @@ export class FileLockProvider extends BaseProvider {
 
   constructor(options: FileLockProviderOptions = {}) {
     const directory = fileDirectory(options)
-    const nativeProvider = native.NativeProvider.file(directory)
+    const nativeProvider = fromNative(() => native.NativeProvider.file(directory))
     super(nativeProvider, 'file', options)
     this.#native = nativeProvider
     this.directory = directory
@@ -775,6 +785,10 @@ export class MemoryLockProvider extends BaseProvider {
       throw invalidArgType(`The "options" argument must be of type object. Received ${typeName(options)}`)
     }
     checkKeys(options, PROVIDER_KEYS.memory)
-    super(native.NativeProvider.memory(), 'memory', options)
+    super(
+      fromNative(() => native.NativeProvider.memory()),
+      'memory',
+      options,
+    )
   }
 }

@@ -633,17 +633,18 @@ pub struct NativeProvider {
 }
 
 impl NativeProvider {
-    /// A provider over `backend`, on this environment's event loop when it has one.
-    fn on(env: Env, backend: Arc<dyn Backend>, kind: Kind) -> Self {
-        let event_loop = Loop::current(env.raw());
+    /// A provider over `backend`, on this environment's event loop when the driver is chosen
+    /// there ([`Loop::current`]).
+    fn on(env: Env, backend: Arc<dyn Backend>, kind: Kind) -> Result<Self> {
+        let event_loop = Loop::current(env.raw()).map_err(to_js)?;
         if let Some(l) = &event_loop {
             backend.attach(l.clone());
         }
-        Self {
+        Ok(Self {
             backend,
             kind,
             channel: SettleChannel::new(event_loop),
-        }
+        })
     }
 }
 
@@ -651,7 +652,7 @@ impl NativeProvider {
 impl NativeProvider {
     /// OS file locks in `directory`.
     #[napi(factory)]
-    pub fn file(env: Env, directory: String) -> Self {
+    pub fn file(env: Env, directory: String) -> Result<Self> {
         let file = FileBackend::new(directory);
         Self::on(env, Arc::new(file.clone()), Kind::File(file))
     }
@@ -660,33 +661,33 @@ impl NativeProvider {
     #[napi(factory)]
     pub fn postgres(env: Env, options: PostgresOptions) -> Result<Self> {
         let pg = postgres_backend(options).map_err(to_js)?;
-        Ok(Self::on(env, Arc::new(pg.clone()), Kind::Postgres(pg)))
+        Self::on(env, Arc::new(pg.clone()), Kind::Postgres(pg))
     }
 
     /// Redis: one server, a cluster, a Sentinel group, or RedLock over several servers.
     #[napi(factory)]
     pub fn redis(env: Env, options: RedisOptions) -> Result<Self> {
         let redis = redis_backend(options).map_err(to_js)?;
-        Ok(Self::on(env, Arc::new(redis.clone()), Kind::Redis(redis)))
+        Self::on(env, Arc::new(redis.clone()), Kind::Redis(redis))
     }
 
     /// MySQL or MariaDB named locks.
     #[napi(factory)]
     pub fn mysql(env: Env, options: MySqlOptions) -> Result<Self> {
         let mysql = mysql_backend(options).map_err(to_js)?;
-        Ok(Self::on(env, Arc::new(mysql.clone()), Kind::MySql(mysql)))
+        Self::on(env, Arc::new(mysql.clone()), Kind::MySql(mysql))
     }
 
     /// etcd v3: leases, and keys ordered by their create revision.
     #[napi(factory)]
     pub fn etcd(env: Env, options: EtcdOptions) -> Result<Self> {
         let etcd = etcd_backend(options).map_err(to_js)?;
-        Ok(Self::on(env, Arc::new(etcd.clone()), Kind::Etcd(etcd)))
+        Self::on(env, Arc::new(etcd.clone()), Kind::Etcd(etcd))
     }
 
     /// Locks inside this process, for tests.
     #[napi(factory)]
-    pub fn memory(env: Env) -> Self {
+    pub fn memory(env: Env) -> Result<Self> {
         Self::on(env, Arc::new(MemoryBackend::new()), Kind::Memory)
     }
 

@@ -11,14 +11,17 @@
 //!   (`uv_poll_t`).
 //!
 //! libuv's functions are resolved from the host process at run time, the way napi-sys resolves
-//! Node-API. Where they cannot be (a runtime without libuv, such as Deno, or Bun, whose `uv_*`
-//! are stubs), or when `DISTLOCK_DRIVER=tokio`, there is no [`Loop`] and the bindings fall back
-//! to the tokio runtime for everything. Every `unsafe` FFI call of the crate is in this file.
+//! Node-API. That they resolve proves nothing: Bun and Deno export `uv_*` functions of their own
+//! (Bun's poll functions abort the process; with Deno's, replies on watched sockets go unread). So the driver is chosen by [`Loop::current`] from what the host can do
+//! ([`unavailable`]): not in a runtime known to stand in for libuv, not without every function
+//! used here, and not unless a `uv_poll_t` on a private loop really reports a socket readable.
+//! Otherwise, or with `DISTLOCK_DRIVER=tokio`, there is no [`Loop`] and the bindings use the
+//! tokio runtime for everything. Every `unsafe` FFI call of the crate is in this file.
 
 use std::cell::RefCell;
-use std::ffi::{c_int, c_void};
+use std::ffi::{CStr, c_int, c_void};
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -52,6 +55,7 @@ const UV_ASYNC: c_int = 1;
 const UV_POLL: c_int = 8;
 const UV_READABLE: c_int = 1;
 const UV_WRITABLE: c_int = 2;
+const UV_RUN_NOWAIT: c_int = 2;
 
 /// The libuv functions we use, resolved from the host process.
 struct Uv {
@@ -63,37 +67,308 @@ struct Uv {
     poll_stop: unsafe extern "C" fn(Handle) -> c_int,
     close: unsafe extern "C" fn(Handle, CloseCb),
     unref: unsafe extern "C" fn(Handle),
+    // Only for the probe on a private loop ([`probe`]).
+    loop_size: unsafe extern "C" fn() -> usize,
+    loop_init: unsafe extern "C" fn(*mut UvLoop) -> c_int,
+    run: unsafe extern "C" fn(*mut UvLoop, c_int) -> c_int,
+    loop_close: unsafe extern "C" fn(*mut UvLoop) -> c_int,
 }
 
-fn uv() -> Option<&'static Uv> {
-    static UV: OnceLock<Option<Uv>> = OnceLock::new();
-    UV.get_or_init(|| {
-        #[cfg(unix)]
-        let host: libloading::Library = libloading::os::unix::Library::this().into();
-        #[cfg(windows)]
-        let host: libloading::Library = libloading::os::windows::Library::this().ok()?.into();
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: the symbol is libuv's function of that name, whose C signature is the
-                // field's type (uv.h, stable across libuv 1.x); the host library stays loaded
-                // for the life of the process (it is the process itself).
-                *unsafe { host.get(concat!($name, "\0").as_bytes()) }.ok()?
-            };
-        }
-        let uv = Uv {
-            handle_size: sym!("uv_handle_size"),
-            async_init: sym!("uv_async_init"),
-            async_send: sym!("uv_async_send"),
-            poll_init_socket: sym!("uv_poll_init_socket"),
-            poll_start: sym!("uv_poll_start"),
-            poll_stop: sym!("uv_poll_stop"),
-            close: sym!("uv_close"),
-            unref: sym!("uv_unref"),
+/// The host's libuv functions, or the name of the first one it does not have.
+fn resolve() -> Result<Uv, &'static str> {
+    #[cfg(unix)]
+    let host: libloading::Library = libloading::os::unix::Library::this().into();
+    #[cfg(windows)]
+    let host: libloading::Library = libloading::os::windows::Library::this()
+        .map_err(|_| "the host process")?
+        .into();
+    macro_rules! sym {
+        ($name:literal) => {
+            // SAFETY: the symbol is libuv's function of that name, whose C signature is the
+            // field's type (uv.h, stable across libuv 1.x); the host library stays loaded for
+            // the life of the process (it is the process itself).
+            *unsafe { host.get(concat!($name, "\0").as_bytes()) }.map_err(|_| $name)?
         };
-        std::mem::forget(host);
-        Some(uv)
+    }
+    let uv = Uv {
+        handle_size: sym!("uv_handle_size"),
+        async_init: sym!("uv_async_init"),
+        async_send: sym!("uv_async_send"),
+        poll_init_socket: sym!("uv_poll_init_socket"),
+        poll_start: sym!("uv_poll_start"),
+        poll_stop: sym!("uv_poll_stop"),
+        close: sym!("uv_close"),
+        unref: sym!("uv_unref"),
+        loop_size: sym!("uv_loop_size"),
+        loop_init: sym!("uv_loop_init"),
+        run: sym!("uv_run"),
+        loop_close: sym!("uv_loop_close"),
+    };
+    std::mem::forget(host);
+    Ok(uv)
+}
+
+/// libuv, once [`unavailable`] has found that the event-loop driver can run here.
+fn uv() -> Option<&'static Uv> {
+    UV.get().and_then(|u| u.as_ref().ok())
+}
+
+static UV: OnceLock<Result<Uv, String>> = OnceLock::new();
+
+/// Why the event-loop driver cannot run in this process, or `None` when it can; found once,
+/// on the first call (on a JS thread, inside a Node-API call with its live `env`). The order
+/// matters: a runtime that stands in for libuv is recognised before any `uv_*` function is
+/// called (Bun's abort the process), and the functions are called only once all resolve.
+fn unavailable(env: sys::napi_env) -> Option<&'static str> {
+    UV.get_or_init(|| {
+        if let Some(host) = stand_in_runtime(env) {
+            return Err(host);
+        }
+        let uv = resolve().map_err(|name| format!("the host has no libuv function {name}"))?;
+        probe(&uv)?;
+        Ok(uv)
     })
     .as_ref()
+    .err()
+    .map(String::as_str)
+}
+
+/// What `DISTLOCK_DRIVER` asks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Asked {
+    /// Unset, empty or `auto`: the event loop where it can run, else tokio.
+    Auto,
+    /// `event-loop`: the event loop, or an error that says why it cannot run.
+    EventLoop,
+    /// `tokio`: the tokio runtime for everything.
+    Tokio,
+}
+
+fn asked_driver() -> distlock_core::Result<Asked> {
+    parse_driver(std::env::var_os("DISTLOCK_DRIVER").as_deref())
+}
+
+fn parse_driver(value: Option<&std::ffi::OsStr>) -> distlock_core::Result<Asked> {
+    match value.map(|v| v.to_str()) {
+        None | Some(Some("" | "auto")) => Ok(Asked::Auto),
+        Some(Some("event-loop")) => Ok(Asked::EventLoop),
+        Some(Some("tokio")) => Ok(Asked::Tokio),
+        Some(other) => Err(distlock_core::Error::invalid(
+            "DISTLOCK_DRIVER",
+            format!(
+                "is {:?}: it takes \"event-loop\", \"tokio\" or \"auto\" (the same as unset)",
+                other.unwrap_or("(not UTF-8)")
+            ),
+        )),
+    }
+}
+
+/// The runtimes whose `uv_*` functions are their own stand-ins, not libuv: how it is known and
+/// what their functions do. They say who they are in `process.versions` (and their globals).
+/// Node with a global named `Bun` or `Deno` (a shim) gets the tokio driver too: slower, never
+/// wrong, where missing a real Bun would abort the process.
+fn stand_in_runtime(env: sys::napi_env) -> Option<String> {
+    const STAND_INS: [(&CStr, &CStr, &str); 2] = [
+        (
+            c"bun",
+            c"Bun",
+            "its uv_poll_* functions abort the process (\"unsupported uv function\")",
+        ),
+        (
+            c"deno",
+            c"Deno",
+            "its uv_* functions are its own emulation of libuv, and replies on sockets watched \
+             through them go unread (PostgreSQL and Redis calls time out)",
+        ),
+    ];
+    // SAFETY: on the JS thread inside a Node-API call with its live `env`; every value read
+    // belongs to the caller's handle scope.
+    unsafe {
+        let mut global: sys::napi_value = std::ptr::null_mut();
+        if sys::napi_get_global(env, &mut global) != sys::Status::napi_ok {
+            return None;
+        }
+        let versions = property(env, property(env, global, c"process"), c"versions");
+        for (key, global_name, why) in STAND_INS {
+            let version = string(env, property(env, versions, key));
+            if version.is_some() || !property(env, global, global_name).is_null() {
+                let name = global_name.to_string_lossy();
+                let version = version.map(|v| format!(" {v}")).unwrap_or_default();
+                return Some(format!("{name}{version} is not Node: {why}"));
+            }
+        }
+    }
+    None
+}
+
+/// `object[name]` when `object` is an object and the property is neither `undefined` nor
+/// `null`, else null (an exception a getter threw is cleared).
+///
+/// # Safety
+/// On the JS thread inside a Node-API call with its live `env`; `object` is null or a value of
+/// the current handle scope.
+unsafe fn property(env: sys::napi_env, object: sys::napi_value, name: &CStr) -> sys::napi_value {
+    let mut out: sys::napi_value = std::ptr::null_mut();
+    let mut kind: sys::napi_valuetype = sys::ValueType::napi_undefined;
+    // SAFETY: as the function's contract says.
+    unsafe {
+        if object.is_null()
+            || sys::napi_typeof(env, object, &mut kind) != sys::Status::napi_ok
+            || !(kind == sys::ValueType::napi_object || kind == sys::ValueType::napi_function)
+        {
+            return std::ptr::null_mut();
+        }
+        if sys::napi_get_named_property(env, object, name.as_ptr(), &mut out)
+            != sys::Status::napi_ok
+        {
+            let mut exception: sys::napi_value = std::ptr::null_mut();
+            sys::napi_get_and_clear_last_exception(env, &mut exception);
+            return std::ptr::null_mut();
+        }
+        if sys::napi_typeof(env, out, &mut kind) != sys::Status::napi_ok
+            || kind == sys::ValueType::napi_undefined
+            || kind == sys::ValueType::napi_null
+        {
+            return std::ptr::null_mut();
+        }
+    }
+    out
+}
+
+/// A JS string's text (at most 63 bytes), or `None` for anything else.
+///
+/// # Safety
+/// As for [`property`].
+unsafe fn string(env: sys::napi_env, value: sys::napi_value) -> Option<String> {
+    let mut buf = [0u8; 64];
+    let mut len = 0usize;
+    // SAFETY: as the function's contract says; napi writes at most `buf.len()` bytes with the
+    // NUL and reports the length without it.
+    let status = unsafe {
+        if value.is_null() {
+            return None;
+        }
+        sys::napi_get_value_string_utf8(env, value, buf.as_mut_ptr().cast(), buf.len(), &mut len)
+    };
+    (status == sys::Status::napi_ok).then(|| String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// Checks that the host's libuv really watches sockets: on a private loop (never the
+/// environment's, which is running), a `uv_poll_t` on one end of a socket pair must report it
+/// readable within a few non-blocking turns once a byte is written to the other end, and the
+/// handle and the loop must close after.
+fn probe(uv: &Uv) -> Result<(), String> {
+    let (mine, mut theirs) =
+        socket_pair().map_err(|e| format!("libuv probe: no socket pair: {e}"))?;
+    let fail = |what: &str, rc: c_int| format!("libuv probe: {what} failed ({rc})");
+    // SAFETY: uv_loop_size takes nothing and only returns a size.
+    let loop_words = unsafe { (uv.loop_size)() }.div_ceil(8).max(1);
+    let uv_loop = Box::into_raw(vec![0u64; loop_words].into_boxed_slice());
+    let state = ProbeState::default();
+    // SAFETY: the loop and the handle are fresh memory of their types' sizes, used on this
+    // thread only; the handle's data slot points at `state`, which outlives both. Each is freed
+    // only once libuv is done with it (the handle's close callback ran, the loop closed); a
+    // loop or handle that will not close is leaked instead.
+    let outcome = unsafe {
+        let l = uv_loop.cast::<UvLoop>();
+        match (uv.loop_init)(l) {
+            0 => {}
+            rc => {
+                drop(Box::from_raw(uv_loop));
+                return Err(fail("uv_loop_init", rc));
+            }
+        }
+        let h = alloc_handle(uv, UV_POLL);
+        let outcome = match (uv.poll_init_socket)(l, h, raw_socket(&mine)) {
+            0 => {
+                *data_slot(h) = (&raw const state).cast_mut().cast::<c_void>();
+                let outcome = match (uv.poll_start)(h, UV_READABLE, on_probe) {
+                    0 => theirs
+                        .write_all(b"?")
+                        .map_err(|e| format!("libuv probe: write: {e}")),
+                    rc => Err(fail("uv_poll_start", rc)),
+                };
+                for _ in 0..3 {
+                    if outcome.is_err() || state.seen.get() != 0 {
+                        break;
+                    }
+                    (uv.run)(l, UV_RUN_NOWAIT);
+                }
+                (uv.poll_stop)(h);
+                (uv.close)(h, on_closed_probe);
+                (uv.run)(l, UV_RUN_NOWAIT);
+                if state.closed.get() {
+                    free_sized(uv, h, UV_POLL);
+                }
+                outcome
+            }
+            rc => {
+                free_sized(uv, h, UV_POLL);
+                Err(fail("uv_poll_init_socket", rc))
+            }
+        };
+        match (uv.loop_close)(l) {
+            0 => drop(Box::from_raw(uv_loop)),
+            rc => return outcome.and(Err(fail("uv_loop_close", rc))),
+        }
+        outcome
+    };
+    outcome?;
+    if state.seen.get() & UV_READABLE == 0 || !state.closed.get() {
+        return Err(String::from(
+            "libuv probe: a uv_poll_t did not report a readable socket, or did not close",
+        ));
+    }
+    Ok(())
+}
+
+/// What the probe's callbacks saw.
+#[derive(Default)]
+struct ProbeState {
+    seen: std::cell::Cell<c_int>,
+    closed: std::cell::Cell<bool>,
+}
+
+unsafe extern "C" fn on_probe(h: Handle, status: c_int, events: c_int) {
+    // SAFETY: the data slot points at the probe's state while the handle is open.
+    let state = unsafe { &*(*data_slot(h)).cast::<ProbeState>() };
+    if status == 0 {
+        state.seen.set(state.seen.get() | events);
+    }
+}
+
+unsafe extern "C" fn on_closed_probe(h: Handle) {
+    // SAFETY: as in on_probe; the probe frees the handle once this has run.
+    unsafe { &*(*data_slot(h)).cast::<ProbeState>() }
+        .closed
+        .set(true);
+}
+
+/// A connected pair of sockets: a Unix socket pair, or on Windows a loopback TCP connection.
+#[cfg(unix)]
+fn socket_pair() -> io::Result<(
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+)> {
+    std::os::unix::net::UnixStream::pair()
+}
+
+#[cfg(windows)]
+fn socket_pair() -> io::Result<(std::net::TcpStream, std::net::TcpStream)> {
+    let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let theirs = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (mine, _) = listener.accept()?;
+    Ok((mine, theirs))
+}
+
+#[cfg(unix)]
+fn raw_socket(s: &impl std::os::fd::AsRawFd) -> UvSocket {
+    s.as_raw_fd()
+}
+
+#[cfg(windows)]
+fn raw_socket(s: &impl std::os::windows::io::AsRawSocket) -> UvSocket {
+    s.as_raw_socket() as UvSocket
 }
 
 /// Memory for one uv handle of `kind`, pointer-aligned; freed by [`free_sized`].
@@ -145,29 +420,51 @@ unsafe impl Send for Loop {}
 unsafe impl Sync for Loop {}
 
 impl Loop {
-    /// This thread's loop, set up on first use; `None` when libuv cannot be had or
-    /// `DISTLOCK_DRIVER=tokio` asks for the fallback.
-    pub fn current(env: sys::napi_env) -> Option<Arc<Loop>> {
+    /// This thread's loop, set up on first use, or `None` for the tokio fallback: when
+    /// `DISTLOCK_DRIVER=tokio` asks for it, or (unset or `auto`) when the event-loop driver
+    /// cannot run here. `DISTLOCK_DRIVER=event-loop` insists: where the driver cannot run, it
+    /// is an error that says why, never a process the host aborts. Called on the JS thread
+    /// inside a Node-API call with its live `env`.
+    pub fn current(env: sys::napi_env) -> distlock_core::Result<Option<Arc<Loop>>> {
+        let asked = asked_driver()?;
+        if asked == Asked::Tokio {
+            return Ok(None);
+        }
         if let Some(l) = CURRENT.with(|c| c.borrow().clone()) {
-            return Some(l);
+            return Ok(Some(l));
         }
-        if std::env::var("DISTLOCK_DRIVER").is_ok_and(|v| v == "tokio") {
-            return None;
-        }
-        let uv = uv()?;
-        let l = Arc::new(Self::start(uv, env)?);
+        let started = match (unavailable(env), uv()) {
+            (None, Some(uv)) => Self::start(uv, env),
+            (why, _) => Err(why.unwrap_or("libuv is not available")),
+        };
+        let l = match started {
+            Ok(l) => Arc::new(l),
+            Err(why) if asked == Asked::EventLoop => {
+                return Err(distlock_core::Error::invalid(
+                    "DISTLOCK_DRIVER",
+                    format!(
+                        "is \"event-loop\", but the event-loop driver cannot run here: {why}; \
+                         unset DISTLOCK_DRIVER (or set it to \"tokio\") to use the runtime driver"
+                    ),
+                ));
+            }
+            Err(why) => {
+                tracing::debug!("the runtime driver answers the calls that wait: {why}");
+                return Ok(None);
+            }
+        };
         let _ = l.this.set(Arc::downgrade(&l));
         CURRENT.with(|c| *c.borrow_mut() = Some(l.clone()));
-        Some(l)
+        Ok(Some(l))
     }
 
-    fn start(uv: &Uv, env: sys::napi_env) -> Option<Loop> {
+    fn start(uv: &Uv, env: sys::napi_env) -> Result<Loop, &'static str> {
         let mut uv_loop: *mut UvLoop = std::ptr::null_mut();
         // SAFETY: called on the JS thread inside a Node-API call with its live `env`.
         if unsafe { sys::napi_get_uv_event_loop(env, &mut uv_loop) } != sys::Status::napi_ok
             || uv_loop.is_null()
         {
-            return None;
+            return Err("napi_get_uv_event_loop gave no loop");
         }
         let mut ctx: sys::napi_async_context = std::ptr::null_mut();
         let mut resource: sys::napi_value = std::ptr::null_mut();
@@ -180,7 +477,7 @@ impl Loop {
                     != sys::Status::napi_ok
                 || sys::napi_async_init(env, resource, name, &mut ctx) != sys::Status::napi_ok
             {
-                return None;
+                return Err("napi_async_init failed");
             }
         }
         let wake_handle = alloc_handle(uv, UV_ASYNC);
@@ -188,8 +485,8 @@ impl Loop {
         // thread; it is unref'd so an idle loop does not keep the process alive.
         unsafe {
             if (uv.async_init)(uv_loop, wake_handle, on_wake) != 0 {
-                free_sized(wake_handle, UV_ASYNC);
-                return None;
+                free_sized(uv, wake_handle, UV_ASYNC);
+                return Err("uv_async_init failed");
             }
             (uv.unref)(wake_handle);
         }
@@ -212,7 +509,7 @@ impl Loop {
         unsafe {
             sys::napi_add_env_cleanup_hook(env, Some(on_env_cleanup), std::ptr::null_mut());
         }
-        Some(l)
+        Ok(l)
     }
 
     fn on_this_thread(&self) -> bool {
@@ -418,8 +715,10 @@ unsafe extern "C" fn on_env_cleanup(_arg: *mut c_void) {
 }
 
 unsafe extern "C" fn on_closed_async(h: Handle) {
-    // SAFETY: libuv is done with the handle.
-    unsafe { free_sized(h, UV_ASYNC) };
+    if let Some(uv) = uv() {
+        // SAFETY: libuv is done with the handle.
+        unsafe { free_sized(uv, h, UV_ASYNC) };
+    }
 }
 
 unsafe extern "C" fn on_closed_poll(h: Handle) {
@@ -429,7 +728,9 @@ unsafe extern "C" fn on_closed_poll(h: Handle) {
         if !state.is_null() {
             drop(Box::from_raw(state.cast::<PollState>()));
         }
-        free_sized(h, UV_POLL);
+        if let Some(uv) = uv() {
+            free_sized(uv, h, UV_POLL);
+        }
     }
 }
 
@@ -437,8 +738,7 @@ unsafe extern "C" fn on_closed_poll(h: Handle) {
 ///
 /// # Safety
 /// `h` came from `alloc_handle(uv, kind)` and libuv no longer uses it.
-unsafe fn free_sized(h: Handle, kind: c_int) {
-    let Some(uv) = uv() else { return };
+unsafe fn free_sized(uv: &Uv, h: Handle, kind: c_int) {
     // SAFETY: uv_handle_size only reads its argument.
     let size = unsafe { (uv.handle_size)(kind) };
     let words = size.div_ceil(8).max(1);
@@ -551,7 +851,7 @@ impl Reactor for Loop {
         unsafe {
             let rc = (uv.poll_init_socket)(self.uv_loop, h, sock);
             if rc != 0 {
-                free_sized(h, UV_POLL);
+                free_sized(uv, h, UV_POLL);
                 return Err(io::Error::other(format!(
                     "uv_poll_init_socket failed ({rc})"
                 )));
@@ -664,5 +964,28 @@ impl JsFn {
                 sys::napi_fatal_exception(env, exc);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_names() {
+        let parse = |v: Option<&str>| parse_driver(v.map(std::ffi::OsStr::new));
+        assert_eq!(parse(None).ok(), Some(Asked::Auto));
+        assert_eq!(parse(Some("")).ok(), Some(Asked::Auto));
+        assert_eq!(parse(Some("auto")).ok(), Some(Asked::Auto));
+        assert_eq!(parse(Some("event-loop")).ok(), Some(Asked::EventLoop));
+        assert_eq!(parse(Some("tokio")).ok(), Some(Asked::Tokio));
+        let err = parse(Some("Tokio")).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "DISTLOCK_DRIVER is \"Tokio\": it takes \"event-loop\", \"tokio\" or \"auto\" \
+                 (the same as unset)"
+            )
+        );
     }
 }
