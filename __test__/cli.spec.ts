@@ -269,7 +269,9 @@ describe('distlock run', () => {
       expect(r).not.toBeNull()
       await r!.release()
     } finally {
-      reader.kill('SIGKILL')
+      // SIGTERM, forwarded to the command: a SIGKILL would leave it running with the lock.
+      reader.kill('SIGTERM')
+      await new Promise((r) => reader.on('exit', r))
     }
   })
 
