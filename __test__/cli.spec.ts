@@ -2,7 +2,13 @@ import { spawn, spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { FileLockProvider, PostgresLockProvider, RedisLockProvider, type LockProvider } from 'distlock'
+import {
+  EtcdLockProvider,
+  FileLockProvider,
+  PostgresLockProvider,
+  RedisLockProvider,
+  type LockProvider,
+} from 'distlock'
 
 import { ROOT, eventually, tempDir } from './helpers'
 
@@ -388,5 +394,42 @@ describe('distlock run --redis', () => {
     const res = cli(['run', 'x', '--redis', 'redis://127.0.0.1:9', '--timeout', '1000', '--', 'true'])
     expect(res.status).toBe(69)
     expect(res.stderr).toContain('127.0.0.1:9')
+  })
+})
+
+describe('distlock run --etcd', () => {
+  let services: typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+  let etcd: { endpoint: string; stop(): unknown }
+  beforeAll(async () => {
+    services = await import('../scripts/test-services.mjs')
+    etcd = await services.startEtcd()
+  })
+  afterAll(() => services.stopServices())
+
+  it('--key-prefix puts the lock under the prefix', async () => {
+    const name = `cli-etcd-prefix-${process.pid}-${Date.now()}`
+    await using prefixed = new EtcdLockProvider({ endpoints: etcd.endpoint, keyPrefix: 'app/' })
+    await using bare = new EtcdLockProvider({ endpoints: etcd.endpoint })
+    const command = [process.execPath, '-e', 'console.log("in"); setTimeout(() => {}, 30000)']
+    const child = spawn(
+      process.execPath,
+      [CLI, 'run', name, '--etcd', etcd.endpoint, '--key-prefix=app/', '--', ...command],
+      {
+        cwd: ROOT,
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    )
+    try {
+      let out = ''
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+      await eventually(() => out.includes('in'), 15_000)
+      expect(await prefixed.createLock(name).tryAcquire(), 'held under app/').toBeNull()
+      const other = await bare.createLock(name).tryAcquire()
+      expect(other, 'not under the default prefix').not.toBeNull()
+      await other!.release()
+    } finally {
+      child.kill('SIGTERM')
+      await new Promise((r) => child.on('exit', r))
+    }
   })
 })
