@@ -195,6 +195,7 @@ describe('distlock run', () => {
       [['--key-prefix', 'p:'], '--key-prefix: the file backend has no key prefix'],
       [['--file'], '--file needs a value'],
       [['--nonblock=1'], '--nonblock takes no value'],
+      [['--file', dir, '--file', dir], '--file is given twice'],
     ] as const) {
       const res = cli(['run', 'x', ...(args[0] === '--file' ? [] : ['--file', dir]), ...args, '--', 'true'])
       expect(res.status, args.join(' ')).toBe(64)

@@ -186,6 +186,7 @@ function parse(argv: string[]): Parsed {
     if (arg === '-h' || arg === '--help') return 'help'
     else if (arg in BACKEND_FLAGS) {
       if (sub === 'path' && arg !== '--file') throw new UsageError(`${arg}: only the file backend has lock files`)
+      if (backends.has(arg) && arg !== '--redis' && arg !== '--etcd') throw new UsageError(`${arg} is given twice`)
       backends.add(arg)
       if (arg === '--file') directory = value()
       else urls.push(value())

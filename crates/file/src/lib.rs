@@ -171,8 +171,8 @@ fn is_lock_file(file_name: &str) -> bool {
 }
 
 /// The path of the lock file of `name` in `directory` (a lock and a reader-writer lock of the
-/// name use the same file), or an invalid-argument error for a name no lock can have. Where
-/// `flock(1)` or `fcntl`/`flock(2)` users exclude distlock's lockers of the name.
+/// name use the same file), or an invalid-argument error for a name no lock can have. The
+/// path where `flock(1)` and `flock(2)` users exclude distlock's lockers of the name.
 pub fn lock_file_path(directory: &Path, name: &str) -> Result<PathBuf> {
     validate_name(name)?;
     Ok(directory.join(lock_file_name(name)))
@@ -185,11 +185,11 @@ impl FileBackend {
     /// Safe against distlock lockers only: every distlock acquire checks, once granted, that the
     /// path still names the file it locked (device and inode), else it locks the path again, so
     /// no distlock process is left holding a removed file. Not safe against other programs that
-    /// lock these files (`flock(1)`, `flock(2)`/`fcntl` callers): one that opened a file before
-    /// this call removed it and locks it after holds a lock on a file nobody can open any more,
-    /// beside the next distlock holder of the new file. A fencing counter that goes with a file
-    /// starts again from the clock, above every token it gave. Files of other programs are never
-    /// touched: only names this backend makes.
+    /// lock these files (`flock(1)`, `flock(2)` callers such as Python's `fcntl.flock`): one that
+    /// opened a file before this call removed it and locks it after holds a lock on a file
+    /// nobody can open any more, beside the next distlock holder of the new file. A fencing
+    /// counter that goes with a file starts again from the clock, above every token it gave.
+    /// Files of other programs are never touched: only names this backend makes.
     pub fn remove_unused(&self) -> Result<usize> {
         let dir = &self.inner.dir;
         let entries = match std::fs::read_dir(dir) {
