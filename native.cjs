@@ -836,8 +836,11 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.CancelToken = nativeBinding.CancelToken
+module.exports.NativeChild = nativeBinding.NativeChild
 module.exports.NativeHandle = nativeBinding.NativeHandle
 module.exports.NativeProvider = nativeBinding.NativeProvider
+module.exports.fileLockPath = nativeBinding.fileLockPath
 module.exports.setLogger = nativeBinding.setLogger
+module.exports.spawnCommand = nativeBinding.spawnCommand
 module.exports.validateMaxCount = nativeBinding.validateMaxCount
 module.exports.validateName = nativeBinding.validateName

@@ -16,6 +16,16 @@ export declare class CancelToken {
   cancel(): void
 }
 
+/** A running command. */
+export declare class NativeChild {
+  /** The command's process id. */
+  get pid(): number
+  /** Sends signal number `signal` unless the command has ended; returns whether it was sent. */
+  kill(signal: number): boolean
+  /** Resolves when the command ends (once; a second call rejects). */
+  wait(): Promise<ExitInfo>
+}
+
 /** A held lock. Dropping it (garbage collection) releases the lock. */
 export declare class NativeHandle {
   /** The fencing token of this grant. */
@@ -127,6 +137,17 @@ export interface EtcdOptions {
   tls?: RedisTlsOptions
 }
 
+/** How a command ended: its exit code, or the signal that killed it. */
+export interface ExitInfo {
+  /** The exit code, when it exited. */
+  code?: number
+  /** The signal number, when a signal killed it. */
+  signal?: number
+}
+
+/** The path of the lock file of `name` in `directory`, from the file backend's name mapping. */
+export declare function fileLockPath(directory: string, name: string): string
+
 /** Options of the MySQL provider, validated in TS for types and here for values. */
 export interface MySqlOptions {
   connectionString: string
@@ -181,6 +202,32 @@ export interface RedisTlsOptions {
  * installed already (the first call wins).
  */
 export declare function setLogger(level: string, callback: (arg: string) => void): boolean
+
+/**
+ * Starts `options.file` with the terminal's stdio. With `handle` (a file lock), the command
+ * inherits a descriptor that holds the lock.
+ */
+export declare function spawnCommand(options: SpawnOptions, handle?: NativeHandle | undefined | null): NativeChild | SpawnFailure
+
+/** Why a command could not be started. */
+export interface SpawnFailure {
+  /** `ENOENT` (no such program), `EACCES` (not executable) or `EIO` (anything else). */
+  code: string
+  /** The OS's words. */
+  message: string
+}
+
+/** What to run. */
+export interface SpawnOptions {
+  /** The program (searched in the `PATH` of `env` when it has no slash). */
+  file: string
+  /** Its arguments. */
+  args: Array<string>
+  /** Its whole environment. */
+  env: Record<string, string>
+  /** Kill the command (`SIGKILL`) when this process dies; Linux only, ignored elsewhere. */
+  dieWithParent: boolean
+}
 
 /** Checks a semaphore's `maxCount` now, so `createSemaphore(name, 0)` throws at once. */
 export declare function validateMaxCount(maxCount: number): void

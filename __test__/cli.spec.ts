@@ -2,7 +2,13 @@ import { spawn, spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { FileLockProvider, PostgresLockProvider, RedisLockProvider, type LockProvider } from 'distlock'
+import {
+  EtcdLockProvider,
+  FileLockProvider,
+  PostgresLockProvider,
+  RedisLockProvider,
+  type LockProvider,
+} from 'distlock'
 
 import { ROOT, eventually, tempDir } from './helpers'
 
@@ -142,13 +148,137 @@ describe('distlock run', () => {
     for (const [args, message] of [
       [['run', 'x'], 'missing the command'],
       [['run', '--', 'true'], 'missing the lock <name>'],
-      [['run', 'x', '--timeout', 'soon', '--', 'true'], '--timeout must be a non-negative number'],
+      [['run', 'x', '--timeout', 'soon', '--', 'true'], '--timeout must be a non-negative time'],
       [['run', 'x', '--bogus', '--', 'true'], 'unknown option --bogus'],
       [['lock', 'x'], 'unknown command "lock"'],
     ] as const) {
       const res = cli([...args])
       expect(res.status, args.join(' ')).toBe(64)
       expect(res.stderr).toContain(message)
+    }
+  })
+
+  it('lists every backend and option in its help', () => {
+    const help = cli(['--help']).stdout
+    for (const flag of [
+      '--file <dir>',
+      '--postgres <url>',
+      '--redis <url>...',
+      '--mysql <url>',
+      '--etcd <url>...',
+      '-s, --shared',
+      '-n, --nonblock',
+      '-w, --wait <secs>',
+      '--timeout <time>',
+      '-E, --conflict-exit-code <n>',
+      '--key-prefix <p>',
+      'distlock path <name> [--file <dir>]',
+    ]) {
+      expect(help, flag).toContain(flag)
+    }
+  })
+
+  it('every usage error names its flag and exits 64', () => {
+    const dir = tempDir('cli-usage')
+    for (const [args, message] of [
+      [['--timeout', 'soon'], '--timeout must be a non-negative time'],
+      [['--timeout', '-5'], '--timeout must be a non-negative time'],
+      [['--timeout'], '--timeout needs a value'],
+      [['--timeout=5h'], '--timeout must be a non-negative time'],
+      [['-w', 'x'], '-w must be a non-negative number of seconds'],
+      [['--wait', '1s'], '--wait must be a non-negative number of seconds'],
+      [['-w', '99999999'], '-w: '],
+      [['-E', '256', '-n'], '-E must be an exit code from 0 to 255'],
+      [['--conflict-exit-code', 'x'], '--conflict-exit-code must be an exit code'],
+      [['-n', '-w', '1'], '-n and -w exclude each other'],
+      [['--timeout', '1s', '-n'], '--timeout and -n exclude each other'],
+      [['--key-prefix', 'p:'], '--key-prefix: the file backend has no key prefix'],
+      [['--file'], '--file needs a value'],
+      [['--nonblock=1'], '--nonblock takes no value'],
+      [['--file', dir, '--file', dir], '--file is given twice'],
+    ] as const) {
+      const res = cli(['run', 'x', ...(args[0] === '--file' ? [] : ['--file', dir]), ...args, '--', 'true'])
+      expect(res.status, args.join(' ')).toBe(64)
+      expect(res.stderr, args.join(' ')).toContain(message)
+    }
+    const pg = cli(['run', 'x', '--postgres', 'postgres://u@h/db', '--key-prefix', 'p', '--', 'true'])
+    expect(pg.stderr).toContain('--key-prefix: the PostgreSQL backend has no key prefix')
+    const mysql = cli(['run', 'x', '--mysql', 'mysql://root@127.0.0.1/test', '-s', '--', 'true'])
+    expect(mysql.status).toBe(64)
+    expect(mysql.stderr).toContain('--shared: the MySQL backend has no reader-writer locks')
+    const long = cli(['run', 'é'.repeat(513), '--file', dir, '--', 'true'])
+    expect(long.status, 'a name over 1 024 bytes is a usage error').toBe(64)
+    expect(long.stderr).toContain('<name> must be at most 1024 bytes in UTF-8, got 1026 bytes')
+    const empty = cli(['run', '', '--file', dir, '--', 'true'])
+    expect(empty.status).toBe(64)
+    expect(empty.stderr).toContain('<name> must be a non-empty string')
+    for (const args of [['path'], ['path', 'x', '--postgres', 'postgres://u@h/db'], ['path', 'x', '-s']]) {
+      expect(cli(args).status, args.join(' ')).toBe(64)
+    }
+    expect(cli(['path', 'x', '--postgres', 'postgres://u@h/db']).stderr).toContain('--postgres: only the file backend')
+  })
+
+  it('-n and -E: a busy lock exits with the conflict code at once; -w and --timeout take seconds and units', async () => {
+    const dir = tempDir('cli-conflict')
+    await using p = new FileLockProvider({ directory: dir })
+    const h = await p.createLock('busy').acquire()
+    const run = (...args: string[]) => cli(['run', 'busy', '--file', dir, ...args, '--', 'true'])
+    const n = run('-n')
+    expect(n.status).toBe(75)
+    expect(n.stderr).toContain('the lock "busy" is busy')
+    expect(run('--nonblock', '-E', '3').status).toBe(3)
+    expect(run('-E', '0', '--timeout', '0').status).toBe(0)
+    const w = run('-w', '0.1', '--conflict-exit-code=9')
+    expect(w.status).toBe(9)
+    expect(w.stderr).toContain('timed out after 100 ms')
+    for (const [time, ms] of [
+      ['50ms', 50],
+      ['0.2s', 200],
+      ['0.001m', 60],
+      ['40', 40],
+    ] as const) {
+      const t = run('--timeout', time, '-E', '5')
+      expect(t.status, time).toBe(5)
+      expect(t.stderr, time).toContain(`timed out after ${ms} ms`)
+    }
+    await h.release()
+    expect(run('-n', '-E', '3').status, 'free: the command runs').toBe(0)
+  })
+
+  it('-s takes a reader lock: readers run together, a writer waits for them', async () => {
+    const dir = tempDir('cli-shared')
+    await using p = new FileLockProvider({ directory: dir })
+    const reader = spawn(
+      process.execPath,
+      [
+        CLI,
+        'run',
+        'doc',
+        '--file',
+        dir,
+        '--shared',
+        '--',
+        process.execPath,
+        '-e',
+        'console.log("in"); setTimeout(() => {}, 30000)',
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    try {
+      let out = ''
+      reader.stdout.on('data', (d) => (out += d))
+      await eventually(() => out.includes('in'), 10_000)
+      const second = cli(['run', 'doc', '--file', dir, '-s', '-n', '--', process.execPath, '-e', 'process.exit(4)'])
+      expect(second.status, 'a second reader runs beside the first').toBe(4)
+      expect(cli(['run', 'doc', '--file', dir, '-n', '--', 'true']).status, 'a writer is excluded').toBe(75)
+      expect(await p.createReaderWriterLock('doc').tryAcquireWrite()).toBeNull()
+      const r = await p.createReaderWriterLock('doc').tryAcquireRead()
+      expect(r).not.toBeNull()
+      await r!.release()
+    } finally {
+      // SIGTERM, forwarded to the command: a SIGKILL would leave it running with the lock.
+      reader.kill('SIGTERM')
+      await new Promise((r) => reader.on('exit', r))
     }
   })
 
@@ -217,6 +347,41 @@ describe('distlock run --redis', () => {
     await holdsWhileRunning(p, `cli-redis-${process.pid}-${Date.now()}`, ['--redis', ...urls])
   })
 
+  it('--key-prefix puts the lock under the prefix', async () => {
+    const name = `cli-prefix-${process.pid}-${Date.now()}`
+    await using prefixed = new RedisLockProvider({ urls: urls[0]!, keyPrefix: 'app:' })
+    await using bare = new RedisLockProvider({ urls: urls[0]! })
+    const child = spawn(
+      process.execPath,
+      [
+        CLI,
+        'run',
+        name,
+        '--redis',
+        urls[0]!,
+        '--key-prefix',
+        'app:',
+        '--',
+        process.execPath,
+        '-e',
+        'console.log("in"); setTimeout(() => {}, 30000)',
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    try {
+      let out = ''
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+      await eventually(() => out.includes('in'), 10_000)
+      expect(await prefixed.createLock(name).tryAcquire(), 'held under app:').toBeNull()
+      const other = await bare.createLock(name).tryAcquire()
+      expect(other, 'not under the bare name').not.toBeNull()
+      await other!.release()
+    } finally {
+      child.kill('SIGTERM')
+      await new Promise((r) => child.on('exit', r))
+    }
+  })
+
   it('a malformed URL and a second backend are usage errors', () => {
     const bad = cli(['run', 'x', '--redis', 'http://nope', '--', 'true'])
     expect(bad.status).toBe(64)
@@ -230,5 +395,42 @@ describe('distlock run --redis', () => {
     const res = cli(['run', 'x', '--redis', 'redis://127.0.0.1:9', '--timeout', '1000', '--', 'true'])
     expect(res.status).toBe(69)
     expect(res.stderr).toContain('127.0.0.1:9')
+  })
+})
+
+describe('distlock run --etcd', () => {
+  let services: typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+  let etcd: { endpoint: string; stop(): unknown }
+  beforeAll(async () => {
+    services = await import('../scripts/test-services.mjs')
+    etcd = await services.startEtcd()
+  })
+  afterAll(() => services.stopServices())
+
+  it('--key-prefix puts the lock under the prefix', async () => {
+    const name = `cli-etcd-prefix-${process.pid}-${Date.now()}`
+    await using prefixed = new EtcdLockProvider({ endpoints: etcd.endpoint, keyPrefix: 'app/' })
+    await using bare = new EtcdLockProvider({ endpoints: etcd.endpoint })
+    const command = [process.execPath, '-e', 'console.log("in"); setTimeout(() => {}, 30000)']
+    const child = spawn(
+      process.execPath,
+      [CLI, 'run', name, '--etcd', etcd.endpoint, '--key-prefix=app/', '--', ...command],
+      {
+        cwd: ROOT,
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    )
+    try {
+      let out = ''
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+      await eventually(() => out.includes('in'), 15_000)
+      expect(await prefixed.createLock(name).tryAcquire(), 'held under app/').toBeNull()
+      const other = await bare.createLock(name).tryAcquire()
+      expect(other, 'not under the default prefix').not.toBeNull()
+      await other!.release()
+    } finally {
+      child.kill('SIGTERM')
+      await new Promise((r) => child.on('exit', r))
+    }
   })
 })

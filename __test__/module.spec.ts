@@ -54,9 +54,12 @@ describe('module formats', () => {
     const keys = Object.keys(raw).filter((k) => !k.startsWith('__'))
     expect(keys.toSorted()).toEqual([
       'CancelToken',
+      'NativeChild',
       'NativeHandle',
       'NativeProvider',
+      'fileLockPath',
       'setLogger',
+      'spawnCommand',
       'validateMaxCount',
       'validateName',
     ])

@@ -63,7 +63,8 @@ const EXPECTED: Array<[string, 'stdout' | 'stderr', RegExp]> = [
   ['async function runOnce', 'stdout', /^false\ntrue\n$/],
   ['NODE_DEBUG=distlock node app.js', 'stderr', /^DISTLOCK \d+: acquire file mutex "app": granted after/m],
   ['npx esbuild app.js', 'stdout', /^app holds app, token \d+\n$/],
-  ['--timeout 0 -- node report.js', 'stdout', /^report under nightly-report, token \d+\n$/],
+  ['-n -- node report.js', 'stdout', /^report under nightly-report, token \d+\n$/],
+  ['flock -n "$(npx distlock path nightly-report)"', 'stdout', /^nobody runs nightly-report\n$/],
   ['--postgres "$DATABASE_URL"', 'stdout', /^report under nightly-report, token \d+\n$/],
   ['--redis "$REDIS_URL"', 'stdout', /^report under nightly-report, token \d+\n$/],
 ]

@@ -351,11 +351,18 @@ export interface Semaphore extends Lock {
   waitForUnlock(options?: SemaphoreWaitOptions): Promise<void>
 }
 
+/** The native handle behind a {@link LockHandle}, for the CLI's spawn. @internal */
+export let nativeHandleOf: (handle: LockHandle) => NativeHandle
+
 /**
  * A held lock. Release it with {@link LockHandle.release} or, better, `await using`. A handle
  * that is garbage-collected without release is released as a safety net.
  */
 export class LockHandle implements Handle {
+  static {
+    nativeHandleOf = (handle) => handle.#native
+  }
+
   /** The lock's name. */
   readonly name: string
   /** The backend that granted it: `file`, `postgres`, `redis` or `memory`. */

@@ -247,12 +247,42 @@ export class FileLockProvider extends BaseProvider {
   }
 
   /**
-   * Removes the lock files of names that nobody holds or waits on right now, and resolves to
-   * how many it removed. Safe while other processes use the directory: a file is removed only
-   * while this call holds its exclusive lock, and an acquire that locked a file removed under
-   * it locks the path again. Only files named as distlock names them are touched. The
-   * directory grows by one small file per name ever locked (plus one per semaphore slot): run
-   * this from time to time (a daily job), not in a tight loop.
+   * The path of the lock file of `name`: the file that {@link FileLockProvider.createLock} and
+   * {@link FileLockProvider.createReaderWriterLock} lock (exclusively for a lock or a writer,
+   * shared for a reader). A `flock(1)` or `flock(2)` user of this path excludes distlock's
+   * lockers of `name` both ways. A semaphore's files are this path with `.lock` replaced by
+   * `.sem0` … `.sem<maxCount-1>` (its slots) and `.semtoken` (its fencing counter). The file
+   * may not exist yet: it is created by the first acquire. The name mapping is in the README.
+   *
+   * ```ts
+   * new FileLockProvider({ directory: '/var/lock/app' }).lockFilePath('orders:42')
+   * // '/var/lock/app/orders_42-0fa4753944a29a4c.lock'
+   * ```
+   * @throws RangeError (`ERR_INVALID_ARG_VALUE`) for a name no lock can have (empty, or over
+   * 1 024 bytes in UTF-8).
+   */
+  lockFilePath(name: string): string {
+    if (typeof name !== 'string') {
+      throw invalidArgType(`The "name" argument must be of type string. Received ${typeName(name)}`)
+    }
+    try {
+      return native.fileLockPath(this.directory, name)
+    } catch (err) {
+      throw toLockError(err)
+    }
+  }
+
+  /**
+   * Removes the lock files of names that nobody holds right now, and resolves to how many it
+   * removed. A file is removed only while this call holds its exclusive lock. Safe against
+   * distlock lockers only: every distlock acquire re-checks, once granted, that the path still
+   * names the file it locked (device and inode) and locks the path again if not. Not safe while
+   * another program locks these files (`flock(1)`, `flock(2)`, Python's `fcntl.flock`): such a
+   * program opens the file and then locks it without that check, so if the file is removed in
+   * between, it holds a lock on a removed file while distlock locks a new one, and both run.
+   * Only files named as distlock names them are touched. The directory grows by one small file
+   * per name ever locked (plus one per semaphore slot): run this from time to time (a daily
+   * job), not in a tight loop.
    */
   async removeUnusedLockFiles(): Promise<number> {
     try {

@@ -15,6 +15,7 @@ import {
 
 const provider: LockProvider = new FileLockProvider({ directory: '/tmp/x' })
 const options: AcquireOptions = { timeoutMs: 5_000, signal: AbortSignal.timeout(1_000) }
+export const lockFile: string = new FileLockProvider({ directory: '/tmp/x' }).lockFilePath('orders:42')
 
 export async function usage(): Promise<bigint> {
   await using handle = await provider.createLock('orders:42').acquire(options)

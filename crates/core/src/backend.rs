@@ -113,6 +113,15 @@ pub trait HeldLock: Send + Sync + 'static {
         let _ = lease;
         Box::pin(async { Ok(()) })
     }
+    /// A new descriptor for the open file whose OS lock this is, for a child process to
+    /// inherit so that the lock lives as long as the child does (`flock(1)`'s model), or `None`
+    /// for backends whose lock is not held by a descriptor (all but the file backend) or a lock
+    /// no longer held. The duplicate shares the lock: closing it never releases the lock while
+    /// another descriptor of the same open file stays open.
+    #[cfg(unix)]
+    fn duplicate_descriptor(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        None
+    }
 }
 
 /// What a backend reports about its connections and leases as it happens, for observers (the

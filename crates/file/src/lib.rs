@@ -10,7 +10,8 @@
 //!   parks a tokio worker or a libuv pool thread, and a cancelled wait leaves nothing held.
 //! - The fencing counter is kept in the lock file and bumped while the lock is held. Tokens
 //!   never go back to or below one this process has seen for the name (see `fence`).
-//! - Lock files are never deleted by distlock.
+//! - Lock files are never deleted by distlock, except by [`FileBackend::remove_unused`] (files
+//!   nobody holds; see there for whom that is safe).
 //!
 //! # A lock file (or the directory) deleted while held
 //!
@@ -65,7 +66,7 @@ use distlock_core::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use names::file_stem;
+pub use names::{file_stem, lock_file_name, semaphore_counter_file_name, slot_file_name};
 use os::{FileId, Mode, PendingLock};
 
 const BACKEND: &str = "file";
@@ -135,7 +136,7 @@ struct LockState {
 struct SharedOs {
     /// Kept open: the OS shared lock lives exactly as long as this file, that is until the last
     /// reader holding this `Arc` lets go.
-    _file: File,
+    file: File,
     id: FileId,
     token: u64,
 }
@@ -169,13 +170,26 @@ fn is_lock_file(file_name: &str) -> bool {
     known && hashed
 }
 
+/// The path of the lock file of `name` in `directory` (a lock and a reader-writer lock of the
+/// name use the same file), or an invalid-argument error for a name no lock can have. The
+/// path where `flock(1)` and `flock(2)` users exclude distlock's lockers of the name.
+pub fn lock_file_path(directory: &Path, name: &str) -> Result<PathBuf> {
+    validate_name(name)?;
+    Ok(directory.join(lock_file_name(name)))
+}
+
 impl FileBackend {
-    /// Removes the lock files in the directory that nobody holds or waits on now, and returns
-    /// how many. Safe against concurrent users: a file is removed only while this call holds its
-    /// exclusive OS lock, and every acquire checks, once granted, that the path still names the
-    /// file it locked (else it locks the path again), so nobody is left holding a removed file.
-    /// A fencing counter that goes with a file starts again from the clock, above every token
-    /// it gave. Files of other programs are never touched: only names this backend makes.
+    /// Removes the lock files in the directory that nobody holds now, and returns how many. A
+    /// file is removed only while this call holds its exclusive OS lock.
+    ///
+    /// Safe against distlock lockers only: every distlock acquire checks, once granted, that the
+    /// path still names the file it locked (device and inode), else it locks the path again, so
+    /// no distlock process is left holding a removed file. Not safe against other programs that
+    /// lock these files (`flock(1)`, `flock(2)` callers such as Python's `fcntl.flock`): one that
+    /// opened a file before this call removed it and locks it after holds a lock on a file
+    /// nobody can open any more, beside the next distlock holder of the new file. A fencing
+    /// counter that goes with a file starts again from the clock, above every token it gave.
+    /// Files of other programs are never touched: only names this backend makes.
     pub fn remove_unused(&self) -> Result<usize> {
         let dir = &self.inner.dir;
         let entries = match std::fs::read_dir(dir) {
@@ -350,12 +364,13 @@ impl Backend for FileBackend {
                 LockKind::Semaphore { max_count, .. } => {
                     let mut busy = 0u32;
                     for slot in 0..max_count {
-                        if let Some((true, _)) = probe(inner.dir.join(format!("{stem}.sem{slot}")))?
+                        if let Some((true, _)) = probe(inner.dir.join(slot_file_name(&stem, slot)))?
                         {
                             busy += 1;
                         }
                     }
-                    let token = probe(inner.dir.join(format!("{stem}.semtoken")))?.map(|p| p.1);
+                    let token =
+                        probe(inner.dir.join(semaphore_counter_file_name(&stem)))?.map(|p| p.1);
                     Ok(LockInfo {
                         held: busy >= max_count,
                         holders: Some(busy),
@@ -364,7 +379,7 @@ impl Backend for FileBackend {
                     })
                 }
                 _ => {
-                    let found = probe(inner.dir.join(format!("{stem}.lock")))?;
+                    let found = probe(inner.dir.join(lock_file_name(&name)))?;
                     Ok(LockInfo {
                         held: found.is_some_and(|f| f.0),
                         // Readers share one OS lock per process: the OS cannot count them.
@@ -470,7 +485,7 @@ impl Inner {
             Ok(gate) => gate,
             Err(why) => return why.into_outcome(&req, BACKEND),
         };
-        let file_name = format!("{}.lock", file_stem(&req.name));
+        let file_name = lock_file_name(&req.name);
         let path = self.dir.join(&file_name);
         if mode == Mode::Shared {
             let readers = lock(&entry.state.shared).upgrade();
@@ -503,11 +518,7 @@ impl Inner {
             Mode::Shared => {
                 let token =
                     fence::observe(key, os::read_counter(&file).map_err(io_at("read", &path))?);
-                let os = Arc::new(SharedOs {
-                    _file: file,
-                    id,
-                    token,
-                });
+                let os = Arc::new(SharedOs { file, id, token });
                 *lock(&entry.state.shared) = Arc::downgrade(&os);
                 (token, HeldState::Shared { os, ticket, entry })
             }
@@ -659,7 +670,7 @@ impl Inner {
         let mut watch = Vec::with_capacity(slots.len());
         let mut files = Vec::with_capacity(slots.len());
         for (slot, file, id) in slots {
-            watch.push((self.dir.join(format!("{stem}.sem{slot}")), id));
+            watch.push((self.dir.join(slot_file_name(&stem, slot as u32)), id));
             files.push((slot, file));
         }
         let state = HeldState::Slots {
@@ -702,7 +713,7 @@ impl Inner {
             if lock(&entry.state.taken)[slot] {
                 continue;
             }
-            let path = self.dir.join(format!("{stem}.sem{slot}"));
+            let path = self.dir.join(slot_file_name(stem, slot as u32));
             match self.try_slot(req, &path) {
                 Ok(Some((file, id))) => {
                     lock(&entry.state.taken)[slot] = true;
@@ -740,7 +751,7 @@ impl Inner {
     /// The semaphore's fencing counter lives in its own file, bumped under a short exclusive
     /// lock (holders of different slots run concurrently).
     async fn bump_semaphore_counter(&self, stem: &str, req: &AcquireRequest) -> Result<u64> {
-        let file_name = format!("{stem}.semtoken");
+        let file_name = semaphore_counter_file_name(stem);
         let path = self.dir.join(&file_name);
         let key = self.fence_key(&file_name);
         let mut file = self.open(&path)?;
@@ -1026,6 +1037,21 @@ impl HeldLock for FileHeld {
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
         self.release_now();
         Box::pin(async { Ok(()) })
+    }
+
+    /// A duplicate of the locked file's descriptor (a lock or a reader-writer lock; `None` for
+    /// a semaphore's several slots). Duplicated under the state's lock, so a release or a loss
+    /// racing this call cannot close the descriptor in between.
+    #[cfg(unix)]
+    fn duplicate_descriptor(&self) -> Option<io::Result<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsFd;
+        let state = lock(&self.state);
+        let fd = match state.as_ref()? {
+            HeldState::Exclusive { file, .. } => file.as_fd(),
+            HeldState::Shared { os, .. } => os.file.as_fd(),
+            HeldState::Slots { .. } => return None,
+        };
+        Some(fd.try_clone_to_owned())
     }
 }
 

@@ -9,10 +9,30 @@
 
 use sha1::{Digest, Sha1};
 
-/// The longest readable prefix kept from a name, in bytes.
+/// The longest readable prefix kept from a name, in characters (each one ASCII byte once
+/// sanitized).
 const MAX_PREFIX: usize = 64;
 
-/// The stem of the files for `name`: `<sanitized prefix>-<16 hex digits of SHA-1(name)>`.
+/// The file name of the lock (and reader-writer lock) `name`: `<stem>.lock`.
+pub fn lock_file_name(name: &str) -> String {
+    format!("{}.lock", file_stem(name))
+}
+
+/// The file name of slot `slot` of the semaphore whose stem is `stem`: `<stem>.sem<slot>`.
+pub fn slot_file_name(stem: &str, slot: u32) -> String {
+    format!("{stem}.sem{slot}")
+}
+
+/// The file name of the fencing counter of the semaphore whose stem is `stem`.
+pub fn semaphore_counter_file_name(stem: &str) -> String {
+    format!("{stem}.semtoken")
+}
+
+/// The stem of the files for `name`: `<prefix>-<hash>`, where `<prefix>` is the first 64
+/// characters (Unicode scalar values) of `name`, each ASCII letter, digit, `-`, `_` and `.` kept
+/// and every other character replaced by one `_`, then a leading `.` replaced by `_`; and
+/// `<hash>` is the first 8 bytes of SHA-1 of the whole name's UTF-8 bytes, as 16 lowercase hex
+/// digits. At most 81 bytes.
 pub fn file_stem(name: &str) -> String {
     let mut stem: String = name
         .chars()
@@ -82,6 +102,17 @@ mod tests {
             names.len(),
             "must stay distinct on case-insensitive file systems"
         );
+    }
+
+    /// The examples the README gives, computed independently (`printf %s NAME | sha1sum`).
+    #[test]
+    fn documented_examples() {
+        assert_eq!(
+            lock_file_name("orders:42"),
+            "orders_42-0fa4753944a29a4c.lock"
+        );
+        assert_eq!(file_stem(".hidden/x"), "_hidden_x-b9bef903a19597f2");
+        assert_eq!(slot_file_name("s-00", 3), "s-00.sem3");
     }
 
     #[test]

@@ -536,3 +536,50 @@ async fn semaphore_permits_are_all_or_nothing_and_fifo() {
     drop(small);
     assert!(!a.inspect("pool", permits(4, 1)).await.unwrap().held);
 }
+
+/// What `distlock run` hands its command: a duplicate descriptor that keeps the lock after the
+/// handle is released, until the duplicate is closed too; the path is the one documented.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_duplicated_descriptor_keeps_the_lock_after_release() {
+    let dir = temp_dir("dup");
+    let b = FileBackend::new(&dir);
+    let other = FileBackend::new(&dir);
+    let path = distlock_file::lock_file_path(&dir, "orders:42").unwrap();
+    assert_eq!(path, dir.join("orders_42-0fa4753944a29a4c.lock"));
+    for kind in [LockKind::Mutex, LockKind::Read] {
+        let h = acquire(&b, "orders:42", kind, Timeout::Zero).await.unwrap();
+        let dup = h.duplicate_descriptor().unwrap().unwrap();
+        h.clone().release().await.unwrap();
+        assert!(
+            h.duplicate_descriptor().is_none(),
+            "nothing to duplicate once released"
+        );
+        assert!(
+            acquire(&other, "orders:42", LockKind::Write, Timeout::Zero)
+                .await
+                .is_none(),
+            "{kind:?}: the duplicate still holds the lock"
+        );
+        drop(dup);
+        let w = acquire(&other, "orders:42", LockKind::Write, Timeout::Zero).await;
+        assert!(w.is_some(), "{kind:?}: free once the duplicate is closed");
+        w.unwrap().release().await.unwrap();
+    }
+    let sem = acquire(
+        &b,
+        "s",
+        LockKind::Semaphore {
+            max_count: 2,
+            permits: 1,
+        },
+        Timeout::Zero,
+    )
+    .await
+    .unwrap();
+    assert!(
+        sem.duplicate_descriptor().is_none(),
+        "a semaphore has no one descriptor"
+    );
+    assert!(distlock_file::lock_file_path(&dir, "").is_err());
+}

@@ -1,6 +1,8 @@
 //! The napi bindings: argument conversion, one call into a backend, error mapping. Nothing else
 //! lives here (no loops, no retries, no I/O): that is in `distlock-core` and the backend crates.
 
+#[cfg(unix)]
+pub mod cli;
 pub mod log;
 mod uvloop;
 
