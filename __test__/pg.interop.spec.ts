@@ -3,7 +3,7 @@
 // program contending with a distlock process.
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { afterAll, describe, expect, it } from 'vitest'
@@ -155,6 +155,7 @@ describe('PostgreSQL interop with psql and raw advisory locks', () => {
     const ours = new Child('contend.cjs', ['distlock-pg', dir, ms, JSON.stringify({ url: PG_URL, name })])
     const theirs = new Child('contend.cjs', ['raw-pg', dir, ms, JSON.stringify({ url: PG_URL, key: [key] })])
     await Promise.all([ours.line('READY'), theirs.line('READY')])
+    writeFileSync(join(dir, 'go'), '')
     const [a, b] = await Promise.all([ours.line('DONE', 30_000), theirs.line('DONE', 30_000)])
     const log = readFileSync(join(dir, 'log.txt'), 'utf8')
     expect(log).not.toMatch(/^overlap /m)

@@ -274,8 +274,8 @@ describe('contention with redlock in two processes', () => {
       const dir = tempDir('redis-interop')
       mkdirSync(dir, { recursive: true })
       const name = unique('contend')
-      const sides = ['distlock', 'redlock4'].map(
-        (side) => new Child('redis-contend.cjs', [side, server.url, name, dir, '8000', '0']),
+      const sides = ['distlock-redis', 'redlock4'].map(
+        (side) => new Child('contend.cjs', [side, dir, '8000', JSON.stringify({ url: server.url, name, holdMs: 5 })]),
       )
       try {
         await Promise.all(sides.map((c) => c.line('READY')))
