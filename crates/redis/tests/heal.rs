@@ -63,11 +63,17 @@ async fn warm_up(b: &RedisBackend, event_loop: bool) {
     let until = Instant::now() + Duration::from_secs(5);
     loop {
         let h = get(b, req("warm-up", LockKind::Mutex, Some(2_000.0))).await;
-        h.expect("granted before any fault").release().await.unwrap();
+        h.expect("granted before any fault")
+            .release()
+            .await
+            .unwrap();
         if !event_loop || b.scripts_on_event_loop() > 0 {
             return;
         }
-        assert!(Instant::now() < until, "the event-loop connection never came up");
+        assert!(
+            Instant::now() < until,
+            "the event-loop connection never came up"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -97,9 +103,14 @@ async fn heal_cycles(event_loop: bool) -> (usize, Vec<Duration>, Vec<String>) {
         let releasing = try_get(&a, &name("released"), LockKind::Mutex)
             .await
             .expect("taken before the partition");
-        let busy = try_get(&other, &name("busy"), LockKind::Mutex).await.unwrap();
+        let busy = try_get(&other, &name("busy"), LockKind::Mutex)
+            .await
+            .unwrap();
         let pending = {
-            let (a, r) = (a.clone(), req(&name("busy"), LockKind::Mutex, Some(4_000.0)));
+            let (a, r) = (
+                a.clone(),
+                req(&name("busy"), LockKind::Mutex, Some(4_000.0)),
+            );
             tokio::spawn(async move { a.acquire(r).unwrap().await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -107,11 +118,17 @@ async fn heal_cycles(event_loop: bool) -> (usize, Vec<Duration>, Vec<String>) {
         proxy.blackhole(true);
         // A release and a try in flight in the partition.
         let release = tokio::spawn(releasing.release());
-        let _ = a.acquire(req(&name("try-1"), LockKind::Mutex, Some(0.0))).unwrap().await;
+        let _ = a
+            .acquire(req(&name("try-1"), LockKind::Mutex, Some(0.0)))
+            .unwrap()
+            .await;
         // Past the server timeout, the next call finds the request unanswered (on the event
         // loop: and breaks that connection, which starts a confirmation in the partition).
         tokio::time::sleep_until(started + TIMEOUT + Duration::from_millis(30)).await;
-        let _ = a.acquire(req(&name("try-2"), LockKind::Mutex, Some(0.0))).unwrap().await;
+        let _ = a
+            .acquire(req(&name("try-2"), LockKind::Mutex, Some(0.0)))
+            .unwrap()
+            .await;
         match k % 3 {
             1 => {
                 // The held key vanishes while the holder cannot see it.
@@ -141,7 +158,10 @@ async fn heal_cycles(event_loop: bool) -> (usize, Vec<Duration>, Vec<String>) {
                     Ok(None) => String::from("timed out"),
                     Err(e) => format!("failed ({e})"),
                 };
-                problems.push(format!("cycle {k}: {what} {} ms after the heal", took.as_millis()));
+                problems.push(format!(
+                    "cycle {k}: {what} {} ms after the heal",
+                    took.as_millis()
+                ));
                 if let Ok(Some(h)) = other {
                     h.release().await.unwrap();
                 }
@@ -152,16 +172,27 @@ async fn heal_cycles(event_loop: bool) -> (usize, Vec<Duration>, Vec<String>) {
         if k % 3 == 1 {
             // With no reconnect (the runtime's connection may never notice a partition), the
             // next renewal is what finds the key gone: within one renewal period.
-            let until = if event_loop { until } else { until + RENEW_PERIOD };
-            if tokio::time::timeout_at(until, held.lost().lost()).await.is_err() {
-                problems.push(format!("cycle {k}: the lock whose key vanished was not reported lost"));
+            let until = if event_loop {
+                until
+            } else {
+                until + RENEW_PERIOD
+            };
+            if tokio::time::timeout_at(until, held.lost().lost())
+                .await
+                .is_err()
+            {
+                problems.push(format!(
+                    "cycle {k}: the lock whose key vanished was not reported lost"
+                ));
             }
         } else {
             while !held.is_held() && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             if !held.is_held() {
-                problems.push(format!("cycle {k}: the held lock was not confirmed after the heal"));
+                problems.push(format!(
+                    "cycle {k}: the held lock was not confirmed after the heal"
+                ));
             }
         }
         match tokio::time::timeout(Duration::from_secs(6), pending).await {

@@ -115,4 +115,3 @@ pub fn on_this_loop(b: &distlock_redis::RedisBackend) {
         rt: tokio::runtime::Handle::current(),
     }));
 }
-
