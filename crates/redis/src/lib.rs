@@ -1080,7 +1080,11 @@ async fn confirming(inner: Weak<Inner>, i: usize) {
         let Some(me) = inner.upgrade() else { return };
         let server = me.servers[i].clone();
         let c = pacing.get_or_insert_with(|| Confirmation::new(me.opts.server_timeout));
-        if me.closed.is_cancelled() || !server.in_doubt() {
+        if me.closed.is_cancelled() {
+            return;
+        }
+        if !server.in_doubt() {
+            // Ended, unless the locks fell in doubt again just now (then the next round runs).
             if server.end_confirming() {
                 continue;
             }

@@ -247,3 +247,46 @@ async fn every_heal_is_confirmed_within_a_server_timeout_on_the_event_loop() {
 async fn every_heal_is_confirmed_within_a_server_timeout_on_the_runtime() {
     check(false).await;
 }
+
+/// A provider closed while its server is down and its locks are in doubt ends its confirmation
+/// (once, a closed provider's confirmation spun on a runtime thread for good, starving every
+/// timer of the runtime: closing a second provider then hung).
+#[test]
+fn closing_a_provider_in_doubt_ends_its_confirmation() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ran = rt.block_on(async {
+        let mut server = RedisProc::start(&[]);
+        let a = backend(&[server.url()], |o| o.server_timeout(TIMEOUT_MS).unwrap());
+        let held = try_get(&a, "doubt-at-close", LockKind::Mutex)
+            .await
+            .unwrap();
+        server.kill();
+        let until = Instant::now() + Duration::from_secs(5);
+        while held.is_held() {
+            assert!(
+                Instant::now() < until,
+                "the dropped connection was never noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), a.close()).await;
+        // Past the confirmation round that was under way when it closed.
+        std::thread::sleep(TIMEOUT * 4);
+        // The runtime's one worker must still run timers.
+        let (tx, rx) = std::sync::mpsc::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(3)).is_ok()
+    });
+    if !ran {
+        // A worker that never yields would hang the runtime's shutdown: leave it.
+        std::mem::forget(rt);
+        panic!("the runtime's worker is kept busy after the provider closed");
+    }
+}
