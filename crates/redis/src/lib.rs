@@ -1094,11 +1094,7 @@ async fn confirming(inner: Weak<Inner>, i: usize) {
             // The sentinels' announcement of the failover's end wakes it.
             let closed = me.closed.clone();
             drop(me);
-            tokio::select! {
-                _ = tokio::time::sleep(left) => {}
-                _ = server.kicked() => {}
-                _ = closed.cancelled() => {}
-            }
+            nap(&server, &closed, left).await;
             continue;
         }
         let losses = server.losses();
@@ -1108,13 +1104,19 @@ async fn confirming(inner: Weak<Inner>, i: usize) {
             Next::Retry(pause) => {
                 let closed = me.closed.clone();
                 drop(me);
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = server.kicked() => {}
-                    _ = closed.cancelled() => {}
-                }
+                nap(&server, &closed, pause).await;
             }
         }
+    }
+}
+
+/// Waits `d` between confirmation rounds, less when the connection comes back (the server's
+/// confirmation is kicked) or the provider closes.
+async fn nap(server: &Server, closed: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = server.kicked() => {}
+        _ = closed.cancelled() => {}
     }
 }
 
