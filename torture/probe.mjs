@@ -79,6 +79,13 @@ const strip = (res) => {
   return rest
 }
 
+/** A call's value or its error (code and message), without throwing. */
+const settle = (p) =>
+  p.then(
+    (value) => ({ value }),
+    (err) => ({ error: `${err?.code ?? err?.name}: ${String(err?.message).slice(0, 160)}` }),
+  )
+
 const scenarios = {
   /**
    * acquire({ timeoutMs }) on a busy name over a slow link settles by timeoutMs + slack.
@@ -200,6 +207,66 @@ const scenarios = {
       }),
     )
     return { during: calls, after }
+  },
+
+  /**
+   * `cfg.cycles` partitions that heal (proxy blackhole for `cfg.partitionMs`, then pass, no
+   * reset), each with calls of the proxied provider in flight: a held lock, an acquire waiting
+   * for the direct client's lock, a release, and a tryAcquire every 100 ms (so the event loop's
+   * connection notices the silence early). After each heal: how long until an acquire of a free
+   * name is granted, whether the held lock was confirmed, whether the waiting acquire was granted.
+   */
+  async 'heal-cycles'() {
+    const other = provider(cfg.direct)
+    const caller = provider(cfg.proxied, { serverTimeoutMs: cfg.serverTimeoutMs })
+    await (await got(caller.createLock(`${cfg.name}:warm`).acquire({ timeoutMs: 5_000 }))).release()
+    const heals = []
+    for (let k = 0; k < cfg.cycles; k++) {
+      const name = (what) => `${cfg.name}:${what}:${k}`
+      const taken = await settle(
+        Promise.all([
+          got(caller.createLock(name('held')).acquire({ timeoutMs: 5_000 })),
+          got(caller.createLock(name('released')).acquire({ timeoutMs: 5_000 })),
+          got(other.createLock(name('busy')).acquire({ timeoutMs: 5_000 })),
+        ]),
+      )
+      if (taken.error) {
+        // The provider is stuck since the last heal: say so, and go on with the next cycle.
+        heals.push({ k, firstGrantMs: null, error: `before the partition: ${taken.error}`, held: '-', pending: '-' })
+        await sleep(cfg.passMs)
+        continue
+      }
+      const [held, releasing, busy] = taken.value
+      const pending = settle(got(caller.createLock(name('busy')).acquire({ timeoutMs: 3 * cfg.partitionMs })))
+      await sleep(20)
+      await fault('blackhole')
+      const started = now()
+      const release = settle(releasing.release())
+      const tries = []
+      for (let i = 0; now() - started < cfg.partitionMs && i < 1_000; i++) {
+        tries.push(settle(got(caller.createLock(name(`try-${i}`)).tryAcquire())))
+        await sleep(100)
+      }
+      await fault('pass')
+      const healed = now()
+      await busy.release()
+      const first = await settle(got(caller.createLock(name('free')).acquire({ timeoutMs: 3 * cfg.boundMs })))
+      const heal = { k, firstGrantMs: first.value ? now() - healed : null, error: first.error }
+      await first.value?.release()
+      const until = now() + cfg.boundMs
+      while (!held.isHeld && !held.signal.aborted && now() < until) await sleep(10)
+      heal.held = held.isHeld ? 'confirmed' : held.signal.aborted ? 'lost' : 'in doubt'
+      const waited = await pending
+      heal.pending = waited.value ? 'granted' : waited.error
+      await waited.value?.release()
+      await release
+      for (const t of await Promise.all(tries)) await t.value?.release().catch(() => {})
+      await held.release().catch(() => {})
+      heals.push(heal)
+      // The rest of the pass, before the next partition.
+      await sleep(Math.max(0, healed + cfg.passMs - now()))
+    }
+    return { heals }
   },
 
   /** After a handle's lost signal fires, the same process re-acquires the name without release(). */

@@ -381,6 +381,85 @@ for (const [backend, setup] of [
   })
 }
 
+/** The heal-cycles row: partitions that heal with no reset, each with calls in flight. */
+const HEAL = { cycles: 4, partitionMs: 3_500, passMs: 2_500, serverTimeoutMs: 1_000 }
+/** After a heal, an acquire of a free name is granted within one server timeout plus the call slack. */
+const HEAL_BOUND_MS = HEAL.serverTimeoutMs + BOUNDS.callSlackMs
+faultRow({
+  id: 'fault/proxy-heal-cycles/redis',
+  fault: `half the processes and a probe behind a proxy that goes silent (blackhole) for ${HEAL.partitionMs / 1000} s and then passes again, with no reset, ${HEAL.cycles} times; holds, waits, tries and releases in flight`,
+  backend: 'redis',
+  mode: 'strict',
+  promise: `${PROMISE.strict} After every heal the probe's acquire of a free name is granted within ${HEAL_BOUND_MS} ms (serverTimeoutMs + ${BOUNDS.callSlackMs}), its held lock is confirmed and its waiting acquire granted; every process behind the proxy is granted again after every heal.`,
+  tryRatio: 0.3,
+  durationMs: 1_000 + HEAL.cycles * (HEAL.partitionMs + HEAL.passMs + 500),
+  setup: async (dir, ctx) => {
+    const redis = await shared.redis()
+    ctx.proxy = await proxyTo(redis.port)
+    ctx.direct = redisProvider(redis.url)
+    const via = redisProvider(`redis://127.0.0.1:${ctx.proxy.port}`)
+    return { provider: (i) => (i % 2 === 1 ? ctx.direct : via) }
+  },
+  async faults(ctx) {
+    await ctx.at(1_000)
+    const cfg = {
+      scenario: 'heal-cycles',
+      name: rowName('heal-cycles'),
+      direct: ctx.direct,
+      proxied: redisProvider(`redis://127.0.0.1:${ctx.proxy.port}`),
+      ...HEAL,
+      boundMs: HEAL_BOUND_MS,
+    }
+    let cycle = 0
+    const { result, stderr } = await forkProbe(cfg, {
+      blackhole: () => {
+        ctx.proxy.setMode('blackhole')
+        ctx.mark(`blackhole ${++cycle}`)
+      },
+      pass: () => {
+        if (ctx.proxy.mode === 'pass') return
+        ctx.proxy.setMode('pass')
+        ctx.mark(`healed ${cycle}`)
+      },
+    })
+    if (!result || result.error) ctx.mark(`fault failed: the heal probe: ${result?.error ?? stderr.slice(-300)}`)
+    for (const h of result?.heals ?? []) {
+      const ok =
+        h.firstGrantMs != null && h.firstGrantMs <= HEAL_BOUND_MS && h.held === 'confirmed' && h.pending === 'granted'
+      ctx.mark(
+        `heal-probe ${h.k + 1} ${ok ? 'ok' : 'broken'}: first grant ${h.firstGrantMs == null ? `none (${h.error})` : `${Math.round(h.firstGrantMs)} ms`}, held ${h.held}, waiter ${h.pending}`,
+      )
+    }
+  },
+  check: (grants, events) => {
+    const problems = events
+      .filter((e) => e.what.startsWith('heal-probe') && e.what.includes(' broken:'))
+      .map((e) => e.what)
+    const probes = events.filter((e) => e.what.startsWith('heal-probe')).length
+    if (probes !== HEAL.cycles) problems.push(`${probes} of ${HEAL.cycles} heals measured by the probe`)
+    // Every process behind the proxy (even indexes) is granted again after every heal.
+    const heals = events.filter((e) => e.what.startsWith('healed'))
+    for (const [n, heal] of heals.entries()) {
+      const next = events.find((e) => e.what === `blackhole ${n + 2}`)?.t ?? Infinity
+      for (let w = 0; w < 8; w += 2) {
+        if (!grants.some((g) => g.worker === w && g.tGranted > heal.t && g.tGranted < next))
+          problems.push(`worker ${w} was not granted between ${heal.what} and the next partition`)
+      }
+    }
+    return problems
+  },
+  summary: (events) => {
+    const ms = events
+      .map((e) => /^heal-probe \d+ \w+: first grant (\d+) ms/.exec(e.what)?.[1])
+      .filter(Boolean)
+      .map(Number)
+      .toSorted((a, b) => a - b)
+    return ms.length
+      ? `heal → first grant min ${ms[0]} / median ${ms[Math.floor((ms.length - 1) / 2)]} / max ${ms.at(-1)} ms over ${ms.length} heals`
+      : 'no heal measured'
+  },
+})
+
 faultRow({
   id: 'fault/server-sigstop/redis-single',
   fault: 'the Redis server SIGSTOPped for 2.5 s (past the 1.5 s lease), twice',
@@ -963,6 +1042,7 @@ async function runWorkers(row) {
       readRatio: 0.7,
       leaseMs: row.leaseMs,
       callers: row.callers ?? 1,
+      tryRatio: row.tryRatio ?? 0,
     }
     const child = spawn(process.execPath, [join(HERE, 'worker.mjs'), JSON.stringify(cfg)], {
       cwd: ROOT,
@@ -1087,15 +1167,16 @@ async function runWorkers(row) {
     `${m.grants} grants, ${m.overlaps} overlaps (${m.allowedOverlaps} allowed), ${m.fencingViolations} fencing violations, ` +
     `${m.lostUpdates} lost updates, ${m.lostSignals} lost signals; settle max ${m.maxAcquireSettleMs} ms ` +
     `(over budget ${Math.max(0, m.maxAcquireOvershootMs)} ms), release max ${m.maxReleaseMs} ms` +
-    (errs ? `; acquire errors ${errs}` : '')
+    (errs ? `; acquire errors ${errs}` : '') +
+    (row.summary ? `; ${row.summary(events)}` : '')
   return { metrics: m, events: events.map((e) => ({ ms: Math.round(e.t / 1e6), what: e.what })), violations, outcome }
 }
 
-async function runProbe(row) {
-  const ctx = {}
-  const env = await row.setup(ctx)
-  const handlers = row.faults(ctx)
-  const cfg = { scenario: row.scenario, name: rowName(row.id), ...env, ...row.params }
+/**
+ * Runs one probe.mjs scenario (`cfg`) in a child process, carrying out the faults it asks for
+ * with `handlers`; resolves to `{ exit, result, stderr }` (`result` undefined if it gave none).
+ */
+async function forkProbe(cfg, handlers) {
   const child = track(
     fork(join(HERE, 'probe.mjs'), [JSON.stringify(cfg)], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe', 'ipc'] }),
   )
@@ -1122,6 +1203,14 @@ async function runProbe(row) {
       await handlers[heal]?.({})
     } catch {}
   }
+  return { exit, result, stderr }
+}
+
+async function runProbe(row) {
+  const ctx = {}
+  const env = await row.setup(ctx)
+  const cfg = { scenario: row.scenario, name: rowName(row.id), ...env, ...row.params }
+  const { exit, result, stderr } = await forkProbe(cfg, row.faults(ctx))
   const violations = []
   if (exit.hung) violations.push('the probe did not finish within 120 s')
   if (!result) {

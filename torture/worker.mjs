@@ -25,7 +25,8 @@ import { join } from 'node:path'
 const cfg = JSON.parse(process.argv[2])
 // cfg: { provider: { type: 'file'|'postgres'|'redis'|'mysql'|'etcd', ... }, primitive: 'mutex'|'rw'|'semaphore',
 //   name, maxCount, dir, out, t0 (ns, string), durationMs, timeoutMs, steps, stepMs, readRatio, leaseMs,
-//   callers (loops in this process contending for the name at once; default 1) }
+//   callers (loops in this process contending for the name at once; default 1),
+//   tryRatio (the share of mutex iterations that tryAcquire instead; default 0) }
 
 const t0 = BigInt(cfg.t0)
 const now = () => Number(process.hrtime.bigint() - t0)
@@ -217,7 +218,14 @@ async function loop(caller) {
     let h
     try {
       const options = { timeoutMs: Math.round(timeoutMs), leaseMs: cfg.leaseMs }
-      h = await acquire(kind, permits > 1 ? { ...options, permits } : options)
+      if (kind === 'mutex' && Math.random() < (cfg.tryRatio ?? 0)) {
+        h = await lock.tryAcquire({ leaseMs: cfg.leaseMs })
+        if (!h) {
+          stats.tryBusy = (stats.tryBusy ?? 0) + 1
+          await sleep(20)
+          continue
+        }
+      } else h = await acquire(kind, permits > 1 ? { ...options, permits } : options)
     } catch (err) {
       const code = err?.code ?? err?.name ?? 'unknown'
       stats.acquireErrors[code] = (stats.acquireErrors[code] ?? 0) + 1

@@ -62,6 +62,7 @@ use tokio::time::Instant;
 
 pub use config::{MIN_LEASE_MS, RedisOptions, redact};
 use keys::Keys;
+use machine::confirm::{Confirmation, Next};
 use machine::lease::Slot;
 use machine::vote::{ReleaseVote, Reply, Verdict, Vote, late_needs_revoke};
 use machine::waiter::{BACKOFF, End, Pause, Waiter};
@@ -1030,16 +1031,21 @@ impl Inner {
         held
     }
 
-    /// After server `i` reconnected: renew every held lock at once (a key that is gone fires
-    /// its lock's lost signal), raise the fencing counters this provider saw back to their
-    /// floors, then clear the doubt on the server's locks.
-    async fn confirm(self: &Arc<Self>, i: usize) {
+    /// Makes sure server `i`'s locks, in doubt after a loss or reconnect, are being confirmed:
+    /// starts the confirmation, or wakes the running one for a round at once.
+    fn confirm_soon(self: &Arc<Self>, i: usize) {
         let server = &self.servers[i];
-        let losses = server.losses();
-        if !server.in_doubt() {
-            return;
+        if server.in_doubt() && server.begin_confirming() {
+            tokio::spawn(confirming(Arc::downgrade(self), i));
         }
-        self.renewals.renew_all(self).await;
+    }
+
+    /// One confirmation round on server `i`: renew every held lock at once (a key that is gone
+    /// fires its lock's lost signal), raise the fencing counters this provider saw back to
+    /// their floors. `true` when server `i` answered all of it.
+    async fn confirm_round(self: &Arc<Self>, i: usize) -> bool {
+        let server = &self.servers[i];
+        let renewed = self.renewals.renew_all(self, i).await;
         let floors: Vec<(String, u64, u16)> = lock(&self.floors)
             .iter()
             .map(|(k, f)| (k.clone(), f.0, f.1))
@@ -1065,9 +1071,57 @@ impl Inner {
                     .is_ok();
             }
         }
-        if restored {
-            server.confirmed(losses);
+        renewed && restored
+    }
+}
+
+/// Confirms server `i`'s locks, round after round ([`machine::confirm`]), until a round is
+/// answered in full with no loss in between, or the provider closes; while a Sentinel failover
+/// holds the locks, it waits for the failover's end. Between rounds it holds no reference to the
+/// provider.
+async fn confirming(inner: Weak<Inner>, i: usize) {
+    let mut pacing = None;
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let server = me.servers[i].clone();
+        let c = pacing.get_or_insert_with(|| Confirmation::new(me.opts.server_timeout));
+        if me.closed.is_cancelled() {
+            return;
         }
+        if !server.in_doubt() {
+            // Ended, unless the locks fell in doubt again just now (then the next round runs).
+            if server.end_confirming() {
+                continue;
+            }
+            return;
+        }
+        if let Some(left) = server.hold_left() {
+            // The sentinels' announcement of the failover's end wakes it.
+            let closed = me.closed.clone();
+            drop(me);
+            nap(&server, &closed, left).await;
+            continue;
+        }
+        let losses = server.losses();
+        let answered = me.confirm_round(i).await;
+        match c.ended(answered, server.losses() == losses) {
+            Next::Confirmed => server.confirmed(losses),
+            Next::Retry(pause) => {
+                let closed = me.closed.clone();
+                drop(me);
+                nap(&server, &closed, pause).await;
+            }
+        }
+    }
+}
+
+/// Waits `d` between confirmation rounds, less when the connection comes back (the server's
+/// confirmation is kicked) or the provider closes.
+async fn nap(server: &Server, closed: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = server.kicked() => {}
+        _ = closed.cancelled() => {}
     }
 }
 
@@ -1086,6 +1140,9 @@ async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
                 me.emit(distlock_core::BackendEvent::Disconnected {
                     server: me.servers[i].label.clone(),
                 });
+                // Confirmed once the connection answers again, whether or not a reconnect is
+                // announced (a loss can be counted after the reconnect that followed it).
+                me.confirm_soon(i);
             }
             Event::Connected(i) => {
                 // Any reconnect may have reached another server (a restart, a failover).
@@ -1095,7 +1152,7 @@ async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
                         server: me.servers[i].label.clone(),
                     });
                 }
-                tokio::spawn(async move { me.confirm(i).await });
+                me.confirm_soon(i);
             }
         }
     }

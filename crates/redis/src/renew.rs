@@ -102,8 +102,9 @@ impl Renewals {
         }
     }
 
-    /// Renews every tracked lock now (after a reconnect), and returns when the answers are in.
-    pub async fn renew_all(&self, inner: &Arc<Inner>) {
+    /// Renews every tracked lock now (to confirm them after a reconnect), and returns when the
+    /// answers are in: `true` when server `server` answered for every one of them.
+    pub async fn renew_all(&self, inner: &Arc<Inner>, server: usize) -> bool {
         let now = Instant::now();
         let batch: Vec<(u64, Op, i64, u64)> = lock(&self.locks)
             .iter_mut()
@@ -126,9 +127,11 @@ impl Renewals {
             .into_iter()
             .map(|c| renew_chunk(inner.clone(), c))
             .collect();
+        let mut answered = true;
         for c in chunks {
-            c.await;
+            answered &= c.await.get(server).copied().unwrap_or(false);
         }
+        answered
     }
 
     pub fn untrack(&self, uid: u64) {
@@ -218,7 +221,7 @@ impl Inner {
         lease_ms: i64,
         floor: u64,
     ) -> Option<bool> {
-        let outcome = vote(self, &[(0, op.clone(), lease_ms, floor)]).await;
+        let (outcome, _) = vote(self, &[(0, op.clone(), lease_ms, floor)]).await;
         match outcome.first() {
             Some(Renewal::Renewed) => Some(true),
             Some(Renewal::Gone) => Some(false),
@@ -227,8 +230,9 @@ impl Inner {
     }
 }
 
-/// Runs one renewal script for `chunk` on every server and counts the votes per lease.
-async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> Vec<Renewal> {
+/// Runs one renewal script for `chunk` on every server and counts the votes per lease; also
+/// says which servers answered.
+async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> (Vec<Renewal>, Vec<bool>) {
     let mut keys: Vec<Key> = Vec::with_capacity(chunk.len() * 2);
     let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 4);
     for (_, op, lease_ms, floor) in chunk {
@@ -248,18 +252,20 @@ async fn vote(inner: &Arc<Inner>, chunk: &[(u64, Op, i64, u64)]) -> Vec<Renewal>
     }))
     .await;
     let n = inner.servers.len();
-    (0..chunk.len())
+    let outcomes = (0..chunk.len())
         .map(|i| tally(&answers, i, n, inner.quorum))
-        .collect()
+        .collect();
+    (outcomes, answers.iter().map(Option::is_some).collect())
 }
 
-async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
+/// Renews `chunk`'s leases; returns which servers answered.
+async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) -> Vec<bool> {
     let sent = Instant::now();
     inner
         .renewals
         .sent
         .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-    let outcomes = vote(&inner, &chunk).await;
+    let (outcomes, answered) = vote(&inner, &chunk).await;
     let now = Instant::now();
     let mut soonest: Option<Instant> = None;
     let mut locks = lock(&inner.renewals.locks);
@@ -301,6 +307,7 @@ async fn renew_chunk(inner: Arc<Inner>, chunk: Vec<(u64, Op, i64, u64)>) {
         inner.renewals.wake_by(at);
     }
     drop(locks);
+    answered
 }
 
 /// Runs the futures concurrently and collects their outputs in order.

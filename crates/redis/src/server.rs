@@ -6,15 +6,18 @@
 //! against its own deadline), so a server that hangs at connect never stretches a call. The
 //! command client reports its connection losses and reconnects as [`Event`]s: a lock on a
 //! server whose connection dropped is in doubt until a renewal after the reconnect finds its
-//! key again (a server restarted empty or a promoted replica may have lost it).
+//! key again (a server restarted empty or a promoted replica may have lost it). One
+//! confirmation runs per server at a time, round after round until it succeeds
+//! ([`crate::machine::confirm`]); a reconnect wakes it for a round at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::{Key, Value};
+use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
 use distlock_core::reactor::Reactor;
@@ -49,6 +52,13 @@ pub struct Server {
     doubt: Arc<AtomicBool>,
     /// Counts connection losses, so a confirmation that raced a new loss does not clear it.
     losses: Arc<AtomicU64>,
+    /// Since when a Sentinel failover is under way: the locks stay in doubt until the sentinels
+    /// announce its end (for at most [`FAILOVER_HOLD`]), whatever the old master says.
+    failover: Arc<Mutex<Option<Instant>>>,
+    /// A confirmation of the locks here is running (one at a time).
+    confirming: AtomicBool,
+    /// Wakes a confirmation that pauses between rounds (the connection came back).
+    kick: Notify,
     events: UnboundedSender<Event>,
     init: Mutex<()>,
     /// Subscriptions to the sentinels' announcements (Sentinel deployments).
@@ -63,21 +73,25 @@ struct Moved {
     subscriber: Arc<OnceLock<SubscriberClient>>,
     doubt: Arc<AtomicBool>,
     losses: Arc<AtomicU64>,
+    failover: Arc<Mutex<Option<Instant>>>,
     events: UnboundedSender<Event>,
 }
 
 impl Moved {
     fn hold(&self) {
+        *lock(&self.failover) = Some(Instant::now());
         self.losses.fetch_add(1, Ordering::AcqRel);
         self.doubt.store(true, Ordering::Release);
         let _ = self.events.send(Event::Lost(self.index));
     }
 
     fn recheck(&self) {
+        *lock(&self.failover) = None;
         let _ = self.events.send(Event::Connected(self.index));
     }
 
     fn fire(&self, client: &Client) {
+        *lock(&self.failover) = None;
         self.losses.fetch_add(1, Ordering::AcqRel);
         self.doubt.store(true, Ordering::Release);
         let _ = self.events.send(Event::Lost(self.index));
@@ -92,6 +106,10 @@ impl Moved {
         });
     }
 }
+
+/// The longest a Sentinel failover holds a server's locks in doubt without any word from the
+/// sentinels about its end (a missed announcement): then a confirmation decides.
+const FAILOVER_HOLD: Duration = Duration::from_secs(60);
 
 /// Reconnect (and first connect) after 1, 4, 16, 64, 256 ms, then every second, with up to 5 ms
 /// of jitter: fred's default jitter (up to 100 ms) would delay even the first connection.
@@ -167,6 +185,9 @@ impl Server {
             last_error: Arc::default(),
             doubt: Arc::new(AtomicBool::new(false)),
             losses: Arc::default(),
+            failover: Arc::default(),
+            confirming: AtomicBool::new(false),
+            kick: Notify::new(),
             events,
             init: Mutex::new(()),
             sentinels: Mutex::default(),
@@ -210,11 +231,44 @@ impl Server {
         self.losses.load(Ordering::Acquire)
     }
 
-    /// The locks there were confirmed after a reconnect that followed `losses` losses.
+    /// The locks there were confirmed by a round that started after `losses` losses: the doubt
+    /// ends unless the connection was lost again meanwhile or a failover holds it.
     pub fn confirmed(&self, losses: u64) {
-        if self.losses() == losses {
+        if self.losses() == losses && self.hold_left().is_none() {
             self.doubt.store(false, Ordering::Release);
         }
+    }
+
+    /// How much longer a Sentinel failover holds the locks in doubt, if one does: until the
+    /// sentinels announce its end (which reconnects or rechecks), at most [`FAILOVER_HOLD`]
+    /// after it began, should that announcement be missed.
+    pub fn hold_left(&self) -> Option<Duration> {
+        lock(&self.failover)
+            .and_then(|since| FAILOVER_HOLD.checked_sub(since.elapsed()))
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Claims the confirmation of this server's locks: `true` when none was running, so the
+    /// caller runs it; `false` when one runs already (it was woken for a round at once).
+    pub fn begin_confirming(&self) -> bool {
+        if self.confirming.swap(true, Ordering::AcqRel) {
+            self.kick.notify_one();
+            return false;
+        }
+        true
+    }
+
+    /// Ends the running confirmation; `true` when the locks fell in doubt again just now and
+    /// the caller keeps confirming (it claimed the confirmation again).
+    pub fn end_confirming(&self) -> bool {
+        self.confirming.store(false, Ordering::Release);
+        self.in_doubt() && self.begin_confirming()
+    }
+
+    /// Resolves when the connection came back (or a confirmation was asked for) since the last
+    /// call.
+    pub async fn kicked(&self) {
+        self.kick.notified().await;
     }
 
     /// Whether the last connection error is one a retry cannot fix (a wrong password, TLS).
@@ -309,6 +363,7 @@ impl Server {
             subscriber: self.subscriber.clone(),
             doubt: self.doubt.clone(),
             losses: self.losses.clone(),
+            failover: self.failover.clone(),
             events: self.events.clone(),
         }
     }
@@ -563,6 +618,9 @@ fn watch(
         use tokio::sync::broadcast::error::RecvError;
         loop {
             tokio::select! {
+                // In the order fred sent them: a loss counted after the reconnect that followed
+                // it would look like a new loss to the confirmation of that reconnect.
+                biased;
                 e = errors.recv() => match e {
                     Ok((e, _)) => {
                         if e.is_canceled() {

@@ -9,9 +9,12 @@
 //! - [`waiter`]: what an acquire does between attempts — ride out trouble, back off after a
 //!   split vote, join the wake-ups, wait — and what it reports when it stops.
 //! - [`lease`]: the renewal schedule of held locks and the local lease deadline.
+//! - [`confirm`]: when a server's locks count as confirmed after a reconnect, and the pauses
+//!   between confirmation rounds until then.
 //!
 //! The protocol itself (RESP framing) is the other I/O-free half, in `wire.rs`.
 
+pub mod confirm;
 pub mod lease;
 pub mod vote;
 pub mod waiter;

@@ -10,6 +10,12 @@ use distlock_core::{AcquireRequest, Backend, Held, LockKind, Timeout};
 use distlock_redis::{RedisBackend, RedisOptions};
 use fred::prelude::*;
 
+/// The loopback fault proxy of the PostgreSQL tests (delay, blackhole, reset), shared with them.
+#[path = "../../../postgres/tests/support/proxy.rs"]
+pub mod proxy;
+#[cfg(unix)]
+pub mod reactor;
+
 fn redis_server_bin() -> String {
     std::env::var("DISTLOCK_REDIS_SERVER").unwrap_or_else(|_| String::from("redis-server"))
 }
