@@ -12,6 +12,7 @@ import {
   FileLockProvider,
   LockBackendError,
   LockStateError,
+  LockLostError,
   MemoryDistributedLock,
   MemoryLockProvider,
   PostgresDistributedLock,
@@ -190,6 +191,16 @@ describe('state errors', () => {
       expect((await thrown(() => h2.extend(5))).code).toBe('ERR_INVALID_ARG_VALUE')
       await h2.release()
     }
+  })
+
+  it('extend after the lease ran out names the lock once', async () => {
+    await using locks = new RedisLockProvider({ urls: redis.url })
+    const h = await locks.createLock('lease').acquire({ leaseMs: 150, autoRenew: false })
+    await aborted(h.signal)
+    const err = await thrown(() => h.extend(1_000))
+    expect(err).toBeInstanceOf(LockLostError)
+    // It read `redis lock "redis lock \"lease\"" was lost` before.
+    expect(err.message).toMatch(/^redis lock "lease" was lost: /)
   })
 })
 

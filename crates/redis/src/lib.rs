@@ -994,7 +994,8 @@ impl Inner {
         let held = Arc::new(RedisHeld {
             inner: self.clone(),
             uid,
-            target: req.target(BACKEND).to_string(),
+            target: req.target(BACKEND),
+            description: req.target(BACKEND).to_string(),
             op: op.clone(),
             fence,
             floor,
@@ -1269,7 +1270,9 @@ impl<T: Send + 'static> Drop for Fan<T> {
 struct RedisHeld {
     inner: Arc<Inner>,
     uid: u64,
-    target: String,
+    /// The lock, for errors, and as messages name it (built once per grant).
+    target: distlock_core::Target,
+    description: String,
     op: Op,
     fence: u64,
     floor: u64,
@@ -1340,7 +1343,7 @@ impl RedisHeld {
     async fn extend_now(&self, lease: Duration) -> Result<()> {
         distlock_core::options::lease_ms(lease.as_millis() as f64)?;
         let lost = |reason: String| Error::Lost {
-            target: distlock_core::Target::new(BACKEND, "lock", self.target.clone()),
+            target: self.target.clone(),
             reason,
         };
         if self.is_released() {
@@ -1382,7 +1385,7 @@ impl RedisHeld {
 
 impl HeldLock for RedisHeld {
     fn target(&self) -> &str {
-        &self.target
+        &self.description
     }
 
     fn fencing_token(&self) -> u64 {
