@@ -67,16 +67,6 @@ impl Trouble {
 
 /// A failed call in words: the error, then its sources (a transport error's OS error).
 pub(crate) fn describe(e: &GrpcError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    let (plain, _) = distlock_core::error::os_error_text(&text);
+    let (plain, _) = distlock_core::error::os_error_text(&distlock_core::error::with_sources(e));
     plain
 }

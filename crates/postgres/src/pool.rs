@@ -63,17 +63,7 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
             db.code().code()
         );
     }
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+    distlock_core::error::with_sources(e)
 }
 
 /// A server error or an unreachable server, and whether trying again may help.
