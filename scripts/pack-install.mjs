@@ -219,7 +219,9 @@ step('install into an empty project without Rust', [`pack ${pkg.name}-${PLATFORM
   })
   if (installed.status !== 0) fail(`npm install exited with ${installed.status}:\n${installed.stderr}`)
   // A user's install prints no warning of ours (npm 11 warns about any install script, `prepare` too).
-  const warnings = installed.stderr.split('\n').filter((l) => /^npm warn/.test(l) && !/ E404 |404 Not Found/.test(l))
+  const warnings = installed.stderr
+    .split('\n')
+    .filter((l) => l.startsWith('npm warn') && !/ E404 |404 Not Found/.test(l))
   if (warnings.some((l) => /install-scripts|distlock/.test(l))) fail(`npm install warned:\n${warnings.join('\n')}`)
 
   const modules = join(ctx.app, 'node_modules')
