@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { AbortError, LockBackendError, LockLostError, MySqlLockProvider } from 'distlock'
 
-import { Child, eventually, tempDir } from './helpers'
+import { Child, eventually, silentServer, tempDir } from './helpers'
 
 const URL_MYSQL = process.env.DISTLOCK_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'
 const CA = process.env.DISTLOCK_TEST_MYSQL_CA
@@ -314,28 +314,19 @@ describe('MySqlLockProvider across processes', () => {
 
 describe('MySqlLockProvider against a server that accepts and never answers', () => {
   it('an acquire settles by its timeoutMs, not by connectTimeoutMs', async () => {
-    const net = await import('node:net')
-    const sockets: import('node:net').Socket[] = []
-    const silent = net.createServer((s) => void sockets.push(s))
-    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r))
-    const { port } = silent.address() as import('node:net').AddressInfo
-    try {
-      const p = provider({ connectionString: `mysql://root@127.0.0.1:${port}/test`, connectTimeoutMs: 5_000 })
-      const started = performance.now()
-      const err = await p
-        .createLock('silent')
-        .acquire({ timeoutMs: 500 })
-        .then(
-          () => null,
-          (e: Error) => e,
-        )
-      const took = performance.now() - started
-      expect(err).toBeInstanceOf(LockBackendError)
-      expect(took).toBeGreaterThanOrEqual(490)
-      expect(took).toBeLessThan(1_500)
-    } finally {
-      for (const s of sockets) s.destroy()
-      silent.close()
-    }
+    await using silent = await silentServer()
+    const p = provider({ connectionString: `mysql://root@127.0.0.1:${silent.port}/test`, connectTimeoutMs: 5_000 })
+    const started = performance.now()
+    const err = await p
+      .createLock('silent')
+      .acquire({ timeoutMs: 500 })
+      .then(
+        () => null,
+        (e: Error) => e,
+      )
+    const took = performance.now() - started
+    expect(err).toBeInstanceOf(LockBackendError)
+    expect(took).toBeGreaterThanOrEqual(490)
+    expect(took).toBeLessThan(1_500)
   })
 })

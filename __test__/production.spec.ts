@@ -23,7 +23,7 @@ import {
   type LockProvider,
 } from 'distlock'
 
-import { aborted, eventually, tempDir } from './helpers'
+import { aborted, eventually, silentServer, tempDir } from './helpers'
 import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
 
 type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
@@ -609,13 +609,11 @@ describe('acquireAll', () => {
 
 describe('PostgreSQL connectTimeoutMs', () => {
   it('bounds a login that never answers, separately from opTimeoutMs', async () => {
-    const net = await import('node:net')
     // Accepts connections and never says a word: the login hangs.
-    const sockets: import('node:net').Socket[] = []
-    const silent = net.createServer((s) => void sockets.push(s))
-    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r))
-    const { port } = silent.address() as import('node:net').AddressInfo
-    try {
+    await using silent = await silentServer()
+    const { port } = silent
+    // A block of its own: the provider closes before the server does.
+    {
       await using pg = new PostgresLockProvider({
         connectionString: `postgres://app@127.0.0.1:${port}/app?sslmode=disable`,
         connectTimeoutMs: 300,
@@ -631,9 +629,6 @@ describe('PostgreSQL connectTimeoutMs', () => {
       expect(() => new PostgresLockProvider({ connectionString: 'postgres://a@h/db', connectTimeoutMs: -1 })).toThrow(
         /connectTimeoutMs/,
       )
-    } finally {
-      for (const s of sockets) s.destroy()
-      silent.close()
     }
   })
 })
