@@ -2,8 +2,8 @@
 // concurrency.Mutex) and the server's Lock RPC (v3lock, through the gRPC gateway's JSON), on a
 // private etcd member. etcdctl is $DISTLOCK_ETCDCTL_BIN, else `etcdctl` on PATH.
 import { type ChildProcess, spawn } from 'node:child_process'
-import { existsSync, readFileSync, rmSync } from 'node:fs'
-import { delimiter, join } from 'node:path'
+import { readFileSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
 
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 
@@ -37,16 +37,8 @@ afterEach(async () => {
 
 afterAll(() => services.stopServices())
 
-/** The etcdctl binary; never skips. */
-function etcdctlBin(): string {
-  const fromEnv = process.env.DISTLOCK_ETCDCTL_BIN
-  if (fromEnv) return fromEnv
-  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
-    const candidate = join(dir, 'etcdctl')
-    if (dir && existsSync(candidate)) return candidate
-  }
-  throw new Error('install etcdctl: apt-get install etcd-client (or set DISTLOCK_ETCDCTL_BIN)')
-}
+/** The etcdctl binary (scripts/test-services.mjs finds it, or fails saying how to install it; never skips). */
+const etcdctlBin = () => services.etcdctlBin()
 
 async function single() {
   const server = await services.startEtcd()

@@ -51,6 +51,10 @@ export interface EtcdMember {
   stop(): void
 }
 export function etcdBin(): string
+/** The etcdctl binary ($DISTLOCK_ETCDCTL_BIN, else PATH), or an error saying how to get it. */
+export function etcdctlBin(): string
+/** Installs the missing ones of these programs from Debian's packages when root, else throws the command to run. */
+export function ensureTools(names: Array<'redis-server' | 'etcd' | 'etcdctl' | 'mariadbd'>): void
 /** One private etcd member; stop() kills it and removes its data dir. */
 export function startEtcd(): Promise<{
   endpoint: string
