@@ -5,27 +5,37 @@
 //! - [`queue`]: the in-process FIFO waiter queue, one per name;
 //! - [`LostSignal`] and [`Lease`]: how a held lock reports that it is lost;
 //! - the [`Backend`] and [`HeldLock`] traits the providers implement;
-//! - [`reactor`]: the host event loop a network backend may do its socket I/O on.
+//! - [`patience`]: how an acquire spends its budget (attempts, pauses, busy versus trouble), one
+//!   I/O-free machine every backend drives, and [`Fault`], the failure it reports;
+//! - [`reactor`]: the host event loop a network backend may do its socket I/O on;
+//! - [`sync::lock`]: the poison-tolerant mutex lock every crate uses.
 
 pub mod backend;
+pub mod drive;
 pub mod error;
+pub mod fault;
 pub mod held;
 pub mod lease;
 pub mod lost;
 pub mod memory;
 pub mod options;
+pub mod patience;
 pub mod queue;
 pub mod reactor;
+pub mod sync;
 
 pub use backend::{
     AcquireRequest, Acquiring, Backend, BackendEvent, BoxFuture, Held, HeldLock, Interrupted,
     LockInfo, LockKind, Observer, Waited, race,
 };
+pub use drive::{Attempted, drive};
 pub use error::{Cause, Error, Result, Target};
+pub use fault::Fault;
 pub use held::HeldSet;
 pub use lease::Lease;
 pub use lost::LostSignal;
 pub use memory::MemoryBackend;
 pub use options::{Timeout, validate_max_count, validate_name, validate_permits};
+pub use patience::{Backoff, End, Input, Patience, Policy, Step};
 pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
 pub use tokio_util::sync::CancellationToken;
