@@ -23,6 +23,8 @@ pub mod patience;
 pub mod queue;
 pub mod reactor;
 pub mod sync;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use backend::{
     AcquireRequest, Acquiring, Backend, BackendEvent, BoxFuture, Held, HeldLock, Interrupted,

@@ -8,7 +8,7 @@
 //! [`FairQueue`]: crate::FairQueue
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio_util::sync::CancellationToken;
 
@@ -20,13 +20,9 @@ use crate::held::HeldSet;
 use crate::lost::LostSignal;
 use crate::options::{Timeout, validate_name};
 use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
+use crate::sync::lock;
 
 const BACKEND: &str = "memory";
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain field updates only: a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Locks that live in this process only.
 #[derive(Clone, Default)]
@@ -245,6 +241,18 @@ impl Drop for MemoryHeld {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn keeps_the_backend_contract() {
+        crate::testing::run(&crate::testing::Subject {
+            open: Box::new(|| Arc::new(MemoryBackend::new())),
+            prefix: "contract:".into(),
+            read_write: true,
+            semaphore: true,
+            shared_store: false,
+        })
+        .await;
+    }
 
     fn req(name: &str, kind: LockKind, timeout: Timeout) -> AcquireRequest {
         AcquireRequest {
