@@ -1,9 +1,71 @@
-//! The locks a provider holds right now, so `close` can release them and report them lost.
-//! Entries are weak: a handle dropped without release still runs its own `Drop`.
+//! What every backend's held lock shares: [`HeldCore`], its common half, and [`HeldSet`], the
+//! locks a provider holds right now, so `close` can release them and report them lost. Set
+//! entries are weak: a handle dropped without release still runs its own `Drop`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::lost::LostSignal;
+
+/// The half of a held lock every backend keeps the same way: how messages name it, its fencing
+/// token, its lost signal and whether it was released. A backend's held lock embeds one and
+/// answers [`HeldLock`](crate::HeldLock)'s common questions from it.
+#[derive(Debug)]
+pub struct HeldCore {
+    target: String,
+    token: u64,
+    lost: LostSignal,
+    released: AtomicBool,
+}
+
+impl HeldCore {
+    /// The common half of a grant of `target` (as messages name it) with fencing `token`.
+    pub fn new(target: impl Into<String>, token: u64) -> Self {
+        Self::with_lost(target, token, LostSignal::new())
+    }
+
+    /// The same, with a lost signal made earlier (one a renewer or a session already watches).
+    pub fn with_lost(target: impl Into<String>, token: u64, lost: LostSignal) -> Self {
+        Self {
+            target: target.into(),
+            token,
+            lost,
+            released: AtomicBool::new(false),
+        }
+    }
+
+    /// How messages name the lock, e.g. `redis lock "orders:42"`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The grant's fencing token.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Fires when the lock is known lost.
+    pub fn lost(&self) -> &LostSignal {
+        &self.lost
+    }
+
+    /// Whether the lock was released (by `release`, a drop or the provider's close).
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Marks the lock released. `true` for the first call only: the caller that gets `true`
+    /// does the release, every later one (a second `release`, the drop after it) does nothing.
+    pub fn mark_released(&self) -> bool {
+        !self.released.swap(true, Ordering::AcqRel)
+    }
+
+    /// Not released and not lost (backends with leases also check their deadline).
+    pub fn is_held(&self) -> bool {
+        !self.is_released() && !self.lost.is_lost()
+    }
+}
 
 /// Held locks of one provider, by id.
 #[derive(Debug)]
@@ -64,6 +126,19 @@ impl<T> HeldSet<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_core_releases_once() {
+        let core = HeldCore::new("memory lock \"a\"", 7);
+        assert!(core.is_held());
+        assert_eq!((core.target(), core.token()), ("memory lock \"a\"", 7));
+        assert!(core.mark_released());
+        assert!(!core.mark_released(), "a second release does nothing");
+        assert!(core.is_released() && !core.is_held());
+        let lost = HeldCore::new("x", 1);
+        lost.lost().fire("gone");
+        assert!(!lost.is_held() && !lost.is_released());
+    }
 
     #[test]
     fn drain_returns_the_live_entries_only() {

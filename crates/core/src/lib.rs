@@ -10,6 +10,7 @@
 //! - [`reactor`]: the host event loop a network backend may do its socket I/O on;
 //! - [`sync::lock`]: the poison-tolerant mutex lock every crate uses.
 
+pub mod admission;
 pub mod backend;
 pub mod drive;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use admission::{Admitted, Turns};
 pub use backend::{
     AcquireRequest, Acquiring, Backend, BackendEvent, BoxFuture, Held, HeldLock, Interrupted,
     LockInfo, LockKind, Observer, Waited, race,
@@ -33,7 +35,7 @@ pub use backend::{
 pub use drive::{Attempted, drive};
 pub use error::{Cause, Error, Result, Target};
 pub use fault::Fault;
-pub use held::HeldSet;
+pub use held::{HeldCore, HeldSet};
 pub use lease::Lease;
 pub use lost::LostSignal;
 pub use memory::MemoryBackend;

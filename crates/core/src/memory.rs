@@ -7,19 +7,21 @@
 //!
 //! [`FairQueue`]: crate::FairQueue
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admitted, Turns};
 use crate::backend::{
     AcquireRequest, Acquiring, Backend, BoxFuture, HeldLock, LockInfo, LockKind, race,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::held::HeldCore;
 use crate::held::HeldSet;
 use crate::lost::LostSignal;
 use crate::options::{Timeout, validate_name};
-use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
+use crate::queue::{Entry, SHARED_CAPACITY, Ticket};
 use crate::sync::lock;
 
 const BACKEND: &str = "memory";
@@ -32,8 +34,7 @@ pub struct MemoryBackend {
 
 #[derive(Default)]
 struct Inner {
-    locks: Registry<String, Names>,
-    semaphores: Registry<String, Names>,
+    turns: Turns<Names>,
     /// One counter for every name: strictly increasing per name, as fencing needs.
     tokens: AtomicU64,
     held: HeldSet<MemoryHeld>,
@@ -64,43 +65,10 @@ impl Backend for MemoryBackend {
     }
 
     fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
-        validate_name(&req.name)?;
-        if self.inner.closed.is_cancelled() {
-            return Err(Error::Closed {
-                backend: BACKEND,
-                detail: format!("; cannot acquire {}", req.target(BACKEND)),
-            });
-        }
-        let (entry, weight) = match req.kind {
-            LockKind::Semaphore { max_count, permits } => {
-                let entry =
-                    self.inner
-                        .semaphores
-                        .entry(&req.name, u64::from(max_count), Names::default);
-                if entry.queue.capacity() != u64::from(max_count) {
-                    return Err(Error::invalid(
-                        "maxCount",
-                        format!(
-                            "of {} is {max_count}, but this process already uses it with maxCount {}",
-                            req.target(BACKEND),
-                            entry.queue.capacity()
-                        ),
-                    ));
-                }
-                (entry, u64::from(permits))
-            }
-            kind => (
-                self.inner
-                    .locks
-                    .entry(&req.name, SHARED_CAPACITY, Names::default),
-                if kind == LockKind::Read {
-                    1
-                } else {
-                    SHARED_CAPACITY
-                },
-            ),
-        };
-        let mut ticket = entry.queue.enqueue(weight);
+        let Admitted { entry, mut ticket } =
+            self.inner
+                .turns
+                .admit(&req, BACKEND, &self.inner.closed, Names::default)?;
         let inner = self.inner.clone();
         Ok(Box::pin(async move {
             let granted = if req.timeout == Timeout::Zero {
@@ -129,11 +97,8 @@ impl Backend for MemoryBackend {
             let held = Arc::new(MemoryHeld {
                 inner: Arc::downgrade(&inner),
                 id,
-                token,
-                lost: LostSignal::new(),
-                released: AtomicBool::new(false),
+                core: HeldCore::new(req.target(BACKEND).to_string(), token),
                 turn: Mutex::new(Some((ticket, entry))),
-                target: req.target(BACKEND).to_string(),
             });
             inner.held.insert(id, &held);
             Ok(Some(held as crate::Held))
@@ -142,10 +107,8 @@ impl Backend for MemoryBackend {
 
     fn inspect(&self, name: &str, kind: LockKind) -> BoxFuture<'static, Result<LockInfo>> {
         let info = validate_name(name).map(|()| {
-            let (entry, semaphore) = match kind {
-                LockKind::Semaphore { .. } => (self.inner.semaphores.get(&name.to_owned()), true),
-                _ => (self.inner.locks.get(&name.to_owned()), false),
-            };
+            let semaphore = matches!(kind, LockKind::Semaphore { .. });
+            let entry = self.inner.turns.get(name, kind);
             let Some(entry) = entry else {
                 return LockInfo {
                     holders: Some(0),
@@ -178,7 +141,7 @@ impl Backend for MemoryBackend {
         Box::pin(async move {
             inner.closed.cancel();
             for h in inner.held.drain() {
-                h.lost.fire("the lock provider was closed");
+                h.core.lost().fire("the lock provider was closed");
                 h.release_now();
             }
             Ok(())
@@ -189,16 +152,13 @@ impl Backend for MemoryBackend {
 struct MemoryHeld {
     inner: Weak<Inner>,
     id: u64,
-    token: u64,
-    lost: LostSignal,
-    released: AtomicBool,
+    core: HeldCore,
     turn: Mutex<Option<(Ticket, Arc<Entry<Names>>)>>,
-    target: String,
 }
 
 impl MemoryHeld {
     fn release_now(&self) {
-        if self.released.swap(true, Ordering::AcqRel) {
+        if !self.core.mark_released() {
             return;
         }
         if let Some(inner) = self.inner.upgrade() {
@@ -210,19 +170,19 @@ impl MemoryHeld {
 
 impl HeldLock for MemoryHeld {
     fn target(&self) -> &str {
-        &self.target
+        self.core.target()
     }
 
     fn fencing_token(&self) -> u64 {
-        self.token
+        self.core.token()
     }
 
     fn lost(&self) -> &LostSignal {
-        &self.lost
+        self.core.lost()
     }
 
     fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
+        self.core.is_released()
     }
 
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
@@ -327,7 +287,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let entry = m.inner.locks.get(&"x".to_owned()).unwrap();
+        let entry = m.inner.turns.get("x", LockKind::Mutex).unwrap();
         assert_eq!(entry.queue.in_use(), SHARED_CAPACITY);
         m.close().await.unwrap();
         assert!(h.lost().is_lost());

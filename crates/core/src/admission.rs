@@ -1,0 +1,182 @@
+//! Admission: the synchronous half of every acquire, the same for every backend.
+//!
+//! In the caller's own call, before anything is awaited: the name is checked, a closed provider
+//! refuses, a semaphore's `maxCount` must agree with what this process already uses for the
+//! name, and the request joins the name's in-process FIFO queue (so callers are served in call
+//! order). What comes back is the request's place in that queue; the backend's asynchronous
+//! half waits for it, then for the store.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{AcquireRequest, LockKind};
+use crate::error::{Error, Result};
+use crate::options::validate_name;
+use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
+
+/// One provider's in-process queues: one per lock name (its mutex and both sides of its
+/// reader-writer lock share it) and one per semaphore name, each with the backend's state `S`
+/// for the name beside it.
+#[derive(Debug)]
+pub struct Turns<S> {
+    locks: Registry<String, S>,
+    semaphores: Registry<String, S>,
+}
+
+impl<S> Default for Turns<S> {
+    fn default() -> Self {
+        Self {
+            locks: Registry::default(),
+            semaphores: Registry::default(),
+        }
+    }
+}
+
+/// An admitted acquire: its name's entry and its place in the name's queue.
+#[derive(Debug)]
+pub struct Admitted<S> {
+    /// The name's queue and the backend's state for it.
+    pub entry: Arc<Entry<S>>,
+    /// The place in the queue; granted when the acquire's in-process turn comes.
+    pub ticket: Ticket,
+}
+
+impl<S> Turns<S> {
+    /// Admits `req` to `backend`'s provider (whose close token is `closed`): see the module
+    /// documentation. `make` creates the backend's state for a name nobody uses now.
+    pub fn admit(
+        &self,
+        req: &AcquireRequest,
+        backend: &'static str,
+        closed: &CancellationToken,
+        make: impl FnOnce() -> S,
+    ) -> Result<Admitted<S>> {
+        validate_name(&req.name)?;
+        if closed.is_cancelled() {
+            return Err(Error::Closed {
+                backend,
+                detail: format!("; cannot acquire {}", req.target(backend)),
+            });
+        }
+        let (entry, weight) = match req.kind {
+            LockKind::Semaphore { max_count, permits } => {
+                let entry = self.semaphores.entry(&req.name, u64::from(max_count), make);
+                if entry.queue.capacity() != u64::from(max_count) {
+                    return Err(Error::invalid(
+                        "maxCount",
+                        format!(
+                            "of {} is {max_count}, but this process already uses it with maxCount {}",
+                            req.target(backend),
+                            entry.queue.capacity()
+                        ),
+                    ));
+                }
+                (entry, u64::from(permits))
+            }
+            // A reader takes one unit of the name's capacity; a writer (or a mutex) takes all.
+            LockKind::Read => (self.locks.entry(&req.name, SHARED_CAPACITY, make), 1),
+            LockKind::Mutex | LockKind::Write => (
+                self.locks.entry(&req.name, SHARED_CAPACITY, make),
+                SHARED_CAPACITY,
+            ),
+        };
+        let ticket = entry.queue.enqueue(weight);
+        Ok(Admitted { entry, ticket })
+    }
+
+    /// The entry of `name` for `kind`'s family, if someone in this process holds or waits on it.
+    pub fn get(&self, name: &str, kind: LockKind) -> Option<Arc<Entry<S>>> {
+        match kind {
+            LockKind::Semaphore { .. } => self.semaphores.get(&name.to_owned()),
+            _ => self.locks.get(&name.to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Timeout;
+
+    fn req(name: &str, kind: LockKind) -> AcquireRequest {
+        AcquireRequest {
+            name: name.into(),
+            kind,
+            timeout: Timeout::Forever,
+            cancel: None,
+            lease: None,
+            auto_renew: true,
+        }
+    }
+
+    #[test]
+    fn admits_in_call_order_and_shares_a_name_between_its_lock_kinds() {
+        let turns: Turns<()> = Turns::default();
+        let open = CancellationToken::new();
+        let mut first = turns
+            .admit(&req("a", LockKind::Mutex), "memory", &open, || ())
+            .unwrap();
+        let mut reader = turns
+            .admit(&req("a", LockKind::Read), "memory", &open, || ())
+            .unwrap();
+        assert!(first.ticket.is_granted());
+        assert!(
+            !reader.ticket.is_granted(),
+            "a reader queues behind a writer of the name"
+        );
+        assert!(Arc::ptr_eq(&first.entry, &reader.entry));
+        drop(first);
+        assert!(reader.ticket.is_granted());
+        assert!(turns.get("a", LockKind::Write).is_some());
+        assert!(
+            turns.get("a", LockKind::semaphore(2)).is_none(),
+            "semaphores are their own family"
+        );
+    }
+
+    #[test]
+    fn refuses_a_bad_name_a_closed_provider_and_a_max_count_that_disagrees() {
+        let turns: Turns<()> = Turns::default();
+        let open = CancellationToken::new();
+        let e = turns
+            .admit(&req("", LockKind::Mutex), "memory", &open, || ())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidArgument {
+                    argument: "name",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let held = turns
+            .admit(&req("s", LockKind::semaphore(3)), "redis", &open, || ())
+            .unwrap();
+        let e = turns
+            .admit(&req("s", LockKind::semaphore(4)), "redis", &open, || ())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "maxCount of redis semaphore \"s\" is 4, but this process already uses it with maxCount 3"
+        );
+        drop(held);
+        let closed = CancellationToken::new();
+        closed.cancel();
+        let e = turns
+            .admit(&req("a", LockKind::Mutex), "file", &closed, || ())
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Closed {
+                    backend: "file",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
