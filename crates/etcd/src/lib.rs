@@ -2,9 +2,10 @@
 //!
 //! - Layout (`keys.rs`): one key per waiting or holding acquire, `<keyPrefix><name>/<marker><unique>`,
 //!   put with a lease and only if absent (a transaction comparing `create_revision == 0`).
-//! - Order (`order.rs`, I/O-free; `acquire.rs` drives it): the etcd `concurrency` recipe. Keys of a name are ordered by create revision. A
-//!   mutex or writer holds when no key of the lock family, and no foreign key (one distlock did
-//!   not write: `etcdctl lock`, the Lock RPC), has a smaller create revision; a reader holds
+//! - Order (`order.rs`, I/O-free; `acquire.rs` drives it): the etcd `concurrency` recipe. Keys
+//!   of a name are ordered by create revision. A mutex or writer holds when no key of the lock
+//!   family, and no foreign key (one distlock did not write: `etcdctl lock`, the Lock RPC), has
+//!   a smaller create revision; a reader holds
 //!   when no writer key and no foreign key has; a semaphore acquire holds when no foreign key
 //!   has and the permits of every semaphore key with a create revision up to its own sum to at
 //!   most `maxCount` (strict FIFO: a big request is not overtaken by smaller ones behind it).

@@ -61,9 +61,10 @@ use std::time::Duration;
 
 use distlock_core::HeldSet;
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, HeldLock, LockInfo,
-    LockKind, Registry, Result, SHARED_CAPACITY, validate_name,
+    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, HeldLock, Interrupted,
+    LockInfo, LockKind, Registry, Result, SHARED_CAPACITY, Ticket, race, validate_name,
 };
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
 use held::{FileHeld, Watched};
@@ -332,6 +333,24 @@ impl Inner {
                 .unwrap_or(&self.dir)
                 .join(file_name),
         )
+    }
+
+    /// Waits for an acquire's in-process turn, then for the name's gate (one caller per process
+    /// and name talks to the OS at a time), until `deadline`.
+    pub(crate) async fn turn(
+        &self,
+        req: &AcquireRequest,
+        ticket: &mut Ticket,
+        gate: &Arc<tokio::sync::Mutex<()>>,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<OwnedMutexGuard<()>, Interrupted> {
+        let cancel = req.cancel.as_ref();
+        race(ticket.granted(), deadline, cancel, &self.closed)
+            .await
+            .done()?;
+        race(gate.clone().lock_owned(), deadline, cancel, &self.closed)
+            .await
+            .done()
     }
 
     /// Opens a lock file, recreating the directory if someone removed it since.

@@ -100,20 +100,9 @@ impl Inner {
     ) -> Result<Option<Held>> {
         let deadline = req.timeout.deadline(start);
         let cancel = req.cancel.as_ref();
-        if let Err(why) = race(ticket.granted(), deadline, cancel, &self.closed)
+        let gate = match self
+            .turn(&req, &mut ticket, &entry.state.gate, deadline)
             .await
-            .done()
-        {
-            return why.into_outcome(&req, BACKEND);
-        }
-        let gate = match race(
-            entry.state.gate.clone().lock_owned(),
-            deadline,
-            cancel,
-            &self.closed,
-        )
-        .await
-        .done()
         {
             Ok(gate) => gate,
             Err(why) => return why.into_outcome(&req, BACKEND),
