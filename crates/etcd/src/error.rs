@@ -1,68 +1,41 @@
-//! What went wrong talking to etcd, and whether trying again can help.
+//! What went wrong talking to etcd, as core [`Fault`]s: which failures a retry may cure.
 
 use std::time::Duration;
 
+use distlock_core::Fault;
 use tonic::Code;
 
 use crate::grpc::Error as GrpcError;
 
-/// A failed request: its description, and whether retrying cannot cure it (authentication,
-/// permissions, a request etcd refuses as such).
-#[derive(Clone, Debug)]
-pub(crate) struct Trouble {
-    pub message: String,
-    pub fatal: bool,
-    /// The endpoint that failed, where known.
-    pub server: Option<String>,
+/// A failed call as a fault. Not transient (retrying cannot cure it): authentication,
+/// permissions, a request etcd refuses as such, and what this side refused before sending. The
+/// message names the gRPC status code, as [`describe`] writes it.
+pub(crate) fn fault(e: &GrpcError) -> Fault {
+    let transient = match e {
+        GrpcError::Status(st) => !matches!(
+            st.code(),
+            Code::Unauthenticated
+                | Code::PermissionDenied
+                | Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::Unimplemented
+                | Code::OutOfRange
+        ),
+        GrpcError::Invalid(_) => false,
+        GrpcError::Transport(_) => true,
+    };
+    Fault::new(describe(e), transient)
 }
 
-impl Trouble {
-    pub fn from_grpc(e: &GrpcError) -> Self {
-        let fatal = match e {
-            GrpcError::Status(st) => matches!(
-                st.code(),
-                Code::Unauthenticated
-                    | Code::PermissionDenied
-                    | Code::InvalidArgument
-                    | Code::FailedPrecondition
-                    | Code::Unimplemented
-                    | Code::OutOfRange
-            ),
-            GrpcError::Invalid(_) => true,
-            GrpcError::Transport(_) => false,
-        };
-        Self {
-            message: describe(e),
-            fatal,
-            server: None,
-        }
-    }
+/// A request that got no answer within `bound`.
+pub(crate) fn no_answer(bound: Duration) -> Fault {
+    Fault::transient(format!("no answer within {} ms", bound.as_millis()))
+}
 
-    pub fn timeout(bound: Duration) -> Self {
-        Self::transient(format!("no answer within {} ms", bound.as_millis()))
-    }
-
-    pub fn transient(message: String) -> Self {
-        Self {
-            message,
-            fatal: false,
-            server: None,
-        }
-    }
-
-    pub fn fatal(message: String) -> Self {
-        Self {
-            message,
-            fatal: true,
-            server: None,
-        }
-    }
-
-    /// The same trouble, from endpoint `server`.
-    pub fn at(mut self, server: &str) -> Self {
-        self.server = Some(server.to_owned());
-        self
-    }
+/// `f`, from endpoint `server`.
+pub(crate) fn at(mut f: Fault, server: &str) -> Fault {
+    f.cause.server = Some(server.to_owned());
+    f
 }
 
 /// A failed call in words: the error, then its sources (a transport error's OS error).

@@ -17,14 +17,15 @@
 //! sooner, but costs a watcher per lock; a deleted key is an operator's act, not a race.)
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use distlock_core::{BackendEvent, Lease, LostSignal, Observer};
+use distlock_core::sync::lock;
+use distlock_core::{BackendEvent, Fault, Lease, LostSignal, Observer};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Trouble, describe};
+use crate::error::describe;
 use crate::grpc::wire::LeaseKeepAliveRequest;
 use crate::pool::Pool;
 
@@ -32,11 +33,6 @@ use crate::pool::Pool;
 pub(crate) const DEADLINE: &str = "its etcd lease ran out at the local deadline without a successful keep-alive (the server may grant it to another holder from then on)";
 const GONE: &str = "etcd reports its lease gone (expired or revoked)";
 const PAUSE: Duration = Duration::from_millis(200);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain inserts and removals: a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The margin kept against clock drift between this process and the server: 1 % of the TTL.
 pub(crate) fn drift(ttl: Duration) -> Duration {
@@ -138,7 +134,7 @@ impl Session {
     }
 
     /// One keep-alive now (for `extend`): `Ok(true)` renewed, `Ok(false)` the lease is gone.
-    pub async fn keep_alive_once(&self, pool: &Pool, bound: Duration) -> Result<bool, Trouble> {
+    pub async fn keep_alive_once(&self, pool: &Pool, bound: Duration) -> Result<bool, Fault> {
         let id = self.id;
         let mut sent = Instant::now();
         let sent_at = &mut sent;
@@ -220,7 +216,7 @@ pub(crate) async fn grant(
     shared: bool,
     closed: &CancellationToken,
     observer: Option<Observer>,
-) -> Result<Arc<Session>, Trouble> {
+) -> Result<Arc<Session>, Fault> {
     let bound = pool.bound;
     let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let mut sent = Instant::now();
@@ -232,7 +228,7 @@ pub(crate) async fn grant(
         })
         .await?;
     if !answer.error.is_empty() {
-        return Err(Trouble::fatal(format!(
+        return Err(Fault::fatal(format!(
             "etcd refused a lease: {}",
             answer.error
         )));
@@ -242,7 +238,7 @@ pub(crate) async fn grant(
     if closed.is_cancelled() {
         // Closed while the grant was in flight: nothing may hang on it.
         session.revoke(pool, bound).await;
-        return Err(Trouble::fatal(String::from("the lock provider was closed")));
+        return Err(Fault::fatal("the lock provider was closed"));
     }
     tokio::spawn(run(session.clone(), pool.clone(), renew, observer));
     Ok(session)

@@ -1,0 +1,206 @@
+//! A lock held in etcd: its key on a lease, its in-process turn, release and extend.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distlock_core::queue::Entry;
+use distlock_core::sync::lock;
+use distlock_core::{
+    AcquireRequest, BoxFuture, CancellationToken, Error, Fault, Held, HeldLock, LostSignal, Result,
+    Target, Ticket,
+};
+use tokio::time::Instant;
+
+use crate::cleanup::delete;
+use crate::session::{self, Session};
+use crate::{BACKEND, Inner, Plan};
+
+impl Inner {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn grant(
+        self: &Arc<Self>,
+        req: &AcquireRequest,
+        plan: Plan,
+        session: Arc<Session>,
+        key: String,
+        rev: i64,
+        entry: Arc<Entry<()>>,
+        ticket: Ticket,
+    ) -> Held {
+        if let Plan::Own { renew: false, .. } = plan {
+            session.stop_renewing();
+        }
+        let uid = self.held.next_id();
+        let lost = LostSignal::new();
+        let done = CancellationToken::new();
+        let turn: Turn = Arc::new(Mutex::new(Some((ticket, entry))));
+        let held = Arc::new(EtcdHeld {
+            inner: self.clone(),
+            uid,
+            target: req.target(BACKEND),
+            shown: req.target(BACKEND).to_string(),
+            key,
+            rev: u64::try_from(rev).unwrap_or(0),
+            session: session.clone(),
+            lost: lost.clone(),
+            released: AtomicBool::new(false),
+            done: done.clone(),
+            turn: turn.clone(),
+        });
+        self.held.insert(uid, &held);
+        session.attach(uid, &req.name, &held.key, &lost, Instant::now());
+        // A lost lock gives its in-process turn back at once, as a release would.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = lost.lost() => drop(lock(&turn).take()),
+                _ = done.cancelled() => {}
+            }
+        });
+        held
+    }
+}
+
+type Turn = Arc<Mutex<Option<(Ticket, Arc<Entry<()>>)>>>;
+
+/// A lock held in etcd.
+pub(crate) struct EtcdHeld {
+    inner: Arc<Inner>,
+    uid: u64,
+    target: Target,
+    shown: String,
+    key: String,
+    rev: u64,
+    session: Arc<Session>,
+    lost: LostSignal,
+    released: AtomicBool,
+    /// Ends the task that gives the turn back on loss.
+    done: CancellationToken,
+    /// This handle's in-process turn; given back after the release, or when lost.
+    turn: Turn,
+}
+
+impl EtcdHeld {
+    pub(crate) async fn release_now(&self) -> Result<()> {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.done.cancel();
+        self.inner.held.remove(self.uid);
+        let bound = self.inner.opts.op_timeout;
+        let s = &self.session;
+        s.detach(self.uid);
+        if s.shared {
+            delete(&self.inner.pool, bound, self.key.clone()).await;
+        } else {
+            s.revoke(&self.inner.pool, bound).await;
+        }
+        drop(lock(&self.turn).take());
+        tracing::debug!(backend = BACKEND, token = self.rev, "released");
+        Ok(())
+    }
+
+    async fn extend_now(&self, lease: Duration) -> Result<()> {
+        let lost = |reason: &str| Error::Lost {
+            target: self.target.clone(),
+            reason: reason.to_owned(),
+        };
+        if self.is_released() {
+            return Err(lost("it was released"));
+        }
+        let session = &self.session;
+        if lease > session.ttl {
+            return Err(Error::invalid(
+                "leaseMs",
+                format!(
+                    "of {} ms is longer than the lease of {} ({} ms): etcd cannot change a lease's TTL, so extend renews the lease to its full TTL and accepts at most that; acquire with a longer lease instead",
+                    lease.as_millis(),
+                    self.shown,
+                    session.ttl.as_millis()
+                ),
+            ));
+        }
+        if !self.is_held() {
+            return Err(lost(self.lost.reason().unwrap_or(session::DEADLINE)));
+        }
+        let bound = self.inner.opts.op_timeout;
+        match session.keep_alive_once(&self.inner.pool, bound).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(lost(self.lost.reason().unwrap_or("its lease is gone"))),
+            Err(f) => Err(self.inner.fault_error(
+                "extending",
+                &self.target,
+                Fault::transient(format!(
+                    "{}; the lease ends within {} ms unless a keep-alive succeeds",
+                    f.message,
+                    session.lease.remaining(Instant::now()).as_millis()
+                )),
+            )),
+        }
+    }
+}
+
+impl HeldLock for EtcdHeld {
+    fn fencing_token(&self) -> u64 {
+        self.rev
+    }
+
+    fn lost(&self) -> &LostSignal {
+        &self.lost
+    }
+
+    fn target(&self) -> &str {
+        &self.shown
+    }
+
+    fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    fn is_held(&self) -> bool {
+        if self.is_released() || self.lost.is_lost() {
+            return false;
+        }
+        if Instant::now() < self.session.lease.deadline() {
+            return true;
+        }
+        self.lost.fire(session::DEADLINE);
+        false
+    }
+
+    fn lease_remaining(&self) -> Option<Duration> {
+        if self.lost.is_lost() {
+            return Some(Duration::ZERO);
+        }
+        Some(self.session.lease.remaining(Instant::now()))
+    }
+
+    fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { self.release_now().await })
+    }
+
+    fn extend(self: Arc<Self>, lease: Duration) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { self.extend_now(lease).await })
+    }
+}
+
+impl Drop for EtcdHeld {
+    fn drop(&mut self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Dropped without release (a garbage-collected handle): release in the background.
+        self.done.cancel();
+        self.inner.held.remove(self.uid);
+        let turn = lock(&self.turn).take();
+        let s = self.session.clone();
+        s.detach(self.uid);
+        if s.shared {
+            let key = std::mem::take(&mut self.key);
+            self.inner.delete_later(key);
+        } else {
+            self.inner.revoke_later(s);
+        }
+        drop(turn);
+    }
+}
