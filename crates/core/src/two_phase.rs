@@ -227,13 +227,24 @@ pub enum Usage {
 
 /// Which session a pool gives a caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pick {
+pub enum Pick<T = usize> {
     /// The open session at this index (the pool marks it used or owned at once).
-    Take(usize),
+    Take(T),
     /// A new session: there is room and no open one fits well.
     Open,
     /// None now: wait until a session is freed or closes.
     Later,
+}
+
+impl<T> Pick<T> {
+    /// The same pick with the session named by `f` (the index turned into the session).
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Pick<U> {
+        match self {
+            Pick::Take(t) => Pick::Take(f(t)),
+            Pick::Open => Pick::Open,
+            Pick::Later => Pick::Later,
+        }
+    }
 }
 
 /// The one rule for which session a statement for `usage` goes to, among the open ones
