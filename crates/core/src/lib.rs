@@ -8,7 +8,9 @@
 //! - [`patience`]: how an acquire spends its budget (attempts, pauses, busy versus trouble), one
 //!   I/O-free machine every backend drives, and [`Fault`], the failure it reports;
 //! - [`reactor`]: the host event loop a network backend may do its socket I/O on;
-//! - [`sync::lock`]: the poison-tolerant mutex lock every crate uses.
+//! - [`sync::lock`]: the poison-tolerant mutex lock every crate uses;
+//! - [`two_phase`]: the SQL backends' acquire (a try on a shared session, then a wait on one of
+//!   its own, interrupted when the caller stops) and their pools' session pick.
 
 pub mod admission;
 pub mod backend;
@@ -26,6 +28,7 @@ pub mod reactor;
 pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod two_phase;
 
 pub use admission::{Admitted, Turns};
 pub use backend::{
@@ -43,3 +46,4 @@ pub use options::{Timeout, validate_max_count, validate_name, validate_permits};
 pub use patience::{Backoff, End, Input, Patience, Policy, Step};
 pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
 pub use tokio_util::sync::CancellationToken;
+pub use two_phase::TwoPhase;

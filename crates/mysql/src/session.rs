@@ -13,70 +13,43 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use distlock_core::{BackendEvent, BoxFuture, Cause, Error, Observer};
+use distlock_core::sync::lock;
+use distlock_core::two_phase::{Load, Pick, Usage, pick};
+use distlock_core::{BackendEvent, BoxFuture, Cause, Error, Fault, Observer};
 use mysql_async::Conn;
 use tokio::sync::Notify;
 
 use crate::config::MySqlOptions;
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under these locks is a single insert, remove or assignment.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Why a statement or a connection failed, and whether trying again may help.
-#[derive(Clone, Debug)]
-pub(crate) struct Failure {
-    pub message: String,
-    /// The connection broke or timed out (a reconnect may cure it), as opposed to an error the
-    /// server answered (access denied, an unknown database, a missing privilege).
-    pub transient: bool,
-    pub sqlstate: Option<String>,
-}
-
-impl Failure {
-    pub(crate) fn new(message: impl Into<String>, transient: bool) -> Self {
-        Self {
-            message: message.into(),
-            transient,
-            sqlstate: None,
-        }
-    }
-
-    fn of(e: &mysql_async::Error) -> Self {
-        match e {
-            mysql_async::Error::Server(s) => Self {
-                message: format!("{} (error {}, SQLSTATE {})", s.message, s.code, s.state),
-                // The server is shutting down, or killed our query or connection.
-                transient: matches!(s.code, 1053 | 1317 | 1927 | 4031),
-                sqlstate: Some(s.state.clone()),
-            },
-            mysql_async::Error::Url(u) => Self::new(u.to_string(), false),
-            // The OS error itself ("Broken pipe (os error 32)"), not under the driver's two
-            // layers of "Input/output error: ".
-            mysql_async::Error::Io(mysql_async::IoError::Io(io)) => Self::new(io.to_string(), true),
-            other => Self::new(other.to_string(), true),
-        }
-    }
-
-    /// The failure as the error a caller sees, naming `server` and what was being done.
-    pub(crate) fn into_error(self, server: &str, doing: &str) -> Error {
-        let cause = Cause {
-            server: Some(server.to_owned()),
-            sqlstate: self.sqlstate.clone(),
-            message: Some(self.message.clone()),
-            ..Default::default()
-        }
-        .with_os_error_in(&self.message);
-        Error::backend(
-            crate::BACKEND,
-            format!("{doing} on {server}: {}", self.message),
-            cause,
+/// The fault of a driver error, and whether trying again may help: the connection broke or
+/// timed out (a reconnect may cure it), as opposed to an error the server answered (access
+/// denied, an unknown database, a missing privilege).
+pub(crate) fn fault_of(e: &mysql_async::Error) -> Fault {
+    match e {
+        mysql_async::Error::Server(s) => Fault::new(
+            format!("{} (error {}, SQLSTATE {})", s.message, s.code, s.state),
+            // The server is shutting down, or killed our query or connection.
+            matches!(s.code, 1053 | 1317 | 1927 | 4031),
         )
+        .with_cause(Cause {
+            sqlstate: Some(s.state.clone()),
+            ..Cause::default()
+        }),
+        mysql_async::Error::Url(u) => Fault::fatal(u.to_string()),
+        // The OS error itself ("Broken pipe (os error 32)"), not under the driver's two
+        // layers of "Input/output error: ".
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => Fault::transient(io.to_string()),
+        other => Fault::transient(other.to_string()),
     }
+}
+
+/// `f` as the error a caller sees, naming `server` and what was being done.
+pub(crate) fn failed(f: Fault, server: &str, doing: &str) -> Error {
+    let message = format!("{doing} on {server}: {}", f.message);
+    Fault { message, ..f }.into_error(crate::BACKEND, Some(server))
 }
 
 /// A lock held on a session, told when the session ends under it.
@@ -112,15 +85,15 @@ impl Session {
         &self,
         limit: Option<Duration>,
         op: Op<T>,
-    ) -> Result<T, Failure> {
+    ) -> Result<T, Fault> {
         let mut guard = match limit {
             Some(d) => tokio::time::timeout(d, self.conn.lock())
                 .await
-                .map_err(|_| Failure::new("the session stayed busy", true))?,
+                .map_err(|_| Fault::transient("the session stayed busy"))?,
             None => self.conn.lock().await,
         };
         let Some(conn) = guard.as_mut() else {
-            return Err(Failure::new("the session has ended", true));
+            return Err(Fault::transient("the session has ended"));
         };
         let answer = match limit {
             Some(d) => match tokio::time::timeout(d, op(conn)).await {
@@ -130,13 +103,13 @@ impl Session {
                     drop(guard);
                     let why = format!("a statement got no answer within {} ms", d.as_millis());
                     self.die(&why);
-                    return Err(Failure::new(why, true));
+                    return Err(Fault::transient(why));
                 }
             },
             None => op(conn).await,
         };
         answer.map_err(|e| {
-            let failure = Failure::of(&e);
+            let failure = fault_of(&e);
             if !matches!(e, mysql_async::Error::Server(_)) || conn_broken(&e) {
                 *guard = None;
                 self.die(&failure.message);
@@ -191,8 +164,14 @@ impl Session {
         }
     }
 
-    fn holds_nothing(&self) -> bool {
-        lock(&self.holds).is_empty()
+    /// What the pool's pick needs to know of it.
+    fn load(&self) -> Load {
+        Load {
+            dead: self.is_dead(),
+            owned: self.waiting.load(Ordering::Acquire),
+            inflight: self.users.load(Ordering::Acquire),
+            holds: !lock(&self.holds).is_empty(),
+        }
     }
 
     pub(crate) fn is_waiting(&self) -> bool {
@@ -240,12 +219,9 @@ impl Drop for Use {
     }
 }
 
-/// What a caller gets from the pool: a session, room for a new one, or a wait for either.
-enum Pick {
-    This(Arc<Session>),
-    Open,
-    Later,
-}
+/// A shared session runs one statement at a time: a caller queues behind the others on it
+/// only when the pool is full.
+const SHARED: Usage = Usage::Shared { pipelined: false };
 
 /// The bounded set of sessions of one provider.
 pub(crate) struct Pool {
@@ -310,17 +286,15 @@ impl Pool {
 
     /// Opens a session within `connect_timeout`; the caller counted it in `opening` (against
     /// the limit, while it logs in).
-    async fn open(&self, waiting: bool) -> Result<Arc<Session>, Failure> {
+    async fn open(&self, waiting: bool) -> Result<Arc<Session>, Fault> {
         let _opening = Opening(&self.opening);
         let limit = self.opts.connect_timeout;
         let conn = match tokio::time::timeout(limit, Conn::new(self.opts.server.clone())).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(Failure::of(&e)),
+            Ok(Err(e)) => return Err(fault_of(&e)),
             Err(_) => {
-                return Err(Failure::new(
-                    format!("no connection within {} ms", limit.as_millis()),
-                    true,
-                ));
+                let message = format!("no connection within {} ms", limit.as_millis());
+                return Err(Fault::transient(message));
             }
         };
         let s = Arc::new(Session {
@@ -347,67 +321,49 @@ impl Pool {
         sessions.len() + self.opening.load(Ordering::Acquire) < self.opts.max_connections
     }
 
-    /// A session for statements that never wait: the least used live one, or a new one when
-    /// every session is in use and there is room.
-    pub(crate) async fn shared(&self) -> Result<Use, Failure> {
-        let session = self
-            .pick(false, |sessions, room| {
-                let best = sessions
-                    .iter()
-                    .filter(|s| !s.is_dead() && !s.waiting.load(Ordering::Acquire))
-                    .min_by_key(|s| s.users.load(Ordering::Acquire))?;
-                (best.users.load(Ordering::Acquire) == 0 || !room).then(|| {
-                    best.users.fetch_add(1, Ordering::AcqRel);
-                    best.clone()
-                })
-            })
-            .await?;
+    /// A session for statements that never wait (the pool's pick: the least used live one, or
+    /// a new one when every session is in use and there is room).
+    pub(crate) async fn shared(&self) -> Result<Use, Fault> {
+        let session = self.pick(SHARED).await?;
         Ok(Use { session })
     }
 
     /// A session for a blocking wait: one that holds nothing and has no caller, or a new one;
     /// when the pool is full, waits until one is free.
-    pub(crate) async fn for_wait(&self) -> Result<Arc<Session>, Failure> {
-        self.pick(true, |sessions, _| {
-            let idle = sessions.iter().find(|s| {
-                !s.is_dead()
-                    && !s.waiting.load(Ordering::Acquire)
-                    && s.users.load(Ordering::Acquire) == 0
-                    && s.holds_nothing()
-            })?;
-            idle.waiting.store(true, Ordering::Release);
-            Some(idle.clone())
-        })
-        .await
+    pub(crate) async fn for_wait(&self) -> Result<Arc<Session>, Fault> {
+        self.pick(Usage::Own).await
     }
 
-    /// A session `choose` takes (and marks as its own) from the live ones, told whether there
-    /// is room for another; else a new one when there is room (opened for a wait when
-    /// `waiting`), else, once a session is freed, the same again.
-    async fn pick(
-        &self,
-        waiting: bool,
-        choose: impl Fn(&[Arc<Session>], bool) -> Option<Arc<Session>>,
-    ) -> Result<Arc<Session>, Failure> {
+    /// A session for `usage` by core's one pick rule, taken (a user counted, or marked as a
+    /// wait's) under the sessions' lock; else a new one when there is room, else, once a
+    /// session is freed, the same again.
+    async fn pick(&self, usage: Usage) -> Result<Arc<Session>, Fault> {
         loop {
             let notified = self.freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let pick = {
+            let chosen = {
                 let sessions = lock(&self.sessions);
                 let room = self.room(&sessions);
-                match choose(&sessions, room) {
-                    Some(s) => Pick::This(s),
-                    None if room => {
-                        self.opening.fetch_add(1, Ordering::AcqRel);
-                        Pick::Open
+                let loads: Vec<Load> = sessions.iter().map(|s| s.load()).collect();
+                let chosen = pick(&loads, usage, room);
+                match chosen {
+                    Pick::Take(i) if usage == Usage::Own => {
+                        sessions[i].waiting.store(true, Ordering::Release);
                     }
-                    None => Pick::Later,
+                    Pick::Take(i) => {
+                        sessions[i].users.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Pick::Open => {
+                        self.opening.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Pick::Later => {}
                 }
+                chosen.map(|i| sessions[i].clone())
             };
-            match pick {
-                Pick::This(s) => return Ok(s),
-                Pick::Open => return self.open(waiting).await,
+            match chosen {
+                Pick::Take(taken) => return Ok(taken),
+                Pick::Open => return self.open(usage == Usage::Own).await,
                 Pick::Later => notified.await,
             }
         }
@@ -422,10 +378,10 @@ mod tests {
     fn io_failures_read_as_the_os_error() {
         // EPIPE, as Linux numbers it.
         let io = std::io::Error::from_raw_os_error(32);
-        let f = Failure::of(&mysql_async::Error::Io(mysql_async::IoError::Io(io)));
+        let f = fault_of(&mysql_async::Error::Io(mysql_async::IoError::Io(io)));
         assert_eq!(f.message, "Broken pipe (os error 32)");
         assert!(f.transient);
-        let e = f.into_error("127.0.0.1:3306", "acquiring mysql lock \"x\"");
+        let e = failed(f, "127.0.0.1:3306", "acquiring mysql lock \"x\"");
         assert_eq!(
             e.to_string(),
             "mysql backend error: acquiring mysql lock \"x\" on 127.0.0.1:3306: Broken pipe (os error 32)"

@@ -1,540 +1,34 @@
-//! Server sessions and the bounded pool they live in.
-//!
-//! A session is either *shared* (it runs only statements that never wait on the server — the
-//! `pg_try_…` attempts and the unlocks — pipelined from many callers, and it holds many locks),
-//! or *busy* (one caller owns it: a blocking `pg_advisory_lock` is in flight, or, in transaction
-//! scope, it holds that caller's lock inside an open transaction). A blocking wait only ever
-//! starts on a session that holds nothing, so an unlock never queues behind a wait.
+//! The bounded pool of a provider's sessions ([`crate::session`]): which one a caller gets
+//! (core's one pick rule, [`pick`]), opening new ones, and the keepalive probe.
 //!
 //! Each session's connection runs on its own task: on the host's event loop when the provider
 //! was given one and the server is a single TCP host ([`crate::socket`]; the statements of calls
-//! made on the JS thread are then written and answered there), else on the tokio runtime. When it ends (the server terminated the
-//! backend, the socket closed, a keepalive probe failed) every lock the session held fires its
-//! lost signal, then gives its in-process turn back (so the name is free in this process at once).
+//! made on the JS thread are then written and answered there), else on the tokio runtime.
 //!
 //! Connections are opened on their own task, bounded by `connect_timeout`: a caller that stops
 //! waiting (deadline, cancel) does not waste the login, the session joins the pool.
-//!
-//! The statements of the hot path (attempts, waits, unlocks, resets: [`Stmt`]) go on the extended
-//! protocol with their values bound. In session scope each text is a named prepared statement,
-//! prepared on a session's first use of it and reused by every later call on that session, so
-//! the server parses and plans it once per session. In transaction scope (the mode for
-//! transaction poolers such as PgBouncer, where consecutive transactions of one client may run on
-//! different server connections) a named statement could be missing on the server connection the
-//! pooler picks next, so there each statement is parsed unnamed in the same round trip as its
-//! execution: bound values, nothing kept on the server between transactions. The rest (creating
-//! the fencing sequence, `inspect`, the keepalive probe) is rare and uses the simple protocol.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use distlock_core::reactor::Reactor;
-use distlock_core::{Error, LostSignal, Result};
-use tokio::sync::{Notify, OnceCell};
-use tokio::task::AbortHandle;
+use distlock_core::sync::lock;
+use distlock_core::two_phase::{Pick, Usage, pick};
+use distlock_core::{Fault, Result};
+use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_postgres::Client;
 use tokio_postgres::config::Host;
 use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::PgOptions;
-use crate::machine::{Load, free_for_wait, shared_rank, transient_sqlstate};
+use crate::fault::{describe, fault, is_transient};
+use crate::session::{Owner, Session};
 use crate::socket::{LoopSocket, SocketIo};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a few field updates; a panic cannot leave them half-done.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Describes a driver error with its causes, without credentials (tokio-postgres never puts the
-/// password in an error).
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!(
-            "{}: {} (SQLSTATE {})",
-            db.severity(),
-            db.message(),
-            db.code().code()
-        );
-    }
-    distlock_core::error::with_sources(e)
-}
-
-/// A server error or an unreachable server, and whether trying again may help.
-#[derive(Debug)]
-pub(crate) struct Fault {
-    pub(crate) message: String,
-    /// The connection broke or the server is restarting (not a refusal such as a bad password):
-    /// a waiter with time left reconnects and queues again.
-    pub(crate) transient: bool,
-}
-
-impl Fault {
-    pub(crate) fn into_error(self, server: &str) -> Error {
-        let cause = cause_of(server, &self.message);
-        Error::backend(BACKEND, self.message, cause)
-    }
-}
-
-/// The facts of a failure on `server` whose message came from [`describe`]: its SQLSTATE is
-/// the `(SQLSTATE xxxxx)` that `describe` appends to a server's error.
-pub(crate) fn cause_of(server: &str, message: &str) -> distlock_core::Cause {
-    let sqlstate = message.rfind("(SQLSTATE ").and_then(|at| {
-        let code = &message[at + "(SQLSTATE ".len()..];
-        let code = code.get(..5)?;
-        code.chars()
-            .all(|c| c.is_ascii_alphanumeric())
-            .then(|| code.to_owned())
-    });
-    distlock_core::Cause {
-        server: Some(server.to_owned()),
-        sqlstate,
-        message: Some(message.to_owned()),
-        ..Default::default()
-    }
-    .with_os_error_in(message)
-}
-
-/// Whether a driver error is one a reconnect can cure: the connection broke (I/O, closed,
-/// reset), the server is shutting down, starting up or out of connections, or our statement
-/// was cancelled by someone else.
-pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
-    transient_sqlstate(e.code().map(|c| c.code()))
-}
-
-/// A statement's answer to come.
-pub(crate) type Query = std::pin::Pin<
-    Box<
-        dyn std::future::Future<Output = std::result::Result<Vec<Row>, tokio_postgres::Error>>
-            + Send,
-    >,
->;
-
-/// What runs when a session dies with a lock on it, after the lock's lost signal fired.
-pub(crate) type OnLost = Box<dyn FnOnce() + Send>;
-
-/// A value bound to a statement parameter.
-#[derive(Clone, Debug)]
-pub(crate) enum Param {
-    Int8(i64),
-    Int4(i32),
-    Int8Array(Vec<i64>),
-    Text(String),
-}
-
-impl Param {
-    fn ty(&self) -> Type {
-        match self {
-            Param::Int8(_) => Type::INT8,
-            Param::Int4(_) => Type::INT4,
-            Param::Int8Array(_) => Type::INT8_ARRAY,
-            Param::Text(_) => Type::TEXT,
-        }
-    }
-
-    fn value(&self) -> &(dyn ToSql + Sync) {
-        match self {
-            Param::Int8(v) => v,
-            Param::Int4(v) => v,
-            Param::Int8Array(v) => v,
-            Param::Text(v) => v,
-        }
-    }
-}
-
-/// A statement of the hot path, sent on the extended protocol with its values bound.
-#[derive(Clone, Debug)]
-pub(crate) struct Stmt {
-    /// One statement, `$n` for the parameters, each with an explicit cast: the text alone fixes
-    /// the parameter types (it is the key of a session's prepared statements).
-    pub(crate) text: String,
-    /// The values of `$1`, `$2`, ….
-    pub(crate) params: Vec<Param>,
-    /// Opens a transaction first: `BEGIN`, sent in the same round trip.
-    pub(crate) begin: bool,
-}
-
-impl Stmt {
-    /// `text` with `params`, outside a transaction of its own.
-    pub(crate) fn new(text: impl Into<String>, params: Vec<Param>) -> Self {
-        Stmt {
-            text: text.into(),
-            params,
-            begin: false,
-        }
-    }
-}
-
-/// A statement ready to send: prepared, or to be parsed unnamed along with its execution.
-enum Ready<'a> {
-    Named(Statement, Vec<&'a (dyn ToSql + Sync)>),
-    Unnamed(&'a str, Vec<(&'a (dyn ToSql + Sync), Type)>),
-}
-
-impl Ready<'_> {
-    /// Sends the statement (tokio-postgres writes it on this future's first poll) and collects
-    /// its rows.
-    async fn send(&self, client: &Client) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
-        match self {
-            Ready::Named(statement, params) => client.query(statement, params).await,
-            Ready::Unnamed(text, params) => client.query_typed(text, params).await,
-        }
-    }
-}
-
-/// One server connection.
-pub(crate) struct Session {
-    pub(crate) id: u64,
-    client: Client,
-    st: Mutex<SessionState>,
-    dead: CancellationToken,
-    /// The connection's task on the runtime (aborted to close it)…
-    driver: Mutex<Option<AbortHandle>>,
-    /// …or its socket, read on the event loop (shut down to close it), with the server's
-    /// address for cancel requests.
-    io: Option<(Arc<SocketIo>, String, u16)>,
-    pool: Weak<Pool>,
-    /// Named prepared statements by text, each prepared on first use (concurrent first users
-    /// wait for one prepare); `None` in transaction scope, where statements are parsed unnamed.
-    /// The texts come from a small fixed set (a few per scope and key space), so this stays small.
-    prepared: Option<Mutex<HashMap<String, Arc<OnceCell<Statement>>>>>,
-}
-
-#[derive(Default)]
-struct SessionState {
-    /// Locks held on this session, by grant id.
-    held: HashMap<u64, (LostSignal, OnLost)>,
-    /// Owned by one caller (blocking wait, or a transaction-scoped lock).
-    busy: bool,
-    /// Statements sent and not yet answered.
-    inflight: usize,
-    /// Why the connection ended.
-    death: Option<String>,
-    /// When the server last answered a statement on this session.
-    heard: Option<Instant>,
-}
-
-/// Counts a statement in flight for as long as it lives.
-struct Inflight<'a>(&'a Session);
-
-impl Drop for Inflight<'_> {
-    fn drop(&mut self) {
-        lock(&self.0.st).inflight -= 1;
-    }
-}
-
-impl Session {
-    /// Counts a statement in flight until the guard drops.
-    fn track(&self) -> Inflight<'_> {
-        lock(&self.st).inflight += 1;
-        Inflight(self)
-    }
-
-    fn heard(&self) {
-        lock(&self.st).heard = Some(Instant::now());
-    }
-
-    /// Runs `sql` on the simple protocol (one round trip, several statements allowed; for the
-    /// statements off the hot path) and returns the columns of each row as text.
-    pub(crate) async fn query(
-        &self,
-        sql: &str,
-    ) -> std::result::Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
-        let _guard = self.track();
-        let messages = self.client.simple_query(sql).await?;
-        self.heard();
-        Ok(messages
-            .into_iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_owned))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect())
-    }
-
-    /// Prepares what `stmt` needs on this session, unless it already did (nothing to do for
-    /// unnamed statements).
-    pub(crate) async fn prepare(
-        &self,
-        stmt: &Stmt,
-    ) -> std::result::Result<(), tokio_postgres::Error> {
-        let _guard = self.track();
-        if stmt.begin {
-            self.statement("BEGIN").await?;
-        }
-        self.statement(&stmt.text).await?;
-        Ok(())
-    }
-
-    /// Runs `stmt` (after `BEGIN`, in the same round trip, if it asks for one) and returns its
-    /// rows. Concurrent calls pipeline: a prepared statement is sent at once, without waiting
-    /// for other callers' answers.
-    pub(crate) async fn execute(
-        &self,
-        stmt: &Stmt,
-    ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
-        let _guard = self.track();
-        let main = self.ready(&stmt.text, &stmt.params).await?;
-        let rows = if stmt.begin {
-            let begin = self.ready("BEGIN", &[]).await?;
-            // Polled in this order, `BEGIN` is written first; both are in flight together.
-            let (began, rows) =
-                tokio::join!(biased; begin.send(&self.client), main.send(&self.client));
-            began?;
-            rows?
-        } else {
-            main.send(&self.client).await?
-        };
-        self.heard();
-        Ok(rows)
-    }
-
-    /// Sends `stmt` now if this session has it prepared already, and returns its answer to
-    /// come; `None` if it would need a prepare (or a `BEGIN`) first. When this returns `Some`,
-    /// the statement is queued on the connection ahead of anything sent on it afterwards
-    /// (tokio-postgres sends a request when its future is first polled, and runs requests in
-    /// that order).
-    pub(crate) fn send_prepared(self: &Arc<Self>, stmt: &Stmt) -> Option<Query> {
-        if stmt.begin {
-            return None;
-        }
-        let statement = lock(self.prepared.as_ref()?)
-            .get(&stmt.text)?
-            .get()?
-            .clone();
-        let (s, params) = (self.clone(), stmt.params.clone());
-        let mut answer: Query = Box::pin(async move {
-            let _guard = s.track();
-            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(Param::value).collect();
-            let rows = s.client.query(&statement, &values).await?;
-            s.heard();
-            Ok(rows)
-        });
-        // The first poll sends it; an answer that is already there is kept.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if let std::task::Poll::Ready(done) = answer.as_mut().poll(&mut cx) {
-            return Some(Box::pin(std::future::ready(done)));
-        }
-        Some(answer)
-    }
-
-    /// `text` with `params`, prepared if this session keeps prepared statements.
-    async fn ready<'a>(
-        &self,
-        text: &'a str,
-        params: &'a [Param],
-    ) -> std::result::Result<Ready<'a>, tokio_postgres::Error> {
-        Ok(match self.statement(text).await? {
-            Some(statement) => Ready::Named(statement, params.iter().map(Param::value).collect()),
-            None => Ready::Unnamed(text, params.iter().map(|p| (p.value(), p.ty())).collect()),
-        })
-    }
-
-    /// The prepared statement for `text` (prepared now if this session has not yet), or `None`
-    /// when this session parses statements unnamed.
-    async fn statement(
-        &self,
-        text: &str,
-    ) -> std::result::Result<Option<Statement>, tokio_postgres::Error> {
-        let Some(prepared) = &self.prepared else {
-            return Ok(None);
-        };
-        let cell = {
-            let mut prepared = lock(prepared);
-            match prepared.get(text) {
-                Some(cell) => cell.clone(),
-                None => prepared.entry(text.to_owned()).or_default().clone(),
-            }
-        };
-        let statement = cell
-            .get_or_try_init(|| async {
-                // The parameter types come from the casts in the text.
-                let statement = self.client.prepare(text).await?;
-                self.heard();
-                Ok::<_, tokio_postgres::Error>(statement)
-            })
-            .await?;
-        Ok(Some(statement.clone()))
-    }
-
-    /// Whether the server answered a statement on this session at or after `t`.
-    pub(crate) fn heard_since(&self, t: Instant) -> bool {
-        lock(&self.st).heard.is_some_and(|h| h >= t)
-    }
-
-    /// Asks the server to cancel whatever this session is running (a new short connection).
-    pub(crate) async fn cancel_running(&self, mut tls: MakeRustlsConnect) {
-        let token = self.client.cancel_token();
-        let sent = match &self.io {
-            None => token.cancel_query(tls).await,
-            // A connection opened outside tokio-postgres: open the cancel request's ourselves.
-            Some((_, host, port)) => {
-                match tokio::net::TcpStream::connect((host.as_str(), *port)).await {
-                    Ok(tcp) => match MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
-                        &mut tls, host,
-                    ) {
-                        Ok(connect) => token.cancel_query_raw(tcp, connect).await,
-                        Err(e) => {
-                            tracing::warn!(backend = BACKEND, session = self.id, error = %e, "cancel request failed");
-                            return;
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(backend = BACKEND, session = self.id, error = %e, "cancel request failed");
-                        return;
-                    }
-                }
-            }
-        };
-        if let Err(e) = sent {
-            tracing::warn!(backend = BACKEND, session = self.id, error = %describe(&e), "cancel request failed");
-        }
-    }
-
-    /// Whether the connection has ended.
-    pub(crate) fn is_dead(&self) -> bool {
-        self.dead.is_cancelled()
-    }
-
-    /// Records a lock held on this session; if the session dies, `lost` fires and then
-    /// `on_lost` runs. If it already died, both happen at once.
-    pub(crate) fn hold(&self, id: u64, lost: LostSignal, on_lost: OnLost) {
-        let mut st = lock(&self.st);
-        if let Some(reason) = st.death.clone() {
-            drop(st);
-            lost.fire(reason);
-            on_lost();
-            return;
-        }
-        st.held.insert(id, (lost, on_lost));
-    }
-
-    /// Forgets a released lock; a session left holding nothing is free for blocking waits.
-    pub(crate) fn forget(&self, id: u64) {
-        let empty = {
-            let mut st = lock(&self.st);
-            st.held.remove(&id);
-            st.held.is_empty()
-        };
-        if empty && let Some(pool) = self.pool.upgrade() {
-            pool.changed.notify_waiters();
-        }
-    }
-
-    /// Hands a busy session back to the pool.
-    pub(crate) fn unbusy(&self) {
-        lock(&self.st).busy = false;
-        if let Some(pool) = self.pool.upgrade() {
-            pool.changed.notify_waiters();
-        }
-    }
-
-    /// Marks the session dead and fires the lost signal of every lock it held.
-    pub(crate) fn die(&self, reason: String) {
-        let held = {
-            let mut st = lock(&self.st);
-            if st.death.is_some() {
-                return;
-            }
-            st.death = Some(reason.clone());
-            std::mem::take(&mut st.held)
-        };
-        self.dead.cancel();
-        if !held.is_empty() {
-            tracing::warn!(backend = BACKEND, session = self.id, locks = held.len(), %reason, "session lost");
-            if let Some(pool) = self.pool.upgrade()
-                && !pool.closing.load(Ordering::Acquire)
-            {
-                pool.lost_one.store(true, Ordering::Release);
-                pool.emit(distlock_core::BackendEvent::Disconnected {
-                    server: pool.opts.server(),
-                });
-            }
-        }
-        // Every signal first, so no holder can still believe it holds when a turn moves on.
-        for (lost, _) in held.values() {
-            lost.fire(reason.clone());
-        }
-        for (_, on_lost) in held.into_values() {
-            on_lost();
-        }
-        if let Some(pool) = self.pool.upgrade() {
-            pool.remove(self.id);
-        }
-    }
-
-    /// Closes the connection now (the server frees the session's locks when it sees the socket
-    /// close).
-    pub(crate) fn kill(&self, reason: String) {
-        self.die(reason);
-        if let Some(driver) = lock(&self.driver).take() {
-            driver.abort();
-        }
-        if let Some((io, _, _)) = &self.io {
-            io.close();
-        }
-    }
-
-    /// Waits up to `op` for `q`; `None` if it got no answer. On a session read on the event
-    /// loop, `op` is counted from when the loop could have written the statement, and a timeout
-    /// is only believed once the loop has read the socket after it: a statement sent from
-    /// another thread while JavaScript blocked the loop goes out only when it resumes, and an
-    /// answer may sit in the kernel while it is blocked.
-    pub(crate) async fn within<F: std::future::Future + Unpin>(
-        &self,
-        op: Duration,
-        q: &mut F,
-    ) -> Option<F::Output> {
-        let Some((io, _, _)) = self.io.as_ref() else {
-            return tokio::time::timeout(op, &mut *q).await.ok();
-        };
-        if !io.on_loop() {
-            // Off the loop: the clock starts once the loop has polled the connection after
-            // the statement was queued (the poll that writes it).
-            tokio::select! {
-                biased;
-                out = &mut *q => return Some(out),
-                _ = io.looked() => {}
-            }
-        }
-        if let Ok(out) = tokio::time::timeout(op, &mut *q).await {
-            return Some(out);
-        }
-        let asked = Instant::now();
-        let _ = io.looked().await;
-        if let Some(out) = now_or_never(q) {
-            return Some(out);
-        }
-        if asked.elapsed() < LOOP_LATE {
-            // The loop was running: the server is silent.
-            return None;
-        }
-        // The loop was blocked when the time ran out: the answer may only now be on its way.
-        tokio::time::timeout(op, &mut *q).await.ok()
-    }
-}
-
-/// How late the event loop may read a socket it was asked to and still count as running.
-const LOOP_LATE: Duration = Duration::from_millis(20);
-
-/// `q`'s output if it is ready now.
-fn now_or_never<F: std::future::Future + Unpin>(q: &mut F) -> Option<F::Output> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::pin::Pin::new(q).poll(&mut cx) {
-        std::task::Poll::Ready(out) => Some(out),
-        std::task::Poll::Pending => None,
-    }
-}
 
 /// The bounded set of sessions of one provider.
 pub(crate) struct Pool {
@@ -572,14 +66,9 @@ impl Drop for Opening {
     }
 }
 
-/// Which kind of session a caller needs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Use {
-    /// Pipelined with others; runs only statements that never wait.
-    Shared,
-    /// Owned by the caller until `unbusy`; holds no locks when handed out.
-    Busy,
-}
+/// A shared session: PostgreSQL pipelines the statements of many callers on one connection
+/// (a busy session is owned by one caller until `unbusy`, and holds no locks when handed out).
+pub(crate) const SHARED: Usage = Usage::Shared { pipelined: true };
 
 impl Pool {
     pub(crate) fn new(opts: PgOptions) -> Result<Arc<Self>> {
@@ -608,7 +97,7 @@ impl Pool {
         lock(&self.st)
             .sessions
             .iter()
-            .filter(|s| s.io.is_some())
+            .filter(|s| s.on_loop())
             .count()
     }
 
@@ -633,16 +122,11 @@ impl Pool {
         lock(&self.st).sessions.clone()
     }
 
-    fn remove(&self, id: u64) {
-        lock(&self.st).sessions.retain(|s| s.id != id);
-        self.changed.notify_waiters();
-    }
-
     /// A session of the kind asked for: an existing one, a new one while under the bound, or
     /// the next one to come free. The caller races this against its deadline and cancel.
     pub(crate) async fn session(
         self: &Arc<Self>,
-        usage: Use,
+        usage: Usage,
     ) -> std::result::Result<Arc<Session>, Fault> {
         loop {
             let notified = self.changed.notified();
@@ -650,14 +134,19 @@ impl Pool {
             notified.as_mut().enable();
             let may_open = {
                 let mut st = lock(&self.st);
-                if let Some(s) = pick(&st.sessions, usage) {
-                    return Ok(s);
-                }
                 let room = st.sessions.len() + st.opening < self.opts.max_connections;
-                if room {
-                    st.opening += 1;
+                let loads: Vec<_> = st.sessions.iter().map(|s| s.load()).collect();
+                match pick(&loads, usage, room) {
+                    Pick::Take(i) if st.sessions[i].take(usage) => {
+                        return Ok(st.sessions[i].clone());
+                    }
+                    Pick::Take(_) => continue,
+                    Pick::Open => {
+                        st.opening += 1;
+                        true
+                    }
+                    Pick::Later => false,
                 }
-                room
             };
             if may_open {
                 let opening = Opening(self.clone());
@@ -669,14 +158,12 @@ impl Pool {
                 let opened = match login.await {
                     Ok(opened) => opened?,
                     Err(e) => {
-                        return Err(Fault {
-                            message: format!("connecting to {}: {e}", self.opts.server()),
-                            transient: false,
-                        });
+                        let message = format!("connecting to {}: {e}", self.opts.server());
+                        return Err(Fault::fatal(message));
                     }
                 };
-                if let Some(s) = claim(&opened, usage) {
-                    return Ok(s);
+                if opened.take(usage) {
+                    return Ok(opened);
                 }
                 // Someone else took the new session first: look again.
                 continue;
@@ -702,20 +189,10 @@ impl Pool {
         let (client, connection) = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
-                return Err(Fault {
-                    message: format!("cannot connect to {}: {}", self.opts.server(), describe(&e)),
-                    transient: is_transient(&e) && self.ever_connected(),
-                });
+                return Err(self.refused(&e));
             }
             Err(_) => {
-                return Err(Fault {
-                    message: format!(
-                        "cannot connect to {}: no answer to the login within {} ms",
-                        self.opts.server(),
-                        limit.as_millis()
-                    ),
-                    transient: self.ever_connected(),
-                });
+                return Err(self.login_timed_out(limit));
             }
         };
         let session = self.adopt(client, None);
@@ -728,8 +205,27 @@ impl Pool {
             };
             watched.die(reason);
         });
-        *lock(&session.driver) = Some(driver.abort_handle());
+        session.set_driver(driver.abort_handle());
         Ok(session)
+    }
+
+    /// The fault of a login the server refused. Until a session was ever opened, no fault is
+    /// transient: a server never reached is taken for a configuration error (wrong host, port
+    /// or credentials) and fails at once (issue 28 will revisit this).
+    fn refused(&self, e: &tokio_postgres::Error) -> Fault {
+        let message = format!("cannot connect to {}: {}", self.opts.server(), describe(e));
+        fault(message, is_transient(e) && self.ever_connected())
+    }
+
+    /// The fault of a login that got no answer within `limit` (transient once a session was
+    /// ever opened, as [`Pool::refused`]).
+    fn login_timed_out(&self, limit: Duration) -> Fault {
+        let message = format!(
+            "cannot connect to {}: no answer to the login within {} ms",
+            self.opts.server(),
+            limit.as_millis()
+        );
+        Fault::new(message, self.ever_connected())
     }
 
     /// A new session over `client`, in the pool.
@@ -744,17 +240,15 @@ impl Pool {
                 server: self.opts.server(),
             });
         }
-        let session = Arc::new(Session {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+        let owner: Weak<dyn Owner> = Arc::downgrade(self) as Weak<Pool>;
+        let session = Arc::new(Session::new(
+            self.next_id.fetch_add(1, Ordering::Relaxed),
             client,
-            st: Mutex::new(SessionState::default()),
-            dead: CancellationToken::new(),
-            driver: Mutex::new(None),
             io,
-            pool: Arc::downgrade(self),
-            prepared: (self.opts.scope == crate::Scope::Session).then(Mutex::default),
-        });
-        tracing::debug!(backend = BACKEND, session = session.id, server = %self.opts.server(), on_loop = session.io.is_some(), "connected");
+            owner,
+            self.opts.scope == crate::Scope::Session,
+        ));
+        tracing::debug!(backend = BACKEND, session = session.id, server = %self.opts.server(), on_loop = session.on_loop(), "connected");
         lock(&self.st).sessions.push(session.clone());
         session
     }
@@ -786,18 +280,11 @@ impl Pool {
         port: u16,
         limit: Duration,
     ) -> std::result::Result<Arc<Session>, Fault> {
-        let refused = |e: &dyn std::fmt::Display| Fault {
-            message: format!("cannot connect to {}: {e}", self.opts.server()),
-            transient: self.ever_connected(),
+        let refused = |e: &dyn std::fmt::Display| {
+            let message = format!("cannot connect to {}: {e}", self.opts.server());
+            fault(message, self.ever_connected())
         };
-        let timed_out = || Fault {
-            message: format!(
-                "cannot connect to {}: no answer to the login within {} ms",
-                self.opts.server(),
-                limit.as_millis()
-            ),
-            transient: self.ever_connected(),
-        };
+        let timed_out = || self.login_timed_out(limit);
         let start = Instant::now();
         let tcp = match tokio::time::timeout(limit, self.connect_tcp(&host, port)).await {
             Ok(Ok(tcp)) => tcp,
@@ -836,10 +323,7 @@ impl Pool {
         }));
         match tokio::time::timeout(left + Duration::from_millis(50), rx).await {
             Ok(Ok(Ok(session))) => Ok(session),
-            Ok(Ok(Err(Some(e)))) => Err(Fault {
-                message: format!("cannot connect to {}: {}", self.opts.server(), describe(&e)),
-                transient: is_transient(&e) && self.ever_connected(),
-            }),
+            Ok(Ok(Err(Some(e)))) => Err(self.refused(&e)),
             Ok(Ok(Err(None))) | Err(_) => Err(timed_out()),
             Ok(Err(_)) => Err(refused(&"the event loop ended")),
         }
@@ -888,13 +372,7 @@ impl Pool {
                 _ = tick.tick() => {}
             }
             for s in self.sessions() {
-                let probe = {
-                    let st = lock(&s.st);
-                    !st.held.is_empty()
-                        && (!st.busy || self.opts.scope == crate::Scope::Transaction)
-                        && st.death.is_none()
-                };
-                if !probe {
+                if !s.probed(self.opts.scope == crate::Scope::Transaction) {
                     continue;
                 }
                 let server = self.opts.server();
@@ -917,37 +395,22 @@ impl Pool {
     }
 }
 
-/// Takes the session `s` for `usage` if it is still free for it.
-pub(crate) fn claim(s: &Arc<Session>, usage: Use) -> Option<Arc<Session>> {
-    pick(std::slice::from_ref(s), usage)
-}
-
-/// What the machine needs to know of session `s` to choose one (see [`crate::machine`]).
-fn load(s: &Session, st: &SessionState) -> Load {
-    Load {
-        dead: s.is_dead() || st.death.is_some(),
-        busy: st.busy,
-        inflight: st.inflight,
-        holds: !st.held.is_empty(),
+impl Owner for Pool {
+    fn freed(&self) {
+        self.changed.notify_waiters();
     }
-}
 
-/// The session for `usage` among the open ones, as the machine ranks them: shared use by
-/// [`shared_rank`], a blocking wait the first [`free_for_wait`] (marked busy at once).
-fn pick(sessions: &[Arc<Session>], usage: Use) -> Option<Arc<Session>> {
-    match usage {
-        Use::Shared => sessions
-            .iter()
-            .filter_map(|s| shared_rank(load(s, &lock(&s.st))).map(|rank| (rank, s)))
-            .min_by_key(|(rank, _)| *rank)
-            .map(|(_, s)| s.clone()),
-        Use::Busy => sessions.iter().find_map(|s| {
-            let mut st = lock(&s.st);
-            let free = free_for_wait(load(s, &st));
-            if free {
-                st.busy = true;
-            }
-            free.then(|| s.clone())
-        }),
+    fn lost_locks(&self) {
+        if !self.closing.load(Ordering::Acquire) {
+            self.lost_one.store(true, Ordering::Release);
+            self.emit(distlock_core::BackendEvent::Disconnected {
+                server: self.opts.server(),
+            });
+        }
+    }
+
+    fn ended(&self, id: u64) {
+        lock(&self.st).sessions.retain(|s| s.id != id);
+        self.changed.notify_waiters();
     }
 }

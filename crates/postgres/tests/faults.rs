@@ -215,6 +215,16 @@ async fn a_bounded_wait_over_a_slow_link_settles_at_its_deadline_and_leaves_noth
         );
     }
 
+    // The last wait's session is still being cleaned up in the background (its lock_timeout
+    // answer, then a reset: round trips on this link). Open a session and take a lock on it
+    // first, so that the next acquire's try and wait run on open sessions instead of waiting
+    // for a login, which would end its budget with no answer from the server at all.
+    get(&p, &unique("warm"), None)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
     // The holder lets go 150 ms before the deadline: the server grants the waiter, but the
     // answer is still on the wire when the deadline passes. That grant must not stay held.
     let start = Instant::now();

@@ -1,0 +1,274 @@
+//! A held lock: its share of the server (the session and the server lock names it holds) and
+//! of this process (its turn in the in-process queue, a semaphore's claimed permit slots), and
+//! how releasing, or the session ending, gives both back.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use distlock_core::queue::Entry;
+use distlock_core::sync::lock;
+use distlock_core::{AcquireRequest, BoxFuture, Held, HeldLock, LostSignal, Result, Ticket};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::session::{Dependent, Session, Use};
+use crate::statements::release_all;
+use crate::{BACKEND, Inner};
+
+#[derive(Default)]
+pub(crate) struct SemState {
+    /// Permit slots this process holds or is trying: a session that holds a named lock is
+    /// granted it again, so two callers of one process must never try the same slot.
+    pub(crate) claimed: Mutex<HashSet<u32>>,
+    /// Told when a permit of this process is given back.
+    pub(crate) freed: Arc<Notify>,
+}
+
+impl Inner {
+    /// Hands out the grant `got`, keeping `turn`.
+    pub(crate) fn grant(
+        self: &Arc<Self>,
+        req: &AcquireRequest,
+        got: Got,
+        turn: Turn,
+        start: Instant,
+    ) -> Held {
+        let id = self.held.next_id();
+        let held = Arc::new(MyHeld {
+            id,
+            token: got.token,
+            lost: LostSignal::new(),
+            released: AtomicBool::new(false),
+            grant: Mutex::new(Some(Grant {
+                session: got.session.clone(),
+                names: got.names,
+                turn,
+            })),
+            op_timeout: self.op_timeout(),
+            runtime: tokio::runtime::Handle::current(),
+            owner: Arc::downgrade(self),
+            target: req.target(BACKEND).to_string(),
+        });
+        self.held.insert(id, &held);
+        let dependent: Arc<dyn Dependent> = held.clone();
+        got.session.hold(id, Arc::downgrade(&dependent));
+        // Only now may the session serve a wait again, or be shared.
+        if got.shared.is_none() {
+            got.session.end_wait();
+        }
+        drop(got.shared);
+        tracing::debug!(
+            backend = BACKEND,
+            token = got.token,
+            waited_ms = start.elapsed().as_millis() as u64,
+            "granted"
+        );
+        held
+    }
+}
+
+/// What an acquire round won: its session and the server lock names it holds there.
+pub(crate) struct Got {
+    pub(crate) session: Arc<Session>,
+    /// The caller's use of a shared session, kept until the hold is registered (else the
+    /// session could be picked for a wait in between).
+    pub(crate) shared: Option<Use>,
+    pub(crate) names: Vec<String>,
+    /// A semaphore's permit slots, and their claims in this process until the grant keeps them.
+    pub(crate) slots: Vec<u32>,
+    pub(crate) claims: Option<Claims>,
+    pub(crate) token: u64,
+}
+
+impl Got {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        shared: Option<Use>,
+        names: Vec<String>,
+        token: u64,
+    ) -> Self {
+        Self {
+            session,
+            shared,
+            names,
+            slots: Vec::new(),
+            claims: None,
+            token,
+        }
+    }
+}
+
+/// Permit slots claimed in this process by one attempt; unclaimed on drop unless kept. An
+/// abandoned attempt keeps its claims until it has run to its end and given back what it won.
+pub(crate) struct Claims {
+    entry: Arc<Entry<SemState>>,
+    mine: Mutex<Vec<u32>>,
+    kept: bool,
+}
+
+impl Claims {
+    pub(crate) fn new(entry: Arc<Entry<SemState>>) -> Self {
+        Self {
+            entry,
+            mine: Mutex::new(Vec::new()),
+            kept: false,
+        }
+    }
+
+    pub(crate) fn claim(&self, slot: u32) -> bool {
+        let fresh = lock(&self.entry.state.claimed).insert(slot);
+        if fresh {
+            lock(&self.mine).push(slot);
+        }
+        fresh
+    }
+
+    pub(crate) fn unclaim(&self, slot: u32) {
+        lock(&self.mine).retain(|&s| s != slot);
+        lock(&self.entry.state.claimed).remove(&slot);
+    }
+
+    /// The claims now belong to a grant (its turn unclaims them on release).
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let mine = std::mem::take(&mut *lock(&self.mine));
+        if mine.is_empty() {
+            // Nothing was given back: waking this name's waiters (this attempt's own among
+            // them) would only send them to try again at once.
+            return;
+        }
+        let mut claimed = lock(&self.entry.state.claimed);
+        for s in mine {
+            claimed.remove(&s);
+        }
+        drop(claimed);
+        self.entry.state.freed.notify_waiters();
+    }
+}
+
+/// What a grant keeps of this process: its place in the in-process queue and, for a
+/// semaphore, its permit slots.
+pub(crate) enum Keep {
+    Entry(#[allow(dead_code)] Arc<Entry<()>>),
+    Slots(Arc<Entry<SemState>>, Vec<u32>),
+}
+
+/// A grant's share of this process; dropping it lets the next caller of this process in.
+pub(crate) struct Turn {
+    #[allow(dead_code)] // kept for its Drop
+    pub(crate) ticket: Ticket,
+    pub(crate) keep: Keep,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Keep::Slots(entry, slots) = &self.keep {
+            let mut claimed = lock(&entry.state.claimed);
+            for slot in slots {
+                claimed.remove(slot);
+            }
+            drop(claimed);
+            entry.state.freed.notify_waiters();
+        }
+    }
+}
+
+struct Grant {
+    session: Arc<Session>,
+    names: Vec<String>,
+    turn: Turn,
+}
+
+pub(crate) struct MyHeld {
+    id: u64,
+    token: u64,
+    pub(crate) lost: LostSignal,
+    released: AtomicBool,
+    grant: Mutex<Option<Grant>>,
+    op_timeout: Duration,
+    runtime: tokio::runtime::Handle,
+    owner: Weak<Inner>,
+    target: String,
+}
+
+impl MyHeld {
+    /// Takes the grant (once) and returns the future that releases it on the server (within
+    /// `op_timeout`, else the session is closed), then lets the next caller of this process in.
+    pub(crate) fn take_and_release(&self) -> impl Future<Output = ()> + Send + use<> {
+        let grant = lock(&self.grant).take();
+        self.released.store(true, Ordering::Release);
+        if let Some(owner) = self.owner.upgrade() {
+            owner.held.remove(self.id);
+        }
+        let (id, op) = (self.id, self.op_timeout);
+        async move {
+            let Some(grant) = grant else { return };
+            let s = grant.session;
+            if !s.is_dead() {
+                // A failure ends the session, which frees the lock on the server.
+                let _ = s.run(Some(op), release_all(grant.names)).await;
+            }
+            s.forget(id);
+            drop(grant.turn);
+        }
+    }
+}
+
+impl Dependent for MyHeld {
+    fn session_ended(&self, reason: &str) {
+        let grant = lock(&self.grant).take();
+        if grant.is_some() {
+            self.lost.fire(reason);
+            if let Some(owner) = self.owner.upgrade() {
+                owner.held.remove(self.id);
+            }
+        }
+        drop(grant);
+    }
+}
+
+impl HeldLock for MyHeld {
+    fn target(&self) -> &str {
+        &self.target
+    }
+
+    fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    fn lost(&self) -> &LostSignal {
+        &self.lost
+    }
+
+    fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {
+        let releasing = self.take_and_release();
+        Box::pin(async move {
+            releasing.await;
+            Ok(())
+        })
+    }
+}
+
+impl Drop for MyHeld {
+    fn drop(&mut self) {
+        if lock(&self.grant).is_some() {
+            // Dropped without release (a garbage-collected handle): release in the background.
+            let releasing = self.take_and_release();
+            self.runtime.spawn(releasing);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! A semaphore acquire: `permits` of the `maxCount` permit keys, all or none, in one statement
+//! that never waits, repeated under core's patience (woken at once by a permit freed in this
+//! process, else polled with [`crate::SLOT_POLL`]) until the deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use distlock_core::queue::Entry;
+use distlock_core::sync::lock;
+use distlock_core::two_phase::{self, Answer, TwoPhase};
+use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Interrupted, Policy, Result, Ticket};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::config::Scope;
+use crate::held::{Keep, SemState, Turn};
+use crate::session::Session;
+use crate::sql::{bigint_cell, parse_token, rollback, slot_cells, slots_attempt, slots_unlock};
+use crate::{BACKEND, Inner, SLOT_POLL};
+
+/// Acquires `permits` of semaphore `req.name` (of `max_count`) once `ticket` comes up.
+pub(crate) async fn acquire(
+    inner: Arc<Inner>,
+    req: AcquireRequest,
+    mut ticket: Ticket,
+    entry: Arc<Entry<SemState>>,
+    (max_count, permits): (u32, u32),
+) -> Result<Option<Held>> {
+    let start = Instant::now();
+    if let Err(why) = inner
+        .take_turn(&req, &mut ticket, req.timeout.deadline(start))
+        .await
+    {
+        return why.into_outcome(&req, BACKEND);
+    }
+    let slots = Arc::new(SlotLock {
+        inner: inner.clone(),
+        entry: entry.clone(),
+        name: req.name.clone(),
+        max_count,
+        permits,
+        target: req.target(BACKEND).to_string(),
+    });
+    let policy = Policy {
+        busy_poll: Some(SLOT_POLL),
+        ..inner.policy()
+    };
+    let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    match two_phase::acquire(slots, policy, req.timeout, start, cancel, closed).await {
+        Ok(SlotGrant {
+            session,
+            slots,
+            token,
+            gate,
+        }) => {
+            lock(&entry.state.taken).extend(slots.iter().copied());
+            drop(gate);
+            let unlock = match inner.pool.opts.scope {
+                Scope::Session => slots_unlock(&req.name, &slots),
+                Scope::Transaction => rollback(),
+            };
+            let turn = Turn {
+                ticket,
+                keep: Keep::Slots(entry, slots),
+            };
+            inner.grant(&req, session, unlock, token, turn, start)
+        }
+        Err(end) => inner.finish(&req, end),
+    }
+}
+
+/// The permits of one acquire, as core's two-phase acquire sees them (tries only: a busy
+/// semaphore is polled, not waited for on the server).
+struct SlotLock {
+    inner: Arc<Inner>,
+    entry: Arc<Entry<SemState>>,
+    name: String,
+    max_count: u32,
+    permits: u32,
+    target: String,
+}
+
+/// A semaphore attempt that won: its session, slots and token, and the gate of the name's
+/// attempts in this process, held until the slots are marked taken.
+struct SlotGrant {
+    session: Arc<Session>,
+    slots: Vec<u32>,
+    token: u64,
+    gate: OwnedMutexGuard<()>,
+}
+
+impl TwoPhase for SlotLock {
+    type Grant = SlotGrant;
+    /// The session, and the gate held from choosing the free slots of an attempt until the
+    /// slots it won are marked taken.
+    type Shared = (Arc<Session>, OwnedMutexGuard<()>);
+    type Waiter = ();
+
+    fn shared(&self) -> BoxFuture<'static, std::result::Result<Self::Shared, Fault>> {
+        let (inner, target) = (self.inner.clone(), self.target.clone());
+        let gate = self.entry.state.gate.clone();
+        Box::pin(async move {
+            let gate = gate.lock_owned().await;
+            Ok((inner.attempt_session(&target, None).await?, gate))
+        })
+    }
+
+    fn try_lock(&self, (s, gate): Self::Shared) -> Answer<SlotGrant> {
+        let (inner, target) = (self.inner.clone(), self.target.clone());
+        let free: Vec<u32> = {
+            let taken = lock(&self.entry.state.taken);
+            (0..self.max_count).filter(|i| !taken.contains(i)).collect()
+        };
+        let permits = self.permits;
+        let (scope, seq) = (inner.pool.opts.scope, &inner.pool.opts.fencing_sequence);
+        let stmt = slots_attempt(&self.name, &free, permits, scope, seq);
+        Box::pin(async move {
+            let rows = inner.run_attempt(&s, stmt, &target).await?;
+            if rows.is_empty() {
+                drop(gate);
+                inner.end_attempt(&s).await;
+                return Ok(None);
+            }
+            let cells = (slot_cells(&rows), bigint_cell(&rows, 1));
+            let granted = match &cells {
+                (Some(slots), Ok(token)) if slots.len() == permits as usize => {
+                    parse_token(*token).ok().map(|t| (slots.clone(), t))
+                }
+                _ => None,
+            };
+            match granted {
+                Some(_) if s.is_dead() => Err(Inner::ended_at_grant(&target, &s)),
+                Some((slots, token)) => Ok(Some(SlotGrant {
+                    session: s,
+                    slots,
+                    token,
+                    gate,
+                })),
+                None => {
+                    s.kill(String::from(
+                        "the server answered a semaphore attempt unexpectedly",
+                    ));
+                    Err(Fault::fatal(format!(
+                        "unexpected answer {cells:?} acquiring {target}"
+                    )))
+                }
+            }
+        })
+    }
+
+    fn undo(&self, grant: SlotGrant) -> BoxFuture<'static, ()> {
+        let inner = self.inner.clone();
+        let unlock = slots_unlock(&self.name, &grant.slots);
+        Box::pin(async move { inner.undo(&grant.session, unlock).await })
+    }
+
+    fn waits(&self) -> bool {
+        false
+    }
+
+    fn woken(&self) -> BoxFuture<'static, ()> {
+        let mut freed = Box::pin(self.entry.state.freed.clone().notified_owned());
+        freed.as_mut().enable();
+        Box::pin(freed)
+    }
+
+    // A semaphore never waits on the server (`waits` is false): these are never called.
+
+    fn waiter(&self) -> BoxFuture<'static, std::result::Result<Option<()>, Fault>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn wait(&self, (): &(), _: Option<Instant>) -> Answer<SlotGrant> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn interrupt(&self, _: Interrupted, (): (), _: Answer<SlotGrant>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+
+    fn settle(&self, _: Interrupted) -> Duration {
+        Duration::ZERO
+    }
+}
