@@ -335,9 +335,9 @@ describe('distlock run --postgres', () => {
 
 describe('distlock run --redis', () => {
   let urls: string[] = []
-  let services: typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+  let services: typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
   beforeAll(async () => {
-    services = await import('../scripts/test-services.mjs')
+    services = await import('../lab/index.mjs')
     urls = await Promise.all([0, 1, 2].map(async () => (await services.startRedis()).url))
   })
   afterAll(() => services.stopServices())
@@ -399,10 +399,10 @@ describe('distlock run --redis', () => {
 })
 
 describe('distlock run --etcd', () => {
-  let services: typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+  let services: typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
   let etcd: { endpoint: string; stop(): unknown }
   beforeAll(async () => {
-    services = await import('../scripts/test-services.mjs')
+    services = await import('../lab/index.mjs')
     etcd = await services.startEtcd()
   })
   afterAll(() => services.stopServices())

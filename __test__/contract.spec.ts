@@ -18,7 +18,7 @@ import {
 
 import { eventually, tempDir } from './helpers'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 interface Backend {
   label: string
@@ -63,7 +63,7 @@ const BACKENDS: Backend[] = [
 ]
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   redisUrl = (await services.startRedis()).url
   etcdEndpoint = (await services.startEtcd()).endpoint
 })

@@ -1,14 +1,13 @@
 // The guides in docs/ (migration from the JS libraries, choosing a backend, PgBouncer, Redis
 // Cluster and Sentinel, Kubernetes): every code block carries a mark and runs (or type-checks)
-// as its mark says, against servers this spec starts (Redis: one server, three for RedLock, a
-// cluster, a Sentinel group; PostgreSQL from scripts/test-services.mjs). Each migration table
+// as its mark says, against servers this spec gets from the lab, lab/ (Redis: one server, three
+// for RedLock, a cluster, a sentinel; PostgreSQL found or started). Each migration table
 // is checked against the real library (every public export, method, field, option and error
 // of it appears in the table's first column) and against distlock (every name its second
 // column shows exists on distlock's exports).
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, readdirSync, symlinkSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { connect, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -27,7 +26,7 @@ import {
 } from './doc-blocks'
 import { ROOT } from './helpers'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 const MIGRATIONS = ['redlock', 'redis-semaphore', 'proper-lockfile', 'advisory-lock', 'async-mutex'].map(
   (m) => `docs/migration/${m}.md`,
@@ -84,53 +83,9 @@ const PACKAGES = ['ioredis', 'redlock', 'redis-semaphore', 'proper-lockfile', 'a
 
 let services: Services
 const urls: { redis?: string; redlock?: string[]; cluster?: string; sentinel?: string; postgres?: string } = {}
-const children: ChildProcess[] = []
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => resolve(port))
-    })
-    srv.on('error', reject)
-  })
-}
-
-function reachable(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port })
-    const done = (ok: boolean) => (s.destroy(), resolve(ok))
-    s.setTimeout(200, () => done(false))
-    s.on('connect', () => done(true))
-    s.on('error', () => done(false))
-  })
-}
-
-/** A sentinel (`redis-server --sentinel`) watching `masterPort` as `mymaster`; returns its URL. */
-async function startSentinel(masterPort: number): Promise<string> {
-  const port = await freePort()
-  const dir = mkdtempSync(join(tmpdir(), 'distlock-docs-sentinel-'))
-  const conf = join(dir, 'sentinel.conf')
-  writeFileSync(
-    conf,
-    [`port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, `sentinel monitor mymaster 127.0.0.1 ${masterPort} 1`, ''].join(
-      '\n',
-    ),
-  )
-  const child = spawn(services.redisServerBin(), [conf, '--sentinel'], { stdio: 'ignore' })
-  children.push(child)
-  child.on('exit', () => rmSync(dir, { recursive: true, force: true }))
-  const deadline = Date.now() + 10_000
-  while (!(await reachable(port))) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the sentinel on port ${port} did not start`)
-    await new Promise((resolve) => setTimeout(resolve, 25))
-  }
-  return `redis-sentinel://127.0.0.1:${port}/0?sentinelServiceName=mymaster`
-}
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   const [one, two, three, master] = await Promise.all([
     services.startRedis(),
     services.startRedis(),
@@ -139,15 +94,12 @@ beforeAll(async () => {
   ])
   urls.redis = one.url
   urls.redlock = [one.url, two.url, three.url]
-  urls.sentinel = await startSentinel(master.port)
+  urls.sentinel = (await services.startSentinel(master.port)).url
   urls.cluster = (await services.startRedisCluster()).url
   urls.postgres = (await services.findPostgres()).url
 }, 60_000)
 
-afterAll(() => {
-  for (const child of children) child.kill('SIGKILL')
-  services?.stopServices()
-})
+afterAll(() => services?.stopServices())
 
 /** Runs `block` in a fresh project with distlock and the "before" libraries installed. */
 function run(block: Block): Promise<{ status: number | null; stdout: string; stderr: string }> {

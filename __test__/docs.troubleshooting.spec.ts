@@ -19,7 +19,7 @@ import {
   type Servers,
 } from './doc-blocks'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 const FILE = 'docs/troubleshooting.md'
 const blocks = parseBlocks(FILE)
@@ -29,7 +29,7 @@ let tlsRedis: { url: string; caFile: string }
 const providers: RedisLockProvider[] = []
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   servers.redis = (await services.startRedis()).url
   const tls = await services.startRedis([], { tls: true })
   tlsRedis = { url: tls.url, caFile: tls.caFile! }

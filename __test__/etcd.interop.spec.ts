@@ -11,7 +11,7 @@ import { EtcdLockProvider } from 'distlock'
 
 import { Child, eventually, tempDir } from './helpers'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 let services: Services
 let seq = 0
 const unique = (tag: string) => `${tag}-${process.pid}-${seq++}`
@@ -22,7 +22,7 @@ const b64 = (text: string) => Buffer.from(text).toString('base64')
 const cleanups: Array<() => unknown> = []
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
 })
 
 afterEach(async () => {
@@ -37,7 +37,7 @@ afterEach(async () => {
 
 afterAll(() => services.stopServices())
 
-/** The etcdctl binary (scripts/test-services.mjs finds it, or fails saying how to install it; never skips). */
+/** The etcdctl binary (the lab, lab/tools.mjs, finds it, or fails saying how to install it; never skips). */
 const etcdctlBin = () => services.etcdctlBin()
 
 async function single() {

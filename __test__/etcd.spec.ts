@@ -2,7 +2,6 @@
 // its own member (or a 3-member cluster) on free loopback ports and stops it after.
 import { spawnSync } from 'node:child_process'
 import { readFileSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -19,7 +18,7 @@ import {
 
 import { Child, eventually, tempDir } from './helpers'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 let services: Services
 let seq = 0
 const unique = (tag: string) => `${tag}-${process.pid}-${seq++}`
@@ -29,7 +28,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 const cleanups: Array<() => unknown> = []
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
 })
 
 afterEach(async () => {
@@ -101,17 +100,6 @@ async function countKeys(endpoint: string, prefix: string): Promise<number> {
 /** The keys of a lock or reader-writer lock (`l`) or semaphore (`s`) under the default prefix. */
 const lockKeys = (name: string) => `distlock/${name}/l`
 const semaphoreKeys = (name: string) => `distlock/${name}/s`
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => resolve(port))
-    })
-    srv.on('error', reject)
-  })
-}
 
 describe('EtcdLockProvider on one member', () => {
   it('excludes between providers, tries, times out, and hands out increasing fencing tokens', async () => {
@@ -576,7 +564,7 @@ describe('EtcdLockProvider bad input', () => {
   })
 
   it('an unreachable endpoint is a backend error, never a timeout', async () => {
-    const port = await freePort()
+    const port = await services.freePort()
     const p = provider(`http://127.0.0.1:${port}`)
     const name = unique('unreachable')
     let start = performance.now()

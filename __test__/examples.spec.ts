@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ROOT, aborted, tempDir, typecheck } from './helpers'
 
 const run = promisify(execFile)
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 let services: Services
 
 /** Runs `examples/<name>.mjs` (or `file`) with Node, in a fresh lock directory; its stdout. */
@@ -44,7 +44,7 @@ function checkPool(out: string) {
 }
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
 })
 afterAll(() => services.stopServices())
 

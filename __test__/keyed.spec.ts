@@ -17,9 +17,9 @@ import {
 } from 'distlock'
 
 import { tempDir } from './helpers'
-import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
+import type { RedisServer } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 const PG_URL = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const MYSQL_URL = process.env.DISTLOCK_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'
 let services: Services
@@ -51,7 +51,7 @@ function make(factory: (config: LockConfig) => Keyed, config: LockConfig = {}): 
 }
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   redis = await services.startRedis()
 })
 

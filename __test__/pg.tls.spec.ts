@@ -6,13 +6,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { LockBackendError, PostgresLockProvider } from 'distlock'
 
-import type { Cluster } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
+import type { Cluster } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
 
 let cluster: Cluster
 const providers: PostgresLockProvider[] = []
 
 beforeAll(async () => {
-  const { startCluster } = await import('../scripts/test-services.mjs')
+  const { startCluster } = await import('../lab/index.mjs')
   const started = await startCluster({ ssl: true, password: 'pg secret' })
   if (!started) throw new Error('the TLS test needs the PostgreSQL server binaries (initdb, pg_ctl) and openssl')
   cluster = started

@@ -24,15 +24,15 @@ import {
 } from 'distlock'
 
 import { aborted, eventually, silentServer, tempDir } from './helpers'
-import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
+import type { RedisServer } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 let services: Services
 let redis: RedisServer
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   redis = await services.startRedis()
 })
 
@@ -1136,7 +1136,7 @@ describe('Redis removeUnusedFenceKeys', () => {
 describe('RedLock acquireAll', () => {
   it('takes all the locks in one round per server, all or none, and waits without deadlock', async () => {
     const servers = await Promise.all([0, 1, 2].map(() => services.startRedis()))
-    const { startProxy } = await import('../torture/lib/proxy.mjs')
+    const { startProxy } = await import('../lab/index.mjs')
     const proxies = await Promise.all(servers.map((s) => startProxy(s.port)))
     try {
       const urls = proxies.map((p) => `redis://127.0.0.1:${p.port}`)

@@ -11,7 +11,7 @@ import { blockTests, markOf, markProblems, parseBlocks, runBlock, typecheckBlock
 import type { Block, Servers } from './doc-blocks'
 import { ROOT } from './helpers'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 const blocks = parseBlocks('README.md')
 const servers: Servers = { postgres: process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres' }
@@ -19,7 +19,7 @@ let services: Services | undefined
 
 beforeAll(async () => {
   if (blocks.some((b) => b.mark === 'run: redis')) {
-    services = await import('../scripts/test-services.mjs')
+    services = await import('../lab/index.mjs')
     servers.redis = (await services.startRedis()).url
   }
 })

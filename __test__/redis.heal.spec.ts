@@ -15,10 +15,10 @@ import { afterAll, beforeAll, expect, it } from 'vitest'
 import { LockLostError, RedisLockProvider, type LockHandle } from 'distlock'
 
 import { eventually } from './helpers'
-import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
-import type { FaultProxy } from '../torture/lib/proxy.mjs' with { 'resolution-mode': 'import' }
+import type { RedisServer } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
+import type { FaultProxy } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 const CYCLES = Math.min(200, Math.max(1, Number(process.env.DISTLOCK_HEAL_CYCLES ?? 6)))
 const SERVER_TIMEOUT_MS = 300
@@ -37,7 +37,7 @@ let server: RedisServer
 let raw: Redis
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   server = await services.startRedis()
   raw = new Redis(server.url)
 })
@@ -71,7 +71,7 @@ it(
   `grants again within one serverTimeoutMs after each of ${CYCLES} heals, with calls in flight in the partition`,
   { timeout: 30_000 + CYCLES * 15_000 },
   async () => {
-    const { startProxy } = await import('../torture/lib/proxy.mjs')
+    const { startProxy } = await import('../lab/index.mjs')
     const proxy = await startProxy(server.port)
     const other = new RedisLockProvider({ urls: [server.url] })
     let p = await proxied(proxy)

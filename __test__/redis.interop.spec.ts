@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { RedisLockProvider } from 'distlock'
 
 import { Child, ROOT, tempDir } from './helpers'
-import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
+import type { RedisServer } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
 
 // redlock 5 (the npm alias redlock5 of 5.0.0-beta.2) exports no types through its exports map:
 // the members used here.
@@ -26,7 +26,7 @@ const Redlock5 = (
   }
 ).default
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 let services: Services
 let server: RedisServer
 let raw: Redis
@@ -111,7 +111,7 @@ async function commandCalls(c: Redis, commands: string[]): Promise<number> {
 }
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   server = await services.startRedis()
   raw = client()
 })

@@ -6,9 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LockBackendError, RedisLockProvider } from 'distlock'
 
 import { eventually } from './helpers'
-import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
+import type { RedisServer } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 let services: Services
 let servers: RedisServer[] = []
 const providers: RedisLockProvider[] = []
@@ -32,7 +32,7 @@ async function holders(name: string, among = servers): Promise<number> {
 }
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   servers = await Promise.all([0, 1, 2].map(() => services.startRedis()))
 })
 

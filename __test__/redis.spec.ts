@@ -11,9 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { LockBackendError, LockLostError, LockTimeoutError, RedisLockProvider } from 'distlock'
 
 import { Child, ROOT, eventually, tempDir } from './helpers'
-import type { RedisServer } from '../scripts/test-services.mjs' with { 'resolution-mode': 'import' }
+import type { RedisServer } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 let server: RedisServer
 let raw: Redis
 let services: Services
@@ -28,7 +28,7 @@ function provider(options: Partial<ConstructorParameters<typeof RedisLockProvide
 }
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   server = await services.startRedis()
   raw = new Redis(server.url)
 })

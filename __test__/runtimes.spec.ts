@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import { FIXTURES, ROOT, tempDir } from './helpers'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 const SCRIPT = join(FIXTURES, 'runtime-locks.mjs')
 const BACKENDS = ['file', 'memory', 'postgres', 'redis', 'mysql', 'etcd']
@@ -97,7 +97,7 @@ function run(rt: Runtime, backends: string[], env: Record<string, string | undef
 const byBackend = (r: Result, backend: string) => r.lines.find((l) => l.backend === backend)
 
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   const [redis, etcd] = await Promise.all([services.startRedis(), services.startEtcd()])
   const env: Record<string, string> = {}
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v

@@ -6,8 +6,8 @@
 //
 // W1: one loop on one name. W2: 64 loops, each on its own name. W3: 16 loops in one process on
 // one name. W4: 4 processes on one name (bench/lib.mjs checks exclusion across them).
-// Server: --endpoints, else a private etcd member started here (scripts/test-services.mjs
-// startEtcd) and stopped at the end.
+// Server: --endpoints, else a private etcd member started here (lab/ startEtcd) and
+// stopped at the end.
 // etcd3's Lock only tries (a lease, a create-if-absent transaction, and on failure the lease's
 // revocation); it is made to wait by retrying every 10 ms ± 10 ms, far tighter than a caller
 // would, which only favours it.
@@ -90,7 +90,7 @@ if (opt('child')) {
   process.exit(0)
 }
 
-const services = await import('../scripts/test-services.mjs')
+const services = await import('../lab/index.mjs')
 const endpoints = opt('endpoints')?.split(',') ?? [(await services.startEtcd()).endpoint]
 
 const cases = CASES.filter((c) => !ONLY || ONLY.includes(c.id))

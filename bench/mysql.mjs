@@ -7,7 +7,7 @@
 // W1: one loop on one name. W2: 64 loops, each on its own name. W3: 16 loops in one process on
 // one name. W4: 4 processes on one name (bench/lib.mjs checks exclusion across them).
 // Server: --url, else $DISTLOCK_TEST_MYSQL_URL, else a private MariaDB server started here
-// (scripts/test-services.mjs findMysql) and stopped at the end.
+// (lab/ findMysql) and stopped at the end.
 import { spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import path from 'node:path'
@@ -127,7 +127,7 @@ function slapFloor(url) {
   return queries / 2 / Number(m[1])
 }
 
-const services = await import('../scripts/test-services.mjs')
+const services = await import('../lab/index.mjs')
 const URL_MY = opt('url') ?? (await services.findMysql()).url
 
 const cases = CASES.filter((c) => !ONLY || ONLY.includes(c.id))

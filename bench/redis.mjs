@@ -164,7 +164,7 @@ if (opt('child')) {
   process.exit(0)
 }
 
-const services = await import('../scripts/test-services.mjs')
+const services = await import('../lab/index.mjs')
 const one = [(await services.startRedis()).url]
 const three = await Promise.all([0, 1, 2].map(async () => (await services.startRedis()).url))
 const urlsOf = (c) => (c.group === 'one' ? one : three)

@@ -26,7 +26,7 @@ const PARTS = (opt('parts') ?? 'held,waiters,cycles,drain').split(',')
 const DRAIN_SIZES = (opt('drain') ?? (QUICK ? '2000,5000' : '10000,30000,100000')).split(',').map(Number)
 // The server backends drain the smallest size only: their per-grant round trip dominates.
 const DRAIN_BACKENDS = (opt('drain-backends') ?? 'memory,file,postgres,redis').split(',')
-const services = await import('../scripts/test-services.mjs')
+const services = await import('../lab/index.mjs')
 const needsServers = PARTS.some((p) => p !== 'drain') || DRAIN_BACKENDS.some((b) => b === 'postgres' || b === 'redis')
 const redis = needsServers ? await services.startRedis() : null
 

@@ -15,7 +15,7 @@ import { distlockScripts } from './lib.mjs'
 const root = path.join(import.meta.dirname, '..')
 const require = createRequire(path.join(root, 'package.json'))
 const SECONDS = Number(process.argv[2] ?? 3)
-const services = await import('../scripts/test-services.mjs')
+const services = await import('../lab/index.mjs')
 const server = await services.startRedis()
 
 const scripts = distlockScripts()

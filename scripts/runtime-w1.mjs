@@ -11,7 +11,7 @@ import { mkdtempSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-import { startRedis, stopServices } from './test-services.mjs'
+import { startRedis, stopServices } from '../lab/index.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const opt = (name, dflt) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? dflt)

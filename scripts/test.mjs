@@ -12,7 +12,7 @@ import {
   findPostgres,
   redisServerBin,
   stopServices,
-} from './test-services.mjs'
+} from '../lab/index.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 

@@ -25,20 +25,24 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 import { analyze } from './lib/analyze.mjs'
-import { startProxy } from './lib/proxy.mjs'
 import {
   cleanupAll,
+  findMysql,
+  findPostgres,
   onCleanup,
   privatePostgres,
-  redisCluster,
-  redisSingle,
-  redlock,
-  sentinelGroup,
-  sharedPostgres,
   sleep,
+  startEtcd,
+  startEtcdCluster,
+  startMysql,
+  startProxy,
+  startRedis,
+  startRedisCluster,
+  startRedlock,
+  startSentinelGroup,
   urlPort,
   waitFor,
-} from './lib/servers.mjs'
+} from '../lab/index.mjs'
 
 const HERE = new URL('.', import.meta.url).pathname
 const ROOT = join(HERE, '..')
@@ -90,47 +94,19 @@ const once = (fn) => {
   return () => (p ??= fn())
 }
 const shared = {
-  redis: once(() => redisSingle()),
-  redlock3: once(() => redlock(3)),
-  redlock5: once(() => redlock(5)),
-  cluster: once(() => redisCluster()),
-  sentinel: once(() => sentinelGroup()),
-  pg: once(() => sharedPostgres()),
+  redis: once(() => startRedis()),
+  redlock3: once(() => startRedlock(3)),
+  redlock5: once(() => startRedlock(5)),
+  cluster: once(() => startRedisCluster()),
+  sentinel: once(() => startSentinelGroup()),
+  pg: once(() => findPostgres()),
   pgPrivate: once(() => privatePostgres()),
-  mysql: once(async () => {
-    const services = await import('../scripts/test-services.mjs')
-    onCleanup(() => services.stopServices())
-    return services.findMysql()
-  }),
+  mysql: once(() => findMysql()),
   // A server of the suite's own, for the rows that kill every client session.
-  mysqlPrivate: once(async () => {
-    const services = await import('../scripts/test-services.mjs')
-    onCleanup(() => services.stopServices())
-    return services.startMysql()
-  }),
-  etcd: once(async () => {
-    const services = await import('../scripts/test-services.mjs')
-    const server = await services.startEtcd()
-    onCleanup(() => server.stop())
-    return server
-  }),
-  etcd3: once(async () => {
-    const services = await import('../scripts/test-services.mjs')
-    const cluster = await services.startEtcdCluster(3)
-    onCleanup(() => cluster.stop())
-    return cluster
-  }),
+  mysqlPrivate: once(() => startMysql()),
+  etcd: once(() => startEtcd()),
+  etcd3: once(() => startEtcdCluster(3)),
 }
-
-const proxies = []
-async function proxyTo(port) {
-  const proxy = await startProxy(port)
-  proxies.push(proxy)
-  return proxy
-}
-onCleanup(async () => {
-  for (const p of proxies.splice(0)) await p.close()
-})
 
 const redisProvider = (urls, extra = {}) => ({ type: 'redis', urls: [urls].flat(), ...extra })
 const pgProvider = (url) => ({ type: 'postgres', connectionString: url })
@@ -310,7 +286,7 @@ for (const [backend, setup] of [
 ]) {
   const proxied = async (dir, ctx, half) => {
     const s = await setup()
-    const proxy = await proxyTo(s.upstream)
+    const proxy = await startProxy(s.upstream)
     ctx.proxy = proxy
     const via = await s.make(proxy.port)
     const direct = await s.make(s.upstream)
@@ -395,7 +371,7 @@ faultRow({
   durationMs: 1_000 + HEAL.cycles * (HEAL.partitionMs + HEAL.passMs + 500),
   setup: async (dir, ctx) => {
     const redis = await shared.redis()
-    ctx.proxy = await proxyTo(redis.port)
+    ctx.proxy = await startProxy(redis.port)
     ctx.direct = redisProvider(redis.url)
     const via = redisProvider(`redis://127.0.0.1:${ctx.proxy.port}`)
     return { provider: (i) => (i % 2 === 1 ? ctx.direct : via) }
@@ -468,7 +444,7 @@ faultRow({
   leaseMs: 1_500,
   durationMs: 8_500,
   setup: async (dir, ctx) => {
-    ctx.server = await redisSingle()
+    ctx.server = await startRedis()
     return { provider: () => redisProvider(ctx.server.url) }
   },
   async faults(ctx) {
@@ -491,7 +467,7 @@ faultRow({
   durationMs: 6_000,
   smoke: { durationMs: 5_000 },
   setup: async (dir, ctx) => {
-    ctx.server = await redisSingle()
+    ctx.server = await startRedis()
     return { provider: () => redisProvider(ctx.server.url) }
   },
   async faults(ctx) {
@@ -515,7 +491,7 @@ for (const n of [3, 5]) {
       ` With ${minority} of ${n} down grants go on; with a majority down nothing is granted and calls fail within their budget.`,
     durationMs: 6_500,
     setup: async (dir, ctx) => {
-      ctx.group = await redlock(n)
+      ctx.group = await startRedlock(n)
       return { provider: () => redisProvider(ctx.group.urls) }
     },
     async faults(ctx) {
@@ -656,9 +632,7 @@ faultRow({
   mode: 'strict',
   durationMs: 9_000,
   setup: async (dir, ctx) => {
-    const services = await import('../scripts/test-services.mjs')
-    ctx.cluster = await services.startEtcdCluster(3)
-    onCleanup(() => ctx.cluster.stop())
+    ctx.cluster = await startEtcdCluster(3)
     return { provider: () => ({ type: 'etcd', endpoints: ctx.cluster.endpoints }) }
   },
   async faults(ctx) {
@@ -737,7 +711,7 @@ faultRow({
   leaseMs: 2_000,
   durationMs: 8_000,
   setup: async (dir, ctx) => {
-    ctx.group = await sentinelGroup()
+    ctx.group = await startSentinelGroup()
     return { provider: () => redisProvider(ctx.group.url) }
   },
   async faults(ctx) {
@@ -781,7 +755,7 @@ for (const backend of ['redis', 'postgres']) {
       : pgProvider(withPort((await shared.pg()).url, port))
   const proxiedSetup = async (ctx) => {
     const port = await upstream()
-    ctx.proxy = await proxyTo(port)
+    ctx.proxy = await startProxy(port)
     return { direct: await conf(port), proxied: await conf(ctx.proxy.port) }
   }
 
@@ -861,7 +835,7 @@ probeRow({
   scenario: 'ride-out',
   params: { fault: 'sigstop-1s' },
   setup: async (ctx) => {
-    ctx.server = await redisSingle()
+    ctx.server = await startRedis()
     return { direct: redisProvider(ctx.server.url) }
   },
   faults: (ctx) => ({
@@ -901,7 +875,7 @@ for (const topology of ['redis-single', 'redlock-3']) {
     scenario: 'no-orphans',
     params: { orphanBoundMs: BOUNDS.orphanMs },
     setup: async (ctx) => {
-      ctx.servers = topology === 'redlock-3' ? (await redlock(3)).servers : [await redisSingle()]
+      ctx.servers = topology === 'redlock-3' ? (await startRedlock(3)).servers : [await startRedis()]
       return { direct: redisProvider(ctx.servers.map((s) => s.url)) }
     },
     faults: (ctx) => ({
@@ -925,7 +899,7 @@ probeRow({
   scenario: 'lost-frees-name',
   params: { fault: 'flush' },
   setup: async (ctx) => {
-    ctx.server = await redisSingle()
+    ctx.server = await startRedis()
     return { direct: redisProvider(ctx.server.url, { leaseMs: 1_000, extendEveryMs: 300 }) }
   },
   faults: (ctx) => ({ flush: () => ctx.server.cli('FLUSHALL') }),

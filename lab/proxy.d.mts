@@ -1,4 +1,4 @@
-// Types of the loopback fault proxy (proxy.mjs), for the specs that use it.
+// Types of proxy.mjs.
 export type ProxyMode = 'pass' | 'delay' | 'blackhole' | 'reset'
 
 export declare class FaultProxy {
@@ -11,5 +11,5 @@ export declare class FaultProxy {
   close(): Promise<void>
 }
 
-/** A started proxy in front of 127.0.0.1:`port`. */
+/** A started proxy in front of 127.0.0.1:`port`, closed by stopServices() / cleanupAll() too. */
 export declare function startProxy(port: number): Promise<FaultProxy>

@@ -1,4 +1,5 @@
-// A loopback TCP proxy for fault injection, controlled in-process by the runner.
+// A loopback TCP proxy for fault injection, controlled in-process by the spec or torture row that
+// started it.
 //
 // Modes (switch at any time with setMode):
 // - pass: bytes flow both ways.
@@ -10,6 +11,8 @@
 // - reset: every connection is destroyed with a TCP RST, and new ones are reset at once, until
 //   the mode changes.
 import { createServer, connect } from 'node:net'
+
+import { onCleanup } from './cleanup.mjs'
 
 /** Bytes withheld per direction of one connection at most; beyond that the connection is reset. */
 const HELD_LIMIT = 16 * 1024 * 1024
@@ -152,16 +155,18 @@ export class FaultProxy {
     server.on('close', end)
   }
 
-  /** Closes the listener and resets every connection. */
+  /** Closes the listener and resets every connection; may be called again. */
   async close() {
     for (const conn of this.conns) this.kill(conn)
-    await new Promise((resolve) => this.server.close(() => resolve()))
+    this.closed ??= new Promise((resolve) => this.server.close(() => resolve()))
+    await this.closed
   }
 }
 
-/** A started proxy in front of 127.0.0.1:`port`. */
+/** A started proxy in front of 127.0.0.1:`port`, closed by stopServices() / cleanupAll() too. */
 export async function startProxy(port) {
   const proxy = new FaultProxy({ port })
   await proxy.listen()
+  onCleanup(() => proxy.close())
   return proxy
 }

@@ -1,0 +1,10 @@
+// Types of the lab (index.mjs) for the TypeScript specs: one declaration file beside each module.
+export * from './cleanup.mjs'
+export * from './etcd.mjs'
+export * from './mysql.mjs'
+export * from './net.mjs'
+export * from './postgres.mjs'
+export * from './proxy.mjs'
+export * from './redis.mjs'
+export * from './sentinel.mjs'
+export * from './tools.mjs'
