@@ -63,12 +63,17 @@ pub trait TwoPhase: Send + Sync + 'static {
     }
 
     /// A session of the caller's own for the wait; `None` when none can be had now (every
-    /// session holds locks and the pool is full): the acquire tries again.
-    fn waiter(&self) -> BoxFuture<'static, Result<Option<Self::Waiter>, Fault>>;
+    /// session holds locks and the pool is full): the acquire tries again. (This and the three
+    /// below are never called for a polled lock, which keeps the defaults.)
+    fn waiter(&self) -> BoxFuture<'static, Result<Option<Self::Waiter>, Fault>> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// The blocking wait on `waiter`; the server gives up by itself at `until` (`None`: never),
     /// answering `None`. The future hands the session back when it answers without a grant.
-    fn wait(&self, waiter: &Self::Waiter, until: Option<Instant>) -> Answer<Self::Grant>;
+    fn wait(&self, _waiter: &Self::Waiter, _until: Option<Instant>) -> Answer<Self::Grant> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// Ends a wait whose caller stopped waiting (`why`): interrupts it on the server (a cancel
     /// request, `KILL CONNECTION`), undoes a grant that raced the interrupt, and cleans up or
@@ -76,14 +81,18 @@ pub trait TwoPhase: Send + Sync + 'static {
     /// on in the background after that.
     fn interrupt(
         &self,
-        why: Interrupted,
-        waiter: Self::Waiter,
-        wait: Answer<Self::Grant>,
-    ) -> BoxFuture<'static, ()>;
+        _why: Interrupted,
+        _waiter: Self::Waiter,
+        _wait: Answer<Self::Grant>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 
     /// How long a caller whose wait was interrupted for `why` waits for [`TwoPhase::interrupt`]
     /// before it settles anyway.
-    fn settle(&self, why: Interrupted) -> Duration;
+    fn settle(&self, _why: Interrupted) -> Duration {
+        Duration::ZERO
+    }
 
     /// A wake-up for a polled lock ([`TwoPhase::waits`] `false`): completes when it may be
     /// free (a permit given back in this process). Asked for before each try, so a release
@@ -347,7 +356,10 @@ mod tests {
                     return Err(f);
                 }
                 let free = free_at.is_some_and(|t| Instant::now() >= t);
-                Fake::note(&log, format!("try: {}", if free { "granted" } else { "busy" }));
+                Fake::note(
+                    &log,
+                    format!("try: {}", if free { "granted" } else { "busy" }),
+                );
                 Ok(free.then_some(Grant("try")))
             })
         }
@@ -451,12 +463,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_busy_lock_is_waited_for_on_a_session_of_its_own() {
         let t0 = Instant::now();
-        let (out, fake) = run(
-            Fake::new(Some(200 * MS)),
-            Timeout::After(1000 * MS),
-            None,
-        )
-        .await;
+        let (out, fake) = run(Fake::new(Some(200 * MS)), Timeout::After(1000 * MS), None).await;
         assert_eq!(out.unwrap(), Grant("wait"));
         assert_eq!(fake.log(), vec!["try: busy", "wait on 7: true"]);
         assert_eq!(ms_since(t0), 200);

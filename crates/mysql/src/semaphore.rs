@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
-use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Interrupted, Policy, Result, Ticket};
+use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Policy, Result, Ticket};
 use tokio::time::Instant;
 
 use crate::held::{Claims, Got, Keep, SemState, Turn};
@@ -67,6 +67,7 @@ struct Slots {
 impl TwoPhase for Slots {
     type Grant = Got;
     type Shared = Use;
+    /// A semaphore never waits on the server (`waits` is false).
     type Waiter = ();
 
     fn shared(&self) -> BoxFuture<'static, std::result::Result<Use, Fault>> {
@@ -163,24 +164,6 @@ impl TwoPhase for Slots {
         let mut freed = Box::pin(self.entry.state.freed.clone().notified_owned());
         freed.as_mut().enable();
         Box::pin(freed)
-    }
-
-    // A semaphore never waits on the server (`waits` is false): these are never called.
-
-    fn waiter(&self) -> BoxFuture<'static, std::result::Result<Option<()>, Fault>> {
-        Box::pin(async { Ok(None) })
-    }
-
-    fn wait(&self, (): &(), _: Option<Instant>) -> Answer<Got> {
-        Box::pin(async { Ok(None) })
-    }
-
-    fn interrupt(&self, _: Interrupted, (): (), _: Answer<Got>) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
-    }
-
-    fn settle(&self, _: Interrupted) -> Duration {
-        Duration::ZERO
     }
 }
 

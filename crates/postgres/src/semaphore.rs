@@ -3,12 +3,11 @@
 //! process, else polled with [`crate::SLOT_POLL`]) until the deadline.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
-use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Interrupted, Policy, Result, Ticket};
+use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Policy, Result, Ticket};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -94,6 +93,7 @@ impl TwoPhase for SlotLock {
     /// The session, and the gate held from choosing the free slots of an attempt until the
     /// slots it won are marked taken.
     type Shared = (Arc<Session>, OwnedMutexGuard<()>);
+    /// A semaphore never waits on the server (`waits` is false).
     type Waiter = ();
 
     fn shared(&self) -> BoxFuture<'static, std::result::Result<Self::Shared, Fault>> {
@@ -162,23 +162,5 @@ impl TwoPhase for SlotLock {
         let mut freed = Box::pin(self.entry.state.freed.clone().notified_owned());
         freed.as_mut().enable();
         Box::pin(freed)
-    }
-
-    // A semaphore never waits on the server (`waits` is false): these are never called.
-
-    fn waiter(&self) -> BoxFuture<'static, std::result::Result<Option<()>, Fault>> {
-        Box::pin(async { Ok(None) })
-    }
-
-    fn wait(&self, (): &(), _: Option<Instant>) -> Answer<SlotGrant> {
-        Box::pin(async { Ok(None) })
-    }
-
-    fn interrupt(&self, _: Interrupted, (): (), _: Answer<SlotGrant>) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
-    }
-
-    fn settle(&self, _: Interrupted) -> Duration {
-        Duration::ZERO
     }
 }
