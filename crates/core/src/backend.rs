@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, Target};
+use crate::held::HeldCore;
 use crate::lost::LostSignal;
 use crate::options::Timeout;
 
@@ -83,22 +84,36 @@ impl AcquireRequest {
 }
 
 /// A lock that is held. Releasing is idempotent; dropping the last reference releases too.
+///
+/// A backend's held lock embeds a [`HeldCore`] (token, lost signal, how messages name it, the
+/// released flag) and returns it from [`HeldLock::core`]; the common questions are answered from
+/// it, and a backend overrides only what is its own (a lease, a descriptor, a release).
 pub trait HeldLock: Send + Sync + 'static {
+    /// The common half of this held lock.
+    fn core(&self) -> &HeldCore;
     /// The fencing token of this grant: strictly greater than every earlier grant's of the name.
-    fn fencing_token(&self) -> u64;
+    fn fencing_token(&self) -> u64 {
+        self.core().token()
+    }
     /// Fires when the lock is known to be lost.
-    fn lost(&self) -> &LostSignal;
+    fn lost(&self) -> &LostSignal {
+        self.core().lost()
+    }
     /// How messages name this lock, e.g. `file lock "orders:42"`.
-    fn target(&self) -> &str;
+    fn target(&self) -> &str {
+        self.core().target()
+    }
     /// Whether `release` has run (or the provider released it on close).
-    fn is_released(&self) -> bool;
+    fn is_released(&self) -> bool {
+        self.core().is_released()
+    }
     /// Whether the lock is held right now, as far as this process can tell without a round
     /// trip: not released, not lost, and, for backends with leases, its local deadline not
     /// passed (read from the clock at the call, so a process that was paused past its lease
     /// sees `false` before any timer of its own has run) and no connection it depends on in
     /// doubt. Check it synchronously before each step of work the lock protects.
     fn is_held(&self) -> bool {
-        !self.is_released() && !self.lost().is_lost()
+        self.core().is_held()
     }
     /// What is left of the lease by this process's local deadline, for backends whose locks
     /// expire (zero once it passed); `None` for locks without a lease.

@@ -19,7 +19,6 @@ use crate::backend::{
 use crate::error::Result;
 use crate::held::HeldCore;
 use crate::held::HeldSet;
-use crate::lost::LostSignal;
 use crate::options::{Timeout, validate_name};
 use crate::queue::{Entry, SHARED_CAPACITY, Ticket};
 use crate::sync::lock;
@@ -169,20 +168,8 @@ impl MemoryHeld {
 }
 
 impl HeldLock for MemoryHeld {
-    fn target(&self) -> &str {
-        self.core.target()
-    }
-
-    fn fencing_token(&self) -> u64 {
-        self.core.token()
-    }
-
-    fn lost(&self) -> &LostSignal {
-        self.core.lost()
-    }
-
-    fn is_released(&self) -> bool {
-        self.core.is_released()
+    fn core(&self) -> &HeldCore {
+        &self.core
     }
 
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {

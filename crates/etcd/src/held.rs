@@ -1,14 +1,13 @@
 //! A lock held in etcd: its key on a lease, its in-process turn, release and extend.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
 use distlock_core::{
-    AcquireRequest, BoxFuture, CancellationToken, Error, Fault, Held, HeldLock, LostSignal, Result,
-    Target, Ticket,
+    AcquireRequest, BoxFuture, CancellationToken, Error, Fault, Held, HeldCore, HeldLock,
+    LostSignal, Result, Target, Ticket,
 };
 use tokio::time::Instant;
 
@@ -39,12 +38,13 @@ impl Inner {
             inner: self.clone(),
             uid,
             target: req.target(BACKEND),
-            shown: req.target(BACKEND).to_string(),
+            core: HeldCore::with_lost(
+                req.target(BACKEND).to_string(),
+                u64::try_from(rev).unwrap_or(0),
+                lost.clone(),
+            ),
             key,
-            rev: u64::try_from(rev).unwrap_or(0),
             session: session.clone(),
-            lost: lost.clone(),
-            released: AtomicBool::new(false),
             done: done.clone(),
             turn: turn.clone(),
         });
@@ -68,12 +68,9 @@ pub(crate) struct EtcdHeld {
     inner: Arc<Inner>,
     uid: u64,
     target: Target,
-    shown: String,
+    core: HeldCore,
     key: String,
-    rev: u64,
     session: Arc<Session>,
-    lost: LostSignal,
-    released: AtomicBool,
     /// Ends the task that gives the turn back on loss.
     done: CancellationToken,
     /// This handle's in-process turn; given back after the release, or when lost.
@@ -82,7 +79,7 @@ pub(crate) struct EtcdHeld {
 
 impl EtcdHeld {
     pub(crate) async fn release_now(&self) -> Result<()> {
-        if self.released.swap(true, Ordering::AcqRel) {
+        if !self.core.mark_released() {
             return Ok(());
         }
         self.done.cancel();
@@ -96,7 +93,7 @@ impl EtcdHeld {
             s.revoke(&self.inner.pool, bound).await;
         }
         drop(lock(&self.turn).take());
-        tracing::debug!(backend = BACKEND, token = self.rev, "released");
+        tracing::debug!(backend = BACKEND, token = self.core.token(), "released");
         Ok(())
     }
 
@@ -115,18 +112,20 @@ impl EtcdHeld {
                 format!(
                     "of {} ms is longer than the lease of {} ({} ms): etcd cannot change a lease's TTL, so extend renews the lease to its full TTL and accepts at most that; acquire with a longer lease instead",
                     lease.as_millis(),
-                    self.shown,
+                    self.core.target(),
                     session.ttl.as_millis()
                 ),
             ));
         }
         if !self.is_held() {
-            return Err(lost(self.lost.reason().unwrap_or(session::DEADLINE)));
+            return Err(lost(self.core.lost().reason().unwrap_or(session::DEADLINE)));
         }
         let bound = self.inner.opts.op_timeout;
         match session.keep_alive_once(&self.inner.pool, bound).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(lost(self.lost.reason().unwrap_or("its lease is gone"))),
+            Ok(false) => Err(lost(
+                self.core.lost().reason().unwrap_or("its lease is gone"),
+            )),
             Err(f) => Err(self.inner.fault_error(
                 "extending",
                 &self.target,
@@ -141,35 +140,23 @@ impl EtcdHeld {
 }
 
 impl HeldLock for EtcdHeld {
-    fn fencing_token(&self) -> u64 {
-        self.rev
-    }
-
-    fn lost(&self) -> &LostSignal {
-        &self.lost
-    }
-
-    fn target(&self) -> &str {
-        &self.shown
-    }
-
-    fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
+    fn core(&self) -> &HeldCore {
+        &self.core
     }
 
     fn is_held(&self) -> bool {
-        if self.is_released() || self.lost.is_lost() {
+        if self.is_released() || self.core.lost().is_lost() {
             return false;
         }
         if Instant::now() < self.session.lease.deadline() {
             return true;
         }
-        self.lost.fire(session::DEADLINE);
+        self.core.lost().fire(session::DEADLINE);
         false
     }
 
     fn lease_remaining(&self) -> Option<Duration> {
-        if self.lost.is_lost() {
+        if self.core.lost().is_lost() {
             return Some(Duration::ZERO);
         }
         Some(self.session.lease.remaining(Instant::now()))
@@ -186,7 +173,7 @@ impl HeldLock for EtcdHeld {
 
 impl Drop for EtcdHeld {
     fn drop(&mut self) {
-        if self.released.swap(true, Ordering::AcqRel) {
+        if !self.core.mark_released() {
             return;
         }
         // Dropped without release (a garbage-collected handle): release in the background.

@@ -4,12 +4,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use distlock_core::sync::lock;
-use distlock_core::{AcquireRequest, BoxFuture, Error, Held, HeldLock, LostSignal, Result};
+use distlock_core::{AcquireRequest, BoxFuture, Error, Held, HeldCore, HeldLock, Result};
 use tokio::time::Instant;
 
 use crate::os::{self, FileId};
@@ -45,13 +44,10 @@ impl Inner {
         let id = self.held.next_id();
         let held = Arc::new(FileHeld {
             id,
-            token,
-            lost: LostSignal::new(),
-            released: AtomicBool::new(false),
+            core: HeldCore::new(req.target(BACKEND).to_string(), token),
             state: Mutex::new(Some(state)),
             files: watch.clone(),
             backend: Arc::downgrade(self),
-            target: req.target(BACKEND).to_string(),
         });
         self.held.insert(id, &held);
         if !watch.is_empty() {
@@ -130,15 +126,12 @@ async fn check_files(inner: Weak<Inner>, every: Duration) {
 
 pub(crate) struct FileHeld {
     id: u64,
-    token: u64,
-    lost: LostSignal,
-    released: AtomicBool,
+    core: HeldCore,
     /// What it keeps; `None` once released or lost.
     state: Mutex<Option<Box<dyn Hold>>>,
     /// The locked files' paths and identities, for `is_held` and the lost check.
     files: Watch,
     backend: Weak<Inner>,
-    target: String,
 }
 
 impl FileHeld {
@@ -153,13 +146,13 @@ impl FileHeld {
     /// or lost before).
     pub(crate) fn release_now(&self) -> bool {
         let state = lock(&self.state).take();
-        self.released.store(true, Ordering::Release);
+        self.core.mark_released();
         let Some(state) = state else {
             return false;
         };
         drop(state);
         self.forget();
-        tracing::debug!(backend = BACKEND, token = self.token, "released");
+        tracing::debug!(backend = BACKEND, token = self.core.token(), "released");
         true
     }
 
@@ -170,8 +163,8 @@ impl FileHeld {
         let Some(state) = state else {
             return;
         };
-        tracing::debug!(backend = BACKEND, token = self.token, reason = %reason, "lost");
-        self.lost.fire(reason);
+        tracing::debug!(backend = BACKEND, token = self.core.token(), reason = %reason, "lost");
+        self.core.lost().fire(reason);
         drop(state);
         self.forget();
     }
@@ -185,26 +178,14 @@ impl FileHeld {
 }
 
 impl HeldLock for FileHeld {
-    fn target(&self) -> &str {
-        &self.target
-    }
-
-    fn fencing_token(&self) -> u64 {
-        self.token
-    }
-
-    fn lost(&self) -> &LostSignal {
-        &self.lost
-    }
-
-    fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
+    fn core(&self) -> &HeldCore {
+        &self.core
     }
 
     /// Not released, not lost, and (one `stat`) the path still names the locked file. A file
     /// found deleted or replaced makes the lock lost right here, as the periodic check would.
     fn is_held(&self) -> bool {
-        if self.is_released() || self.lost.is_lost() {
+        if self.is_released() || self.core.lost().is_lost() {
             return false;
         }
         let gone = self

@@ -3,13 +3,12 @@
 //! how releasing, or the session ending, gives both back.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
-use distlock_core::{AcquireRequest, BoxFuture, Held, HeldLock, LostSignal, Result, Ticket};
+use distlock_core::{AcquireRequest, BoxFuture, Held, HeldCore, HeldLock, Result, Ticket};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -38,9 +37,7 @@ impl Inner {
         let id = self.held.next_id();
         let held = Arc::new(MyHeld {
             id,
-            token: got.token,
-            lost: LostSignal::new(),
-            released: AtomicBool::new(false),
+            core: HeldCore::new(req.target(BACKEND).to_string(), got.token),
             grant: Mutex::new(Some(Grant {
                 session: got.session.clone(),
                 names: got.names,
@@ -49,7 +46,6 @@ impl Inner {
             op_timeout: self.op_timeout(),
             runtime: tokio::runtime::Handle::current(),
             owner: Arc::downgrade(self),
-            target: req.target(BACKEND).to_string(),
         });
         self.held.insert(id, &held);
         let dependent: Arc<dyn Dependent> = held.clone();
@@ -191,14 +187,11 @@ struct Grant {
 
 pub(crate) struct MyHeld {
     id: u64,
-    token: u64,
-    pub(crate) lost: LostSignal,
-    released: AtomicBool,
+    pub(crate) core: HeldCore,
     grant: Mutex<Option<Grant>>,
     op_timeout: Duration,
     runtime: tokio::runtime::Handle,
     owner: Weak<Inner>,
-    target: String,
 }
 
 impl MyHeld {
@@ -206,7 +199,7 @@ impl MyHeld {
     /// `op_timeout`, else the session is closed), then lets the next caller of this process in.
     pub(crate) fn take_and_release(&self) -> impl Future<Output = ()> + Send + use<> {
         let grant = lock(&self.grant).take();
-        self.released.store(true, Ordering::Release);
+        self.core.mark_released();
         if let Some(owner) = self.owner.upgrade() {
             owner.held.remove(self.id);
         }
@@ -228,7 +221,7 @@ impl Dependent for MyHeld {
     fn session_ended(&self, reason: &str) {
         let grant = lock(&self.grant).take();
         if grant.is_some() {
-            self.lost.fire(reason);
+            self.core.lost().fire(reason);
             if let Some(owner) = self.owner.upgrade() {
                 owner.held.remove(self.id);
             }
@@ -238,20 +231,8 @@ impl Dependent for MyHeld {
 }
 
 impl HeldLock for MyHeld {
-    fn target(&self) -> &str {
-        &self.target
-    }
-
-    fn fencing_token(&self) -> u64 {
-        self.token
-    }
-
-    fn lost(&self) -> &LostSignal {
-        &self.lost
-    }
-
-    fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
+    fn core(&self) -> &HeldCore {
+        &self.core
     }
 
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {

@@ -191,7 +191,7 @@ impl Backend for MySqlBackend {
                 .drain()
                 .into_iter()
                 .map(|h| {
-                    h.lost.fire("the provider was closed");
+                    h.core.lost().fire("the provider was closed");
                     h.take_and_release()
                 })
                 .collect();

@@ -3,13 +3,14 @@
 //! slots, where the next caller's attempt should go), and how releasing gives both back.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
-use distlock_core::{AcquireRequest, BoxFuture, Held, HeldLock, LostSignal, Result, Ticket};
+use distlock_core::{
+    AcquireRequest, BoxFuture, Held, HeldCore, HeldLock, LostSignal, Result, Ticket,
+};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -64,21 +65,18 @@ impl Inner {
         }
         let held = Arc::new(PgHeld {
             id,
-            token,
-            lost,
-            released: AtomicBool::new(false),
+            core: HeldCore::with_lost(req.target(BACKEND).to_string(), token, lost),
             grant: Mutex::new(Some(Grant { session, unlock })),
             turn,
             scope: self.pool.opts.scope,
             op_timeout: self.pool.opts.op_timeout,
             runtime: tokio::runtime::Handle::current(),
             owner: Arc::downgrade(self),
-            target: req.target(BACKEND).to_string(),
         });
         self.held.insert(id, &held);
         tracing::debug!(backend = BACKEND, name = %req.name, kind = ?req.kind, token, waited_us = start.elapsed().as_micros() as u64, "acquired");
         if self.closed.is_cancelled() {
-            held.lost.fire("the lock provider was closed");
+            held.core.lost().fire("the lock provider was closed");
             let undo = held.take_and_unlock();
             tokio::spawn(undo);
             return Err(self.closed_error(req));
@@ -123,9 +121,7 @@ struct Grant {
 
 pub(crate) struct PgHeld {
     id: u64,
-    token: u64,
-    pub(crate) lost: LostSignal,
-    released: AtomicBool,
+    pub(crate) core: HeldCore,
     grant: Mutex<Option<Grant>>,
     /// Shared with the session, which drops it if it dies first.
     turn: Arc<Mutex<Option<Turn>>>,
@@ -133,7 +129,6 @@ pub(crate) struct PgHeld {
     op_timeout: Duration,
     runtime: tokio::runtime::Handle,
     owner: Weak<Inner>,
-    target: String,
 }
 
 impl PgHeld {
@@ -141,11 +136,11 @@ impl PgHeld {
     /// `op_timeout`, else the session is closed), then lets the next caller of this process in.
     pub(crate) fn take_and_unlock(&self) -> impl Future<Output = ()> + Send + use<> {
         let grant = lock(&self.grant).take();
-        self.released.store(true, Ordering::Release);
+        self.core.mark_released();
         if let Some(owner) = self.owner.upgrade() {
             owner.held.remove(self.id);
         }
-        let (id, token, scope, op) = (self.id, self.token, self.scope, self.op_timeout);
+        let (id, token, scope, op) = (self.id, self.core.token(), self.scope, self.op_timeout);
         let turn = self.turn.clone();
         async move {
             let Some(grant) = grant else { return };
@@ -218,20 +213,8 @@ impl PgHeld {
 }
 
 impl HeldLock for PgHeld {
-    fn target(&self) -> &str {
-        &self.target
-    }
-
-    fn fencing_token(&self) -> u64 {
-        self.token
-    }
-
-    fn lost(&self) -> &LostSignal {
-        &self.lost
-    }
-
-    fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
+    fn core(&self) -> &HeldCore {
+        &self.core
     }
 
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {

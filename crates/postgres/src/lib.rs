@@ -306,7 +306,7 @@ impl Backend for PostgresBackend {
                 .closing
                 .store(true, std::sync::atomic::Ordering::Release);
             let releases = inner.held.drain().into_iter().map(|h| {
-                h.lost.fire("the lock provider was closed");
+                h.core.lost().fire("the lock provider was closed");
                 h.take_and_unlock()
             });
             let all = async {
