@@ -16,15 +16,15 @@ use crate::options::validate_name;
 use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
 
 /// One provider's in-process queues: one per lock name (its mutex and both sides of its
-/// reader-writer lock share it) and one per semaphore name, each with the backend's state `S`
-/// for the name beside it.
+/// reader-writer lock share it) with the backend's state `L` for the name beside it, and one
+/// per semaphore name with state `S`.
 #[derive(Debug)]
-pub struct Turns<S> {
-    locks: Registry<String, S>,
+pub struct Turns<L, S = L> {
+    locks: Registry<String, L>,
     semaphores: Registry<String, S>,
 }
 
-impl<S> Default for Turns<S> {
+impl<L, S> Default for Turns<L, S> {
     fn default() -> Self {
         Self {
             locks: Registry::default(),
@@ -35,61 +35,105 @@ impl<S> Default for Turns<S> {
 
 /// An admitted acquire: its name's entry and its place in the name's queue.
 #[derive(Debug)]
-pub struct Admitted<S> {
+pub struct Admitted<T> {
     /// The name's queue and the backend's state for it.
-    pub entry: Arc<Entry<S>>,
+    pub entry: Arc<Entry<T>>,
     /// The place in the queue; granted when the acquire's in-process turn comes.
     pub ticket: Ticket,
 }
 
-impl<S> Turns<S> {
-    /// Admits `req` to `backend`'s provider (whose close token is `closed`): see the module
-    /// documentation. `make` creates the backend's state for a name nobody uses now.
+/// The checks before any queue is joined: the name, and that `backend`'s provider (whose close
+/// token is `closed`) is open.
+pub fn check_open(
+    req: &AcquireRequest,
+    backend: &'static str,
+    closed: &CancellationToken,
+) -> Result<()> {
+    validate_name(&req.name)?;
+    if closed.is_cancelled() {
+        return Err(Error::Closed {
+            backend,
+            detail: format!("; cannot acquire {}", req.target(backend)),
+        });
+    }
+    Ok(())
+}
+
+impl<L, S> Turns<L, S> {
+    /// Joins the queue of `req`'s lock name (a mutex or either side of a reader-writer lock;
+    /// call [`check_open`] first). A reader takes one unit of the name's capacity; a writer or a
+    /// mutex takes all of it. `make` creates the backend's state for a name nobody uses now.
+    pub fn lock(&self, req: &AcquireRequest, make: impl FnOnce() -> L) -> Admitted<L> {
+        let weight = if req.kind == LockKind::Read {
+            1
+        } else {
+            SHARED_CAPACITY
+        };
+        let entry = self.locks.entry(&req.name, SHARED_CAPACITY, make);
+        let ticket = entry.queue.enqueue(weight);
+        Admitted { entry, ticket }
+    }
+
+    /// Joins the queue of `req`'s semaphore name for its permits (call [`check_open`] first),
+    /// once its `maxCount` agrees with what this process already uses for the name.
+    pub fn semaphore(
+        &self,
+        req: &AcquireRequest,
+        backend: &'static str,
+        make: impl FnOnce() -> S,
+    ) -> Result<Admitted<S>> {
+        let (max_count, permits) = match req.kind {
+            LockKind::Semaphore { max_count, permits } => (max_count, permits),
+            _ => (1, 1),
+        };
+        let entry = self.semaphores.entry(&req.name, u64::from(max_count), make);
+        if entry.queue.capacity() != u64::from(max_count) {
+            return Err(Error::invalid(
+                "maxCount",
+                format!(
+                    "of {} is {max_count}, but this process already uses it with maxCount {}",
+                    req.target(backend),
+                    entry.queue.capacity()
+                ),
+            ));
+        }
+        let ticket = entry.queue.enqueue(u64::from(permits));
+        Ok(Admitted { entry, ticket })
+    }
+
+    /// The entry of lock name `name`, if someone in this process holds or waits on it.
+    pub fn lock_entry(&self, name: &str) -> Option<Arc<Entry<L>>> {
+        self.locks.get(&name.to_owned())
+    }
+
+    /// The entry of semaphore name `name`, if someone in this process holds or waits on it.
+    pub fn semaphore_entry(&self, name: &str) -> Option<Arc<Entry<S>>> {
+        self.semaphores.get(&name.to_owned())
+    }
+}
+
+impl<T> Turns<T, T> {
+    /// Admits `req` to `backend`'s provider: see the module documentation. `make` creates the
+    /// backend's state for a name nobody uses now.
     pub fn admit(
         &self,
         req: &AcquireRequest,
         backend: &'static str,
         closed: &CancellationToken,
-        make: impl FnOnce() -> S,
-    ) -> Result<Admitted<S>> {
-        validate_name(&req.name)?;
-        if closed.is_cancelled() {
-            return Err(Error::Closed {
-                backend,
-                detail: format!("; cannot acquire {}", req.target(backend)),
-            });
+        make: impl FnOnce() -> T,
+    ) -> Result<Admitted<T>> {
+        check_open(req, backend, closed)?;
+        match req.kind {
+            LockKind::Semaphore { .. } => self.semaphore(req, backend, make),
+            LockKind::Mutex | LockKind::Read | LockKind::Write => Ok(self.lock(req, make)),
         }
-        let (entry, weight) = match req.kind {
-            LockKind::Semaphore { max_count, permits } => {
-                let entry = self.semaphores.entry(&req.name, u64::from(max_count), make);
-                if entry.queue.capacity() != u64::from(max_count) {
-                    return Err(Error::invalid(
-                        "maxCount",
-                        format!(
-                            "of {} is {max_count}, but this process already uses it with maxCount {}",
-                            req.target(backend),
-                            entry.queue.capacity()
-                        ),
-                    ));
-                }
-                (entry, u64::from(permits))
-            }
-            // A reader takes one unit of the name's capacity; a writer (or a mutex) takes all.
-            LockKind::Read => (self.locks.entry(&req.name, SHARED_CAPACITY, make), 1),
-            LockKind::Mutex | LockKind::Write => (
-                self.locks.entry(&req.name, SHARED_CAPACITY, make),
-                SHARED_CAPACITY,
-            ),
-        };
-        let ticket = entry.queue.enqueue(weight);
-        Ok(Admitted { entry, ticket })
     }
 
     /// The entry of `name` for `kind`'s family, if someone in this process holds or waits on it.
-    pub fn get(&self, name: &str, kind: LockKind) -> Option<Arc<Entry<S>>> {
+    pub fn get(&self, name: &str, kind: LockKind) -> Option<Arc<Entry<T>>> {
         match kind {
-            LockKind::Semaphore { .. } => self.semaphores.get(&name.to_owned()),
-            _ => self.locks.get(&name.to_owned()),
+            LockKind::Semaphore { .. } => self.semaphore_entry(name),
+            _ => self.lock_entry(name),
         }
     }
 }

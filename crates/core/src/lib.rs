@@ -30,7 +30,7 @@ pub mod sync;
 pub mod testing;
 pub mod two_phase;
 
-pub use admission::{Admitted, Turns};
+pub use admission::{Admitted, Turns, check_open};
 pub use backend::{
     AcquireRequest, Acquiring, Backend, BackendEvent, BoxFuture, Held, HeldLock, Interrupted,
     LockInfo, LockKind, Observer, Waited, race,

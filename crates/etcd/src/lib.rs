@@ -89,8 +89,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Fault, HeldLock,
-    HeldSet, LockInfo, LockKind, Observer, Registry, Result, SHARED_CAPACITY, Target,
+    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Error, Fault,
+    HeldLock, HeldSet, LockInfo, LockKind, Observer, Result, Target, Turns, check_open,
 };
 use grpc::wire::RangeRequest;
 
@@ -117,8 +117,7 @@ pub(crate) struct Inner {
     pool: Arc<Pool>,
     /// The provider's shared lease (granted on first use, again after it is lost).
     shared: tokio::sync::Mutex<Option<Arc<Session>>>,
-    locks: Registry<String, ()>,
-    semaphores: Registry<String, ()>,
+    turns: Turns<()>,
     held: HeldSet<EtcdHeld>,
     closed: CancellationToken,
     runtime: OnceLock<tokio::runtime::Handle>,
@@ -142,8 +141,7 @@ impl EtcdBackend {
                 pool: Arc::new(Pool::new(&opts)),
                 opts,
                 shared: tokio::sync::Mutex::new(None),
-                locks: Registry::default(),
-                semaphores: Registry::default(),
+                turns: Turns::default(),
                 held: HeldSet::default(),
                 closed: CancellationToken::new(),
                 runtime: OnceLock::new(),
@@ -164,14 +162,8 @@ impl Backend for EtcdBackend {
     }
 
     fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
-        distlock_core::validate_name(&req.name)?;
         let inner = self.inner.clone();
-        if inner.closed.is_cancelled() {
-            return Err(Error::Closed {
-                backend: BACKEND,
-                detail: format!("; cannot acquire {}", req.target(BACKEND)),
-            });
-        }
+        check_open(&req, BACKEND, &inner.closed)?;
         let own_ttl = req.lease.map(options::request_lease).transpose()?;
         let plan = match (own_ttl, req.auto_renew) {
             (None, true) => Plan::Shared,
@@ -181,40 +173,16 @@ impl Backend for EtcdBackend {
             },
         };
         let prefix = &inner.opts.key_prefix;
-        let (keys, side, entry, weight, max) = match req.kind {
-            LockKind::Mutex | LockKind::Write | LockKind::Read => {
-                let entry = inner.locks.entry(&req.name, SHARED_CAPACITY, || ());
-                let (side, weight) = if req.kind == LockKind::Read {
-                    (Side::Reader, 1)
-                } else {
-                    (Side::Writer, SHARED_CAPACITY)
-                };
-                (Keys::lock(prefix, &req.name), side, entry, weight, 0)
-            }
-            LockKind::Semaphore { max_count, permits } => {
-                let entry = inner
-                    .semaphores
-                    .entry(&req.name, u64::from(max_count), || ());
-                if entry.queue.capacity() != u64::from(max_count) {
-                    return Err(Error::invalid(
-                        "maxCount",
-                        format!(
-                            "of {} is {max_count}, but this process already uses it with maxCount {}",
-                            req.target(BACKEND),
-                            entry.queue.capacity()
-                        ),
-                    ));
-                }
-                (
-                    Keys::semaphore(prefix, &req.name),
-                    Side::Permits(permits),
-                    entry,
-                    u64::from(permits),
-                    max_count,
-                )
-            }
+        let (keys, side, max) = match req.kind {
+            LockKind::Mutex | LockKind::Write => (Keys::lock(prefix, &req.name), Side::Writer, 0),
+            LockKind::Read => (Keys::lock(prefix, &req.name), Side::Reader, 0),
+            LockKind::Semaphore { max_count, permits } => (
+                Keys::semaphore(prefix, &req.name),
+                Side::Permits(permits),
+                max_count,
+            ),
         };
-        let ticket = entry.queue.enqueue(weight);
+        let Admitted { entry, ticket } = inner.turns.admit(&req, BACKEND, &inner.closed, || ())?;
         let waiter = Waiter::new(Place::new(keys, side, max));
         Ok(Box::pin(async move {
             inner.acquire(req, plan, waiter, entry, ticket).await

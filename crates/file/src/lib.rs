@@ -61,8 +61,8 @@ use std::time::Duration;
 
 use distlock_core::HeldSet;
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, HeldLock, Interrupted,
-    LockInfo, LockKind, Registry, Result, SHARED_CAPACITY, Ticket, race, validate_name,
+    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Error, HeldLock,
+    Interrupted, LockInfo, LockKind, Result, Ticket, Turns, check_open, race, validate_name,
 };
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
@@ -101,8 +101,7 @@ struct Inner {
     dir_ready: AtomicBool,
     /// The directory canonicalized once it exists, for the fencing floor's keys.
     canonical_dir: OnceLock<PathBuf>,
-    locks: Registry<String, LockState>,
-    semaphores: Registry<String, SemState>,
+    turns: Turns<LockState, SemState>,
     closed: CancellationToken,
     held: HeldSet<FileHeld>,
     /// `None`: no check that held files stay in place.
@@ -141,8 +140,7 @@ impl FileBackend {
                 dir: directory.into(),
                 dir_ready: AtomicBool::new(false),
                 canonical_dir: OnceLock::new(),
-                locks: Registry::default(),
-                semaphores: Registry::default(),
+                turns: Turns::default(),
                 closed: CancellationToken::new(),
                 held: HeldSet::default(),
                 lost_check: Some(DEFAULT_LOST_CHECK),
@@ -177,32 +175,15 @@ impl Backend for FileBackend {
     }
 
     fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
-        validate_name(&req.name)?;
         let inner = self.inner.clone();
-        if inner.closed.is_cancelled() {
-            return Err(Error::Closed {
-                backend: BACKEND,
-                detail: format!("; cannot acquire {}", req.target(BACKEND)),
-            });
-        }
+        check_open(&req, BACKEND, &inner.closed)?;
         inner.ensure_dir()?;
         let start = Instant::now();
         match req.kind {
             LockKind::Semaphore { max_count, permits } => {
-                let entry = inner
-                    .semaphores
-                    .entry(&req.name, u64::from(max_count), || SemState::new(max_count));
-                if entry.queue.capacity() != u64::from(max_count) {
-                    return Err(Error::invalid(
-                        "maxCount",
-                        format!(
-                            "of {} is {max_count}, but this process already uses it with maxCount {}",
-                            req.target(BACKEND),
-                            entry.queue.capacity()
-                        ),
-                    ));
-                }
-                let ticket = entry.queue.enqueue(u64::from(permits));
+                let Admitted { entry, ticket } = inner
+                    .turns
+                    .semaphore(&req, BACKEND, || SemState::new(max_count))?;
                 Ok(Box::pin(async move {
                     inner
                         .acquire_slots(req, permits, entry, ticket, start)
@@ -215,14 +196,7 @@ impl Backend for FileBackend {
                 } else {
                     Mode::Exclusive
                 };
-                let entry = inner
-                    .locks
-                    .entry(&req.name, SHARED_CAPACITY, LockState::default);
-                let ticket = entry.queue.enqueue(if mode == Mode::Shared {
-                    1
-                } else {
-                    SHARED_CAPACITY
-                });
+                let Admitted { entry, ticket } = inner.turns.lock(&req, LockState::default);
                 Ok(Box::pin(async move {
                     inner.acquire_lock(req, mode, entry, ticket, start).await
                 }))

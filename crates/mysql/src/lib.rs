@@ -49,8 +49,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, Backoff, BoxFuture, CancellationToken, End, Error, Fault,
-    HeldSet, Interrupted, LockInfo, LockKind, Policy, Registry, Result, Ticket, race,
+    AcquireRequest, Acquiring, Admitted, Backend, Backoff, BoxFuture, CancellationToken, End,
+    Error, Fault, HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns,
+    check_open, race,
 };
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
@@ -92,8 +93,7 @@ pub struct MySqlBackend {
 struct Inner {
     pool: Arc<Pool>,
     closed: CancellationToken,
-    locks: Registry<String, ()>,
-    semaphores: Registry<(String, u32), SemState>,
+    turns: Turns<(), SemState>,
     held: HeldSet<MyHeld>,
     table: OnceCell<()>,
     keepalive_started: OnceLock<()>,
@@ -106,8 +106,7 @@ impl MySqlBackend {
             inner: Arc::new(Inner {
                 pool: Pool::new(opts),
                 closed: CancellationToken::new(),
-                locks: Registry::default(),
-                semaphores: Registry::default(),
+                turns: Turns::default(),
                 held: HeldSet::default(),
                 table: OnceCell::new(),
                 keepalive_started: OnceLock::new(),
@@ -136,13 +135,7 @@ impl Backend for MySqlBackend {
     }
 
     fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
-        distlock_core::validate_name(&req.name)?;
-        if self.inner.closed.is_cancelled() {
-            return Err(Error::Closed {
-                backend: BACKEND,
-                detail: format!("; cannot acquire {}", req.target(BACKEND)),
-            });
-        }
+        check_open(&req, BACKEND, &self.inner.closed)?;
         let inner = self.inner.clone();
         match req.kind {
             LockKind::Read | LockKind::Write => Err(Error::invalid(
@@ -153,19 +146,14 @@ impl Backend for MySqlBackend {
                 ),
             )),
             LockKind::Mutex => {
-                let entry = inner.locks.entry(&req.name, 1, || ());
-                let ticket = entry.queue.enqueue(1);
+                let Admitted { entry, ticket } = inner.turns.lock(&req, || ());
                 Ok(Box::pin(async move {
                     mutex::acquire(inner, req, ticket, entry).await
                 }))
             }
             LockKind::Semaphore { max_count, permits } => {
-                let entry = inner.semaphores.entry(
-                    &(req.name.clone(), max_count),
-                    u64::from(max_count),
-                    SemState::default,
-                );
-                let ticket = entry.queue.enqueue(u64::from(permits));
+                let Admitted { entry, ticket } =
+                    inner.turns.semaphore(&req, BACKEND, SemState::default)?;
                 Ok(Box::pin(async move {
                     semaphore::acquire(inner, req, ticket, entry, (max_count, permits)).await
                 }))

@@ -77,9 +77,9 @@ use std::time::Duration;
 
 use distlock_core::two_phase::Usage;
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, Backoff, BoxFuture, CancellationToken, End, Error, Fault,
-    HeldSet, Interrupted, LockInfo, LockKind, Policy, Registry, Result, SHARED_CAPACITY, Ticket,
-    race,
+    AcquireRequest, Acquiring, Admitted, Backend, Backoff, BoxFuture, CancellationToken, End,
+    Error, Fault, HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns,
+    check_open, race,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -124,8 +124,7 @@ struct Inner {
     pool: Arc<Pool>,
     closed: CancellationToken,
     /// Mutexes and reader-writer locks of one name share a queue (a mutex is the writer side).
-    locks: Registry<String, Handoff>,
-    semaphores: Registry<(String, u32), SemState>,
+    turns: Turns<Handoff, SemState>,
     held: HeldSet<PgHeld>,
     sequence: OnceCell<()>,
     keepalive_started: OnceLock<()>,
@@ -138,8 +137,7 @@ impl PostgresBackend {
             inner: Arc::new(Inner {
                 pool: Pool::new(opts)?,
                 closed: CancellationToken::new(),
-                locks: Registry::default(),
-                semaphores: Registry::default(),
+                turns: Turns::default(),
                 held: HeldSet::default(),
                 sequence: OnceCell::new(),
                 keepalive_started: OnceLock::new(),
@@ -173,24 +171,13 @@ impl Backend for PostgresBackend {
     }
 
     fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
-        distlock_core::validate_name(&req.name)?;
-        if self.inner.closed.is_cancelled() {
-            return Err(Error::Closed {
-                backend: BACKEND,
-                detail: format!("; cannot acquire {}", req.target(BACKEND)),
-            });
-        }
+        check_open(&req, BACKEND, &self.inner.closed)?;
         let inner = self.inner.clone();
         let scope = inner.pool.opts.scope;
         match req.kind {
             LockKind::Mutex | LockKind::Read | LockKind::Write => {
                 let shared = req.kind == LockKind::Read;
-                let entry = inner
-                    .locks
-                    .entry(&req.name, SHARED_CAPACITY, Handoff::default);
-                let ticket = entry
-                    .queue
-                    .enqueue(if shared { 1 } else { SHARED_CAPACITY });
+                let Admitted { entry, ticket } = inner.turns.lock(&req, Handoff::default);
                 let sql = Sql {
                     key: AdvisoryKey::from_name(&req.name),
                     shared,
@@ -201,12 +188,8 @@ impl Backend for PostgresBackend {
                 }))
             }
             LockKind::Semaphore { max_count, permits } => {
-                let entry = inner.semaphores.entry(
-                    &(req.name.clone(), max_count),
-                    u64::from(max_count),
-                    SemState::default,
-                );
-                let ticket = entry.queue.enqueue(u64::from(permits));
+                let Admitted { entry, ticket } =
+                    inner.turns.semaphore(&req, BACKEND, SemState::default)?;
                 Ok(Box::pin(async move {
                     semaphore::acquire(inner, req, ticket, entry, (max_count, permits)).await
                 }))
