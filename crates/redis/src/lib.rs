@@ -35,6 +35,7 @@
 mod cleanup;
 mod config;
 mod direct;
+mod doubt;
 pub mod keys;
 pub mod machine;
 mod renew;
@@ -45,12 +46,13 @@ mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
 use distlock_core::HeldSet;
 use distlock_core::queue::Entry;
+use distlock_core::sync::lock;
 use distlock_core::{
     AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Error, Held, HeldLock,
     Interrupted, Lease, LockInfo, LockKind, LostSignal, Registry, Result, SHARED_CAPACITY, Ticket,
@@ -61,6 +63,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub use config::{MIN_LEASE_MS, RedisOptions, redact};
+use doubt::Event;
 use keys::Keys;
 use machine::confirm::{Confirmation, Next};
 use machine::lease::Slot;
@@ -69,7 +72,7 @@ use machine::waiter::{BACKOFF, End, Pause, Waiter};
 use machine::{drift, ms};
 use renew::Renewals;
 use scripts::Scripts;
-use server::{Event, Server, transient};
+use server::{Server, transient};
 use wake::{Waiting, Wakes};
 
 /// The backend's name in errors and logs.
@@ -81,11 +84,6 @@ const REVOKE_FOR: Duration = Duration::from_secs(300);
 const MAX_REVOKES: usize = 10_000;
 /// Most fencing floors remembered per provider.
 const MAX_FLOORS: usize = 100_000;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Short critical sections of plain field updates: a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A 128-bit token in hex after [`scripts::OWN`], unique per grant (and per waiter): 64 random
 /// bits drawn once per process (two processes share them with odds of 2^-64), then a counter.
@@ -1096,17 +1094,17 @@ async fn confirming(inner: Weak<Inner>, i: usize) {
             }
             return;
         }
-        if let Some(left) = server.hold_left() {
+        if let Some(left) = server.doubt().hold_left() {
             // The sentinels' announcement of the failover's end wakes it.
             let closed = me.closed.clone();
             drop(me);
             nap(&server, &closed, left).await;
             continue;
         }
-        let losses = server.losses();
+        let losses = server.doubt().losses();
         let answered = me.confirm_round(i).await;
-        match c.ended(answered, server.losses() == losses) {
-            Next::Confirmed => server.confirmed(losses),
+        match c.ended(answered, server.doubt().losses() == losses) {
+            Next::Confirmed => server.doubt().confirmed(losses),
             Next::Retry(pause) => {
                 let closed = me.closed.clone();
                 drop(me);
@@ -1148,7 +1146,7 @@ async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Event>) {
             Event::Connected(i) => {
                 // Any reconnect may have reached another server (a restart, a failover).
                 if std::mem::replace(&mut connected_before[i], true) {
-                    me.servers[i].suspect();
+                    me.servers[i].doubt().suspect();
                     me.emit(distlock_core::BackendEvent::Reconnected {
                         server: me.servers[i].label.clone(),
                     });

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use crate::machine::lease::{Look, Scan, Slot, wakes_renewer};
 use crate::machine::vote::{Renewal, tally};
 use crate::scripts::Scripts;
-use crate::{Inner, Op, Side, Turn, lock};
+use crate::{Inner, Op, Side, Turn};
+use distlock_core::sync::lock;
 
 /// Most leases one script renews.
 const CHUNK: usize = 500;
