@@ -15,10 +15,12 @@ use fred::types::{Key, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::Inner;
+use crate::held::Turn;
 use crate::machine::lease::{Look, Scan, Slot, wakes_renewer};
 use crate::machine::vote::{Renewal, tally};
+use crate::op::{Op, Side};
 use crate::scripts::Scripts;
-use crate::{Inner, Op, Side, Turn};
 use distlock_core::sync::lock;
 
 /// Most leases one script renews.

@@ -20,12 +20,14 @@ use fred::types::{Key, Value};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
+use distlock_core::Fault;
 use distlock_core::reactor::Reactor;
 use distlock_core::sync::lock;
 
 use crate::config::ServerSpec;
 use crate::direct::Direct;
 use crate::doubt::{Doubt, Event};
+use crate::fault::{describe, refusal};
 use crate::keys::CHANNEL_PATTERN;
 use crate::scripts::Script;
 use crate::wake::Wakes;
@@ -39,7 +41,7 @@ pub struct Server {
     subscribed: Arc<AtomicBool>,
     /// The last connection error since the last successful connect (its cause, for messages,
     /// and whether retrying can help).
-    last_error: Arc<Mutex<Option<(String, bool)>>>,
+    last_error: Arc<Mutex<Option<Fault>>>,
     /// Whether the locks here are in doubt (see [`Doubt`]).
     doubt: Arc<Doubt>,
     /// A confirmation of the locks here is running (one at a time).
@@ -80,50 +82,6 @@ fn reconnect_policy() -> ReconnectPolicy {
     let mut policy = ReconnectPolicy::new_exponential(0, 1, 1_000, 4);
     policy.set_jitter(5);
     policy
-}
-
-/// Why a command to one server failed, as a sentence naming the server.
-pub fn describe(label: &str, timeout: Duration, e: &fred::error::Error) -> String {
-    match e.kind() {
-        ErrorKind::Timeout => format!("{label} did not answer within {} ms", timeout.as_millis()),
-        _ => {
-            // fred passes OS errors on as Rust `Debug` text: show their words instead.
-            let (details, _) = distlock_core::error::os_error_text(e.details());
-            if details.contains("WRONGTYPE") {
-                format!("{label}: a key of this lock holds another Redis type ({details})")
-            } else {
-                format!("{label}: {details}")
-            }
-        }
-    }
-}
-
-/// Whether trying again later can help: connection trouble and the server's own transient
-/// refusals, not a wrong password, a key of another type or a script error.
-pub fn transient(e: &fred::error::Error) -> bool {
-    let details = e.details();
-    const BUSY: [&str; 7] = [
-        "LOADING",
-        "BUSY",
-        "TRYAGAIN",
-        "CLUSTERDOWN",
-        "MASTERDOWN",
-        "READONLY",
-        "NOREPLICAS",
-    ];
-    if BUSY.iter().any(|p| details.starts_with(p)) {
-        return true;
-    }
-    matches!(
-        e.kind(),
-        ErrorKind::IO
-            | ErrorKind::Timeout
-            | ErrorKind::Canceled
-            | ErrorKind::Backpressure
-            | ErrorKind::Cluster
-            | ErrorKind::Routing
-            | ErrorKind::Sentinel
-    )
 }
 
 impl Server {
@@ -205,21 +163,21 @@ impl Server {
     fn refusal(&self) -> Option<String> {
         lock(&self.last_error)
             .as_ref()
-            .filter(|e| !e.1)
-            .map(|e| e.0.clone())
+            .filter(|e| !e.transient)
+            .map(|e| e.message.clone())
     }
 
     /// The last connection error, if the server cannot be reached now.
     pub fn last_error(&self) -> Option<String> {
-        lock(&self.last_error).as_ref().map(|e| e.0.clone())
+        lock(&self.last_error).as_ref().map(|e| e.message.clone())
     }
 
     /// `describe`, plus the last connection error when the server could not be reached.
     pub fn explain(&self, e: &fred::error::Error) -> String {
         let base = describe(&self.label, self.command_timeout, e);
         match lock(&self.last_error).as_ref() {
-            Some((cause, _)) if !base.contains(cause.as_str()) => {
-                format!("{base} (last connection error: {cause})")
+            Some(cause) if !base.contains(cause.message.as_str()) => {
+                format!("{base} (last connection error: {})", cause.message)
             }
             _ => base,
         }
@@ -521,7 +479,7 @@ impl Server {
 
 /// Follows the command client's connection: errors put its locks in doubt and are kept as the
 /// cause for messages; every connect is reported so the locks can be confirmed.
-fn watch(client: &Client, last_error: Arc<Mutex<Option<(String, bool)>>>, doubt: Arc<Doubt>) {
+fn watch(client: &Client, last_error: Arc<Mutex<Option<Fault>>>, doubt: Arc<Doubt>) {
     let mut errors = client.error_rx();
     let mut connects = client.reconnect_rx();
     tokio::spawn(async move {
@@ -536,11 +494,8 @@ fn watch(client: &Client, last_error: Arc<Mutex<Option<(String, bool)>>>, doubt:
                         if e.is_canceled() {
                             continue;
                         }
-                        let permanent = matches!(e.kind(), ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url)
-                            || e.details().contains("WRONGPASS")
-                            || e.details().contains("NOAUTH");
                         let (words, _) = distlock_core::error::os_error_text(e.details());
-                        *lock(&last_error) = Some((words, !permanent));
+                        *lock(&last_error) = Some(Fault::new(words, !refusal(&e)));
                         if !doubt.lose(Event::Lost) {
                             return;
                         }
