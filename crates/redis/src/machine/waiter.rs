@@ -257,13 +257,17 @@ impl Waiter {
                 self.hint = None;
                 // A wait's attempt runs until the deadline: its silence is judged there. A
                 // try's is bounded by the server timeout: its silence is its failure.
+                // The trouble already being ridden out names the cause better than a
+                // connection that is down because of it.
                 match unreachable {
-                    Some(why) => Told::Fault(Fault::transient(why)),
+                    Some(why) if self.zero || self.patience.trouble().is_none() => {
+                        Told::Fault(Fault::transient(why))
+                    }
                     None if self.zero => Told::Fault(Fault::transient(format!(
                         "no answer within {} ms",
                         self.server_timeout.as_millis()
                     ))),
-                    None => Told::Elapsed,
+                    _ => Told::Elapsed,
                 }
             }
             Input::Elapsed | Input::Woken => {
@@ -674,6 +678,14 @@ mod tests {
         let _ = go(&mut w, busy(None, false), t0);
         let _ = go(&mut w, failed(true), t0);
         assert!(message(go(&mut w, Input::Elapsed, late), timeout, "a:1").ends_with(": s0: down"));
+        // ... and stays the error when the attempt after it is cut with the servers down.
+        let mut w = Waiter::new(false, SERVER, timeout, t0);
+        let _ = go(&mut w, Input::Begin, t0);
+        let _ = go(&mut w, failed(true), t0);
+        let _ = go(&mut w, Input::Elapsed, t0);
+        let why = unreachable(&["a:1 (refused)".into(), "b:2 (refused)".into()], 3, 2);
+        let gone = go(&mut w, Input::Cut { unreachable: why }, late);
+        assert!(message(gone, timeout, "a:1, b:2").ends_with(": s0: down"));
     }
 
     #[test]
