@@ -31,6 +31,15 @@
 //!   the reconnect, a renewal finds its key again; if the key is gone (a server restarted empty,
 //!   a promoted replica that never saw it) the lost signal fires. The fencing counters this
 //!   process has seen are raised back to their floor on every reconnect and with each acquire.
+//!
+//! Where things live: this file is the provider's front (admission, close). The I/O-free floor
+//! is [`machine`] (votes, the waiter's steps, renewal schedule, confirmation pacing) with the
+//! RESP protocol in `wire.rs` and the script texts in `scripts.rs`. The drivers over it:
+//! `acquire.rs` (one acquire's attempts and waits), `held.rs` (the held lock), `release.rs`
+//! (releases and revokes), `renew.rs` (batched renewals), `recover.rs` (connection events,
+//! confirmation rounds, fencing floors), `inspect.rs`. Each server's connections are
+//! `server.rs` (fred) and `direct.rs` (the host's event loop), sharing one `doubt.rs`;
+//! `fault.rs` classifies their errors into core's `Fault`.
 
 mod acquire;
 mod cleanup;

@@ -24,6 +24,7 @@ impl Inner {
         lock(&self.floors).get(&keys.fence).map_or(0, |f| f.0)
     }
 
+    /// Remembers `fence` as seen for `keys`, so no later grant hands out a smaller token.
     pub(crate) fn saw(&self, keys: &Keys, fence: u64) {
         let mut floors = lock(&self.floors);
         if floors.len() >= MAX_FLOORS && !floors.contains_key(&keys.fence) {
