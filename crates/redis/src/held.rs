@@ -17,11 +17,8 @@ use tokio::time::Instant;
 use crate::machine::lease::Slot;
 use crate::machine::{drift, ms};
 use crate::op::Op;
-use crate::renew;
+use crate::renew::{self, Turn};
 use crate::{BACKEND, Inner};
-
-/// A held lock's in-process turn: given back at release, or the moment the lock is lost.
-pub(crate) type Turn = Arc<Mutex<Option<(Ticket, Arc<Entry<()>>)>>>;
 
 impl Inner {
     #[allow(clippy::too_many_arguments)]
