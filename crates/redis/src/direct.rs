@@ -17,19 +17,19 @@
 use std::future::Future as _;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use distlock_core::reactor::{Reactor, Ready, Watch};
+use distlock_core::sync::lock;
 use fred::error::{Error, ErrorKind};
 use fred::prelude::{Config, ServerConfig};
 use fred::types::{Key, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc::UnboundedSender;
 
+use crate::doubt::{Doubt, Event};
 use crate::scripts::{Script, Scripts};
-use crate::server::Event;
 use crate::wire::{Arg, Reply, Wire};
 
 /// Where and how to log in.
@@ -42,14 +42,6 @@ struct Endpoint {
     database: Option<u8>,
 }
 
-/// What a broken connection tells the server's state: its locks are in doubt until confirmed.
-pub struct Breaker {
-    pub index: usize,
-    pub doubt: Arc<AtomicBool>,
-    pub losses: Arc<AtomicU64>,
-    pub events: UnboundedSender<Event>,
-}
-
 pub struct Direct {
     shared: Arc<Shared>,
     sent: AtomicU64,
@@ -60,7 +52,8 @@ struct Shared {
     endpoint: Endpoint,
     label: String,
     timeout: Duration,
-    breaker: Breaker,
+    /// The server's doubt: a broken connection puts its locks in doubt until confirmed.
+    doubt: Arc<Doubt>,
     state: Mutex<State>,
 }
 
@@ -82,10 +75,6 @@ struct Conn {
     writable: bool,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Direct {
     /// A driver for `config` on `reactor`, if `config` names one plain TCP server.
     pub fn new(
@@ -93,7 +82,7 @@ impl Direct {
         label: &str,
         timeout: Duration,
         reactor: Arc<dyn Reactor>,
-        breaker: Breaker,
+        doubt: Arc<Doubt>,
     ) -> Option<Self> {
         if config.tls.is_some() {
             return None;
@@ -113,7 +102,7 @@ impl Direct {
                 },
                 label: label.to_owned(),
                 timeout,
-                breaker,
+                doubt,
                 state: Mutex::default(),
             }),
             sent: AtomicU64::new(0),
@@ -306,10 +295,9 @@ impl Shared {
             .fail_all(&Error::new(ErrorKind::IO, format!("{}: {why}", self.label)));
         st.failures += 1;
         st.retry_at = Some(Instant::now() + backoff(st.failures));
-        let b = &self.breaker;
-        b.losses.fetch_add(1, Ordering::AcqRel);
-        b.doubt.store(true, Ordering::Release);
-        let _ = b.events.send(Event::Connected(b.index));
+        // Announced as a reconnect: fred's connection is still up, so the confirmation can run
+        // at once.
+        self.doubt.lose(Event::Connected);
     }
 
     fn on_ready(&self, readable: bool, writable: bool) {

@@ -10,18 +10,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use distlock_core::{Lease, LostSignal};
+use distlock_core::queue::Entry;
+use distlock_core::{Lease, LostSignal, Ticket};
 use fred::types::{Key, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::Inner;
 use crate::machine::lease::{Look, Scan, Slot, wakes_renewer};
 use crate::machine::vote::{Renewal, tally};
+use crate::op::{Op, Side};
 use crate::scripts::Scripts;
-use crate::{Inner, Op, Side, Turn, lock};
+use distlock_core::sync::lock;
 
 /// Most leases one script renews.
 const CHUNK: usize = 500;
+
+/// A held lock's in-process turn: given back at release, or the moment the lock is lost;
+/// shared by the handle and its renewal entry.
+pub(crate) type Turn = Arc<Mutex<Option<(Ticket, Arc<Entry<()>>)>>>;
 
 /// One held lock the renewer looks after.
 pub struct Tracked {

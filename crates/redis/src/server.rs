@@ -10,9 +10,9 @@
 //! confirmation runs per server at a time, round after round until it succeeds
 //! ([`crate::machine::confirm`]); a reconnect wakes it for a round at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -20,26 +20,20 @@ use fred::types::{Key, Value};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
 
+use distlock_core::Fault;
 use distlock_core::reactor::Reactor;
+use distlock_core::sync::lock;
 
 use crate::config::ServerSpec;
-use crate::direct::{Breaker, Direct};
+use crate::direct::Direct;
+use crate::doubt::{Doubt, Event};
+use crate::fault::{describe, refusal};
 use crate::keys::CHANNEL_PATTERN;
 use crate::scripts::Script;
 use crate::wake::Wakes;
 
-/// What the command connection of server `.0` went through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// The connection closed or failed: locks granted there are in doubt.
-    Lost(usize),
-    /// The client (re)connected.
-    Connected(usize),
-}
-
 pub struct Server {
     pub label: String,
-    index: usize,
     spec: ServerSpec,
     command_timeout: Duration,
     client: OnceLock<Client>,
@@ -47,19 +41,13 @@ pub struct Server {
     subscribed: Arc<AtomicBool>,
     /// The last connection error since the last successful connect (its cause, for messages,
     /// and whether retrying can help).
-    last_error: Arc<Mutex<Option<(String, bool)>>>,
-    /// The connection dropped and no renewal has confirmed the locks since.
-    doubt: Arc<AtomicBool>,
-    /// Counts connection losses, so a confirmation that raced a new loss does not clear it.
-    losses: Arc<AtomicU64>,
-    /// Since when a Sentinel failover is under way: the locks stay in doubt until the sentinels
-    /// announce its end (for at most [`FAILOVER_HOLD`]), whatever the old master says.
-    failover: Arc<Mutex<Option<Instant>>>,
+    last_error: Arc<Mutex<Option<Fault>>>,
+    /// Whether the locks here are in doubt (see [`Doubt`]).
+    doubt: Arc<Doubt>,
     /// A confirmation of the locks here is running (one at a time).
     confirming: AtomicBool,
     /// Wakes a confirmation that pauses between rounds (the connection came back).
     kick: Notify,
-    events: UnboundedSender<Event>,
     init: Mutex<()>,
     /// Subscriptions to the sentinels' announcements (Sentinel deployments).
     sentinels: Mutex<Vec<SubscriberClient>>,
@@ -69,32 +57,13 @@ pub struct Server {
 
 /// What a moved master does to one server's state (see [`Server::master_moved`]).
 struct Moved {
-    index: usize,
     subscriber: Arc<OnceLock<SubscriberClient>>,
-    doubt: Arc<AtomicBool>,
-    losses: Arc<AtomicU64>,
-    failover: Arc<Mutex<Option<Instant>>>,
-    events: UnboundedSender<Event>,
+    doubt: Arc<Doubt>,
 }
 
 impl Moved {
-    fn hold(&self) {
-        *lock(&self.failover) = Some(Instant::now());
-        self.losses.fetch_add(1, Ordering::AcqRel);
-        self.doubt.store(true, Ordering::Release);
-        let _ = self.events.send(Event::Lost(self.index));
-    }
-
-    fn recheck(&self) {
-        *lock(&self.failover) = None;
-        let _ = self.events.send(Event::Connected(self.index));
-    }
-
     fn fire(&self, client: &Client) {
-        *lock(&self.failover) = None;
-        self.losses.fetch_add(1, Ordering::AcqRel);
-        self.doubt.store(true, Ordering::Release);
-        let _ = self.events.send(Event::Lost(self.index));
+        self.doubt.moved();
         let client = client.clone();
         // The wake-up subscription follows the master too.
         let subscriber = self.subscriber.get().cloned();
@@ -107,64 +76,12 @@ impl Moved {
     }
 }
 
-/// The longest a Sentinel failover holds a server's locks in doubt without any word from the
-/// sentinels about its end (a missed announcement): then a confirmation decides.
-const FAILOVER_HOLD: Duration = Duration::from_secs(60);
-
 /// Reconnect (and first connect) after 1, 4, 16, 64, 256 ms, then every second, with up to 5 ms
 /// of jitter: fred's default jitter (up to 100 ms) would delay even the first connection.
 fn reconnect_policy() -> ReconnectPolicy {
     let mut policy = ReconnectPolicy::new_exponential(0, 1, 1_000, 4);
     policy.set_jitter(5);
     policy
-}
-
-/// Why a command to one server failed, as a sentence naming the server.
-pub fn describe(label: &str, timeout: Duration, e: &fred::error::Error) -> String {
-    match e.kind() {
-        ErrorKind::Timeout => format!("{label} did not answer within {} ms", timeout.as_millis()),
-        _ => {
-            // fred passes OS errors on as Rust `Debug` text: show their words instead.
-            let (details, _) = distlock_core::error::os_error_text(e.details());
-            if details.contains("WRONGTYPE") {
-                format!("{label}: a key of this lock holds another Redis type ({details})")
-            } else {
-                format!("{label}: {details}")
-            }
-        }
-    }
-}
-
-/// Whether trying again later can help: connection trouble and the server's own transient
-/// refusals, not a wrong password, a key of another type or a script error.
-pub fn transient(e: &fred::error::Error) -> bool {
-    let details = e.details();
-    const BUSY: [&str; 7] = [
-        "LOADING",
-        "BUSY",
-        "TRYAGAIN",
-        "CLUSTERDOWN",
-        "MASTERDOWN",
-        "READONLY",
-        "NOREPLICAS",
-    ];
-    if BUSY.iter().any(|p| details.starts_with(p)) {
-        return true;
-    }
-    matches!(
-        e.kind(),
-        ErrorKind::IO
-            | ErrorKind::Timeout
-            | ErrorKind::Canceled
-            | ErrorKind::Backpressure
-            | ErrorKind::Cluster
-            | ErrorKind::Routing
-            | ErrorKind::Sentinel
-    )
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Server {
@@ -176,19 +93,15 @@ impl Server {
     ) -> Self {
         Self {
             label: spec.label.clone(),
-            index,
             spec,
             command_timeout,
             client: OnceLock::new(),
             subscriber: Arc::default(),
             subscribed: Arc::new(AtomicBool::new(false)),
             last_error: Arc::default(),
-            doubt: Arc::new(AtomicBool::new(false)),
-            losses: Arc::default(),
-            failover: Arc::default(),
+            doubt: Arc::new(Doubt::new(index, events)),
             confirming: AtomicBool::new(false),
             kick: Notify::new(),
-            events,
             init: Mutex::new(()),
             sentinels: Mutex::default(),
             direct: OnceLock::new(),
@@ -198,54 +111,25 @@ impl Server {
     /// Runs the scripts of calls made on `reactor`'s loop thread on a connection there, when
     /// this server is one plain TCP server (see [`Direct`]).
     pub fn attach(&self, reactor: Arc<dyn Reactor>) {
-        let breaker = Breaker {
-            index: self.index,
-            doubt: self.doubt.clone(),
-            losses: self.losses.clone(),
-            events: self.events.clone(),
-        };
         if let Some(d) = Direct::new(
             &self.spec.config,
             &self.label,
             self.command_timeout,
             reactor,
-            breaker,
+            self.doubt.clone(),
         ) {
             let _ = self.direct.set(d);
         }
     }
 
+    /// This server's doubt: whether its locks are confirmed since the last connection loss.
+    pub fn doubt(&self) -> &Doubt {
+        &self.doubt
+    }
+
     /// Whether the connection dropped and the locks there are not yet confirmed.
     pub fn in_doubt(&self) -> bool {
-        self.doubt.load(Ordering::Acquire)
-    }
-
-    /// Puts the locks here in doubt until the next confirmation (a reconnect that no error
-    /// announced: the connection may have moved to another server).
-    pub fn suspect(&self) {
-        self.doubt.store(true, Ordering::Release);
-    }
-
-    /// How many times the connection was lost so far.
-    pub fn losses(&self) -> u64 {
-        self.losses.load(Ordering::Acquire)
-    }
-
-    /// The locks there were confirmed by a round that started after `losses` losses: the doubt
-    /// ends unless the connection was lost again meanwhile or a failover holds it.
-    pub fn confirmed(&self, losses: u64) {
-        if self.losses() == losses && self.hold_left().is_none() {
-            self.doubt.store(false, Ordering::Release);
-        }
-    }
-
-    /// How much longer a Sentinel failover holds the locks in doubt, if one does: until the
-    /// sentinels announce its end (which reconnects or rechecks), at most [`FAILOVER_HOLD`]
-    /// after it began, should that announcement be missed.
-    pub fn hold_left(&self) -> Option<Duration> {
-        lock(&self.failover)
-            .and_then(|since| FAILOVER_HOLD.checked_sub(since.elapsed()))
-            .filter(|left| !left.is_zero())
+        self.doubt.in_doubt()
     }
 
     /// Claims the confirmation of this server's locks: `true` when none was running, so the
@@ -279,21 +163,21 @@ impl Server {
     fn refusal(&self) -> Option<String> {
         lock(&self.last_error)
             .as_ref()
-            .filter(|e| !e.1)
-            .map(|e| e.0.clone())
+            .filter(|e| !e.transient)
+            .map(|e| e.message.clone())
     }
 
     /// The last connection error, if the server cannot be reached now.
     pub fn last_error(&self) -> Option<String> {
-        lock(&self.last_error).as_ref().map(|e| e.0.clone())
+        lock(&self.last_error).as_ref().map(|e| e.message.clone())
     }
 
     /// `describe`, plus the last connection error when the server could not be reached.
     pub fn explain(&self, e: &fred::error::Error) -> String {
         let base = describe(&self.label, self.command_timeout, e);
         match lock(&self.last_error).as_ref() {
-            Some((cause, _)) if !base.contains(cause.as_str()) => {
-                format!("{base} (last connection error: {cause})")
+            Some(cause) if !base.contains(cause.message.as_str()) => {
+                format!("{base} (last connection error: {})", cause.message)
             }
             _ => base,
         }
@@ -331,13 +215,7 @@ impl Server {
             return Ok(c);
         }
         let client = self.builder().build()?;
-        watch(
-            &client,
-            self.index,
-            self.events.clone(),
-            self.last_error.clone(),
-            (self.doubt.clone(), self.losses.clone()),
-        );
+        watch(&client, self.last_error.clone(), self.doubt.clone());
         drop(client.connect());
         if let ServerConfig::Sentinel {
             hosts,
@@ -359,12 +237,8 @@ impl Server {
 
     fn moved(&self) -> Moved {
         Moved {
-            index: self.index,
             subscriber: self.subscriber.clone(),
             doubt: self.doubt.clone(),
-            losses: self.losses.clone(),
-            failover: self.failover.clone(),
-            events: self.events.clone(),
         }
     }
 
@@ -426,9 +300,9 @@ impl Server {
                         // A failover begins: until the client is on the new master, the locks
                         // are in doubt and no acquire is sent (the old master may still grant
                         // what the promoted replica never saw).
-                        "+try-failover" if text.starts_with(&master) => moved.hold(),
+                        "+try-failover" if text.starts_with(&master) => moved.doubt.hold(),
                         // It ended without a new master: check the locks where they are.
-                        _ if text.starts_with(&master) => moved.recheck(),
+                        _ if text.starts_with(&master) => moved.doubt.recheck(),
                         _ => {}
                     }
                 }
@@ -605,13 +479,7 @@ impl Server {
 
 /// Follows the command client's connection: errors put its locks in doubt and are kept as the
 /// cause for messages; every connect is reported so the locks can be confirmed.
-fn watch(
-    client: &Client,
-    index: usize,
-    events: UnboundedSender<Event>,
-    last_error: Arc<Mutex<Option<(String, bool)>>>,
-    (doubt, losses): (Arc<AtomicBool>, Arc<AtomicU64>),
-) {
+fn watch(client: &Client, last_error: Arc<Mutex<Option<Fault>>>, doubt: Arc<Doubt>) {
     let mut errors = client.error_rx();
     let mut connects = client.reconnect_rx();
     tokio::spawn(async move {
@@ -626,14 +494,9 @@ fn watch(
                         if e.is_canceled() {
                             continue;
                         }
-                        losses.fetch_add(1, Ordering::AcqRel);
-                        doubt.store(true, Ordering::Release);
-                        let permanent = matches!(e.kind(), ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url)
-                            || e.details().contains("WRONGPASS")
-                            || e.details().contains("NOAUTH");
                         let (words, _) = distlock_core::error::os_error_text(e.details());
-                        *lock(&last_error) = Some((words, !permanent));
-                        if events.send(Event::Lost(index)).is_err() {
+                        *lock(&last_error) = Some(Fault::new(words, !refusal(&e)));
+                        if !doubt.lose(Event::Lost) {
                             return;
                         }
                     }
@@ -643,7 +506,7 @@ fn watch(
                 c = connects.recv() => match c {
                     Ok(_) | Err(RecvError::Lagged(_)) => {
                         *lock(&last_error) = None;
-                        if events.send(Event::Connected(index)).is_err() {
+                        if !doubt.announce(Event::Connected) {
                             return;
                         }
                     }

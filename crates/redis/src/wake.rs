@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use distlock_core::sync::lock;
 use tokio::sync::watch;
 
 #[derive(Default)]
@@ -18,7 +19,7 @@ struct Channel {
 
 impl Wakes {
     fn map(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.channels)
     }
 
     /// Registers `member` (kind + token) as waiting on `channel`.

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use distlock_core::sync::lock;
 use fred::error::{Error, ErrorKind};
 use fred::types::Value;
 
@@ -91,7 +92,7 @@ pub struct Slot {
 impl Slot {
     fn complete(&self, value: Result<Value, Error>) {
         let waker = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(&self.state);
             s.0 = Some(value);
             s.1.take()
         };
@@ -108,7 +109,7 @@ impl Future for Reply {
     type Output = Result<Value, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.0.state);
         match s.0.take() {
             Some(v) => Poll::Ready(v),
             None => {

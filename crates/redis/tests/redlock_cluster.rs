@@ -84,6 +84,32 @@ async fn redlock_grants_on_a_quorum_and_survives_one_server_down() {
 }
 
 #[tokio::test]
+async fn redlock_silent_servers_are_named_alone_when_the_timeout_ends() {
+    let servers: Vec<RedisProc> = (0..3).map(|_| RedisProc::start(&[])).collect();
+    // Commands wait longer than the acquire: the hung servers are silent, not failing.
+    let a = backend(&urls(&servers), |o| o.server_timeout(5_000.0).unwrap());
+    let h = try_get(&a, "quiet", LockKind::Mutex).await.unwrap();
+    h.release().await.unwrap();
+    servers[0].pause();
+    servers[1].pause();
+    let err = a
+        .acquire(req("quiet", LockKind::Mutex, Some(600.0)))
+        .unwrap()
+        .await
+        .err()
+        .unwrap();
+    servers[0].resume();
+    servers[1].resume();
+    assert_eq!(err.code(), "BACKEND", "{err}");
+    let msg = err.to_string();
+    for s in &servers[..2] {
+        assert!(msg.contains(&format!(":{}", s.port)), "{msg}");
+    }
+    // The third server answered (it granted): it is not named as silent.
+    assert!(!msg.contains(&format!(":{}", servers[2].port)), "{msg}");
+}
+
+#[tokio::test]
 async fn redlock_reader_writer_and_no_semaphore() {
     let servers: Vec<RedisProc> = (0..3).map(|_| RedisProc::start(&[])).collect();
     let a = backend(&urls(&servers), |o| o);

@@ -7,14 +7,19 @@
 //! healed yet, a server still loading) is followed by another after a pause, never left for a
 //! later reconnect to retry: a partition that heals may bring no reconnect at all (the
 //! connection that noticed it may be idle, the other may never have dropped). The pauses
-//! double from [`BACKOFF`]'s first value up to half the server timeout, so a heal is confirmed
+//! double from the first fault pause of [`PATIENCE`] up to half the server timeout, so a heal is confirmed
 //! within about one server timeout, whenever it comes. Locks that no round can reach are lost
 //! at their local deadline (the renewer), and a round that finds a key gone fires its lock's
 //! lost signal: either way the doubt about them ends.
 
 use std::time::Duration;
 
-use super::waiter::BACKOFF;
+use super::waiter::PATIENCE;
+
+/// The pauses between rounds start where an acquire's pauses in trouble start, and never grow
+/// past theirs.
+const FIRST: Duration = PATIENCE.fault_pause.first;
+const LONGEST: Duration = PATIENCE.fault_pause.max;
 
 /// What to do after a confirmation round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,8 +41,8 @@ impl Confirmation {
     /// A confirmation on a server whose commands time out after `server_timeout`.
     pub fn new(server_timeout: Duration) -> Self {
         Self {
-            pause: BACKOFF.0,
-            longest: (server_timeout / 2).clamp(BACKOFF.0, BACKOFF.1),
+            pause: FIRST,
+            longest: (server_timeout / 2).clamp(FIRST, LONGEST),
         }
     }
 
@@ -47,11 +52,11 @@ impl Confirmation {
     pub fn ended(&mut self, answered: bool, stable: bool) -> Next {
         match (answered, stable) {
             (true, true) => {
-                self.pause = BACKOFF.0;
+                self.pause = FIRST;
                 Next::Confirmed
             }
             // Answered, but a loss came in meanwhile: the connection is back, check again soon.
-            (true, false) => Next::Retry(BACKOFF.0),
+            (true, false) => Next::Retry(FIRST),
             (false, _) => {
                 let pause = self.pause;
                 self.pause = (self.pause * 2).min(self.longest);
@@ -89,21 +94,21 @@ mod tests {
         }
         // Confirmed at last, and the next confirmation starts with short pauses again.
         assert_eq!(c.ended(true, true), Next::Confirmed);
-        assert_eq!(c.ended(false, true), Next::Retry(BACKOFF.0));
+        assert_eq!(c.ended(false, true), Next::Retry(FIRST));
     }
 
     #[test]
     fn a_round_that_raced_a_loss_is_run_again_soon_not_trusted() {
         let mut c = Confirmation::new(T);
-        assert_eq!(c.ended(true, false), Next::Retry(BACKOFF.0));
+        assert_eq!(c.ended(true, false), Next::Retry(FIRST));
         assert_eq!(c.ended(true, true), Next::Confirmed);
     }
 
     #[test]
     fn the_longest_pause_follows_the_server_timeout_within_the_backoff_range() {
         let longest = |t: u64| Confirmation::new(Duration::from_millis(t)).longest;
-        assert_eq!(longest(10), BACKOFF.0);
+        assert_eq!(longest(10), FIRST);
         assert_eq!(longest(200), Duration::from_millis(100));
-        assert_eq!(longest(60_000), BACKOFF.1);
+        assert_eq!(longest(60_000), LONGEST);
     }
 }

@@ -1,7 +1,7 @@
 //! The I/O-free core of the Redis backend: every decision the backend makes, with no socket,
 //! no task, no timer and no clock of its own. Replies and time come in as arguments; what to
 //! send, revoke, sleep or hand out comes back as values. The drivers (the acquire loop and the
-//! renewer in `lib.rs` and `renew.rs`, over fred or the event loop's own connection) only carry
+//! renewer in `acquire.rs` and `renew.rs`, over fred or the event loop's own connection) only carry
 //! those out.
 //!
 //! - [`vote`]: one acquire attempt on one server or on a RedLock quorum, the release and the

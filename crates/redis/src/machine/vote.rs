@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use distlock_core::{Cause, Fault};
 use fred::types::Value;
 
 use super::drift;
@@ -29,8 +30,8 @@ pub enum Reply {
     /// The attempt had been revoked before it arrived (its caller gave up on it).
     Revoked,
     /// No answer, an error or a reply of the wrong shape: the script may have run, or may
-    /// still run. `transient` when trying again may help.
-    Failed { message: String, transient: bool },
+    /// still run. The fault says whether trying again may help.
+    Failed(Fault),
 }
 
 impl Reply {
@@ -70,11 +71,7 @@ pub enum Verdict {
         revoke: Vec<usize>,
     },
     /// Not granted: too many servers failed for a quorum. `revoke` as for `Busy`.
-    Failed {
-        message: String,
-        transient: bool,
-        revoke: Vec<usize>,
-    },
+    Failed { fault: Fault, revoke: Vec<usize> },
 }
 
 /// Whether an answer that arrived after a verdict other than a grant must be revoked: a grant
@@ -92,8 +89,7 @@ pub struct Vote {
     busy: usize,
     hint: Option<Duration>,
     foreign: bool,
-    errors: Vec<String>,
-    permanent: bool,
+    errors: Vec<Fault>,
 }
 
 impl Vote {
@@ -106,7 +102,6 @@ impl Vote {
             hint: None,
             foreign: false,
             errors: Vec::new(),
-            permanent: false,
         }
     }
 
@@ -123,9 +118,8 @@ impl Vote {
                 }
             }
             Reply::Revoked => self.busy += 1,
-            Reply::Failed { message, transient } => {
-                self.permanent |= !transient;
-                self.errors.push(message);
+            Reply::Failed(fault) => {
+                self.errors.push(fault);
                 return true;
             }
         }
@@ -149,19 +143,8 @@ impl Vote {
         }
         let revoke: Vec<usize> = self.granted.iter().map(|g| g.0).collect();
         if self.errors.len() > self.n - self.quorum {
-            let message = if self.n == 1 {
-                self.errors.join("; ")
-            } else {
-                format!(
-                    "no quorum of {} of {} servers could be reached: {}",
-                    self.quorum,
-                    self.n,
-                    self.errors.join("; ")
-                )
-            };
             return Verdict::Failed {
-                message,
-                transient: !self.permanent,
+                fault: self.failure(),
                 revoke,
             };
         }
@@ -171,6 +154,29 @@ impl Vote {
             foreign: self.foreign,
             revoke,
         }
+    }
+}
+
+impl Vote {
+    /// The one fault of a server, or, on RedLock, one naming every server's cause: permanent
+    /// when any cause is, its facts those of the first cause that has any.
+    fn failure(mut self) -> Fault {
+        if self.n == 1 && self.errors.len() == 1 {
+            return self.errors.remove(0);
+        }
+        let causes: Vec<&str> = self.errors.iter().map(|f| f.message.as_str()).collect();
+        let message = format!(
+            "no quorum of {} of {} servers could be reached: {}",
+            self.quorum,
+            self.n,
+            causes.join("; ")
+        );
+        let transient = self.errors.iter().all(|f| f.transient);
+        let cause = Cause {
+            redis: self.errors.iter().find_map(|f| f.cause.redis.clone()),
+            ..Cause::default()
+        };
+        Fault::new(message, transient).with_cause(cause)
     }
 }
 
@@ -265,10 +271,7 @@ mod tests {
     }
 
     fn failed(m: &str, transient: bool) -> Reply {
-        Reply::Failed {
-            message: m.to_owned(),
-            transient,
-        }
+        Reply::Failed(Fault::new(m, transient))
     }
 
     /// Counts `replies` in order until decided; returns the verdict and how many were read.
@@ -350,8 +353,7 @@ mod tests {
         assert_eq!(
             v,
             Verdict::Failed {
-                message: "s0: reset".into(),
-                transient: true,
+                fault: Fault::transient("s0: reset"),
                 revoke: vec![]
             }
         );
@@ -447,17 +449,13 @@ mod tests {
         );
         assert_eq!(now, vec![1, 2]);
         match v {
-            Verdict::Failed {
-                message,
-                transient,
-                revoke,
-            } => {
+            Verdict::Failed { fault, revoke } => {
                 assert_eq!(
-                    message,
+                    fault.message,
                     "no quorum of 2 of 3 servers could be reached: s1: refused; s2: WRONGPASS"
                 );
                 assert!(
-                    !transient,
+                    !fault.transient,
                     "one permanent cause makes the failure permanent"
                 );
                 assert_eq!(revoke, vec![0]);
