@@ -132,9 +132,9 @@ async function worker(cfg) {
   const write = cfg.broken ? store.plain : (token) => store.guarded(token, lib)
   const locks = new lib.RedisLockProvider({ urls: cfg.redisUrl, leaseMs: cfg.leaseMs })
   const lock = locks.createLock(cfg.name)
-  let stop = false
-  process.stdin.on('end', () => (stop = true)).resume()
-  while (!stop) {
+  const told = { stop: false }
+  process.stdin.on('end', () => (told.stop = true)).resume()
+  while (!told.stop) {
     let handle
     try {
       handle = await lock.acquire({ timeoutMs: 2_000 })
@@ -336,13 +336,15 @@ export function fencingRows(shared) {
 // ---------------------------------------------------------------------------------------------
 // Standalone: node torture/fencing.mjs [--broken] [--only <storage>]
 
+/** `fn`, called once: later calls return its first result. */
+const once = (fn) => {
+  let p
+  return () => (p ??= fn())
+}
+
 async function main(argv) {
   const servers = await import('./lib/servers.mjs')
   const services = await import('../scripts/test-services.mjs')
-  const once = (fn) => {
-    let p
-    return () => (p ??= fn())
-  }
   const shared = {
     pg: once(() => servers.sharedPostgres()),
     mysql: once(() => services.findMysql()),

@@ -15,7 +15,13 @@ export type SqlDialect = 'postgres' | 'mysql'
  */
 export interface PgQueryable {
   /** Runs one statement. */
-  query(text: string, values?: any[]): Promise<{ rows: any[] }>
+  query(
+    text: string,
+    values?: any[],
+  ): Promise<{
+    /** The rows the statement returned. */
+    rows: any[]
+  }>
 }
 
 /**
