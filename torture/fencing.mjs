@@ -13,12 +13,12 @@
 //   (torture/run.mjs registers the guarded rows as fencing/stale-holder/<storage>)
 //   node torture/fencing.mjs --worker '<json>'   one worker (started by the rows)
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rename, writeFile } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { rename, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
 
 const HERE = fileURLToPath(new URL('.', import.meta.url))
 const require = createRequire(import.meta.url)
@@ -104,8 +104,8 @@ const STORAGES = {
     const replace = async (data) => {
       // The plain write is atomic too (temporary file, rename): only the fence is missing.
       const temp = `${target.path}.${process.pid}.tmp`
-      await promisify(writeFile)(temp, data)
-      await promisify(rename)(temp, target.path)
+      await writeFile(temp, data)
+      await rename(temp, target.path)
     }
     return {
       guarded: (token, lib) => lib.fencedWriteFile(target.path, String(token), token),
