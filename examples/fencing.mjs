@@ -1,43 +1,93 @@
 // Protecting a write with a fencing token checked by the storage. A lock can be lost while its
 // holder is paused (a lease expires during a GC pause, a session drops); the paused holder may
-// then write after the next holder did. The storage keeps the highest token it has accepted and
-// rejects writes that carry a smaller one, so the late write cannot overwrite newer data.
+// then write after the next holder did. distlock's guards make the write conditional on the
+// token, atomically at the storage: a file (fencedWriteFile), and, when their URLs are set, a
+// PostgreSQL row (withFencedTransaction on a `pg` client) and a Redis key (fencedSet on an
+// `ioredis` client). Each keeps the highest token it has accepted and rejects a smaller one.
 //
 //   node examples/fencing.mjs
+//   DISTLOCK_EXAMPLE_PG_URL=postgres://… DISTLOCK_EXAMPLE_REDIS=redis://… node examples/fencing.mjs
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+import { StaleFencingTokenError, fencedSet, fencedWriteFile, withFencedTransaction } from 'distlock'
+
 import { makeProvider } from './provider.mjs'
 
-/** A stand-in for a database row or object store that checks fencing tokens. */
-class FencedStorage {
-  #highest = 0n
-  value = null
-  write(token, value) {
-    if (token < this.#highest) throw new Error(`rejected: token ${token} is older than ${this.#highest}`)
-    this.#highest = token
-    this.value = value
+/** The storages: each a guarded write of `value` with `token`, and a read of what it holds. */
+async function storages() {
+  const dir = mkdtempSync(join(process.env.DISTLOCK_EXAMPLE_DIR ?? tmpdir(), 'fencing-'))
+  const file = join(dir, 'row.txt')
+  const list = [
+    {
+      name: 'file',
+      write: (token, value) => fencedWriteFile(file, value, token),
+      read: () => readFileSync(file, 'utf8'),
+      close: () => {},
+    },
+  ]
+  if (process.env.DISTLOCK_EXAMPLE_PG_URL) {
+    const { default: pg } = await import('pg')
+    const db = new pg.Client({ connectionString: process.env.DISTLOCK_EXAMPLE_PG_URL })
+    await db.connect()
+    const id = `example-${process.pid}-${Date.now()}`
+    await db.query('CREATE TABLE IF NOT EXISTS example_fenced_rows (id text PRIMARY KEY, value text)')
+    list.push({
+      name: 'postgres',
+      write: (token, value) =>
+        withFencedTransaction(db, { resource: `row:${id}`, token }, (tx) =>
+          tx.query(
+            'INSERT INTO example_fenced_rows VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value',
+            [id, value],
+          ),
+        ),
+      read: async () => (await db.query('SELECT value FROM example_fenced_rows WHERE id = $1', [id])).rows[0].value,
+      close: async () => {
+        await db.query('DELETE FROM example_fenced_rows WHERE id = $1', [id])
+        await db.end()
+      },
+    })
   }
+  if (process.env.DISTLOCK_EXAMPLE_REDIS) {
+    const { Redis } = await import('ioredis')
+    const redis = new Redis(process.env.DISTLOCK_EXAMPLE_REDIS.split(',')[0])
+    const key = `example:fenced-row:${process.pid}:${Date.now()}`
+    list.push({
+      name: 'redis',
+      write: (token, value) => fencedSet(redis, key, value, { token }),
+      read: () => redis.get(key),
+      close: () => redis.quit(),
+    })
+  }
+  return list
 }
 
 const provider = makeProvider()
 const lock = provider.createLock('example-fenced-row')
-const storage = new FencedStorage()
+for (const storage of await storages()) {
+  // Worker A gets the lock, then stalls before writing; for this demonstration its lock ends
+  // (release stands in for a lease that expired while A was paused).
+  const a = await lock.acquire()
+  const tokenA = a.fencingToken
+  await a.release()
 
-// Worker A gets the lock, then stalls before writing; for this demonstration its lock ends
-// (release stands in for a lease that expired while A was paused).
-const a = await lock.acquire()
-const tokenA = a.fencingToken
-await a.release()
+  // Worker B gets the lock next and writes.
+  const b = await lock.acquire()
+  await storage.write(b.fencingToken, 'written by B')
+  await b.release()
 
-// Worker B gets the lock next and writes.
-const b = await lock.acquire()
-storage.write(b.fencingToken, 'written by B')
-await b.release()
-
-// A wakes up and writes with its old token: the storage refuses.
-try {
-  storage.write(tokenA, 'written by A (stale)')
-  console.log('the stale write went through')
-  process.exitCode = 1
-} catch (err) {
-  console.log(`A's late write ${err.message}; the row still says "${storage.value}"`)
+  // A wakes up and writes with its old token: the storage refuses.
+  try {
+    await storage.write(tokenA, 'written by A (stale)')
+    console.log(`${storage.name}: the stale write went through`)
+    process.exitCode = 1
+  } catch (err) {
+    if (!(err instanceof StaleFencingTokenError)) throw err
+    console.log(
+      `${storage.name}: A's late write rejected: token ${err.token} is older than ${err.current}; the row still says "${await storage.read()}"`,
+    )
+  }
+  await storage.close()
 }
 await provider.close()

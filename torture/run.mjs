@@ -934,6 +934,9 @@ probeRow({
 // ---------------------------------------------------------------------------------------------
 // Running a row
 
+// Fencing at the resource, per storage: torture/fencing.mjs.
+rows.push(...(await import('./fencing.mjs')).fencingRows(shared))
+
 const children = new Set()
 function track(child) {
   children.add(child)
@@ -1274,7 +1277,7 @@ async function main() {
     process.stdout.write(`torture: ${row.id} … `)
     let res
     try {
-      res = row.type === 'workers' ? await runWorkers(row) : await runProbe(row)
+      res = row.run ? await row.run() : row.type === 'workers' ? await runWorkers(row) : await runProbe(row)
     } catch (err) {
       res = {
         metrics: { grants: 0 },
