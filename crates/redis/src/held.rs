@@ -2,7 +2,6 @@
 //! release leaves), extend, `is_held` (no doubt among the servers that granted it), and the
 //! release of a handle dropped without one. [`Inner::grant`] makes it from a granted attempt.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use std::time::Duration;
 use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
 use distlock_core::{
-    AcquireRequest, BoxFuture, Error, Held, HeldLock, Lease, LostSignal, Result, Ticket,
+    AcquireRequest, BoxFuture, Error, Held, HeldCore, HeldLock, Lease, LostSignal, Result, Ticket,
 };
 use tokio::time::Instant;
 
@@ -45,15 +44,12 @@ impl Inner {
             inner: self.clone(),
             uid,
             target: req.target(BACKEND),
-            description: req.target(BACKEND).to_string(),
+            core: HeldCore::with_lost(req.target(BACKEND).to_string(), fence, lost.clone()),
             op: op.clone(),
-            fence,
             floor,
             by,
             lease_len: lease,
             lease: lease_state.clone(),
-            lost: lost.clone(),
-            released: AtomicBool::new(false),
             turn: turn.clone(),
         });
         self.held.insert(uid, &held);
@@ -89,28 +85,25 @@ pub(crate) struct RedisHeld {
     uid: u64,
     /// The lock, for errors, and as messages name it (built once per grant).
     target: distlock_core::Target,
-    description: String,
+    pub(crate) core: HeldCore,
     op: Op,
-    fence: u64,
     floor: u64,
     /// The servers whose grants made the quorum.
     by: Vec<usize>,
     lease_len: Duration,
     lease: Arc<Lease>,
-    pub(crate) lost: LostSignal,
-    released: AtomicBool,
     /// This handle's in-process turn; given back after the server release, or when lost.
     turn: Turn,
 }
 
 impl RedisHeld {
     pub(crate) async fn release_now(&self) -> Result<()> {
-        if self.released.swap(true, Ordering::AcqRel) {
+        if !self.core.mark_released() {
             return Ok(());
         }
         self.inner.renewals.untrack(self.uid);
         self.inner.held.remove(self.uid);
-        let expired = self.lost.is_lost() || Instant::now() >= self.lease.deadline();
+        let expired = self.core.lost().is_lost() || Instant::now() >= self.lease.deadline();
         // Bounded: a server that does not answer in time is revoked in the background.
         let bound = self.inner.opts.server_timeout + Duration::from_millis(50);
         let releasing = self
@@ -152,7 +145,7 @@ impl RedisHeld {
 
     /// Fires the lost signal and gives the in-process turn back.
     fn lose(&self, reason: &str) {
-        self.lost.fire(reason);
+        self.core.lost().fire(reason);
         drop(lock(&self.turn).take());
     }
 
@@ -167,7 +160,7 @@ impl RedisHeld {
             return Err(lost(String::from("it was released")));
         }
         if !self.is_held()
-            && let Some(reason) = self.lost.reason()
+            && let Some(reason) = self.core.lost().reason()
         {
             return Err(lost(reason.to_owned()));
         }
@@ -201,27 +194,15 @@ impl RedisHeld {
 }
 
 impl HeldLock for RedisHeld {
-    fn target(&self) -> &str {
-        &self.description
-    }
-
-    fn fencing_token(&self) -> u64 {
-        self.fence
-    }
-
-    fn lost(&self) -> &LostSignal {
-        &self.lost
-    }
-
-    fn is_released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
+    fn core(&self) -> &HeldCore {
+        &self.core
     }
 
     /// Held: not released, not lost, the local lease deadline not passed (checked against the
     /// clock now, whether or not any timer ran), and no connection in doubt among the servers
     /// whose grants made the quorum.
     fn is_held(&self) -> bool {
-        if self.is_released() || self.lost.is_lost() {
+        if self.is_released() || self.core.lost().is_lost() {
             return false;
         }
         if Instant::now() >= self.lease.deadline() {
@@ -237,7 +218,7 @@ impl HeldLock for RedisHeld {
     }
 
     fn lease_remaining(&self) -> Option<Duration> {
-        if self.lost.is_lost() {
+        if self.core.lost().is_lost() {
             return Some(Duration::ZERO);
         }
         Some(self.lease.remaining(Instant::now()))
@@ -254,7 +235,7 @@ impl HeldLock for RedisHeld {
 
 impl Drop for RedisHeld {
     fn drop(&mut self) {
-        if self.released.swap(true, Ordering::AcqRel) {
+        if !self.core.mark_released() {
             return;
         }
         // Dropped without release (a garbage-collected handle): release in the background.

@@ -68,8 +68,8 @@ use std::time::Duration;
 
 use distlock_core::sync::lock;
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, Cause, Error, HeldSet,
-    LockInfo, LockKind, Registry, Result, SHARED_CAPACITY,
+    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Cause, Error,
+    HeldSet, LockInfo, LockKind, Result, Turns, check_open,
 };
 use tokio::sync::mpsc;
 
@@ -109,8 +109,7 @@ struct Inner {
     /// across independent servers, so its waiters only wake and retry.
     fair: bool,
     cluster: bool,
-    locks: Registry<String, ()>,
-    semaphores: Registry<String, ()>,
+    turns: Turns<()>,
     wakes: Arc<Wakes>,
     renewals: Renewals,
     held: HeldSet<RedisHeld>,
@@ -164,8 +163,7 @@ impl RedisBackend {
                 cluster,
                 servers,
                 opts,
-                locks: Registry::default(),
-                semaphores: Registry::default(),
+                turns: Turns::default(),
                 wakes: Arc::default(),
                 renewals: Renewals::default(),
                 held: HeldSet::default(),
@@ -219,28 +217,15 @@ impl Backend for RedisBackend {
     }
 
     fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
-        distlock_core::validate_name(&req.name)?;
         let inner = self.inner.clone();
-        if inner.closed.is_cancelled() {
-            return Err(Error::Closed {
-                backend: BACKEND,
-                detail: format!("; cannot acquire {}", req.target(BACKEND)),
-            });
-        }
+        check_open(&req, BACKEND, &inner.closed)?;
         if let Some(lease) = req.lease {
             distlock_core::options::lease_ms(lease.as_millis() as f64)?;
         }
         let prefix = &inner.opts.key_prefix;
-        let (op_keys, side, entry, weight, max) = match req.kind {
-            LockKind::Mutex | LockKind::Write | LockKind::Read => {
-                let entry = inner.locks.entry(&req.name, SHARED_CAPACITY, || ());
-                let (side, weight) = if req.kind == LockKind::Read {
-                    (Side::R, 1)
-                } else {
-                    (Side::W, SHARED_CAPACITY)
-                };
-                (Keys::lock(prefix, &req.name), side, entry, weight, 0)
-            }
+        let (op_keys, side, max) = match req.kind {
+            LockKind::Mutex | LockKind::Write => (Keys::lock(prefix, &req.name), Side::W, 0),
+            LockKind::Read => (Keys::lock(prefix, &req.name), Side::R, 0),
             LockKind::Semaphore { max_count, permits } => {
                 if !inner.fair {
                     return Err(Error::invalid(
@@ -252,29 +237,14 @@ impl Backend for RedisBackend {
                         ),
                     ));
                 }
-                let entry = inner
-                    .semaphores
-                    .entry(&req.name, u64::from(max_count), || ());
-                if entry.queue.capacity() != u64::from(max_count) {
-                    return Err(Error::invalid(
-                        "maxCount",
-                        format!(
-                            "of {} is {max_count}, but this process already uses it with maxCount {}",
-                            req.target(BACKEND),
-                            entry.queue.capacity()
-                        ),
-                    ));
-                }
                 (
                     Keys::semaphore(prefix, &req.name),
                     Side::S(permits),
-                    entry,
-                    u64::from(permits),
                     max_count,
                 )
             }
         };
-        let ticket = entry.queue.enqueue(weight);
+        let Admitted { entry, ticket } = inner.turns.admit(&req, BACKEND, &inner.closed, || ())?;
         let op = Op::new(op_keys, side, Arc::from(token()));
         Ok(Box::pin(async move {
             inner.acquire(req, op, max, entry, ticket).await
@@ -304,7 +274,7 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             inner.closed.cancel();
             let releases = inner.held.drain().into_iter().map(|h| {
-                h.lost.fire("the lock provider was closed");
+                h.core.lost().fire("the lock provider was closed");
                 async move {
                     let _ = h.release_now().await;
                 }
