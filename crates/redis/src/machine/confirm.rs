@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use super::waiter::PATIENCE;
+use super::PATIENCE;
 
 /// The pauses between rounds start where an acquire's pauses in trouble start, and never grow
 /// past theirs.

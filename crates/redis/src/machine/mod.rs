@@ -21,6 +21,25 @@ pub mod waiter;
 
 use std::time::Duration;
 
+use distlock_core::{Backoff, Policy};
+
+/// How a Redis acquire spends its budget (core's [`Patience`](distlock_core::Patience)); the waiter, the
+/// confirmation rounds and the revoke loop all pace by it.
+pub const PATIENCE: Policy = Policy {
+    // Transient trouble: the first retry after 20 ms (a reset connection is usually back
+    // within fred's first reconnects, 1 + 4 + 16 ms), doubling to 1 s, so a server that stays
+    // down costs one script a second per waiting process.
+    fault_pause: Backoff::new(Duration::from_millis(20), Duration::from_secs(1)),
+    // A busy lock is waited on by the waiter's own wake-up side (pub/sub, the holder's lease
+    // end, the re-checks above), not by core's polling.
+    busy_poll: None,
+    // Both clients reconnect by themselves, and a try's one attempt already waits for the
+    // connection within its budget: an immediate second attempt would find the same.
+    try_retries: 0,
+    // Set per provider by [`waiter::policy`]: the server timeout plus `waiter::TRY_SLACK`.
+    try_budget: Duration::ZERO,
+};
+
 /// The margin RedLock takes off a lease for clock-rate drift between client and servers.
 pub fn drift(lease: Duration) -> Duration {
     lease / 100 + Duration::from_millis(2)

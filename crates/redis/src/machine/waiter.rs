@@ -52,9 +52,10 @@
 use std::time::Duration;
 
 use distlock_core::patience::Input as Told;
-use distlock_core::{Backoff, End, Fault, Patience, Policy, Step, Timeout};
+use distlock_core::{End, Fault, Patience, Policy, Step, Timeout};
 use tokio::time::Instant;
 
+pub use super::PATIENCE;
 use super::vote::Verdict;
 
 /// How long a waiter stays in a server queue without re-checking (a dead waiter is skipped
@@ -83,22 +84,6 @@ const FOREIGN_SPREAD_MS: u64 = 10;
 const FOREIGN_SPREAD: Duration = Duration::from_millis(FOREIGN_SPREAD_MS);
 /// How often a waiter re-checks while the wake-up subscription is not up.
 pub const REFRESH_UNSUBSCRIBED: Duration = Duration::from_millis(50);
-/// How a Redis acquire spends its budget (core's [`Patience`]).
-pub const PATIENCE: Policy = Policy {
-    // Transient trouble: the first retry after 20 ms (a reset connection is usually back
-    // within fred's first reconnects, 1 + 4 + 16 ms), doubling to 1 s, so a server that stays
-    // down costs one script a second per waiting process.
-    fault_pause: Backoff::new(Duration::from_millis(20), Duration::from_secs(1)),
-    // A busy lock is waited on by the waiter's own wake-up side (pub/sub, the holder's lease
-    // end, the re-checks above), not by core's polling.
-    busy_poll: None,
-    // Both clients reconnect by themselves, and a try's one attempt already waits for the
-    // connection within its budget: an immediate second attempt would find the same.
-    try_retries: 0,
-    // Set per provider by [`policy`]: the server timeout plus [`TRY_SLACK`].
-    try_budget: Duration::ZERO,
-};
-
 /// [`PATIENCE`] for a provider whose commands time out after `server_timeout`: a try's one
 /// attempt may take that long, plus [`TRY_SLACK`].
 pub fn policy(server_timeout: Duration) -> Policy {
