@@ -28,20 +28,21 @@ export {
   DistributedLock,
   DistributedReaderWriterLock,
   DistributedSemaphore,
-  LockHandle,
-  type AbortSignalLike,
-  type Handle,
   type Lock,
   type ReaderWriterLock,
   type Semaphore,
+  type LockedFn,
+  type LockInfo,
+} from './locks'
+export { LockHandle, type Handle } from './handle'
+export {
+  type AbortSignalLike,
   type AcquireOptions,
   type SemaphoreAcquireOptions,
   type LockKind,
   type WaitOptions,
   type SemaphoreWaitOptions,
-  type LockedFn,
-  type LockInfo,
-} from './locks'
+} from './options'
 export {
   EtcdLockProvider,
   FileLockProvider,

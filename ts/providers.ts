@@ -9,14 +9,11 @@ import {
   DistributedReaderWriterLock,
   DistributedSemaphore,
   type Lock,
-  type LockSource,
   type ReaderWriterLock,
   type Semaphore,
-  Settler,
-  checkAutoRenew,
-  checkMaxHold,
-  typeName,
 } from './locks'
+import { checkAutoRenew, checkMaxHold, typeName } from './options'
+import { Settler, type LockSource } from './settle'
 import { checkKeys, invalidArgType, invalidArgValue, toLockError } from './errors'
 import { publishBackendEvent } from './diagnostics'
 import { forget, releaseAtExit } from './exit'
