@@ -38,12 +38,12 @@ export class Settler {
     })
   }
 
-  #settle(id: number, handle?: NativeHandle | null, error?: string | null): void {
+  #settle(id: number, handle?: NativeHandle | null, error?: Error | null): void {
     const pending = this.#pending.get(id)
     if (!pending) return
     this.#pending.delete(id)
     if (this.#pending.size === 0) this.#alive.unref()
-    if (error != null) pending.reject(new Error(error))
+    if (error != null) pending.reject(error)
     else pending.resolve(handle ?? null)
   }
 }
