@@ -10,7 +10,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 
 import type { Handle } from './handle'
-import type { LockProvider } from './providers'
+import type { LockProvider } from './base-provider'
 
 /** Exit code when the lock is busy (`-n`) or `--timeout` runs out (EX_TEMPFAIL), unless `-E`. */
 export const EXIT_TIMEOUT = 75

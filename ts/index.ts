@@ -50,16 +50,15 @@ export {
   MySqlLockProvider,
   PostgresLockProvider,
   RedisLockProvider,
-  type CommonProviderOptions,
   type EtcdLockProviderOptions,
   type FileLockProviderOptions,
-  type LockProvider,
   type MySqlLockProviderOptions,
   type PostgresLockProviderOptions,
   type Pem,
   type RedisLockProviderOptions,
   type RedisTlsOptions,
 } from './providers'
+export { type CommonProviderOptions, type LockProvider } from './base-provider'
 export {
   EtcdDistributedLock,
   FileDistributedLock,

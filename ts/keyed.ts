@@ -7,6 +7,7 @@
 import { LockTimeoutError, checkKeys, invalidArgType, invalidArgValue } from './errors'
 import { withHeld, type LockHandle } from './handle'
 import type { DistributedLock, LockInfo } from './locks'
+import type { LockProvider } from './base-provider'
 import type { AcquireAllOptions, MultiLockHandle } from './multi'
 import { checkSignal, typeName, type AbortSignalLike } from './options'
 import {
@@ -20,7 +21,6 @@ import {
   type MySqlLockProviderOptions,
   type EtcdLockProviderOptions,
   type FileLockProviderOptions,
-  type LockProvider,
   type PostgresLockProviderOptions,
   type RedisLockProviderOptions,
 } from './providers'
