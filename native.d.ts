@@ -78,8 +78,6 @@ export declare class NativeProvider {
   /** Locks inside this process, for tests. */
   static memory(): NativeProvider
   /**
-   * Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
-   * wait (once, before the first call).
    * Calls `callback(lock)` with how messages name a lock whose handle was garbage-collected
    * while it still held it (the lock is released then). Does not keep the process alive.
    */
@@ -90,7 +88,12 @@ export declare class NativeProvider {
    * the process alive; the backend calls it only when such a thing happens.
    */
   onEvent(callback: (arg0: string, arg1?: string | undefined | null, arg2?: string | undefined | null, arg3?: string | undefined | null) => void): void
-  onSettle(callback: (arg0: number, arg1?: NativeHandle | undefined | null, arg2?: string | undefined | null) => void): void
+  /**
+   * Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
+   * wait (once, before the first call); the error is a JS `Error` whose `code` and cause
+   * fields the TS layer reads.
+   */
+  onSettle(callback: (arg0: number, arg1?: NativeHandle | undefined | null, arg2?: Error | undefined | null) => void): void
   /**
    * Acquires `name` as `kind` (`permits` of a semaphore's `maxCount`): a handle, or `null`
    * when `timeoutMs` ran out; `undefined` when the answer is not known at once, which then

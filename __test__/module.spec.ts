@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -13,6 +13,16 @@ const script = (dir: string) => `
   await h.release()
   console.log(typeof h.fencingToken, busy === null, h.isReleased)
 `
+
+/** What `run` throws (it must throw). */
+function thrown(run: () => unknown): unknown {
+  try {
+    run()
+  } catch (err) {
+    return err
+  }
+  throw new Error('did not throw')
+}
 
 describe('module formats', () => {
   it('works from ESM import', () => {
@@ -63,7 +73,32 @@ describe('module formats', () => {
       'validateMaxCount',
       'validateName',
     ])
-    expect(() => raw.validateName('')).toThrow(/^INVALID_ARGUMENT: name must be a non-empty string$/)
+  })
+
+  it('the raw binding fails with an Error that carries the code and the cause as properties', async () => {
+    const raw = createRequire(__filename)('../native.cjs') as typeof import('../native')
+    const invalid = thrown(() => raw.validateName(''))
+    expect(invalid).toBeInstanceOf(Error)
+    expect(invalid).toMatchObject({ code: 'INVALID_ARGUMENT', message: 'name must be a non-empty string' })
+
+    // A lock directory that is a file: the file backend's I/O error, with its facts.
+    const file = join(tempDir('raw-errors'), 'a-file')
+    writeFileSync(file, 'x')
+    const provider = raw.NativeProvider.file(file)
+    const settled = new Promise<unknown>((resolve) => provider.onSettle((_id, _handle, error) => resolve(error)))
+    const io = await (async () => {
+      try {
+        return provider.acquire(1, 'x', 'mutex') === undefined ? await settled : 'granted'
+      } catch (err) {
+        return err
+      }
+    })()
+    expect(io).toBeInstanceOf(Error)
+    expect(io).toMatchObject({ code: 'IO', syscall: 'mkdir', path: file, causeMessage: expect.any(String) })
+    expect((io as Error).message).toBe(
+      `file backend I/O error on ${file}: ${(io as { causeMessage: string }).causeMessage}`,
+    )
+    await provider.close()
   })
 
   it('the public types compile under node16, nodenext and bundler resolution', () => {

@@ -9,8 +9,8 @@
 import * as os from 'node:os'
 import * as path from 'node:path'
 
-import type { Handle } from './locks'
-import type { LockProvider } from './providers'
+import type { Handle } from './handle'
+import type { LockProvider } from './base-provider'
 
 /** Exit code when the lock is busy (`-n`) or `--timeout` runs out (EX_TEMPFAIL), unless `-E`. */
 export const EXIT_TIMEOUT = 75
@@ -419,8 +419,8 @@ function start(
   const native = loadNative()
   if (typeof native.spawnCommand !== 'function') return startWithNode(file, args, env)
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { nativeHandleOf } = require('./locks') as typeof import('./locks')
-  const lockHandle = handle as import('./locks').LockHandle
+  const { nativeHandleOf } = require('./handle') as typeof import('./handle')
+  const lockHandle = handle as import('./handle').LockHandle
   const result = native.spawnCommand(
     { file, args, env, dieWithParent: backend !== 'file' },
     backend === 'file' ? nativeHandleOf(lockHandle) : null,

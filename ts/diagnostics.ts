@@ -16,7 +16,7 @@
  */
 import * as dc from 'node:diagnostics_channel'
 
-import type { LockKind } from './locks'
+import type { LockKind } from './options'
 
 /** How an acquire ended. */
 export type AcquireOutcome = 'granted' | 'busy' | 'timeout' | 'aborted' | 'closed' | 'error'

@@ -1,6 +1,7 @@
 /**
- * The error classes distlock rejects with. Every error the native core produces arrives as a
- * message starting with a stable `CODE: `; {@link toLockError} turns it into one of these.
+ * The error classes distlock rejects with. Every error the native core produces arrives as an
+ * `Error` with the core's stable `code` and its cause's facts as properties; {@link toLockError}
+ * turns it into one of these.
  */
 import { sep } from 'node:path'
 import { getSystemErrorName } from 'node:util'
@@ -247,24 +248,32 @@ export function checkKeys(options: object, known: readonly string[], where = 'op
   }
 }
 
-const NATIVE_CODE = /^([A-Z_]+): ([\s\S]*)$/
-
-/** The facts the native side appends to a backend error. */
-interface NativeFacts {
+/**
+ * What a native call rejects (or throws) with: an `Error` whose `message` is the plain message,
+ * with the core's stable `code` and, where known, the facts of its cause as own properties
+ * (crates/node/src/errors.rs sets them).
+ */
+interface NativeError extends Error {
+  code?: unknown
   server?: string
   errno?: number
   syscall?: string
   path?: string
   sqlstate?: string
   redis?: string
-  message?: string
+  /** The underlying error's own text. */
+  causeMessage?: string
 }
 
-/** A {@link LockBackendError} whose `cause` is the underlying error, built from `facts`. */
-function backendError(text: string, facts: NativeFacts | undefined): LockBackendError {
-  if (!facts) return new LockBackendError(text)
+/** The cause fields a native error may carry. */
+const FACTS = ['server', 'errno', 'syscall', 'path', 'sqlstate', 'redis', 'causeMessage'] as const
+
+/** A {@link LockBackendError} whose `cause` is the underlying error, built from the native facts. */
+function backendError(native: NativeError): LockBackendError {
+  const text = native.message
+  if (!FACTS.some((key) => native[key] !== undefined)) return new LockBackendError(text)
   // Node's convention: errno negative, code its name (ENOENT, ECONNREFUSED…).
-  const errno = facts.errno === undefined ? undefined : -Math.abs(facts.errno)
+  const errno = native.errno === undefined ? undefined : -Math.abs(native.errno)
   let code: string | undefined
   if (errno !== undefined) {
     try {
@@ -273,11 +282,11 @@ function backendError(text: string, facts: NativeFacts | undefined): LockBackend
       code = undefined
     }
   }
-  code ??= facts.sqlstate ?? facts.redis
+  code ??= native.sqlstate ?? native.redis
   let cause: Error | undefined
-  if (facts.message !== undefined) {
-    cause = new Error(facts.message)
-    Object.assign(cause, { code, errno, syscall: facts.syscall, path: facts.path })
+  if (native.causeMessage !== undefined) {
+    cause = new Error(native.causeMessage)
+    Object.assign(cause, { code, errno, syscall: native.syscall, path: native.path })
     trimInternalFrames(cause)
     for (const k of ['code', 'errno', 'syscall', 'path'] as const) {
       if ((cause as unknown as Record<string, unknown>)[k] === undefined)
@@ -286,41 +295,37 @@ function backendError(text: string, facts: NativeFacts | undefined): LockBackend
   }
   return new LockBackendError(text, {
     cause,
-    server: facts.server,
+    server: native.server,
     errno,
-    syscall: facts.syscall,
-    path: facts.path,
-    sqlState: facts.sqlstate,
-    redisError: facts.redis,
+    syscall: native.syscall,
+    path: native.path,
+    sqlState: native.sqlstate,
+    redisError: native.redis,
   })
 }
 
 /**
- * Maps an error from the native core (message `CODE: text`) to its public class. Errors that
- * did not come from the core are returned unchanged.
+ * Maps an error from the native core (an `Error` with the core's `code`, see
+ * {@link NativeError}) to its public class. Errors that did not come from the core are
+ * returned unchanged.
  */
 export function toLockError(err: unknown, signal?: { readonly reason?: unknown }): unknown {
   if (!(err instanceof Error) || err instanceof LockError) return err
-  // `CODE: message`, then optionally a NUL and the cause's facts as JSON.
-  const [head, json] = err.message.split('\0', 2) as [string, string | undefined]
-  const match = NATIVE_CODE.exec(head)
-  if (!match) return err
-  const [, code, text] = match
-  const facts = json === undefined ? undefined : (JSON.parse(json) as NativeFacts)
-  switch (code) {
+  const native = err as NativeError
+  switch (native.code) {
     case 'TIMEOUT':
-      return new LockTimeoutError(text)
+      return new LockTimeoutError(native.message)
     case 'CANCELLED':
-      return new AbortError(text, { cause: signal?.reason })
+      return new AbortError(native.message, { cause: signal?.reason })
     case 'LOST':
-      return new LockLostError(text)
+      return new LockLostError(native.message)
     case 'BACKEND':
     case 'IO':
-      return backendError(text, facts)
+      return backendError(native)
     case 'CLOSED':
-      return new LockClosedError(text)
+      return new LockClosedError(native.message)
     case 'INVALID_ARGUMENT':
-      return invalidArgValue(text)
+      return invalidArgValue(native.message)
     default:
       return err
   }

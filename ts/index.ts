@@ -28,20 +28,21 @@ export {
   DistributedLock,
   DistributedReaderWriterLock,
   DistributedSemaphore,
-  LockHandle,
-  type AbortSignalLike,
-  type Handle,
   type Lock,
   type ReaderWriterLock,
   type Semaphore,
+  type LockedFn,
+  type LockInfo,
+} from './locks'
+export { LockHandle, type Handle } from './handle'
+export {
+  type AbortSignalLike,
   type AcquireOptions,
   type SemaphoreAcquireOptions,
   type LockKind,
   type WaitOptions,
   type SemaphoreWaitOptions,
-  type LockedFn,
-  type LockInfo,
-} from './locks'
+} from './options'
 export {
   EtcdLockProvider,
   FileLockProvider,
@@ -49,16 +50,15 @@ export {
   MySqlLockProvider,
   PostgresLockProvider,
   RedisLockProvider,
-  type CommonProviderOptions,
   type EtcdLockProviderOptions,
   type FileLockProviderOptions,
-  type LockProvider,
   type MySqlLockProviderOptions,
   type PostgresLockProviderOptions,
   type Pem,
   type RedisLockProviderOptions,
   type RedisTlsOptions,
 } from './providers'
+export { type CommonProviderOptions, type LockProvider } from './base-provider'
 export {
   EtcdDistributedLock,
   FileDistributedLock,

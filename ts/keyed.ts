@@ -5,9 +5,11 @@
  * signals, fencing tokens).
  */
 import { LockTimeoutError, checkKeys, invalidArgType, invalidArgValue } from './errors'
-import type { DistributedLock, LockHandle, LockInfo } from './locks'
+import { withHeld, type LockHandle } from './handle'
+import type { DistributedLock, LockInfo } from './locks'
+import type { LockProvider } from './base-provider'
 import type { AcquireAllOptions, MultiLockHandle } from './multi'
-import { checkSignal, typeName, withHeld, type AbortSignalLike } from './locks'
+import { checkSignal, typeName, type AbortSignalLike } from './options'
 import {
   FileLockProvider,
   MemoryLockProvider,
@@ -19,7 +21,6 @@ import {
   type MySqlLockProviderOptions,
   type EtcdLockProviderOptions,
   type FileLockProviderOptions,
-  type LockProvider,
   type PostgresLockProviderOptions,
   type RedisLockProviderOptions,
 } from './providers'

@@ -3,15 +3,9 @@
  * cannot deadlock), released together, lost together.
  */
 import { invalidArgType, invalidArgValue, LockTimeoutError, SuppressedError } from './errors'
-import {
-  checkName,
-  checkOptions,
-  typeName,
-  type AcquireOptions,
-  type DistributedLock,
-  type Handle,
-  type LockHandle,
-} from './locks'
+import type { Handle, LockHandle } from './handle'
+import type { DistributedLock } from './locks'
+import { checkName, checkOptions, typeName, type AcquireOptions } from './options'
 
 /** Options of `acquireAll` and `tryAcquireAll`. */
 export interface AcquireAllOptions extends AcquireOptions {}

@@ -28,12 +28,14 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use tokio::sync::oneshot;
 
-use crate::{NativeHandle, to_js};
+use crate::errors::{Failure, promise, to_js};
+use crate::handle::NativeHandle;
 
 /// The path of the lock file of `name` in `directory`, from the file backend's name mapping.
 #[napi]
-pub fn file_lock_path(directory: String, name: String) -> Result<String> {
-    let path = distlock_file::lock_file_path(Path::new(&directory), &name).map_err(to_js)?;
+pub fn file_lock_path(env: Env, directory: String, name: String) -> Result<String> {
+    let path =
+        distlock_file::lock_file_path(Path::new(&directory), &name).map_err(|e| to_js(&env, e))?;
     Ok(path.to_string_lossy().into_owned())
 }
 
@@ -81,6 +83,7 @@ pub struct NativeChild {
 /// inherits a descriptor that holds the lock.
 #[napi]
 pub fn spawn_command(
+    env: Env,
     options: SpawnOptions,
     handle: Option<&NativeHandle>,
 ) -> Result<Either<NativeChild, SpawnFailure>> {
@@ -88,7 +91,7 @@ pub fn spawn_command(
         Some(held) => held
             .duplicate_descriptor()
             .transpose()
-            .map_err(|e| Error::new(Status::GenericFailure, format!("IO: dup: {e}")))?,
+            .map_err(|e| Failure::os(format!("dup: {e}")).into_js(&env))?,
         None => None,
     };
     let mut command = Command::new(&options.file);
@@ -159,7 +162,7 @@ pub fn spawn_command(
         .spawn(move || {
             let _ = tx.send(wait_for(pid, &waiting));
         })
-        .map_err(|e| Error::new(Status::GenericFailure, format!("IO: thread: {e}")))?;
+        .map_err(|e| Failure::os(format!("thread: {e}")).into_js(&env))?;
     Ok(Either::A(NativeChild {
         pid,
         reaped,
@@ -234,11 +237,11 @@ impl NativeChild {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| Error::new(Status::InvalidArg, "wait() was already called"))?;
-        env.spawn_future(async move {
+        promise(env, async move {
             match rx.await {
                 Ok(Ok(info)) => Ok(info),
-                Ok(Err(e)) => Err(Error::new(Status::GenericFailure, format!("IO: wait: {e}"))),
-                Err(_) => Err(Error::new(Status::GenericFailure, "IO: wait: no answer")),
+                Ok(Err(e)) => Err(Failure::os(format!("wait: {e}"))),
+                Err(_) => Err(Failure::os("wait: no answer")),
             }
         })
     }

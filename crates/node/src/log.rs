@@ -17,6 +17,8 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
+use crate::errors::to_js;
+
 type LogFn = ThreadsafeFunction<String, (), String, Status, false, true>;
 
 static INSTALLED: OnceLock<()> = OnceLock::new();
@@ -95,14 +97,10 @@ impl Subscriber for Forward {
 /// above to `callback(line)`, for the rest of the process. Returns false if a subscriber was
 /// installed already (the first call wins).
 #[napi]
-pub fn set_logger(level: String, callback: Function<String, ()>) -> Result<bool> {
+pub fn set_logger(env: Env, level: String, callback: Function<String, ()>) -> Result<bool> {
     let level: Level = level.parse().map_err(|_| {
-        Error::new(
-            Status::InvalidArg,
-            format!(
-                "INVALID_ARGUMENT: log level must be error, warn, info, debug or trace, got {level:?}"
-            ),
-        )
+        let message = format!("must be error, warn, info, debug or trace, got {level:?}");
+        to_js(&env, distlock_core::Error::invalid("log level", message))
     })?;
     if INSTALLED.get().is_some() {
         return Ok(false);
