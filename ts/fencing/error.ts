@@ -2,7 +2,7 @@
  * The error a fenced write rejects with, and the checks of the arguments every guard shares.
  */
 import { LockError, invalidArgType, invalidArgValue } from '../errors'
-import { typeName } from '../locks'
+import { typeName } from '../options'
 
 /** What {@link StaleFencingTokenError}'s constructor takes. */
 export interface StaleFencingTokenErrorOptions {

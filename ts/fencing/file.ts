@@ -9,7 +9,7 @@ import { basename, dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 import { invalidArgType } from '../errors'
-import { typeName } from '../locks'
+import { typeName } from '../options'
 import { FileLockProvider } from '../providers'
 import { StaleFencingTokenError, checkToken, parseStored } from './error'
 

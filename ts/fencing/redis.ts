@@ -3,7 +3,7 @@
  * fence key beside the data, records it, and writes, or rejects without writing anything.
  */
 import { checkKeys, invalidArgType } from '../errors'
-import { typeName } from '../locks'
+import { typeName } from '../options'
 import { StaleFencingTokenError, checkResource, checkToken, parseStored } from './error'
 
 /** An `ioredis` client (`Redis` or `Cluster`): `eval(script, numKeys, ...keysAndArgs)`. */

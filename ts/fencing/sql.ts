@@ -3,7 +3,7 @@
  * it commits only if its fencing token is not below the largest one the table has seen.
  */
 import { SuppressedError, checkKeys, invalidArgType, invalidArgValue } from '../errors'
-import { typeName } from '../locks'
+import { typeName } from '../options'
 import { StaleFencingTokenError, checkResource, checkToken, parseStored } from './error'
 
 /** The SQL dialects of the guard: PostgreSQL, and MySQL or MariaDB. */
