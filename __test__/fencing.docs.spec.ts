@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { command, parseBlocks, title, type Block } from './doc-blocks'
 import { ROOT, tempDir } from './helpers'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 const PG_URL = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const MYSQL_URL = process.env.DISTLOCK_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'
@@ -28,7 +28,7 @@ const blocks = parseBlocks('README.md').filter((b) => b.mark.startsWith('run: cu
 let services: Services
 let redisUrl: string
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   redisUrl = (await services.startRedis()).url
 })
 afterAll(() => services?.stopServices())

@@ -13,13 +13,13 @@ import { StaleFencingTokenError, fencedWriteFile } from 'distlock'
 import { ROOT, tempDir } from './helpers'
 import { frozenHolder } from './fixtures/fencing-frozen'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 const execNode = promisify(execFile)
 
 let services: Services
 let redisUrl: string
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   redisUrl = (await services.startRedis()).url
 })
 afterAll(() => services?.stopServices())

@@ -21,7 +21,7 @@ import { frozenHolder } from './fixtures/fencing-frozen'
 /** The Cluster hash slot of a key (ioredis's own dependency). */
 const calculateSlot = createRequire(__filename)('cluster-key-slot') as (key: string) => number
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 let seq = 0
 const unique = (tag: string) => `fencing:${tag}:${process.pid}:${seq++}`
@@ -30,7 +30,7 @@ let services: Services
 let redisUrl: string
 let redis: Redis
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   redisUrl = (await services.startRedis()).url
   redis = new Redis(redisUrl)
 })

@@ -17,7 +17,7 @@ import {
 
 import { frozenHolder } from './fixtures/fencing-frozen'
 
-type Services = typeof import('../scripts/test-services.mjs', { with: { 'resolution-mode': 'import' } })
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 const PG_URL = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const MYSQL_URL = process.env.DISTLOCK_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'
@@ -27,7 +27,7 @@ const unique = (tag: string) => `fencing-${tag}-${process.pid}-${Date.now()}-${s
 let services: Services
 let redisUrl: string
 beforeAll(async () => {
-  services = await import('../scripts/test-services.mjs')
+  services = await import('../lab/index.mjs')
   redisUrl = (await services.startRedis()).url
 })
 afterAll(() => services?.stopServices())

@@ -344,7 +344,7 @@ const once = (fn) => {
 
 async function main(argv) {
   const servers = await import('./lib/servers.mjs')
-  const services = await import('../scripts/test-services.mjs')
+  const services = await import('../lab/index.mjs')
   const shared = {
     pg: once(() => servers.sharedPostgres()),
     mysql: once(() => services.findMysql()),
