@@ -6,7 +6,8 @@
 // that make an overlap impossible to prevent) an overlap is allowed only when each earlier holder
 // involved saw its synchronous isHeld check false at every step after the later grant (its
 // lastHeldAt, the last step whose check was not false, is before the later grant) and the later
-// fencing token is larger. `graceMs` widens "before the later grant" by that much, for faults
+// fencing token is larger. "Later" is by grant time, not entry time: a holder granted first can
+// enter last when its process stalls in between. `graceMs` widens "before the later grant" by that much, for faults
 // where the server frees the lock before the holder's client can know (a session it ended).
 //
 // Fencing: exclusive grants' tokens strictly increase in grant order; and whenever a grant
@@ -54,19 +55,27 @@ export function analyze(grants, { mode, maxCount = 1, graceMs = 0 }) {
     open = open.filter((a) => a.tExit > b.tEnter)
     if (conflict(open, b, maxCount)) {
       out.overlaps++
-      // Which earlier holders still believed they held the lock after b was granted.
-      const believers = open.filter((a) => a.lastHeldAt != null && a.lastHeldAt >= b.tGranted + grace)
-      const tokensOk = EXCLUSIVE.has(b.kind) ? open.every((a) => b.tok > a.tok) : true
-      const allowed = mode === 'allowed' && !conflict(believers, b, maxCount) && tokensOk
+      // The later grant is the one granted last, which is not always the one that entered last: a
+      // holder can be granted, stall (a paused process, a busy core) and enter after a later
+      // grant entered. The others are the earlier holders; which of them still believed they
+      // held the lock after the later grant.
+      const all = [...open, b]
+      const later = all.reduce((x, y) => (y.tGranted > x.tGranted ? y : x))
+      const earlier = all.filter((a) => a !== later)
+      const believers = earlier.filter((a) => a.lastHeldAt != null && a.lastHeldAt >= later.tGranted + grace)
+      const tokensOk = EXCLUSIVE.has(later.kind) ? earlier.every((a) => later.tok > a.tok) : true
+      const allowed = mode === 'allowed' && !conflict(believers, later, maxCount) && tokensOk
       if (allowed) out.allowedOverlaps++
       else {
         out.overlapViolations++
-        const a = open[0]
+        const a = believers[0] ?? earlier[0]
         const isHeld = a.isHeldBeforeEachStep.includes('?') ? 'isHeld unavailable' : `isHeld ${a.isHeldBeforeEachStep}`
         example(
-          `overlap: pid ${b.pid} ${b.kind} token ${b.token} entered ${((a.tExit - b.tEnter) / 1e6).toFixed(2)} ms before ` +
-            `pid ${a.pid} ${a.kind} token ${a.token} left (its ${isHeld}, signal ${a.abortedBeforeEachStep}, ` +
-            `last held ${a.lastHeldAt == null ? '-' : ((a.lastHeldAt - b.tGranted) / 1e6).toFixed(2) + ' ms after the later grant'})`,
+          `overlap: pid ${later.pid} ${later.kind} token ${later.token} was granted while ` +
+            `pid ${a.pid} ${a.kind} token ${a.token} held (${((Math.min(a.tExit, later.tExit) - Math.max(a.tEnter, later.tEnter)) / 1e6).toFixed(2)} ms in both; ` +
+            `the earlier's ${isHeld}, signal ${a.abortedBeforeEachStep}, ` +
+            `last held ${a.lastHeldAt == null ? '-' : ((a.lastHeldAt - later.tGranted) / 1e6).toFixed(2) + ' ms after the later grant'}` +
+            `${tokensOk ? '' : ', later token not larger'})`,
         )
       }
     }
