@@ -282,6 +282,9 @@ function backendError(native: NativeError): LockBackendError {
       code = undefined
     }
   }
+  // Node's dns module names a name that does not resolve ENOTFOUND, whichever of the two
+  // resolver numbers said so.
+  if (native.syscall === 'getaddrinfo' && (code === 'EAI_NONAME' || code === 'EAI_NODATA')) code = 'ENOTFOUND'
   code ??= native.sqlstate ?? native.redis
   let cause: Error | undefined
   if (native.causeMessage !== undefined) {

@@ -129,15 +129,34 @@ impl Cause {
     /// Fills `errno` (and `syscall`, for a failed connection) from an OS error that a driver
     /// only passed on as text (see [`os_error_text`]).
     pub fn with_os_error_in(mut self, text: &str) -> Self {
-        if self.errno.is_none()
-            && let (_, Some(errno)) = os_error_text(text)
-        {
+        if self.errno.is_some() {
+            return self;
+        }
+        if let (_, Some(errno)) = os_error_text(text) {
             self.errno = Some(errno);
             if text.contains("cannot connect") || text.contains("cannot reach") {
                 self.syscall.get_or_insert("connect");
             }
+        } else if let Some(errno) = dns_error(text) {
+            self.errno = Some(errno);
+            self.syscall = Some("getaddrinfo");
         }
         self
+    }
+}
+
+/// libuv's number for a name-resolution failure that the system resolver reported in words
+/// (Rust's `lookup_host` keeps only the text of `getaddrinfo`'s error): `EAI_NONAME` (3008,
+/// which Node reports as `ENOTFOUND`) for a name that does not exist, `EAI_AGAIN` (3001) for
+/// a resolver that could not answer.
+fn dns_error(text: &str) -> Option<i32> {
+    if !text.contains("failed to lookup address information") {
+        return None;
+    }
+    if text.contains("Temporary failure in name resolution") {
+        Some(3001)
+    } else {
+        Some(3008)
     }
 }
 
@@ -182,6 +201,18 @@ pub fn os_error_text(text: &str) -> (String, Option<i32>) {
         rest = &tail[tail.find("\" }").map_or(tail.len(), |e| e + 3)..];
     }
     out.push_str(rest);
+    // `Custom { kind: Uncategorized, error: "failed to lookup …" }`: an io::Error without an OS
+    // number, shown with `Debug`; its words are the inner text.
+    while let Some(at) = out.find("Custom { kind: ") {
+        let Some(open) = out[at..].find("error: \"").map(|o| at + o + "error: \"".len()) else {
+            break;
+        };
+        let Some(close) = out[open..].find("\" }").map(|c| open + c) else {
+            break;
+        };
+        let inner = out[open..close].to_string();
+        out.replace_range(at..close + "\" }".len(), &inner);
+    }
     if errno.is_none()
         && let Some(at) = out.find("(os error ")
     {
@@ -305,6 +336,24 @@ mod tests {
         );
         let cause = Cause::default().with_os_error_in("cannot connect to h:1: x (os error 104)");
         assert_eq!((cause.errno, cause.syscall), (Some(104), Some("connect")));
+    }
+
+    #[test]
+    fn name_resolution_failures_become_words_and_libuv_numbers() {
+        let debug = "cannot reach nx.invalid:6379 (Custom { kind: Uncategorized, error: \"failed to lookup address information: Name or service not known\" })";
+        let (text, errno) = os_error_text(debug);
+        assert_eq!(
+            text,
+            "cannot reach nx.invalid:6379 (failed to lookup address information: Name or service not known)"
+        );
+        assert_eq!(errno, None);
+        let cause = Cause::default().with_os_error_in(&text);
+        assert_eq!((cause.errno, cause.syscall), (Some(3008), Some("getaddrinfo")));
+        let cause = Cause::default().with_os_error_in(
+            "failed to lookup address information: Temporary failure in name resolution",
+        );
+        assert_eq!(cause.errno, Some(3001));
+        assert_eq!(Cause::default().with_os_error_in("WRONGPASS").errno, None);
     }
 
     #[test]
