@@ -83,11 +83,13 @@ export declare class NativeProvider {
    */
   onLeak(callback: (arg: string) => void): void
   /**
-   * Calls `callback(kind, name, server, detail)` for the backend's events: `renewal-failure`
-   * (`name`, `detail`), `disconnect` and `reconnect` (`server`). The callback does not keep
-   * the process alive; the backend calls it only when such a thing happens.
+   * Calls `callback(kind, name, server, detail, ms)` for the backend's events:
+   * `renewal-failure` (`name`, `detail`), `disconnect` and `reconnect` (`server`), `stall`
+   * (`name`: the lock as messages name it, `detail`: the fault, `ms`: how long its store has
+   * been unreachable). The callback does not keep the process alive; the backend calls it only
+   * when such a thing happens.
    */
-  onEvent(callback: (arg0: string, arg1?: string | undefined | null, arg2?: string | undefined | null, arg3?: string | undefined | null) => void): void
+  onEvent(callback: (arg0: string, arg1?: string | undefined | null, arg2?: string | undefined | null, arg3?: string | undefined | null, arg4?: number | undefined | null) => void): void
   /**
    * Sets the callback `(id, handle | null, error | null)` that settles the calls that had to
    * wait (once, before the first call); the error is a JS `Error` whose `code` and cause

@@ -434,3 +434,31 @@ describe('distlock run --etcd', () => {
     }
   })
 })
+
+describe('distlock run with no --timeout against a server that is down', () => {
+  it('keeps waiting and says on stderr what it waits for, and never runs the command', async () => {
+    const child = spawn(
+      process.execPath,
+      [CLI, 'run', 'cli-stall', '--etcd', 'http://127.0.0.1:9', '--', process.execPath, '-e', 'console.log("ran")'],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()))
+    const started = Date.now()
+    try {
+      await eventually(() => err.includes('still waiting'), 25_000)
+      // Not before the first 5 s of trouble.
+      expect(Date.now() - started).toBeGreaterThanOrEqual(5_000)
+      expect(err).toContain('still waiting for the lock "cli-stall": the etcd server has not been reached for')
+      expect(err).toContain('Connection refused')
+      expect(err).toContain('give --timeout to stop waiting')
+      expect(child.exitCode, 'still waiting').toBeNull()
+      expect(out).toBe('')
+    } finally {
+      child.kill('SIGKILL')
+      await new Promise((r) => child.on('exit', r))
+    }
+  }, 40_000)
+})

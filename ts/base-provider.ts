@@ -75,7 +75,9 @@ export abstract class BaseProvider implements LockProvider {
       maxHoldMs: checkMaxHold(options.maxHoldMs, 'options.maxHoldMs'),
       autoRenew: checkAutoRenew((options as { autoRenew?: unknown }).autoRenew, 'options.autoRenew'),
     }
-    nativeProvider.onEvent((kind, name, server, detail) => publishBackendEvent(backend, kind, name, server, detail))
+    nativeProvider.onEvent((kind, name, server, detail, ms) =>
+      publishBackendEvent(backend, kind, name, server, detail, ms),
+    )
     nativeProvider.onLeak(warnLeaked)
     this.#source = {
       defaults,

@@ -6,11 +6,13 @@
  * Startup matters for a command wrapped around short jobs: this module loads only `node:os` and
  * `node:path` up front, and the providers (with the native addon) when a command needs them.
  */
+import * as dc from 'node:diagnostics_channel'
 import * as os from 'node:os'
 import * as path from 'node:path'
 
 import type { Handle } from './handle'
 import type { LockProvider } from './base-provider'
+import { channels, type StallMessage } from './diagnostics'
 
 /** Exit code when the lock is busy (`-n`) or `--timeout` runs out (EX_TEMPFAIL), unless `-E`. */
 export const EXIT_TIMEOUT = 75
@@ -58,7 +60,9 @@ Options:
   -n, --nonblock      do not wait: fail at once if the lock is busy
   -w, --wait <secs>   give up after <secs> seconds (fractions allowed)
   --timeout <time>    give up after <time>: 500ms, 5s, 2m, or a bare number of
-                      milliseconds (default: wait forever)
+                      milliseconds (default: wait forever; while the server
+                      cannot be reached, distlock says so on stderr after 5 s,
+                      then every 30 s)
   -E, --conflict-exit-code <n>
                       exit with <n> (0-255) when the lock is busy (-n) or the
                       wait runs out (default ${EXIT_TIMEOUT})
@@ -327,6 +331,15 @@ function createProvider(args: RunArgs): LockProvider {
 async function runLocked(provider: LockProvider, args: RunArgs): Promise<number> {
   const errors = loadErrors()
   let handle: Handle
+  // A wait with no --timeout goes on while the server is down; it says so on stderr.
+  const stalled = (m: unknown) => {
+    const s = m as StallMessage
+    say(
+      `still waiting for the lock ${JSON.stringify(args.name)}: the ${s.backend} server has not been reached ` +
+        `for ${Math.round(s.waitedMs / 1000)} s (${s.detail}); give --timeout to stop waiting`,
+    )
+  }
+  if (args.timeoutMs === undefined) dc.subscribe(channels.stall, stalled)
   try {
     const options = { timeoutMs: args.timeoutMs }
     handle = args.shared
@@ -351,6 +364,8 @@ async function runLocked(provider: LockProvider, args: RunArgs): Promise<number>
       return EXIT_USAGE
     }
     throw err
+  } finally {
+    if (args.timeoutMs === undefined) dc.unsubscribe(channels.stall, stalled)
   }
   try {
     const env = {

@@ -15,12 +15,14 @@ import {
   reconnectChannel,
   releaseChannel,
   renewalFailureChannel,
+  stallChannel,
   type AcquireTrace,
   type ConnectionMessage,
   type ExtendTrace,
   type LostMessage,
   type ReleaseTrace,
   type RenewalFailureMessage,
+  type StallMessage,
 } from './diagnostics'
 import native from './native'
 
@@ -70,6 +72,13 @@ if (log.enabled) {
       log('%s', `${c.backend} ${what} ${c.server}`)
     })
   }
+  stallChannel.subscribe((m) => {
+    const s = m as StallMessage
+    log(
+      '%s',
+      `acquire ${s.lock} has no timeout and has not reached its server for ${(s.waitedMs / 1000).toFixed(1)} s: ${s.detail}; still waiting`,
+    )
+  })
   lostChannel.subscribe((m) => {
     const l = m as LostMessage
     log('%s', `lost ${lock(l)}, token ${l.fencingToken}, after ${ms(l.heldMs)}: ${l.reason}`)

@@ -13,6 +13,9 @@
  *   {@link RenewalFailureMessage} when a lease renewal got no answer (it is retried before the
  *   deadline; Redis), a {@link ConnectionMessage} when a server connection drops or comes
  *   back (Redis; on PostgreSQL, a session that held locks ended, and the next one opened).
+ * - `distlock:stall`: a plain channel; a {@link StallMessage} when an acquire with no
+ *   `timeoutMs` has been unable to reach its server for 5 s, and every 30 s while that lasts
+ *   (an acquire with a timeout says so in its error instead).
  */
 import * as dc from 'node:diagnostics_channel'
 
@@ -113,6 +116,18 @@ export interface ConnectionMessage {
   server: string
 }
 
+/** What `distlock:stall` publishes. */
+export interface StallMessage {
+  /** The backend (`postgres`, `mysql`, `redis`, `etcd`). */
+  backend: string
+  /** The lock, as messages name it (`redis lock "orders"`). */
+  lock: string
+  /** How long the acquire has been unable to reach its server, in ms. */
+  waitedMs: number
+  /** The failure it is riding out. */
+  detail: string
+}
+
 /** The channel names, for subscribers. */
 export const channels = {
   /** A `TracingChannel` around each acquire and tryAcquire; context {@link AcquireTrace}. */
@@ -129,6 +144,8 @@ export const channels = {
   disconnect: 'distlock:disconnect',
   /** A plain channel: a {@link ConnectionMessage} when a server connection comes back. */
   reconnect: 'distlock:reconnect',
+  /** A plain channel: a {@link StallMessage} while an acquire with no timeout cannot reach its server. */
+  stall: 'distlock:stall',
 } as const
 
 /** @internal */
@@ -137,6 +154,8 @@ export const renewalFailureChannel = dc.channel(channels.renewalFailure)
 export const disconnectChannel = dc.channel(channels.disconnect)
 /** @internal */
 export const reconnectChannel = dc.channel(channels.reconnect)
+/** @internal */
+export const stallChannel = dc.channel(channels.stall)
 
 /** @internal */
 export const acquireChannel = dc.tracingChannel<object, AcquireTrace>(channels.acquire)
@@ -157,7 +176,15 @@ export function publishBackendEvent(
   name: string | null | undefined,
   server: string | null | undefined,
   detail: string | null | undefined,
+  ms?: number | null,
 ): void {
+  if (kind === 'stall') {
+    if (stallChannel.hasSubscribers) {
+      const m: StallMessage = { backend, lock: name ?? '', waitedMs: Math.round(ms ?? 0), detail: detail ?? '' }
+      stallChannel.publish(m)
+    }
+    return
+  }
   if (kind === 'renewal-failure') {
     if (renewalFailureChannel.hasSubscribers) {
       const m: RenewalFailureMessage = { backend, name: name ?? '', detail: detail ?? '' }

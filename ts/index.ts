@@ -79,6 +79,7 @@ export {
   type ExtendTrace,
   type LostMessage,
   type ReleaseTrace,
+  type StallMessage,
 } from './diagnostics'
 export { MultiLockHandle, type AcquireAllOptions, type MultiHandle } from './multi'
 export {

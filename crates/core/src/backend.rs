@@ -160,6 +160,17 @@ pub enum BackendEvent {
         /// The server, as messages name it.
         server: String,
     },
+    /// An acquire with no timeout has been unable to reach its store for `waited` (the store's
+    /// last answer, if any, was before that) and goes on waiting: what it waits for, since
+    /// nothing else would say (see `patience::STALL_AFTER`).
+    Stalled {
+        /// The lock, as messages name it (`redis lock "orders"`).
+        lock: String,
+        /// How long the store has been unreachable for this acquire.
+        waited: Duration,
+        /// The fault being ridden out.
+        detail: String,
+    },
 }
 
 /// Receives [`BackendEvent`]s, on whatever thread the backend runs them; it must not block.

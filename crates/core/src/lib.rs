@@ -43,7 +43,7 @@ pub use lease::Lease;
 pub use lost::LostSignal;
 pub use memory::MemoryBackend;
 pub use options::{Timeout, validate_max_count, validate_name, validate_permits};
-pub use patience::{Backoff, End, Input, Patience, Policy, Step};
+pub use patience::{Backoff, End, Input, Patience, Policy, Reporter, Step};
 pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
 pub use tokio_util::sync::CancellationToken;
 pub use two_phase::TwoPhase;

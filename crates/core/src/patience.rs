@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{AcquireRequest, Interrupted};
+use crate::backend::{AcquireRequest, BackendEvent, Interrupted, Observer};
 use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::options::Timeout;
@@ -193,6 +193,54 @@ impl End {
     }
 }
 
+/// How long an acquire with no timeout rides out an unreachable store before it says so
+/// ([`BackendEvent::Stalled`]); it says so again every [`STALL_EVERY`] while it lasts. With a
+/// timeout, the error at the deadline says it.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
+/// How often a stalled wait repeats its report.
+pub const STALL_EVERY: Duration = Duration::from_secs(30);
+
+/// Where an acquire with no timeout reports that it cannot reach its store: the backend's
+/// observer, and the lock as messages name it.
+#[derive(Clone)]
+pub struct Reporter {
+    observer: Observer,
+    lock: String,
+}
+
+impl Reporter {
+    /// Reports of the acquire of `lock` (as messages name it) to `observer`.
+    pub fn new(observer: Observer, lock: impl Into<String>) -> Self {
+        Self {
+            observer,
+            lock: lock.into(),
+        }
+    }
+
+    /// The reporter of `req` on `backend`, when an observer listens and the request has no
+    /// timeout (with one, nothing would be reported).
+    pub fn of(
+        observer: Option<&Observer>,
+        req: &AcquireRequest,
+        backend: &'static str,
+    ) -> Option<Self> {
+        match (observer, req.timeout) {
+            (Some(o), Timeout::Forever) => {
+                Some(Self::new(o.clone(), req.target(backend).to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("lock", &self.lock)
+            .finish()
+    }
+}
+
 /// One acquire's patience: see the module documentation for the loop that drives it.
 #[derive(Debug)]
 pub struct Patience {
@@ -206,6 +254,11 @@ pub struct Patience {
     busy_pause: Option<Duration>,
     /// The fault being ridden out; cleared by an answer.
     trouble: Option<Fault>,
+    /// Since when the store has failed without an answer in between.
+    trouble_since: Option<Instant>,
+    /// Who hears of a wait with no timeout that cannot reach its store, and when next.
+    reporter: Option<Reporter>,
+    next_report: Option<Instant>,
     /// Whether the store has answered since the acquire began.
     answered: bool,
     /// A try's immediate retries left.
@@ -228,10 +281,20 @@ impl Patience {
             fault_pause: policy.fault_pause.first,
             busy_pause: policy.busy_poll.map(|b| b.first),
             trouble: None,
+            trouble_since: None,
+            reporter: None,
+            next_report: None,
             answered: false,
             try_retries: policy.try_retries,
             done: None,
         }
+    }
+
+    /// Reports to `reporter` when the acquire has no timeout and its store stays unreachable
+    /// for [`STALL_AFTER`] (then every [`STALL_EVERY`]); `None` reports nothing.
+    pub fn reporting(mut self, reporter: Option<Reporter>) -> Self {
+        self.reporter = reporter;
+        self
     }
 
     /// When the acquire's budget ends (for a try, its attempt's bound); `None` for no bound.
@@ -293,6 +356,8 @@ impl Patience {
     fn heard(&mut self) {
         self.answered = true;
         self.trouble = None;
+        self.trouble_since = None;
+        self.next_report = None;
         self.fault_pause = self.policy.fault_pause.first;
     }
 
@@ -331,16 +396,39 @@ impl Patience {
             }
             return Step::Done(End::Failed(f));
         }
+        // A store that never answered has been unreachable since the acquire began.
+        let began = if self.answered { now } else { self.started };
+        let since = *self.trouble_since.get_or_insert(began);
         self.trouble = Some(f);
         if self.past(now) {
             return Step::Done(self.end_at_deadline(now));
         }
+        self.report_stall(since, now);
         let pause = self.fault_pause;
         self.fault_pause = self.policy.fault_pause.after(pause);
         let until = now + pause;
         Step::Pause {
             until: self.deadline.map_or(until, |d| until.min(d)),
         }
+    }
+
+    /// A wait with no deadline says what it waits for once the store has been unreachable for
+    /// [`STALL_AFTER`], and again every [`STALL_EVERY`].
+    fn report_stall(&mut self, since: Instant, now: Instant) {
+        let (None, Some(reporter), Some(fault)) = (self.deadline, &self.reporter, &self.trouble)
+        else {
+            return;
+        };
+        let waited = now.saturating_duration_since(since);
+        if waited < STALL_AFTER || self.next_report.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_report = Some(now + STALL_EVERY);
+        (reporter.observer)(BackendEvent::Stalled {
+            lock: reporter.lock.clone(),
+            waited,
+            detail: fault.message.clone(),
+        });
     }
 
     /// The one rule for an acquire whose budget ended: trouble when the store was failing or
@@ -701,6 +789,54 @@ mod tests {
             End::Busy.into_result::<()>(&r, "redis", "a:1"),
             Ok(None)
         ));
+    }
+
+    #[test]
+    fn a_wait_with_no_timeout_says_so_when_its_store_stays_unreachable() {
+        use std::sync::{Arc, Mutex};
+        let heard: Arc<Mutex<Vec<BackendEvent>>> = Arc::default();
+        let sink = heard.clone();
+        let observer: Observer = Arc::new(move |e| sink.lock().unwrap().push(e));
+        let reporter = Reporter::new(observer, "redis lock \"orders\"");
+        let t0 = Instant::now();
+        let mut p =
+            Patience::new(policy(None), Timeout::Forever, t0).reporting(Some(reporter.clone()));
+        p.step(Input::Begin, t0);
+        // A fault a second for 40 s: a report at 5 s, another 30 s later.
+        for s in 0..=40u32 {
+            assert!(matches!(
+                p.step(Input::Fault(lost()), at(t0, s * 1000)),
+                Step::Pause { .. }
+            ));
+        }
+        let events = heard.lock().unwrap().clone();
+        assert_eq!(events.len(), 2, "{events:?}");
+        let BackendEvent::Stalled {
+            lock,
+            waited,
+            detail,
+        } = &events[0]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(lock, "redis lock \"orders\"");
+        assert_eq!(*waited, STALL_AFTER);
+        assert_eq!(detail, "the connection was reset");
+        // An answer clears it: the next report needs another 5 s of trouble.
+        p.step(Input::Busy, at(t0, 41_000));
+        p.step(Input::Fault(lost()), at(t0, 42_000));
+        p.step(Input::Fault(lost()), at(t0, 46_000));
+        assert_eq!(heard.lock().unwrap().len(), 2);
+        p.step(Input::Fault(lost()), at(t0, 47_000));
+        assert_eq!(heard.lock().unwrap().len(), 3);
+        // With a timeout, the deadline's error says it; nothing is reported.
+        let mut q =
+            Patience::new(policy(None), Timeout::After(60_000 * MS), t0).reporting(Some(reporter));
+        q.step(Input::Begin, t0);
+        for s in 0..=20u32 {
+            q.step(Input::Fault(lost()), at(t0, s * 1000));
+        }
+        assert_eq!(heard.lock().unwrap().len(), 3);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{BoxFuture, Interrupted, Waited, race};
 use crate::fault::Fault;
 use crate::options::Timeout;
-use crate::patience::{End, Input, Patience, Policy, Step};
+use crate::patience::{End, Input, Patience, Policy, Reporter, Step};
 
 /// An answer to come: a grant, `None` (busy, or the server's own timeout), or a fault.
 pub type Answer<G> = BoxFuture<'static, Result<Option<G>, Fault>>;
@@ -60,6 +60,12 @@ pub trait TwoPhase: Send + Sync + 'static {
     /// [`TwoPhase::woken`] cuts a pause short).
     fn waits(&self) -> bool {
         true
+    }
+
+    /// Who hears that a wait with no timeout cannot reach the server (see
+    /// [`Patience::reporting`]); `None`: nobody.
+    fn reporter(&self) -> Option<Reporter> {
+        None
     }
 
     /// A session of the caller's own for the wait; `None` when none can be had now (every
@@ -114,7 +120,7 @@ pub async fn acquire<S: TwoPhase>(
     closed: &CancellationToken,
 ) -> Result<S::Grant, End> {
     let zero = timeout == Timeout::Zero;
-    let mut patience = Patience::new(policy, timeout, start);
+    let mut patience = Patience::new(policy, timeout, start).reporting(lock.reporter());
     let mut woken: Option<BoxFuture<'static, ()>> = None;
     let mut step = patience.step(Input::Begin, Instant::now());
     loop {

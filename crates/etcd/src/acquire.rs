@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::{
-    AcquireRequest, Attempted, End, Fault, Held, Patience, Policy, Result, Ticket, Timeout, drive,
-    race,
+    AcquireRequest, Attempted, End, Fault, Held, Patience, Policy, Reporter, Result, Ticket,
+    Timeout, drive, race,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -89,7 +89,8 @@ impl Inner {
             ..POLICY
         };
         // The budget counts from the call, the in-process turn's wait included.
-        let patience = Patience::new(policy, req.timeout, start);
+        let reporter = Reporter::of(self.observer.get(), &req, BACKEND);
+        let patience = Patience::new(policy, req.timeout, start).reporting(reporter);
         let bound = patience.deadline();
         let waiter = Mutex::new(w);
         let outcome = drive(

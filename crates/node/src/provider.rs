@@ -115,16 +115,33 @@ impl NativeProvider {
         self.channel.on_leak(callback)
     }
 
-    /// Calls `callback(kind, name, server, detail)` for the backend's events: `renewal-failure`
-    /// (`name`, `detail`), `disconnect` and `reconnect` (`server`). The callback does not keep
-    /// the process alive; the backend calls it only when such a thing happens.
+    /// Calls `callback(kind, name, server, detail, ms)` for the backend's events:
+    /// `renewal-failure` (`name`, `detail`), `disconnect` and `reconnect` (`server`), `stall`
+    /// (`name`: the lock as messages name it, `detail`: the fault, `ms`: how long its store has
+    /// been unreachable). The callback does not keep the process alive; the backend calls it only
+    /// when such a thing happens.
     #[napi]
     #[allow(clippy::type_complexity)] // spelled out: the .d.ts generator cannot see through aliases
     pub fn on_event(
         &self,
-        callback: Function<FnArgs<(String, Option<String>, Option<String>, Option<String>)>, ()>,
+        callback: Function<
+            FnArgs<(
+                String,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<f64>,
+            )>,
+            (),
+        >,
     ) -> Result<()> {
-        type Args = (String, Option<String>, Option<String>, Option<String>);
+        type Args = (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<f64>,
+        );
         let tsfn: ThreadsafeFunction<Args, (), FnArgs<Args>, Status, false, true> = callback
             .build_threadsafe_function::<Args>()
             .weak::<true>()
@@ -138,11 +155,25 @@ impl NativeProvider {
                     Some(name),
                     None,
                     Some(detail),
+                    None,
                 ),
                 E::Disconnected { server } => {
-                    (String::from("disconnect"), None, Some(server), None)
+                    (String::from("disconnect"), None, Some(server), None, None)
                 }
-                E::Reconnected { server } => (String::from("reconnect"), None, Some(server), None),
+                E::Reconnected { server } => {
+                    (String::from("reconnect"), None, Some(server), None, None)
+                }
+                E::Stalled {
+                    lock,
+                    waited,
+                    detail,
+                } => (
+                    String::from("stall"),
+                    Some(lock),
+                    None,
+                    Some(detail),
+                    Some(waited.as_secs_f64() * 1000.0),
+                ),
             };
             tsfn.call(args, ThreadsafeFunctionCallMode::NonBlocking);
         }));
