@@ -10,6 +10,7 @@ import {
   type LockProvider,
 } from 'distlock'
 
+import { parseBlocks } from './doc-blocks'
 import { ROOT, eventually, tempDir } from './helpers'
 
 const CLI = join(ROOT, 'bin', 'distlock.js')
@@ -309,6 +310,31 @@ describe('distlock run --postgres', () => {
   it('holds a PostgreSQL advisory lock while the command runs, then releases it', async () => {
     await using p = new PostgresLockProvider({ connectionString: url })
     await holdsWhileRunning(p, `cli-pg-${process.pid}-${Date.now()}`, ['--postgres', url])
+  })
+
+  it("the README's fenced psql recipe writes under the lock, and a stale token writes nothing", async () => {
+    const block = parseBlocks('README.md').find((b) => b.lang === 'sh' && b.code.includes('fenced-report.sh'))
+    expect(block, 'the recipe in the README').toBeDefined()
+    const dir = tempDir('cli-fenced')
+    const env = { ...process.env, DATABASE_URL: url }
+    const script = block!.code.replaceAll('npx distlock', `"${process.execPath}" "${CLI}"`)
+    const run = spawnSync('sh', ['-e', '-c', script], { cwd: dir, env, encoding: 'utf8', timeout: 20_000 })
+    expect(run.status, run.stderr).toBe(0)
+    const psql = (sql: string) =>
+      spawnSync('psql', [url, '-Atc', sql], { encoding: 'utf8', timeout: 10_000 }).stdout.trim()
+    const written = psql('SELECT token FROM nightly_report WHERE id = 1')
+    expect(BigInt(written)).toBeGreaterThan(0n)
+    // A holder whose token is older than the fence's: psql stops, says why, and writes nothing.
+    const stale = spawnSync('sh', ['fenced-report.sh'], {
+      cwd: dir,
+      env: { ...env, DISTLOCK_FENCING_TOKEN: '1' },
+      encoding: 'utf8',
+      timeout: 20_000,
+    })
+    expect(stale.status).toBe(3)
+    expect(stale.stderr).toContain('stale fencing token 1: a later holder wrote with')
+    expect(BigInt(psql('SELECT token FROM nightly_report WHERE id = 1'))).toBeGreaterThanOrEqual(BigInt(written))
+    expect(psql('SELECT token FROM nightly_report WHERE id = 1')).not.toBe('1')
   })
 
   it('a bad connection string is a usage error that names it', () => {

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import {
   AbortError,
+  LockLostError,
   EtcdLockProvider,
   FileLockProvider,
   LockTimeoutError,
@@ -193,6 +194,20 @@ describe.each(BACKENDS)('the $label provider', (backend) => {
       await w.release()
     },
   )
+
+  it('assertHeld() returns while the lock is held and throws LockLostError once it is not', async () => {
+    const [a] = backend.pair()
+    const h = await a.createLock(unique('assert')).acquire()
+    expect(h.assertHeld()).toBeUndefined()
+    await h.release()
+    expect(() => h.assertHeld()).toThrow(LockLostError)
+    expect(() => h.assertHeld()).toThrow(/was released/)
+    // Lost by the provider's close: the loss's own reason.
+    const [c] = backend.pair()
+    const lost = await c.createLock(unique('assert-lost')).acquire()
+    await c.close()
+    expect(() => lost.assertHeld()).toThrow(LockLostError)
+  })
 
   it('close() rejects waits, aborts held signals, and frees the locks', async () => {
     const [a, b] = backend.pair()

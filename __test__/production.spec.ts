@@ -5,7 +5,7 @@
 import { join } from 'node:path'
 import { inspect } from 'node:util'
 import Redis from 'ioredis'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest'
 import {
   AbortError,
   FileDistributedLock,
@@ -24,6 +24,7 @@ import {
 } from 'distlock'
 
 import { aborted, eventually, silentServer, tempDir } from './helpers'
+import { messageCheck } from './setup/messages'
 import type { RedisServer } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
 
 type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
@@ -322,6 +323,7 @@ describe('diagnostics_channel', () => {
       renewalFailure: 'distlock:renewal-failure',
       disconnect: 'distlock:disconnect',
       reconnect: 'distlock:reconnect',
+      stall: 'distlock:stall',
     })
     const seen: [string, Record<string, unknown>][] = []
     const handlers = (op: string) => ({
@@ -464,6 +466,8 @@ describe('diagnostics_channel', () => {
 
   it('publishes nothing and builds no context while nobody subscribes', async () => {
     const dc = await import('node:diagnostics_channel')
+    messageCheck.pause()
+    onTestFinished(() => messageCheck.resume())
     expect(dc.tracingChannel('distlock:acquire').hasSubscribers).toBe(false)
     await using locks = new MemoryLockProvider()
     // A subscriber added after the handle was made sees nothing of it (no watcher was set up).

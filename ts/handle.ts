@@ -35,6 +35,11 @@ export interface Handle extends AsyncDisposable {
   readonly isHeld: boolean
   /** Whether the lock has been released. */
   readonly isReleased: boolean
+  /**
+   * Throws {@link LockLostError} at once when `isHeld` is false: the check before each step of
+   * the work the lock protects.
+   */
+  assertHeld(): void
   /** How long the lease has left, in ms; `null` where locks have no lease and once released. */
   readonly leaseRemainingMs: number | null
   /** Sets the lease to `ms` from now; rejects with {@link LockLostError} if the lock is lost. */
@@ -154,6 +159,30 @@ export class LockHandle implements Handle {
   /** Whether the lock has been released. */
   get isReleased(): boolean {
     return this.#native.isReleased
+  }
+
+  /**
+   * Throws a {@link LockLostError} synchronously when {@link LockHandle.isHeld} is false (lost,
+   * released, its lease past, or in doubt); returns otherwise. The check to make before each
+   * step of the work the lock protects, and before each write a fencing guard cannot cover:
+   *
+   * ```ts
+   * for (const batch of batches) {
+   *   handle.assertHeld()
+   *   await write(batch)
+   * }
+   * ```
+   */
+  assertHeld(): void {
+    if (this.#native.isHeld) return
+    const lost = this.#native.lostReason
+    const why =
+      lost != null
+        ? lostMessage(this.#what, lost)
+        : this.#native.isReleased
+          ? `${this.#what} was released`
+          : `${this.#what} is not held: its lease has run out or its connection is in doubt`
+    throw new LockLostError(why)
   }
 
   /**

@@ -81,6 +81,11 @@ export class LockGuard implements AsyncDisposable {
     return this.handle.isHeld
   }
 
+  /** Throws `LockLostError` when the key is not held (see `LockHandle.assertHeld`). */
+  assertHeld(): void {
+    this.handle.assertHeld()
+  }
+
   /** Releases the key; idempotent. */
   release(): Promise<void> {
     return this.handle.release()

@@ -22,6 +22,8 @@ export interface MultiHandle extends AsyncDisposable {
   readonly isHeld: boolean
   /** Whether the locks have been released. */
   readonly isReleased: boolean
+  /** Throws the `LockLostError` of the first lock that is not held; returns when all are. */
+  assertHeld(): void
   /** Sets every lock's lease to `ms` from now. */
   extend(ms: number): Promise<void>
   /** Releases every lock; idempotent. */
@@ -56,6 +58,11 @@ export class MultiLockHandle implements MultiHandle {
   /** Whether every one of the locks is held right now (see `LockHandle.isHeld`). */
   get isHeld(): boolean {
     return this.handles.every((h) => h.isHeld)
+  }
+
+  /** Throws the `LockLostError` of the first lock that is not held (see `LockHandle.assertHeld`). */
+  assertHeld(): void {
+    for (const h of this.handles) h.assertHeld()
   }
 
   /** Whether the locks have been released. */
