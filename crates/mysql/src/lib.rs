@@ -294,7 +294,6 @@ impl Inner {
         Ok(())
     }
 
-
     /// What an acquire that ended without a grant returns; a fault that ended it names what
     /// was being done.
     fn finish<T>(&self, req: &AcquireRequest, end: End) -> Result<Option<T>> {

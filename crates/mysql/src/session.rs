@@ -423,7 +423,10 @@ mod tests {
         }
         let dns = Error::other("failed to lookup address information: Name or service not known");
         assert!(io(dns).transient, "a name that does not resolve yet");
-        let tls = Error::new(ErrorKind::InvalidData, "invalid peer certificate: UnknownIssuer");
+        let tls = Error::new(
+            ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        );
         assert!(!io(tls).transient, "a certificate no CA vouches for");
         for code in [1040, 1053, 1203, 1317, 1927, 4031] {
             assert!(transient_server_error(code), "{code}");

@@ -98,7 +98,9 @@ mod tests {
         ] {
             assert!(transient_sqlstate(c), "{c}");
         }
-        for c in ["28P01", "28000", "3D000", "42501", "42601", "55P03", "40P01"] {
+        for c in [
+            "28P01", "28000", "3D000", "42501", "42601", "55P03", "40P01",
+        ] {
             assert!(!transient_sqlstate(c), "{c}");
         }
     }
@@ -124,7 +126,10 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
         assert!(!io_transient(&tls), "a certificate no CA vouches for");
-        assert!(!io_transient(&Error::new(ErrorKind::InvalidInput, "bad address")));
+        assert!(!io_transient(&Error::new(
+            ErrorKind::InvalidInput,
+            "bad address"
+        )));
     }
 
     #[test]

@@ -449,8 +449,27 @@ async fn unreachable_server_and_unknown_role_are_backend_errors_not_busy() {
             .contains(&format!("127.0.0.1:{closed_port}")),
         "{err}"
     );
+    // A waiter rides the refused server out until its deadline, also before the provider
+    // ever connected.
+    let start = std::time::Instant::now();
+    let err = down
+        .acquire(req("x", LockKind::Mutex, Some(600.0)))
+        .unwrap()
+        .await
+        .err()
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(err.code(), "BACKEND");
+    assert!(
+        took >= Duration::from_millis(590) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    assert!(err.to_string().contains("ran out after"), "{err}");
+    assert_eq!(err.cause().errno, Some(111), "{err}");
+    // A refusal no retry cures fails at once, whatever the budget.
     let url = base_url().replacen("postgres://postgres@", "postgres://no_such_role_dl@", 1);
     let bad = PostgresBackend::new(PgOptions::parse(&url).unwrap()).unwrap();
+    let start = std::time::Instant::now();
     let err = bad
         .acquire(req("x", LockKind::Mutex, None))
         .unwrap()
@@ -459,6 +478,7 @@ async fn unreachable_server_and_unknown_role_are_backend_errors_not_busy() {
         .unwrap();
     assert_eq!(err.code(), "BACKEND");
     assert!(err.to_string().contains("no_such_role_dl"), "{err}");
+    assert!(start.elapsed() < Duration::from_millis(500));
 }
 
 /// A fault proxy in front of the test server, and the URL through it.
