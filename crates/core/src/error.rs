@@ -204,10 +204,7 @@ pub fn os_error_text(text: &str) -> (String, Option<i32>) {
     // `Custom { kind: Uncategorized, error: "failed to lookup …" }`: an io::Error without an OS
     // number, shown with `Debug`; its words are the inner text.
     while let Some(at) = out.find("Custom { kind: ") {
-        let Some(open) = out[at..]
-            .find("error: \"")
-            .map(|o| at + o + "error: \"".len())
-        else {
+        let Some(open) = out[at..].find("error: \"").map(|o| at + o + "error: \"".len()) else {
             break;
         };
         let Some(close) = out[open..].find("\" }").map(|c| open + c) else {
@@ -351,10 +348,7 @@ mod tests {
         );
         assert_eq!(errno, None);
         let cause = Cause::default().with_os_error_in(&text);
-        assert_eq!(
-            (cause.errno, cause.syscall),
-            (Some(3008), Some("getaddrinfo"))
-        );
+        assert_eq!((cause.errno, cause.syscall), (Some(3008), Some("getaddrinfo")));
         let cause = Cause::default().with_os_error_in(
             "failed to lookup address information: Temporary failure in name resolution",
         );
