@@ -294,14 +294,6 @@ impl Inner {
         Ok(())
     }
 
-    /// A fault of an acquire as core's patience takes it. Until a session was ever opened, no
-    /// fault is transient: a server never reached is taken for a configuration error (wrong
-    /// host, port or credentials) and fails at once (issue 28 will revisit this).
-    fn fault(&self, f: Fault) -> Fault {
-        let transient = f.transient && self.pool.ever_connected();
-        Fault { transient, ..f }
-    }
-
     /// What an acquire that ended without a grant returns; a fault that ended it names what
     /// was being done.
     fn finish<T>(&self, req: &AcquireRequest, end: End) -> Result<Option<T>> {

@@ -70,8 +70,8 @@ impl TwoPhase for NamedLock {
         Box::pin(async move {
             // Creating the fencing table is the first statement a provider sends, so it is
             // where a server that accepts and never answers is met.
-            inner.ensure_table().await.map_err(|f| inner.fault(f))?;
-            inner.pool.shared().await.map_err(|f| inner.fault(f))
+            inner.ensure_table().await?;
+            inner.pool.shared().await
         })
     }
 
@@ -87,7 +87,7 @@ impl TwoPhase for NamedLock {
             match s.run(Some(inner.op_timeout()), op).await {
                 Ok(Some(token)) => Ok(Some(Got::new(s, Some(u), vec![name], token))),
                 Ok(None) => Ok(None),
-                Err(f) => Err(inner.fault(f)),
+                Err(f) => Err(f),
             }
         })
     }
@@ -127,7 +127,7 @@ impl TwoPhase for NamedLock {
                 }
                 Err(f) => {
                     w.end_wait();
-                    return Err(inner.fault(f));
+                    return Err(f);
                 }
             };
             let limit = inner.op_timeout();
@@ -144,7 +144,7 @@ impl TwoPhase for NamedLock {
                     let _ = w.run(Some(limit), release_all(vec![name])).await;
                     w.end_wait();
                     Err(match other {
-                        Err(f) => inner.fault(f),
+                        Err(f) => f,
                         _ => Fault::fatal("the fencing counter gave no token"),
                     })
                 }

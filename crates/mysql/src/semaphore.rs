@@ -73,8 +73,8 @@ impl TwoPhase for Slots {
     fn shared(&self) -> BoxFuture<'static, std::result::Result<Use, Fault>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner.ensure_table().await.map_err(|f| inner.fault(f))?;
-            inner.pool.shared().await.map_err(|f| inner.fault(f))
+            inner.ensure_table().await?;
+            inner.pool.shared().await
         })
     }
 
@@ -106,7 +106,7 @@ impl TwoPhase for Slots {
                     Ok(won) => won,
                     Err(f) => {
                         give_back(&s, &name, &got, limit).await;
-                        return Err(inner.fault(f));
+                        return Err(f);
                     }
                 };
                 for (i, w) in batch
@@ -140,7 +140,7 @@ impl TwoPhase for Slots {
                 other => {
                     give_back(&s, &name, &got, limit).await;
                     Err(match other {
-                        Err(f) => inner.fault(f),
+                        Err(f) => f,
                         _ => Fault::fatal("the fencing counter gave no token"),
                     })
                 }

@@ -24,26 +24,62 @@ use tokio::sync::Notify;
 
 use crate::config::MySqlOptions;
 
-/// The fault of a driver error, and whether trying again may help: the connection broke or
-/// timed out (a reconnect may cure it), as opposed to an error the server answered (access
-/// denied, an unknown database, a missing privilege).
+/// The fault of a driver error, and whether trying again may help. This is the one
+/// classification of the backend, the same before the first connection as after it (a
+/// waiter rides out trouble within its budget):
+///
+/// - a server error: by its code ([`transient_server_error`]);
+/// - an I/O error (connect, DNS, reads, writes, the TLS handshake): by [`io_transient`];
+/// - the driver's TLS setup (a CA file that does not parse, a host name that is not one), an
+///   invalid URL, an authentication method the driver refuses: not transient;
+/// - anything else the driver says of the connection (closed, out of order): transient.
 pub(crate) fn fault_of(e: &mysql_async::Error) -> Fault {
+    use mysql_async::{DriverError, Error, IoError};
     match e {
-        mysql_async::Error::Server(s) => Fault::new(
+        Error::Server(s) => Fault::new(
             format!("{} (error {}, SQLSTATE {})", s.message, s.code, s.state),
-            // The server is shutting down, or killed our query or connection.
-            matches!(s.code, 1053 | 1317 | 1927 | 4031),
+            transient_server_error(s.code),
         )
         .with_cause(Cause {
             sqlstate: Some(s.state.clone()),
             ..Cause::default()
         }),
-        mysql_async::Error::Url(u) => Fault::fatal(u.to_string()),
+        Error::Url(u) => Fault::fatal(u.to_string()),
         // The OS error itself ("Broken pipe (os error 32)"), not under the driver's two
         // layers of "Input/output error: ".
-        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => Fault::transient(io.to_string()),
+        Error::Io(IoError::Io(io)) => Fault::new(io.to_string(), io_transient(io)),
+        Error::Io(IoError::Tls(tls)) => Fault::fatal(format!("TLS: {tls}")),
+        Error::Driver(
+            DriverError::UnknownAuthPlugin { .. }
+            | DriverError::MysqlOldPasswordDisabled
+            | DriverError::CleartextPluginDisabled
+            | DriverError::NoClientSslFlagFromServer
+            | DriverError::NamedPipesDisabled
+            | DriverError::NoKeyFound,
+        ) => Fault::fatal(e.to_string()),
         other => Fault::transient(other.to_string()),
     }
+}
+
+/// Whether a server error is one a reconnect can cure: the server shutting down (1053), out
+/// of connections (1040, 1203), or our query or connection killed (1317, MariaDB 1927, the
+/// idle timeout 4031). Refusals (access denied 1045, an unknown database 1049, a missing
+/// privilege, syntax) are not.
+fn transient_server_error(code: u16) -> bool {
+    matches!(code, 1040 | 1053 | 1203 | 1317 | 1927 | 4031)
+}
+
+/// Whether an I/O error of a connection is one a retry can cure: refused, reset, timed out,
+/// unreachable, a host name that does not resolve (yet) are; a TLS verification error
+/// (`InvalidData`: tokio-rustls's kind for rustls's refusals) and an address the
+/// configuration cannot form (`InvalidInput`, `Unsupported`) are not. The same rule as the
+/// PostgreSQL backend's.
+fn io_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    !matches!(
+        e.kind(),
+        ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::Unsupported
+    )
 }
 
 /// `f` as the error a caller sees, naming `server` and what was being done.
@@ -260,10 +296,6 @@ impl Pool {
         lock(&self.sessions).len()
     }
 
-    pub(crate) fn ever_connected(&self) -> bool {
-        self.ever_connected.load(Ordering::Acquire)
-    }
-
     pub(crate) fn sessions(&self) -> Vec<Arc<Session>> {
         lock(&self.sessions).clone()
     }
@@ -373,6 +405,42 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn io(e: std::io::Error) -> Fault {
+        fault_of(&mysql_async::Error::Io(mysql_async::IoError::Io(e)))
+    }
+
+    #[test]
+    fn faults_a_retry_cures_and_refusals() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::ConnectionRefused,
+            ErrorKind::ConnectionReset,
+            ErrorKind::TimedOut,
+            ErrorKind::HostUnreachable,
+        ] {
+            assert!(io(Error::from(kind)).transient, "{kind:?}");
+        }
+        let dns = Error::other("failed to lookup address information: Name or service not known");
+        assert!(io(dns).transient, "a name that does not resolve yet");
+        let tls = Error::new(
+            ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        assert!(!io(tls).transient, "a certificate no CA vouches for");
+        for code in [1040, 1053, 1203, 1317, 1927, 4031] {
+            assert!(transient_server_error(code), "{code}");
+        }
+        for code in [1044, 1045, 1049, 1064, 1142] {
+            assert!(!transient_server_error(code), "{code}");
+        }
+        let closed = mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed);
+        assert!(fault_of(&closed).transient);
+        let plugin = mysql_async::Error::Driver(mysql_async::DriverError::UnknownAuthPlugin {
+            name: "x".into(),
+        });
+        assert!(!fault_of(&plugin).transient);
+    }
 
     #[test]
     fn io_failures_read_as_the_os_error() {

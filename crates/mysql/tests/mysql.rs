@@ -318,23 +318,34 @@ async fn reader_writer_locks_are_refused_with_a_reason() {
 async fn bad_credentials_are_a_backend_error_not_busy() {
     let bad = url().replacen("://root", "://nobody_here:wrong", 1);
     let a = MySqlBackend::new(MySqlOptions::parse(&bad).unwrap()).unwrap();
+    // A refusal no retry cures fails at once, whatever the budget.
+    let start = Instant::now();
     let e = a
-        .acquire(req("x", LockKind::Mutex, Some(0.0)))
+        .acquire(req("x", LockKind::Mutex, Some(5000.0)))
         .unwrap()
         .await
         .err()
         .expect("an error");
     assert_eq!(e.code(), "BACKEND", "{e}");
     assert!(e.to_string().contains("denied"), "{e}");
+    assert!(start.elapsed() < Duration::from_millis(500));
     let refused =
         MySqlBackend::new(MySqlOptions::parse("mysql://root@127.0.0.1:1/test").unwrap()).unwrap();
+    // Ridden out until the deadline, also before the provider ever connected.
+    let start = Instant::now();
     let e = refused
         .acquire(req("x", LockKind::Mutex, Some(500.0)))
         .unwrap()
         .await
         .err()
         .expect("an error");
+    let took = start.elapsed();
     assert_eq!(e.code(), "BACKEND", "{e}");
+    assert!(
+        took >= Duration::from_millis(490) && took < Duration::from_millis(800),
+        "{took:?}"
+    );
+    assert!(e.to_string().contains("ran out after"), "{e}");
 }
 
 #[tokio::test]

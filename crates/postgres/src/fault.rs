@@ -41,24 +41,50 @@ fn sqlstate_in(message: &str) -> Option<String> {
         .then(|| code.to_owned())
 }
 
-/// Whether a driver error is one a reconnect can cure: the connection broke (I/O, closed,
-/// reset), the server is shutting down, starting up or out of connections, or our statement
-/// was cancelled by someone else.
+/// Whether a driver error is one a reconnect can cure. This is the one classification of the
+/// backend, the same before the first connection as after it (a waiter rides out trouble
+/// within its budget):
+///
+/// - a server error: by its SQLSTATE ([`transient_sqlstate`]);
+/// - the connection closed, timed out or broke mid-message (no source): transient;
+/// - an I/O error (connect, DNS, read, write, the TLS handshake): by [`io_transient`];
+/// - anything else the driver raised before the server answered (an invalid connection
+///   string or configuration, a password missing, an unsupported authentication method, a
+///   server that does not speak TLS when TLS is required, a TLS host name that is not one):
+///   not transient.
 pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
-    transient_sqlstate(e.code().map(|c| c.code()))
+    if let Some(code) = e.code() {
+        return transient_sqlstate(code.code());
+    }
+    if e.is_closed() {
+        return true;
+    }
+    match std::error::Error::source(e) {
+        None => true,
+        Some(s) => s.downcast_ref::<std::io::Error>().is_some_and(io_transient),
+    }
 }
 
-/// Whether an error with SQLSTATE `code` (`None`: no server error, the connection broke) is
-/// one a reconnect can cure: a connection exception (class 08), the server shutting down,
-/// restarting or out of connections, or our statement cancelled by someone else. Refusals
-/// (authentication, permissions, syntax) are not.
-fn transient_sqlstate(code: Option<&str>) -> bool {
-    match code {
-        Some(c) => {
-            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "57014")
-        }
-        None => true,
-    }
+/// Whether an I/O error of a connection (its TCP connect, name lookup, TLS handshake, reads
+/// and writes) is one a retry can cure: refused, reset, timed out, unreachable, a name that
+/// does not resolve (yet: a DNS record can appear later) are; a TLS verification or
+/// configuration error (`InvalidData`: tokio-rustls's kind for rustls's refusals) and an
+/// address the configuration cannot form (`InvalidInput`, `Unsupported`) are not. The MySQL
+/// backend applies the same rule to its driver's I/O errors.
+pub(crate) fn io_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    !matches!(
+        e.kind(),
+        ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::Unsupported
+    )
+}
+
+/// Whether an error with SQLSTATE `code` is one a reconnect can cure: a connection exception
+/// (class 08), the server shutting down, restarting or out of connections, or our statement
+/// cancelled by someone else. Refusals (authentication 28P01/28000, an unknown database
+/// 3D000, permissions, syntax) are not.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "57014")
 }
 
 #[cfg(test)]
@@ -70,12 +96,40 @@ mod tests {
         for c in [
             "08006", "08001", "57P01", "57P02", "57P03", "53300", "57014",
         ] {
-            assert!(transient_sqlstate(Some(c)), "{c}");
+            assert!(transient_sqlstate(c), "{c}");
         }
-        for c in ["28P01", "42501", "42601", "55P03", "40P01"] {
-            assert!(!transient_sqlstate(Some(c)), "{c}");
+        for c in [
+            "28P01", "28000", "3D000", "42501", "42601", "55P03", "40P01",
+        ] {
+            assert!(!transient_sqlstate(c), "{c}");
         }
-        assert!(transient_sqlstate(None), "a broken connection");
+    }
+
+    #[test]
+    fn io_errors_a_retry_cures() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::ConnectionRefused,
+            ErrorKind::ConnectionReset,
+            ErrorKind::TimedOut,
+            ErrorKind::HostUnreachable,
+            ErrorKind::UnexpectedEof,
+        ] {
+            assert!(io_transient(&Error::from(kind)), "{kind:?}");
+        }
+        // What the resolver says of a name that does not exist (yet), and of a resolver that
+        // could not answer.
+        let dns = Error::other("failed to lookup address information: Name or service not known");
+        assert!(io_transient(&dns));
+        let tls = Error::new(
+            ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(!io_transient(&tls), "a certificate no CA vouches for");
+        assert!(!io_transient(&Error::new(
+            ErrorKind::InvalidInput,
+            "bad address"
+        )));
     }
 
     #[test]

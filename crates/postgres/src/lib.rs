@@ -45,15 +45,20 @@
 //!   lost signals, so a silent partition is reported within 2 × `keepalive` (10 s) of the last
 //!   answer. TCP keepalives (idle and interval `keepalive`) and `TCP_USER_TIMEOUT`
 //!   (2 × `keepalive`, Linux) end dead connections that the probe does not cover.
-//! - Waiters ride out transient faults (the session terminated, the connection reset, the server
-//!   restarting or refusing connections): they reconnect and queue again, pausing 50 ms, doubling
-//!   up to 1 s, for as long as their timeout lasts (a waiter without timeout: until granted,
-//!   cancelled or closed). If the timeout ends while the server is still unreachable, the error
-//!   is a backend error that names the cause. This is core's `Patience` ([`POLICY`]) running
-//!   core's two-phase SQL acquire (`distlock_core::two_phase`). Not retried: a try (`timeout` 0), refusals a
-//!   reconnect cannot cure (authentication, permissions), and a server this provider never
-//!   reached (taken for a configuration error). A waiter without timeout behind a partition that
-//!   keeps its socket alive waits until the network heals.
+//! - Waiters ride out transient faults, before the first connection as after it (the one rule
+//!   of every backend): the server refusing or resetting connections, down, restarting or out
+//!   of connections, a login unanswered within `connect_timeout`, a host name that does not
+//!   resolve (yet), the session terminated. They reconnect and queue again, pausing 50 ms,
+//!   doubling up to 1 s, for as long as their timeout lasts (a waiter without timeout: until
+//!   granted, cancelled or closed); each attempt is raced against the deadline, so a connect
+//!   in flight never makes the acquire overrun it (the login goes on in the background, within
+//!   `connect_timeout`, and its session joins the pool). If the timeout ends while the server is
+//!   still unreachable, the error is a backend error that names the cause. This is core's
+//!   `Patience` ([`POLICY`]) running core's two-phase SQL acquire (`distlock_core::two_phase`).
+//!   Not retried: a try (`timeout` 0), and refusals a reconnect cannot cure (authentication,
+//!   an unknown database, permissions, TLS configuration and verification, an invalid
+//!   connection string); the classification is `fault::is_transient`. A waiter without timeout
+//!   behind a partition that keeps its socket alive waits until the network heals.
 //!
 //! [`FairQueue`]: distlock_core::FairQueue
 
@@ -395,14 +400,11 @@ impl Inner {
         let op = self.pool.opts.op_timeout;
         match tokio::time::timeout(op, init).await {
             Ok(done) => done.map(drop),
-            Err(_) => Err(Fault::new(
-                format!(
-                    "preparing the fencing sequence for {target}: no answer from {} within {} ms",
-                    self.pool.opts.server(),
-                    op.as_millis()
-                ),
-                self.pool.ever_connected(),
-            )),
+            Err(_) => Err(Fault::transient(format!(
+                "preparing the fencing sequence for {target}: no answer from {} within {} ms",
+                self.pool.opts.server(),
+                op.as_millis()
+            ))),
         }
     }
 }

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::BACKEND;
 use crate::config::PgOptions;
-use crate::fault::{describe, fault, is_transient};
+use crate::fault::{describe, fault, io_transient, is_transient};
 use crate::session::{Owner, Session};
 use crate::socket::{LoopSocket, SocketIo};
 
@@ -39,9 +39,6 @@ pub(crate) struct Pool {
     st: Mutex<PoolState>,
     changed: Notify,
     next_id: AtomicU64,
-    /// Whether a session was ever opened: until then a server that cannot be reached is taken
-    /// for a configuration error (wrong host, port or credentials), not a passing fault.
-    ever_connected: AtomicBool,
     /// Who hears that a session with locks died, and that a session opened after that.
     pub(crate) observer: OnceLock<distlock_core::Observer>,
     /// A session with locks died, and no session has opened since.
@@ -80,7 +77,6 @@ impl Pool {
             st: Mutex::new(PoolState::default()),
             changed: Notify::new(),
             next_id: AtomicU64::new(1),
-            ever_connected: AtomicBool::new(false),
             observer: OnceLock::new(),
             lost_one: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -101,15 +97,10 @@ impl Pool {
             .count()
     }
 
-    /// Whether a session was ever opened.
     fn emit(&self, event: distlock_core::BackendEvent) {
         if let Some(observe) = self.observer.get() {
             observe(event);
         }
-    }
-
-    pub(crate) fn ever_connected(&self) -> bool {
-        self.ever_connected.load(Ordering::Acquire)
     }
 
     /// Open connections (for tests and inspection).
@@ -209,23 +200,30 @@ impl Pool {
         Ok(session)
     }
 
-    /// The fault of a login the server refused. Until a session was ever opened, no fault is
-    /// transient: a server never reached is taken for a configuration error (wrong host, port
-    /// or credentials) and fails at once (issue 28 will revisit this).
+    /// The fault of a login that failed: transient or not by the crate's one classification
+    /// ([`is_transient`]), whether or not a session was ever opened: a server that is down,
+    /// still starting or not yet in DNS is ridden out within the acquire's budget, a wrong
+    /// password or TLS setting fails at once.
     fn refused(&self, e: &tokio_postgres::Error) -> Fault {
         let message = format!("cannot connect to {}: {}", self.opts.server(), describe(e));
-        fault(message, is_transient(e) && self.ever_connected())
+        fault(message, is_transient(e))
     }
 
-    /// The fault of a login that got no answer within `limit` (transient once a session was
-    /// ever opened, as [`Pool::refused`]).
+    /// The fault of a TCP connect (the event-loop path's own), by [`io_transient`].
+    fn unreached(&self, e: &std::io::Error) -> Fault {
+        let message = format!("cannot connect to {}: {e}", self.opts.server());
+        fault(message, io_transient(e))
+    }
+
+    /// The fault of a login that got no answer within `limit`: transient (a server that
+    /// accepts and does not answer yet may answer the next login).
     fn login_timed_out(&self, limit: Duration) -> Fault {
         let message = format!(
             "cannot connect to {}: no answer to the login within {} ms",
             self.opts.server(),
             limit.as_millis()
         );
-        Fault::new(message, self.ever_connected())
+        Fault::transient(message)
     }
 
     /// A new session over `client`, in the pool.
@@ -234,7 +232,6 @@ impl Pool {
         client: Client,
         io: Option<(Arc<SocketIo>, String, u16)>,
     ) -> Arc<Session> {
-        self.ever_connected.store(true, Ordering::Release);
         if self.lost_one.swap(false, Ordering::AcqRel) {
             self.emit(distlock_core::BackendEvent::Reconnected {
                 server: self.opts.server(),
@@ -280,15 +277,17 @@ impl Pool {
         port: u16,
         limit: Duration,
     ) -> std::result::Result<Arc<Session>, Fault> {
+        // What fails here before a login is configuration (the TLS host name) or the process
+        // ending (its event loop): nothing a retry cures.
         let refused = |e: &dyn std::fmt::Display| {
             let message = format!("cannot connect to {}: {e}", self.opts.server());
-            fault(message, self.ever_connected())
+            fault(message, false)
         };
         let timed_out = || self.login_timed_out(limit);
         let start = Instant::now();
         let tcp = match tokio::time::timeout(limit, self.connect_tcp(&host, port)).await {
             Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(refused(&e)),
+            Ok(Err(e)) => return Err(self.unreached(&e)),
             Err(_) => return Err(timed_out()),
         };
         let left = limit.saturating_sub(start.elapsed());

@@ -449,8 +449,27 @@ async fn unreachable_server_and_unknown_role_are_backend_errors_not_busy() {
             .contains(&format!("127.0.0.1:{closed_port}")),
         "{err}"
     );
+    // A waiter rides the refused server out until its deadline, also before the provider
+    // ever connected.
+    let start = std::time::Instant::now();
+    let err = down
+        .acquire(req("x", LockKind::Mutex, Some(600.0)))
+        .unwrap()
+        .await
+        .err()
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(err.code(), "BACKEND");
+    assert!(
+        took >= Duration::from_millis(590) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    assert!(err.to_string().contains("ran out after"), "{err}");
+    assert_eq!(err.cause().errno, Some(111), "{err}");
+    // A refusal no retry cures fails at once, whatever the budget.
     let url = base_url().replacen("postgres://postgres@", "postgres://no_such_role_dl@", 1);
     let bad = PostgresBackend::new(PgOptions::parse(&url).unwrap()).unwrap();
+    let start = std::time::Instant::now();
     let err = bad
         .acquire(req("x", LockKind::Mutex, None))
         .unwrap()
@@ -459,6 +478,7 @@ async fn unreachable_server_and_unknown_role_are_backend_errors_not_busy() {
         .unwrap();
     assert_eq!(err.code(), "BACKEND");
     assert!(err.to_string().contains("no_such_role_dl"), "{err}");
+    assert!(start.elapsed() < Duration::from_millis(500));
 }
 
 /// A fault proxy in front of the test server, and the URL through it.
@@ -696,7 +716,7 @@ async fn a_server_that_never_answers_the_connect_is_a_backend_error_not_a_timeou
 }
 
 #[tokio::test]
-async fn a_login_that_never_completes_fails_after_connect_timeout() {
+async fn a_login_that_never_completes_is_retried_per_connect_timeout_within_the_budget() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = silent.local_addr().unwrap().port();
     let keep = tokio::spawn(async move {
@@ -712,16 +732,28 @@ async fn a_login_that_never_completes_fails_after_connect_timeout() {
         .unwrap(),
     )
     .unwrap();
-    // No timeout on the acquire: only connect_timeout can end this.
-    let err = tokio::time::timeout(
-        Duration::from_secs(5),
+    // No timeout on the acquire: each login ends at connect_timeout and the waiter goes on.
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(2_500),
         b.acquire(req("x", LockKind::Mutex, None)).unwrap(),
     )
-    .await
-    .expect("the login hung past connect_timeout")
-    .err()
-    .unwrap();
+    .await;
+    assert!(waiting.is_err(), "a waiter without timeout gave up");
+    // With a budget: logins of 1 s each, and the acquire ends at its own deadline.
+    let start = std::time::Instant::now();
+    let err = b
+        .acquire(req("x", LockKind::Mutex, Some(2_500.0)))
+        .unwrap()
+        .await
+        .err()
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(2_490) && took < Duration::from_millis(2_800),
+        "{took:?}"
+    );
     assert_eq!(err.code(), "BACKEND");
+    assert!(err.to_string().contains("ran out after"), "{err}");
     assert!(err.to_string().contains("no answer"), "{err}");
     keep.abort();
 }
