@@ -65,7 +65,8 @@ const EXPECTED: Array<[string, 'stdout' | 'stderr', RegExp]> = [
   ['npx esbuild app.js', 'stdout', /^app holds app, token \d+\n$/],
   ['-n -- node report.js', 'stdout', /^report under nightly-report, token \d+\n$/],
   ['flock -n "$(npx distlock path nightly-report)"', 'stdout', /^nobody runs nightly-report\n$/],
-  ['--postgres "$DATABASE_URL"', 'stdout', /^report under nightly-report, token \d+\n$/],
+  ['--postgres "$DATABASE_URL" -w 60', 'stdout', /^report under nightly-report, token \d+\n$/],
+  ['-- sh fenced-report.sh', 'stdout', /^$/],
   ['--redis "$REDIS_URL"', 'stdout', /^report under nightly-report, token \d+\n$/],
 ]
 

@@ -204,17 +204,29 @@ pub fn os_error_text(text: &str) -> (String, Option<i32>) {
     // `Custom { kind: Uncategorized, error: "failed to lookup …" }`: an io::Error without an OS
     // number, shown with `Debug`; its words are the inner text.
     while let Some(at) = out.find("Custom { kind: ") {
-        let Some(open) = out[at..]
-            .find("error: \"")
-            .map(|o| at + o + "error: \"".len())
-        else {
+        let Some(open) = out[at..].find("error: ").map(|o| at + o + "error: ".len()) else {
             break;
         };
-        let Some(close) = out[open..].find("\" }").map(|c| open + c) else {
+        // The inner error is a string (`error: "…"`) or, for a TLS failure, rustls's own value
+        // shown with Debug (`error: InvalidCertificate(UnknownIssuer)`).
+        let quoted = out[open..].starts_with('"');
+        let (from, end) = if quoted {
+            (open + 1, "\" }")
+        } else {
+            (open, " }")
+        };
+        let Some(close) = out[from..].find(end).map(|c| from + c) else {
             break;
         };
-        let inner = out[open..close].to_string();
-        out.replace_range(at..close + "\" }".len(), &inner);
+        let inner = out[from..close].to_string();
+        let words = if !quoted
+            && (inner.starts_with("InvalidCertificate") || inner.starts_with("AlertReceived"))
+        {
+            format!("the TLS handshake failed: {inner}")
+        } else {
+            inner
+        };
+        out.replace_range(at..close + end.len(), &words);
     }
     if errno.is_none()
         && let Some(at) = out.find("(os error ")
@@ -360,6 +372,13 @@ mod tests {
         );
         assert_eq!(cause.errno, Some(3001));
         assert_eq!(Cause::default().with_os_error_in("WRONGPASS").errno, None);
+        let (text, _) = os_error_text(
+            "cannot reach h:1 (Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) })",
+        );
+        assert_eq!(
+            text,
+            "cannot reach h:1 (the TLS handshake failed: InvalidCertificate(UnknownIssuer))"
+        );
     }
 
     #[test]

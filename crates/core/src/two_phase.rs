@@ -62,12 +62,6 @@ pub trait TwoPhase: Send + Sync + 'static {
         true
     }
 
-    /// Who hears that a wait with no timeout cannot reach the server (see
-    /// [`Patience::reporting`]); `None`: nobody.
-    fn reporter(&self) -> Option<Reporter> {
-        None
-    }
-
     /// A session of the caller's own for the wait; `None` when none can be had now (every
     /// session holds locks and the pool is full): the acquire tries again. (This and the three
     /// below are never called for a polled lock, which keeps the defaults.)
@@ -110,17 +104,19 @@ pub trait TwoPhase: Send + Sync + 'static {
 
 /// Runs the two-phase acquire of `lock` with `timeout`, begun at `start` (the acquire's own
 /// start, so the in-process turn counts against the budget), under `policy`: the grant, or how
-/// the acquire ended without one (see [`End::into_result`]).
+/// the acquire ended without one (see [`End::into_result`]). A wait with no timeout that
+/// cannot reach the server tells `reporter` (see [`Patience::reporting`]).
 pub async fn acquire<S: TwoPhase>(
     lock: Arc<S>,
     policy: Policy,
     timeout: Timeout,
     start: Instant,
+    reporter: Option<Reporter>,
     cancel: Option<&CancellationToken>,
     closed: &CancellationToken,
 ) -> Result<S::Grant, End> {
     let zero = timeout == Timeout::Zero;
-    let mut patience = Patience::new(policy, timeout, start).reporting(lock.reporter());
+    let mut patience = Patience::new(policy, timeout, start).reporting(reporter);
     let mut woken: Option<BoxFuture<'static, ()>> = None;
     let mut step = patience.step(Input::Begin, Instant::now());
     loop {
@@ -450,6 +446,7 @@ mod tests {
             policy(busy_poll),
             timeout,
             t0,
+            None,
             cancel,
             &CancellationToken::new(),
         )

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
-use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Interrupted, Result, Ticket};
+use distlock_core::{
+    AcquireRequest, BoxFuture, Fault, Held, Interrupted, Reporter, Result, Ticket,
+};
 use tokio::time::Instant;
 
 use crate::held::{Got, Keep, Turn};
@@ -40,8 +42,9 @@ pub(crate) async fn acquire(
         name: names::lock_name(&req.name),
     });
     let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
     let policy = inner.policy();
-    match two_phase::acquire(named, policy, req.timeout, start, cancel, closed).await {
+    match two_phase::acquire(named, policy, req.timeout, start, reporter, cancel, closed).await {
         Ok(got) => {
             let turn = Turn {
                 ticket,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
-use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Policy, Result, Ticket};
+use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Policy, Reporter, Result, Ticket};
 use tokio::time::Instant;
 
 use crate::held::{Claims, Got, Keep, SemState, Turn};
@@ -39,7 +39,8 @@ pub(crate) async fn acquire(
         ..inner.policy()
     };
     let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
-    match two_phase::acquire(slots, policy, req.timeout, start, cancel, closed).await {
+    let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
+    match two_phase::acquire(slots, policy, req.timeout, start, reporter, cancel, closed).await {
         Ok(mut got) => {
             if let Some(claims) = got.claims.take() {
                 claims.keep();

@@ -10,7 +10,9 @@ use std::time::Duration;
 use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
 use distlock_core::two_phase::{self, Answer, TwoPhase, Usage};
-use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Interrupted, Result, Ticket};
+use distlock_core::{
+    AcquireRequest, BoxFuture, Fault, Held, Interrupted, Reporter, Result, Ticket,
+};
 use tokio::time::Instant;
 
 use crate::config::Scope;
@@ -53,8 +55,9 @@ pub(crate) async fn acquire(
         target: req.target(BACKEND).to_string(),
     });
     let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
     let policy = inner.policy();
-    match two_phase::acquire(key, policy, req.timeout, start, cancel, closed).await {
+    match two_phase::acquire(key, policy, req.timeout, start, reporter, cancel, closed).await {
         Ok(KeyGrant { session, token }) => {
             let turn = Turn {
                 ticket,

@@ -42,7 +42,9 @@ impl Inner {
             }
         }
         let lease = req.lease.unwrap_or(self.opts.lease);
-        let mut w = Waiter::new(self.fair, self.opts.server_timeout, req.timeout, start);
+        let reporter = distlock_core::Reporter::of(self.observer.get(), &req, BACKEND);
+        let mut w = Waiter::new(self.fair, self.opts.server_timeout, req.timeout, start)
+            .reporting(reporter);
         let mut waiting: Option<Waiting> = None;
         let mut random = random_below;
         // Which servers answered the last attempt: an acquire that ends without a grant names

@@ -200,6 +200,15 @@ impl Waiter {
         }
     }
 
+    /// Tells `reporter` when a wait with no timeout cannot reach its servers (see
+    /// `Patience::reporting`).
+    pub fn reporting(self, reporter: Option<distlock_core::Reporter>) -> Self {
+        Self {
+            patience: self.patience.reporting(reporter),
+            ..self
+        }
+    }
+
     /// How long the server keeps this waiter in its queue between attempts (none for a try).
     pub fn queue_ttl(&self) -> Duration {
         if self.zero { Duration::ZERO } else { QUEUE_TTL }
