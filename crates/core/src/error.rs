@@ -202,16 +202,25 @@ pub fn os_error_text(text: &str) -> (String, Option<i32>) {
     }
     out.push_str(rest);
     // `Custom { kind: Uncategorized, error: "failed to lookup …" }`: an io::Error without an OS
-    // number, shown with `Debug`; its words are the inner text.
+    // number, shown with `Debug`; its words are the inner text. An inner error that is not a
+    // string (`error: InvalidCertificate(UnknownIssuer)`, a TLS library's) is kept as it is shown.
     while let Some(at) = out.find("Custom { kind: ") {
-        let Some(open) = out[at..].find("error: \"").map(|o| at + o + "error: \"".len()) else {
+        let Some(open) = out[at..].find("error: ").map(|o| at + o + "error: ".len()) else {
             break;
         };
-        let Some(close) = out[open..].find("\" }").map(|c| open + c) else {
+        let quoted = out[open..].starts_with('"');
+        let end = if quoted {
+            out[open + 1..]
+                .find("\" }")
+                .map(|c| (open + 1, open + 1 + c, 3))
+        } else {
+            debug_end(&out[open..]).map(|c| (open, open + c, 2))
+        };
+        let Some((from, to, tail)) = end else {
             break;
         };
-        let inner = out[open..close].to_string();
-        out.replace_range(at..close + "\" }".len(), &inner);
+        let inner = out[from..to].to_string();
+        out.replace_range(at..to + tail, &inner);
     }
     if errno.is_none()
         && let Some(at) = out.find("(os error ")
@@ -223,6 +232,21 @@ pub fn os_error_text(text: &str) -> (String, Option<i32>) {
         errno = digits.parse().ok();
     }
     (out, errno)
+}
+
+/// Where the `Debug` text of a value that opens `text` ends, before the ` }` that closes the
+/// struct around it: the first ` }` outside any bracket the value opened.
+fn debug_end(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth > 0 => depth -= 1,
+            ' ' if depth == 0 && text[i..].starts_with(" }") => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Error {
@@ -348,12 +372,22 @@ mod tests {
         );
         assert_eq!(errno, None);
         let cause = Cause::default().with_os_error_in(&text);
-        assert_eq!((cause.errno, cause.syscall), (Some(3008), Some("getaddrinfo")));
+        assert_eq!(
+            (cause.errno, cause.syscall),
+            (Some(3008), Some("getaddrinfo"))
+        );
         let cause = Cause::default().with_os_error_in(
             "failed to lookup address information: Temporary failure in name resolution",
         );
         assert_eq!(cause.errno, Some(3001));
         assert_eq!(Cause::default().with_os_error_in("WRONGPASS").errno, None);
+        // A TLS library's error inside: kept as it is shown, without the io::Error around it.
+        let (text, _) = os_error_text(
+            "cannot reach h:1 (Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) })",
+        );
+        assert_eq!(text, "cannot reach h:1 (InvalidCertificate(UnknownIssuer))");
+        let (text, _) = os_error_text("x Custom { kind: Other, error: A { b: 1 } } y");
+        assert_eq!(text, "x A { b: 1 } y");
     }
 
     #[test]

@@ -95,13 +95,57 @@ pub fn transient(e: &Error) -> bool {
     )
 }
 
-/// Whether a connection error is one no reconnect cures (a wrong password, TLS, a bad URL).
+/// Whether a connection error is one no reconnect cures (a wrong password, TLS, a bad URL, a
+/// server certificate that is not trusted).
 pub fn refusal(e: &Error) -> bool {
     matches!(
         e.kind(),
         ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url
     ) || e.details().contains("WRONGPASS")
         || e.details().contains("NOAUTH")
+        || e.details().contains("InvalidCertificate")
+}
+
+/// The hint of a URL whose scheme asked for TLS, for a server that does not seem to speak it.
+pub fn tls_hint(label: &str) -> String {
+    format!("the URL is rediss://: is TLS enabled on {label}?")
+}
+
+/// A failed connection to `label` in words, for the cause of later messages: the OS error's
+/// words, and when the server never answered yet (`first`) and the failure looks like a URL
+/// whose scheme does not match the server, a hint. A server without TLS is silent at a TLS
+/// handshake, or answers in plain text, or closes; a server that speaks only TLS resets a
+/// connection that does not open with a handshake.
+pub fn connection_error(
+    label: &str,
+    tls: bool,
+    first: bool,
+    timeout: Duration,
+    e: &Error,
+) -> String {
+    let (mut words, errno) = distlock_core::error::os_error_text(e.details());
+    if *e.kind() == ErrorKind::Timeout {
+        words = format!("no answer within {} ms", timeout.as_millis());
+    } else if tls && words.contains("InvalidContentType") {
+        words = String::from("the answer is not TLS");
+    }
+    let looks_plain = || {
+        errno.is_none()
+            && !matches!(e.kind(), ErrorKind::Auth)
+            && !words.contains("failed to lookup")
+            && !words.contains("Certificate")
+    };
+    let reset = errno.map(|n| std::io::Error::from_raw_os_error(n).kind())
+        == Some(std::io::ErrorKind::ConnectionReset);
+    let hint = match tls {
+        _ if !first => None,
+        true => looks_plain().then(|| tls_hint(label)),
+        false => reset.then(|| format!("the URL is redis://: does {label} want TLS (rediss://)?")),
+    };
+    match hint {
+        Some(h) => format!("{words}; {h}"),
+        None => words,
+    }
 }
 
 /// A reply as messages show it: RESP's shapes, not Rust's `Debug` of fred's types.
@@ -137,6 +181,61 @@ mod tests {
         assert_eq!(fault("a:1: reset".into(), true).cause.redis, None);
         // A whole word only: "BUSYKEYS" is not "BUSYKEY", "ERRORS" not "ERR".
         assert_eq!(redis_prefix("ERRORS BUSYKEYS"), None);
+    }
+
+    #[test]
+    fn a_scheme_that_does_not_match_the_server_gets_a_hint() {
+        let t = Duration::from_millis(1000);
+        let words = |tls, first, e: &Error| connection_error("h:1", tls, first, t, e);
+        let silent = Error::new(ErrorKind::Timeout, "Request timed out.");
+        assert_eq!(
+            words(true, true, &silent),
+            "no answer within 1000 ms; the URL is rediss://: is TLS enabled on h:1?"
+        );
+        let plain_answer = Error::new(
+            ErrorKind::IO,
+            "Custom { kind: InvalidData, error: InvalidMessage(InvalidContentType) }",
+        );
+        assert_eq!(
+            words(true, true, &plain_answer),
+            "the answer is not TLS; the URL is rediss://: is TLS enabled on h:1?"
+        );
+        assert!(
+            words(true, true, &Error::new(ErrorKind::IO, "tls handshake eof"))
+                .ends_with("enabled on h:1?")
+        );
+        let reset = Error::new(
+            ErrorKind::IO,
+            "Os { code: 104, kind: ConnectionReset, message: \"Connection reset by peer\" }",
+        );
+        assert_eq!(
+            words(false, true, &reset),
+            "Connection reset by peer (os error 104); the URL is redis://: does h:1 want TLS (rediss://)?"
+        );
+        // Not for a server that answered before, nor for failures a scheme does not explain.
+        assert_eq!(words(true, false, &silent), "no answer within 1000 ms");
+        assert_eq!(
+            words(false, false, &reset),
+            "Connection reset by peer (os error 104)"
+        );
+        let refused = Error::new(
+            ErrorKind::IO,
+            "Os { code: 111, kind: ConnectionRefused, message: \"Connection refused\" }",
+        );
+        assert_eq!(
+            words(true, true, &refused),
+            "Connection refused (os error 111)"
+        );
+        let untrusted = Error::new(
+            ErrorKind::IO,
+            "Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }",
+        );
+        assert_eq!(
+            words(true, true, &untrusted),
+            "InvalidCertificate(UnknownIssuer)"
+        );
+        assert!(refusal(&untrusted));
+        assert_eq!(words(false, true, &silent), "no answer within 1000 ms");
     }
 
     #[test]
