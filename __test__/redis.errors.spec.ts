@@ -92,6 +92,20 @@ describe.each(['try', 'acquire'] as const)('a %s that cannot connect', (how) => 
   })
 })
 
+describe('a server whose TLS certificate is not trusted', () => {
+  it('is refused at once, in words that say why', async () => {
+    const p = new RedisLockProvider({ urls: [tlsOnly.url] })
+    const t = performance.now()
+    const err = await failure(p, 'acquire')
+    // No retry cures it: the acquire does not ride it out to its timeout.
+    expect(performance.now() - t).toBeLessThan(500)
+    expect(err.message).toContain('invalid peer certificate: UnknownIssuer (is the CA that signed it in tls.ca?)')
+    expect(err.message).not.toContain('is TLS enabled')
+    expectWords(err.message)
+    expect(await closeMs(p)).toBeLessThan(CLOSE_AFTER_ERROR_MS)
+  })
+})
+
 describe('other calls on a server that cannot be reached', () => {
   it('getInfo names the server in words, with its code, and close() is at once', async () => {
     const p = new RedisLockProvider({ urls: [`redis://127.0.0.1:${refused}`] })

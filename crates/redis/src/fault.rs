@@ -60,6 +60,8 @@ pub fn describe(label: &str, timeout: Duration, e: &Error) -> String {
             let (details, _) = distlock_core::error::os_error_text(e.details());
             if details.contains("WRONGTYPE") {
                 format!("{label}: a key of this lock holds another Redis type ({details})")
+            } else if details.starts_with("Failed to route") {
+                format!("{label}: no open connection to send the command on")
             } else {
                 format!("{label}: {details}")
             }
@@ -80,7 +82,8 @@ pub fn transient(e: &Error) -> bool {
         "READONLY",
         "NOREPLICAS",
     ];
-    if BUSY.iter().any(|p| details.starts_with(p)) {
+    // fred's "Failed to route command." (kind `Unknown`): no connection to send it on yet.
+    if BUSY.iter().any(|p| details.starts_with(p)) || details.starts_with("Failed to route") {
         return true;
     }
     matches!(
@@ -128,12 +131,24 @@ pub fn connection_error(
         words = format!("no answer within {} ms", timeout.as_millis());
     } else if tls && words.contains("InvalidContentType") {
         words = String::from("the answer is not TLS");
+    } else if let Some(why) = words
+        .strip_prefix("InvalidCertificate(")
+        .and_then(|w| w.strip_suffix(')'))
+        .map(str::to_owned)
+    {
+        // rustls's error, as its own `Display` words it.
+        words = format!("invalid peer certificate: {why}");
+        if why == "UnknownIssuer" {
+            words.push_str(" (is the CA that signed it in tls.ca?)");
+        }
     }
     let looks_plain = || {
         errno.is_none()
             && !matches!(e.kind(), ErrorKind::Auth)
             && !words.contains("failed to lookup")
-            && !words.contains("Certificate")
+            && !e.details().contains("Certificate")
+            // A Redis error reply came through: the server speaks TLS.
+            && redis_prefix(&words).is_none()
     };
     let reset = errno.map(|n| std::io::Error::from_raw_os_error(n).kind())
         == Some(std::io::ErrorKind::ConnectionReset);
@@ -232,9 +247,11 @@ mod tests {
         );
         assert_eq!(
             words(true, true, &untrusted),
-            "InvalidCertificate(UnknownIssuer)"
+            "invalid peer certificate: UnknownIssuer (is the CA that signed it in tls.ca?)"
         );
         assert!(refusal(&untrusted));
+        let login = Error::new(ErrorKind::Unknown, "NOAUTH Authentication required.");
+        assert_eq!(words(true, true, &login), "NOAUTH Authentication required.");
         assert_eq!(words(false, true, &silent), "no answer within 1000 ms");
     }
 
@@ -246,6 +263,10 @@ mod tests {
             "LOADING dataset"
         )));
         assert!(!transient(&Error::new(ErrorKind::Auth, "WRONGPASS")));
+        assert!(transient(&Error::new(
+            ErrorKind::Unknown,
+            "Failed to route command."
+        )));
         assert!(refusal(&Error::new(ErrorKind::Unknown, "NOAUTH needed")));
         assert!(!refusal(&Error::new(ErrorKind::IO, "reset")));
         let e = Error::new(ErrorKind::Timeout, "late");
