@@ -247,6 +247,7 @@ impl Server {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
+        closed(&self.stop)?;
         let client = self.builder().build()?;
         self.watch(&client);
         lock(&self.tasks).push(client.connect().abort_handle());
@@ -365,6 +366,7 @@ impl Server {
         if self.subscriber.get().is_some() {
             return Ok(());
         }
+        closed(&self.stop)?;
         let sub = self.builder().build_subscriber_client()?;
         forward(
             &sub,
@@ -589,6 +591,17 @@ impl Server {
             }
         });
     }
+}
+
+/// No new client once the provider closed: nothing would end its tasks.
+fn closed(stop: &CancellationToken) -> Result<(), fred::error::Error> {
+    if stop.is_cancelled() {
+        return Err(fred::error::Error::new(
+            ErrorKind::Canceled,
+            "the lock provider was closed",
+        ));
+    }
+    Ok(())
 }
 
 /// QUIT on `client` by `until` when it is connected; none when it is not (fred would hold the
