@@ -150,7 +150,10 @@ impl Inner {
         let down: Vec<String> = self
             .servers
             .iter()
-            .filter_map(|s| s.last_error().map(|e| format!("{} ({e})", s.label)))
+            .filter_map(|s| {
+                s.unreachable_because()
+                    .map(|e| format!("{} ({e})", s.label))
+            })
             .collect();
         crate::machine::waiter::unreachable(&down, self.servers.len(), self.quorum)
     }

@@ -11,11 +11,12 @@
 
 use std::sync::Arc;
 
-use distlock_core::{Error, Result};
+use distlock_core::Result;
 use fred::prelude::*;
 use fred::types::{Key, Value};
 use futures_util::StreamExt;
 
+use crate::fault::fault;
 use crate::keys::slot;
 use crate::scripts::Scripts;
 use crate::server::Server;
@@ -93,13 +94,18 @@ impl RedisBackend {
 }
 
 async fn clean_server(server: &Arc<Server>, prefix: &str) -> Result<usize> {
-    let fail = |e: fred::error::Error| Error::Backend {
-        backend: BACKEND,
-        message: format!("removing unused fencing counters: {}", server.explain(&e)),
-        cause: Default::default(),
+    let fail = |e: fred::error::Error| {
+        let message = format!("removing unused fencing counters: {}", server.explain(&e));
+        fault(message, false).into_error(BACKEND, Some(&server.label))
     };
     let client = server.client().map_err(fail)?;
-    client.wait_for_connect().await.map_err(fail)?;
+    server.connected(client).await.map_err(fail)?;
+    if !client.is_connected() {
+        return Err(fail(fred::error::Error::new(
+            fred::error::ErrorKind::Timeout,
+            "no connection",
+        )));
+    }
     let pattern = "*:distlock:*fence";
     let mut keys = if client.is_clustered() {
         client

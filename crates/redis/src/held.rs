@@ -180,15 +180,15 @@ impl RedisHeld {
                 self.lose(reason);
                 Err(lost(reason.to_owned()))
             }
-            None => Err(Error::Backend {
-                backend: BACKEND,
-                message: format!(
+            None => {
+                let message = format!(
                     "extending {}: no quorum of servers answered; the lease ends within {} ms unless a renewal succeeds",
                     self.target,
                     self.lease.remaining(Instant::now()).as_millis()
-                ),
-                cause: Default::default(),
-            }),
+                );
+                let cause = self.inner.cause_of(&message);
+                Err(Error::backend(BACKEND, message, cause))
+            }
         }
     }
 }

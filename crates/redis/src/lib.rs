@@ -27,6 +27,9 @@
 //! - Calls keep to their budget: each attempt races the caller's deadline (a try: the server
 //!   timeout); transient trouble (a reset, a stalled or restarting server) is retried with
 //!   backoff until the budget ends, and only then reported, with its cause.
+//! - `close` settles within the server timeout plus [`CLOSE_SLACK`] whatever the servers do:
+//!   the held locks are released at once, each bounded as a release is, then each connected
+//!   client says QUIT in what is left of that; a client that never connected is not waited for.
 //! - A lock on a server whose connection dropped is in doubt (`is_held` is false) until, after
 //!   the reconnect, a renewal finds its key again; if the key is gone (a server restarted empty,
 //!   a promoted replica that never saw it) the lost signal fires. The fencing counters this
@@ -94,6 +97,9 @@ const REVOKE_FOR: Duration = Duration::from_secs(300);
 const MAX_REVOKES: usize = 10_000;
 /// Most fencing floors remembered per provider.
 const MAX_FLOORS: usize = 100_000;
+/// How far past the server timeout `close` may take: as much as a release's own bound allows
+/// past it (see `RedisHeld::release_now`).
+pub const CLOSE_SLACK: Duration = Duration::from_millis(50);
 
 /// A lock provider on one Redis deployment, or on several independent servers (RedLock).
 #[derive(Clone)]
@@ -269,9 +275,13 @@ impl Backend for RedisBackend {
         self.inner.closed.is_cancelled()
     }
 
+    /// Releases every held lock (best effort) and closes the connections, within the server
+    /// timeout plus [`CLOSE_SLACK`] whatever the servers do: one deadline for all of it, with
+    /// no fixed wait (nothing held and no server connected: at once).
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
+            let until = tokio::time::Instant::now() + inner.opts.server_timeout + CLOSE_SLACK;
             inner.closed.cancel();
             let releases = inner.held.drain().into_iter().map(|h| {
                 h.core.lost().fire("the lock provider was closed");
@@ -279,16 +289,10 @@ impl Backend for RedisBackend {
                     let _ = h.release_now().await;
                 }
             });
-            let all = async {
-                for r in releases {
-                    r.await;
-                }
-            };
-            // Every release is bounded by the server timeout; a dead server must not hang close.
-            let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
-            for s in &inner.servers {
-                s.quit().await;
-            }
+            // All at once: a server that does not answer costs one bound, not one per lock.
+            let releasing = futures_util::future::join_all(releases);
+            let _ = tokio::time::timeout_at(until, releasing).await;
+            futures_util::future::join_all(inner.servers.iter().map(|s| s.quit(until))).await;
             Ok(())
         })
     }

@@ -9,6 +9,10 @@
 //! key again (a server restarted empty or a promoted replica may have lost it). One
 //! confirmation runs per server at a time, round after round until it succeeds
 //! ([`crate::machine::confirm`]); a reconnect wakes it for a round at once.
+//!
+//! Closing ([`Server::quit`]) has a deadline: a connected client says QUIT within it, then every
+//! client's tasks are ended. A client that is not connected is not waited for: fred queues its
+//! QUIT until a connection comes, so it would take the whole bound and then keep reconnecting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -19,15 +23,17 @@ use fred::prelude::*;
 use fred::types::{Key, Value};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use distlock_core::Fault;
 use distlock_core::reactor::Reactor;
 use distlock_core::sync::lock;
+use distlock_core::{CancellationToken, Fault};
 
 use crate::config::ServerSpec;
 use crate::direct::Direct;
 use crate::doubt::{Doubt, Event};
-use crate::fault::{describe, refusal};
+use crate::fault::{connection_error, describe, refusal, tls_hint};
 use crate::keys::CHANNEL_PATTERN;
 use crate::scripts::Script;
 use crate::wake::Wakes;
@@ -42,6 +48,8 @@ pub struct Server {
     /// The last connection error since the last successful connect (its cause, for messages,
     /// and whether retrying can help).
     last_error: Arc<Mutex<Option<Fault>>>,
+    /// The command client has connected at least once (so the URL's scheme fits the server).
+    connected_once: Arc<AtomicBool>,
     /// Whether the locks here are in doubt (see [`Doubt`]).
     doubt: Arc<Doubt>,
     /// A confirmation of the locks here is running (one at a time).
@@ -53,6 +61,10 @@ pub struct Server {
     sentinels: Mutex<Vec<SubscriberClient>>,
     /// The connection on the host's event loop, for calls made there (see [`Direct`]).
     direct: OnceLock<Direct>,
+    /// The clients' own tasks (connection, resubscription), ended by [`Server::quit`].
+    tasks: Mutex<Vec<AbortHandle>>,
+    /// Ends this server's tasks that follow the clients (cancelled by [`Server::quit`]).
+    stop: CancellationToken,
 }
 
 /// What a moved master does to one server's state (see [`Server::master_moved`]).
@@ -99,12 +111,15 @@ impl Server {
             subscriber: Arc::default(),
             subscribed: Arc::new(AtomicBool::new(false)),
             last_error: Arc::default(),
+            connected_once: Arc::new(AtomicBool::new(false)),
             doubt: Arc::new(Doubt::new(index, events)),
             confirming: AtomicBool::new(false),
             kick: Notify::new(),
             init: Mutex::new(()),
             sentinels: Mutex::default(),
             direct: OnceLock::new(),
+            tasks: Mutex::default(),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -172,6 +187,19 @@ impl Server {
         lock(&self.last_error).as_ref().map(|e| e.message.clone())
     }
 
+    /// Why the server cannot be reached now, if that is known: the last connection error, or,
+    /// when the URL asked for TLS and no connection was ever made, the hint that the server may
+    /// not speak it (a server without TLS is silent at the handshake until the connect times
+    /// out, later than a short call gives up).
+    pub fn unreachable_because(&self) -> Option<String> {
+        self.last_error().or_else(|| {
+            let pending = self.spec.config.tls.is_some()
+                && !self.connected_once.load(Ordering::Acquire)
+                && self.client.get().is_some_and(|c| !c.is_connected());
+            pending.then(|| format!("no TLS connection yet; {}", tls_hint(&self.label)))
+        })
+    }
+
     /// `describe`, plus the last connection error when the server could not be reached.
     pub fn explain(&self, e: &fred::error::Error) -> String {
         let base = describe(&self.label, self.command_timeout, e);
@@ -183,15 +211,20 @@ impl Server {
         }
     }
 
+    /// How long one connect (TCP, TLS, login) may take.
+    fn connect_timeout(&self) -> Duration {
+        self.command_timeout.max(Duration::from_millis(500))
+    }
+
     fn builder(&self) -> Builder {
         let mut config = self.spec.config.clone();
         // Keep reconnecting from the first attempt on; callers bound their own waits.
         config.fail_fast = false;
         let mut b = Builder::from_config(config);
-        let command = self.command_timeout;
+        let (command, connect) = (self.command_timeout, self.connect_timeout());
         b.with_connection_config(|c| {
-            c.connection_timeout = command.max(Duration::from_millis(500));
-            c.internal_command_timeout = command.max(Duration::from_millis(500));
+            c.connection_timeout = connect;
+            c.internal_command_timeout = connect;
             // A command is sent once: a request that may have run is cleaned up by its caller
             // (release or revoke of its token), never replayed on a new connection.
             c.max_command_attempts = 1;
@@ -214,9 +247,10 @@ impl Server {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
+        closed(&self.stop)?;
         let client = self.builder().build()?;
-        watch(&client, self.last_error.clone(), self.doubt.clone());
-        drop(client.connect());
+        self.watch(&client);
+        lock(&self.tasks).push(client.connect().abort_handle());
         if let ServerConfig::Sentinel {
             hosts,
             service_name,
@@ -267,16 +301,23 @@ impl Server {
             else {
                 continue;
             };
-            drop(sub.connect());
-            drop(sub.manage_subscriptions());
+            lock(&self.tasks).extend([
+                sub.connect().abort_handle(),
+                sub.manage_subscriptions().abort_handle(),
+            ]);
             let mut messages = sub.message_rx();
             let (moved, client, prefix) = (self.moved(), client.clone(), format!("{name} "));
             lock(&self.sentinels).push(sub.clone());
+            let stop = self.stop.clone();
             tokio::spawn(async move {
                 let subscribing = sub.clone();
+                let stopped = stop.clone();
                 tokio::spawn(async move {
                     // Bounded; `manage_subscriptions` subscribes again after reconnects.
                     for _ in 0..600 {
+                        if stopped.is_cancelled() {
+                            return;
+                        }
                         let channels = vec![
                             "+switch-master",
                             "+try-failover",
@@ -290,9 +331,9 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 });
-                // Ends when the subscriber quits (the provider closed).
+                // Ends when the provider closes.
                 let master = format!("master {prefix}");
-                while let Ok(m) = messages.recv().await {
+                while let Some(Ok(m)) = stop.run_until_cancelled(messages.recv()).await {
                     let text = m.value.as_str().map(|v| v.to_string()).unwrap_or_default();
                     match m.channel.to_string().as_str() {
                         // The new master is known: reconnect there and check the locks.
@@ -325,17 +366,29 @@ impl Server {
         if self.subscriber.get().is_some() {
             return Ok(());
         }
+        closed(&self.stop)?;
         let sub = self.builder().build_subscriber_client()?;
-        forward(&sub, Arc::downgrade(wakes), self.subscribed.clone());
-        drop(sub.connect());
-        // Re-subscribes after every reconnect for as long as the client lives.
-        drop(sub.manage_subscriptions());
+        forward(
+            &sub,
+            Arc::downgrade(wakes),
+            self.subscribed.clone(),
+            self.stop.clone(),
+        );
+        // `manage_subscriptions` re-subscribes after every reconnect until the provider closes.
+        lock(&self.tasks).extend([
+            sub.connect().abort_handle(),
+            sub.manage_subscriptions().abort_handle(),
+        ]);
         let first = sub.clone();
         let subscribed = self.subscribed.clone();
+        let stop = self.stop.clone();
         tokio::spawn(async move {
             // Bounded: the pattern is registered with the client even if this times out, and
             // `manage_subscriptions` sends it again on the next connect.
             for _ in 0..600 {
+                if stop.is_cancelled() {
+                    return;
+                }
                 if first.psubscribe(CHANNEL_PATTERN).await.is_ok() {
                     subscribed.store(true, Ordering::Release);
                     return;
@@ -411,28 +464,7 @@ impl Server {
         args: Vec<Value>,
         by_sha: bool,
     ) -> Result<Value, fred::error::Error> {
-        if !client.is_connected() {
-            // A cluster client cannot route before it has the slot map: wait for the connect,
-            // within the command timeout (callers bound the whole call with their budget),
-            // and stop at once when the server refused us for good (a wrong password). The
-            // connect notice can come before `waiting` listens: the state is polled too.
-            let waiting = client.wait_for_connect();
-            tokio::pin!(waiting);
-            let until = tokio::time::Instant::now() + self.command_timeout;
-            while tokio::time::Instant::now() < until && !client.is_connected() {
-                if let Some(cause) = self.refusal() {
-                    return Err(fred::error::Error::new(ErrorKind::Auth, cause));
-                }
-                let tick = tokio::time::Instant::now() + Duration::from_millis(10);
-                tokio::select! {
-                    _ = &mut waiting => break,
-                    _ = tokio::time::sleep_until(tick.min(until)) => {}
-                }
-            }
-        }
-        if let Some(cause) = self.refusal() {
-            return Err(fred::error::Error::new(ErrorKind::Auth, cause));
-        }
+        self.connected(client).await?;
         let out = if by_sha {
             match client
                 .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
@@ -454,72 +486,140 @@ impl Server {
         out
     }
 
+    /// Waits for `client` to connect, within the command timeout (callers bound the whole call
+    /// with their budget): a cluster client cannot route before it has the slot map. Stops at
+    /// once when the server refused us for good (a wrong password); `Ok` also when the wait
+    /// ran out (the command then fails or waits on its own). The connect notice can come
+    /// before `waiting` listens: the state is polled too.
+    pub async fn connected(&self, client: &Client) -> Result<(), fred::error::Error> {
+        if !client.is_connected() {
+            let waiting = client.wait_for_connect();
+            tokio::pin!(waiting);
+            let until = Instant::now() + self.command_timeout;
+            while Instant::now() < until && !client.is_connected() {
+                if let Some(cause) = self.refusal() {
+                    return Err(fred::error::Error::new(ErrorKind::Auth, cause));
+                }
+                let tick = Instant::now() + Duration::from_millis(10);
+                tokio::select! {
+                    _ = &mut waiting => break,
+                    _ = tokio::time::sleep_until(tick.min(until)) => {}
+                }
+            }
+        }
+        match self.refusal() {
+            Some(cause) => Err(fred::error::Error::new(ErrorKind::Auth, cause)),
+            None => Ok(()),
+        }
+    }
+
     /// Scripts sent on the host event loop's connection so far.
     pub fn sent_on_loop(&self) -> u64 {
         self.direct.get().map_or(0, Direct::sent)
     }
 
-    /// Closes both connections.
-    pub async fn quit(&self) {
+    /// Closes the connections by `until`, whatever the server does: each connected client
+    /// says QUIT (after what is queued on it), one that is not connected is not waited for;
+    /// then the clients' tasks end (one still connecting would otherwise keep reconnecting).
+    pub async fn quit(&self, until: Instant) {
+        self.stop.cancel();
         if let Some(d) = self.direct.get() {
             d.close();
         }
-        if let Some(c) = self.client.get() {
-            let _ = tokio::time::timeout(self.command_timeout, c.quit()).await;
-        }
-        if let Some(s) = self.subscriber.get() {
-            let _ = tokio::time::timeout(self.command_timeout, s.quit()).await;
-        }
         let sentinels = std::mem::take(&mut *lock(&self.sentinels));
-        for s in sentinels {
-            let _ = tokio::time::timeout(self.command_timeout, s.quit()).await;
+        let client = async {
+            if let Some(c) = self.client.get() {
+                goodbye(c, until).await;
+            }
+        };
+        let subscriber = async {
+            if let Some(s) = self.subscriber.get() {
+                goodbye(s, until).await;
+            }
+        };
+        let sentinels = futures_util::future::join_all(sentinels.iter().map(|s| goodbye(s, until)));
+        futures_util::future::join3(client, subscriber, sentinels).await;
+        for task in std::mem::take(&mut *lock(&self.tasks)) {
+            task.abort();
         }
+    }
+
+    /// Follows the command client's connection: errors put its locks in doubt and are kept as
+    /// the cause for messages; every connect is reported so the locks can be confirmed.
+    fn watch(&self, client: &Client) {
+        let mut errors = client.error_rx();
+        let mut connects = client.reconnect_rx();
+        let (last_error, doubt) = (self.last_error.clone(), self.doubt.clone());
+        let (once, stop) = (self.connected_once.clone(), self.stop.clone());
+        let (label, tls) = (self.label.clone(), self.spec.config.tls.is_some());
+        let connect_timeout = self.connect_timeout();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                tokio::select! {
+                    // In the order fred sent them: a loss counted after the reconnect that
+                    // followed it would look like a new loss to the confirmation of that
+                    // reconnect.
+                    biased;
+                    () = stop.cancelled() => return,
+                    e = errors.recv() => match e {
+                        Ok((e, _)) => {
+                            if e.is_canceled() {
+                                continue;
+                            }
+                            let first = !once.load(Ordering::Acquire);
+                            let words = connection_error(&label, tls, first, connect_timeout, &e);
+                            *lock(&last_error) = Some(Fault::new(words, !refusal(&e)));
+                            if !doubt.lose(Event::Lost) {
+                                return;
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                    c = connects.recv() => match c {
+                        Ok(_) | Err(RecvError::Lagged(_)) => {
+                            once.store(true, Ordering::Release);
+                            *lock(&last_error) = None;
+                            if !doubt.announce(Event::Connected) {
+                                return;
+                            }
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
     }
 }
 
-/// Follows the command client's connection: errors put its locks in doubt and are kept as the
-/// cause for messages; every connect is reported so the locks can be confirmed.
-fn watch(client: &Client, last_error: Arc<Mutex<Option<Fault>>>, doubt: Arc<Doubt>) {
-    let mut errors = client.error_rx();
-    let mut connects = client.reconnect_rx();
-    tokio::spawn(async move {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            tokio::select! {
-                // In the order fred sent them: a loss counted after the reconnect that followed
-                // it would look like a new loss to the confirmation of that reconnect.
-                biased;
-                e = errors.recv() => match e {
-                    Ok((e, _)) => {
-                        if e.is_canceled() {
-                            continue;
-                        }
-                        let (words, _) = distlock_core::error::os_error_text(e.details());
-                        *lock(&last_error) = Some(Fault::new(words, !refusal(&e)));
-                        if !doubt.lose(Event::Lost) {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                },
-                c = connects.recv() => match c {
-                    Ok(_) | Err(RecvError::Lagged(_)) => {
-                        *lock(&last_error) = None;
-                        if !doubt.announce(Event::Connected) {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-            }
-        }
-    });
+/// No new client once the provider closed: nothing would end its tasks.
+fn closed(stop: &CancellationToken) -> Result<(), fred::error::Error> {
+    if stop.is_cancelled() {
+        return Err(fred::error::Error::new(
+            ErrorKind::Canceled,
+            "the lock provider was closed",
+        ));
+    }
+    Ok(())
+}
+
+/// QUIT on `client` by `until` when it is connected; none when it is not (fred would hold the
+/// QUIT until a connection comes).
+async fn goodbye(client: &impl ClientLike, until: Instant) {
+    if client.is_connected() {
+        let _ = tokio::time::timeout_at(until, client.quit()).await;
+    }
 }
 
 /// Forwards the subscriber's messages to the waiters; a reconnect or a lagging receiver wakes
 /// everyone, since messages may have been missed.
-fn forward(sub: &SubscriberClient, wakes: Weak<Wakes>, subscribed: Arc<AtomicBool>) {
+fn forward(
+    sub: &SubscriberClient,
+    wakes: Weak<Wakes>,
+    subscribed: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
     let mut messages = sub.message_rx();
     let mut reconnects = sub.reconnect_rx();
     let mut errors = sub.error_rx();
@@ -527,6 +627,7 @@ fn forward(sub: &SubscriberClient, wakes: Weak<Wakes>, subscribed: Arc<AtomicBoo
         use tokio::sync::broadcast::error::RecvError;
         loop {
             let woke = tokio::select! {
+                () = stop.cancelled() => None,
                 m = messages.recv() => match m {
                     Ok(m) => {
                         let payload = m.value.as_str().map(|s| s.to_string()).unwrap_or_default();
