@@ -202,31 +202,25 @@ pub fn os_error_text(text: &str) -> (String, Option<i32>) {
     }
     out.push_str(rest);
     // `Custom { kind: Uncategorized, error: "failed to lookup …" }`: an io::Error without an OS
-    // number, shown with `Debug`; its words are the inner text.
+    // number, shown with `Debug`; its words are the inner text. An inner error that is not a
+    // string (`error: InvalidCertificate(UnknownIssuer)`, a TLS library's) is kept as it is shown.
     while let Some(at) = out.find("Custom { kind: ") {
         let Some(open) = out[at..].find("error: ").map(|o| at + o + "error: ".len()) else {
             break;
         };
-        // The inner error is a string (`error: "…"`) or, for a TLS failure, rustls's own value
-        // shown with Debug (`error: InvalidCertificate(UnknownIssuer)`).
         let quoted = out[open..].starts_with('"');
-        let (from, end) = if quoted {
-            (open + 1, "\" }")
+        let end = if quoted {
+            out[open + 1..]
+                .find("\" }")
+                .map(|c| (open + 1, open + 1 + c, 3))
         } else {
-            (open, " }")
+            debug_end(&out[open..]).map(|c| (open, open + c, 2))
         };
-        let Some(close) = out[from..].find(end).map(|c| from + c) else {
+        let Some((from, to, tail)) = end else {
             break;
         };
-        let inner = out[from..close].to_string();
-        let words = if !quoted
-            && (inner.starts_with("InvalidCertificate") || inner.starts_with("AlertReceived"))
-        {
-            format!("the TLS handshake failed: {inner}")
-        } else {
-            inner
-        };
-        out.replace_range(at..close + end.len(), &words);
+        let inner = out[from..to].to_string();
+        out.replace_range(at..to + tail, &inner);
     }
     if errno.is_none()
         && let Some(at) = out.find("(os error ")
@@ -238,6 +232,21 @@ pub fn os_error_text(text: &str) -> (String, Option<i32>) {
         errno = digits.parse().ok();
     }
     (out, errno)
+}
+
+/// Where the `Debug` text of a value that opens `text` ends, before the ` }` that closes the
+/// struct around it: the first ` }` outside any bracket the value opened.
+fn debug_end(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth > 0 => depth -= 1,
+            ' ' if depth == 0 && text[i..].starts_with(" }") => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Error {
@@ -372,13 +381,13 @@ mod tests {
         );
         assert_eq!(cause.errno, Some(3001));
         assert_eq!(Cause::default().with_os_error_in("WRONGPASS").errno, None);
+        // A TLS library's error inside: kept as it is shown, without the io::Error around it.
         let (text, _) = os_error_text(
             "cannot reach h:1 (Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) })",
         );
-        assert_eq!(
-            text,
-            "cannot reach h:1 (the TLS handshake failed: InvalidCertificate(UnknownIssuer))"
-        );
+        assert_eq!(text, "cannot reach h:1 (InvalidCertificate(UnknownIssuer))");
+        let (text, _) = os_error_text("x Custom { kind: Other, error: A { b: 1 } } y");
+        assert_eq!(text, "x A { b: 1 } y");
     }
 
     #[test]
