@@ -25,6 +25,7 @@ pub mod options;
 pub mod patience;
 pub mod queue;
 pub mod reactor;
+pub mod stall;
 pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -43,7 +44,8 @@ pub use lease::Lease;
 pub use lost::LostSignal;
 pub use memory::MemoryBackend;
 pub use options::{Timeout, validate_max_count, validate_name, validate_permits};
-pub use patience::{Backoff, End, Input, Patience, Policy, Reporter, Step};
+pub use patience::{Backoff, End, Input, Patience, Policy, Step};
 pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
+pub use stall::Reporter;
 pub use tokio_util::sync::CancellationToken;
 pub use two_phase::TwoPhase;

@@ -39,10 +39,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{AcquireRequest, BackendEvent, Interrupted, Observer};
+use crate::backend::{AcquireRequest, BackendEvent, Interrupted};
 use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::options::Timeout;
+use crate::stall::{Reporter, STALL_AFTER, STALL_EVERY};
 
 /// A pause that doubles after each use, from `first` up to `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,54 +191,6 @@ impl End {
             End::Cancelled => Interrupted::Cancelled.into_outcome(req, backend),
             End::Closed => Interrupted::Closed.into_outcome(req, backend),
         }
-    }
-}
-
-/// How long an acquire with no timeout rides out an unreachable store before it says so
-/// ([`BackendEvent::Stalled`]); it says so again every [`STALL_EVERY`] while it lasts. With a
-/// timeout, the error at the deadline says it.
-pub const STALL_AFTER: Duration = Duration::from_secs(5);
-/// How often a stalled wait repeats its report.
-pub const STALL_EVERY: Duration = Duration::from_secs(30);
-
-/// Where an acquire with no timeout reports that it cannot reach its store: the backend's
-/// observer, and the lock as messages name it.
-#[derive(Clone)]
-pub struct Reporter {
-    observer: Observer,
-    lock: String,
-}
-
-impl Reporter {
-    /// Reports of the acquire of `lock` (as messages name it) to `observer`.
-    pub fn new(observer: Observer, lock: impl Into<String>) -> Self {
-        Self {
-            observer,
-            lock: lock.into(),
-        }
-    }
-
-    /// The reporter of `req` on `backend`, when an observer listens and the request has no
-    /// timeout (with one, nothing would be reported).
-    pub fn of(
-        observer: Option<&Observer>,
-        req: &AcquireRequest,
-        backend: &'static str,
-    ) -> Option<Self> {
-        match (observer, req.timeout) {
-            (Some(o), Timeout::Forever) => {
-                Some(Self::new(o.clone(), req.target(backend).to_string()))
-            }
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Debug for Reporter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reporter")
-            .field("lock", &self.lock)
-            .finish()
     }
 }
 
@@ -789,54 +742,6 @@ mod tests {
             End::Busy.into_result::<()>(&r, "redis", "a:1"),
             Ok(None)
         ));
-    }
-
-    #[test]
-    fn a_wait_with_no_timeout_says_so_when_its_store_stays_unreachable() {
-        use std::sync::{Arc, Mutex};
-        let heard: Arc<Mutex<Vec<BackendEvent>>> = Arc::default();
-        let sink = heard.clone();
-        let observer: Observer = Arc::new(move |e| sink.lock().unwrap().push(e));
-        let reporter = Reporter::new(observer, "redis lock \"orders\"");
-        let t0 = Instant::now();
-        let mut p =
-            Patience::new(policy(None), Timeout::Forever, t0).reporting(Some(reporter.clone()));
-        p.step(Input::Begin, t0);
-        // A fault a second for 40 s: a report at 5 s, another 30 s later.
-        for s in 0..=40u32 {
-            assert!(matches!(
-                p.step(Input::Fault(lost()), at(t0, s * 1000)),
-                Step::Pause { .. }
-            ));
-        }
-        let events = heard.lock().unwrap().clone();
-        assert_eq!(events.len(), 2, "{events:?}");
-        let BackendEvent::Stalled {
-            lock,
-            waited,
-            detail,
-        } = &events[0]
-        else {
-            panic!("{events:?}")
-        };
-        assert_eq!(lock, "redis lock \"orders\"");
-        assert_eq!(*waited, STALL_AFTER);
-        assert_eq!(detail, "the connection was reset");
-        // An answer clears it: the next report needs another 5 s of trouble.
-        p.step(Input::Busy, at(t0, 41_000));
-        p.step(Input::Fault(lost()), at(t0, 42_000));
-        p.step(Input::Fault(lost()), at(t0, 46_000));
-        assert_eq!(heard.lock().unwrap().len(), 2);
-        p.step(Input::Fault(lost()), at(t0, 47_000));
-        assert_eq!(heard.lock().unwrap().len(), 3);
-        // With a timeout, the deadline's error says it; nothing is reported.
-        let mut q =
-            Patience::new(policy(None), Timeout::After(60_000 * MS), t0).reporting(Some(reporter));
-        q.step(Input::Begin, t0);
-        for s in 0..=20u32 {
-            q.step(Input::Fault(lost()), at(t0, s * 1000));
-        }
-        assert_eq!(heard.lock().unwrap().len(), 3);
     }
 
     #[test]

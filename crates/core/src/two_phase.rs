@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{BoxFuture, Interrupted, Waited, race};
 use crate::fault::Fault;
 use crate::options::Timeout;
-use crate::patience::{End, Input, Patience, Policy, Reporter, Step};
+use crate::patience::{End, Input, Patience, Policy, Step};
+use crate::stall::Reporter;
 
 /// An answer to come: a grant, `None` (busy, or the server's own timeout), or a fault.
 pub type Answer<G> = BoxFuture<'static, Result<Option<G>, Fault>>;
