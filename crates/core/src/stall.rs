@@ -7,7 +7,7 @@ use crate::backend::{AcquireRequest, Observer};
 use crate::options::Timeout;
 
 /// How long an acquire with no timeout rides out an unreachable store before it says so
-/// ([`BackendEvent::Stalled`]); it says so again every [`STALL_EVERY`] while it lasts. With a
+/// ([`crate::backend::BackendEvent::Stalled`]); it says so again every [`STALL_EVERY`] while it lasts. With a
 /// timeout, the error at the deadline says it.
 pub const STALL_AFTER: Duration = Duration::from_secs(5);
 /// How often a stalled wait repeats its report.
