@@ -152,3 +152,14 @@ export async function silentServer(): Promise<{ port: number } & AsyncDisposable
     },
   }
 }
+
+/** How long `p` takes to settle, and what it settled with: its value or its error. */
+export async function timed<T>(p: Promise<T>): Promise<{ ms: number; value?: T; error?: unknown }> {
+  const start = performance.now()
+  try {
+    const value = await p
+    return { ms: performance.now() - start, value }
+  } catch (error) {
+    return { ms: performance.now() - start, error }
+  }
+}

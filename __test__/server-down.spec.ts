@@ -18,6 +18,8 @@ import {
   type StallMessage,
 } from 'distlock'
 
+import { timed } from './helpers'
+
 type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 type Proxy = Awaited<ReturnType<Services['startProxy']>>
 let services: Services
@@ -93,17 +95,6 @@ const subjects: Subject[] = [
     release: 'resolves',
   },
 ]
-
-/** How long `p` takes to settle, and how: the value or the error. */
-async function timed<T>(p: Promise<T>): Promise<{ ms: number; value?: T; error?: unknown }> {
-  const start = performance.now()
-  try {
-    const value = await p
-    return { ms: performance.now() - start, value }
-  } catch (error) {
-    return { ms: performance.now() - start, error }
-  }
-}
 
 /** Resolves with the ms from `since` when `h` is found lost, or `undefined` after `ms`. */
 async function lostWithin(h: Handle, since: number, ms: number): Promise<number | undefined> {

@@ -16,6 +16,8 @@ import {
   type LockProvider,
 } from 'distlock'
 
+import { timed } from './helpers'
+
 type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
 
 const PG_URL = process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -98,17 +100,6 @@ afterAll(async () => {
   for (const s of servers) s.close()
   services.stopServices()
 })
-
-/** How long `p` takes to settle, and what it settled with. */
-async function timed<T>(p: Promise<T>): Promise<{ ms: number; value?: T; error?: unknown }> {
-  const start = performance.now()
-  try {
-    const value = await p
-    return { ms: performance.now() - start, value }
-  } catch (error) {
-    return { ms: performance.now() - start, error }
-  }
-}
 
 function expectBackendError(error: unknown): asserts error is LockBackendError {
   expect(error).toBeInstanceOf(LockBackendError)

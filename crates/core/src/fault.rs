@@ -67,6 +67,20 @@ impl Fault {
     }
 }
 
+/// Whether an I/O error of a connection (its TCP connect, name lookup, TLS handshake, reads
+/// and writes) is one a retry can cure: refused, reset, timed out, unreachable, a name that
+/// does not resolve (yet: a DNS record can appear later) are; a TLS verification or
+/// configuration error (`InvalidData`: tokio-rustls's kind for rustls's refusals) and an
+/// address the configuration cannot form (`InvalidInput`, `Unsupported`) are not. The SQL
+/// backends classify their drivers' I/O errors by it.
+pub fn io_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    !matches!(
+        e.kind(),
+        ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::Unsupported
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use crate::config::MySqlOptions;
 /// waiter rides out trouble within its budget):
 ///
 /// - a server error: by its code ([`transient_server_error`]);
-/// - an I/O error (connect, DNS, reads, writes, the TLS handshake): by [`io_transient`];
+/// - an I/O error (connect, DNS, reads, writes, the TLS handshake): by core's [`distlock_core::fault::io_transient`];
 /// - the driver's TLS setup (a CA file that does not parse, a host name that is not one), an
 ///   invalid URL, an authentication method the driver refuses: not transient;
 /// - anything else the driver says of the connection (closed, out of order): transient.
@@ -47,7 +47,9 @@ pub(crate) fn fault_of(e: &mysql_async::Error) -> Fault {
         Error::Url(u) => Fault::fatal(u.to_string()),
         // The OS error itself ("Broken pipe (os error 32)"), not under the driver's two
         // layers of "Input/output error: ".
-        Error::Io(IoError::Io(io)) => Fault::new(io.to_string(), io_transient(io)),
+        Error::Io(IoError::Io(io)) => {
+            Fault::new(io.to_string(), distlock_core::fault::io_transient(io))
+        }
         Error::Io(IoError::Tls(tls)) => Fault::fatal(format!("TLS: {tls}")),
         Error::Driver(
             DriverError::UnknownAuthPlugin { .. }
@@ -67,19 +69,6 @@ pub(crate) fn fault_of(e: &mysql_async::Error) -> Fault {
 /// privilege, syntax) are not.
 fn transient_server_error(code: u16) -> bool {
     matches!(code, 1040 | 1053 | 1203 | 1317 | 1927 | 4031)
-}
-
-/// Whether an I/O error of a connection is one a retry can cure: refused, reset, timed out,
-/// unreachable, a host name that does not resolve (yet) are; a TLS verification error
-/// (`InvalidData`: tokio-rustls's kind for rustls's refusals) and an address the
-/// configuration cannot form (`InvalidInput`, `Unsupported`) are not. The same rule as the
-/// PostgreSQL backend's.
-fn io_transient(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind;
-    !matches!(
-        e.kind(),
-        ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::Unsupported
-    )
 }
 
 /// `f` as the error a caller sees, naming `server` and what was being done.

@@ -2,6 +2,7 @@
 //! credentials), the SQLSTATE, and which errors a reconnect can cure. Everything after that
 //! (riding a fault out, the error at the deadline) is core's [`Fault`] and `Patience`.
 
+pub(crate) use distlock_core::fault::io_transient;
 use distlock_core::{Cause, Fault};
 
 /// Describes a driver error with its causes, without credentials (tokio-postgres never puts the
@@ -63,20 +64,6 @@ pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
         None => true,
         Some(s) => s.downcast_ref::<std::io::Error>().is_some_and(io_transient),
     }
-}
-
-/// Whether an I/O error of a connection (its TCP connect, name lookup, TLS handshake, reads
-/// and writes) is one a retry can cure: refused, reset, timed out, unreachable, a name that
-/// does not resolve (yet: a DNS record can appear later) are; a TLS verification or
-/// configuration error (`InvalidData`: tokio-rustls's kind for rustls's refusals) and an
-/// address the configuration cannot form (`InvalidInput`, `Unsupported`) are not. The MySQL
-/// backend applies the same rule to its driver's I/O errors.
-pub(crate) fn io_transient(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind;
-    !matches!(
-        e.kind(),
-        ErrorKind::InvalidData | ErrorKind::InvalidInput | ErrorKind::Unsupported
-    )
 }
 
 /// Whether an error with SQLSTATE `code` is one a reconnect can cure: a connection exception
