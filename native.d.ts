@@ -56,6 +56,8 @@ export declare class NativeHandle {
   onLost(callback: (arg: string) => void): void
   /** Extends the lease to `ms` from now (backends with leases; a no-op for the others). */
   extend(ms: number): Promise<undefined>
+  /** Writes to etcd only while this grant still holds there (etcd locks; see `fence.rs`). */
+  fencedTxn(writes: Array<FencedWrite>): Promise<FencedAnswer>
   /**
    * Releases the lock; idempotent. Returns true when done, false when the release goes on
    * and settles through the provider's channel with `id`.
@@ -148,6 +150,27 @@ export interface ExitInfo {
   code?: number
   /** The signal number, when a signal killed it. */
   signal?: number
+}
+
+/**
+ * How a fenced etcd transaction ended: `written` at the cluster's `revision`, or refused
+ * (nothing was written), `revision` then being the later token that refused it (the
+ * `current` of the TS layer's `StaleFencingTokenError`).
+ */
+export interface FencedAnswer {
+  written: boolean
+  revision: bigint
+}
+
+/** One write of a fenced etcd transaction, as the TS layer passes it. */
+export interface FencedWrite {
+  /** `put` or `delete`. */
+  op: string
+  key: Buffer
+  /** The value of a `put`. */
+  value?: Buffer
+  /** A `delete` of every key starting with `key`. */
+  prefix?: boolean
 }
 
 /** The path of the lock file of `name` in `directory`, from the file backend's name mapping. */

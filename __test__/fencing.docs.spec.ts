@@ -22,22 +22,25 @@ const CUSTOM: Record<string, { pkg: string; prints: RegExp }> = {
   'fencing-postgres': { pkg: 'pg', prints: /^ERR_STALE_FENCING_TOKEN: token \d+ < \d+\npaid\n$/ },
   'fencing-mysql': { pkg: 'mysql2', prints: /^ERR_STALE_FENCING_TOKEN: token \d+ < \d+\n$/ },
   'fencing-redis': { pkg: 'ioredis', prints: /^ERR_STALE_FENCING_TOKEN: token \d+ < \d+\npaid\n$/ },
+  'fencing-etcd': { pkg: 'etcd3', prints: /^ERR_STALE_FENCING_TOKEN: token \d+ < \d+\nnode-b\n$/ },
 }
 
 const blocks = parseBlocks('README.md').filter((b) => b.mark.startsWith('run: custom fencing-'))
 let services: Services
 let redisUrl: string
+let etcdEndpoint: string
 beforeAll(async () => {
   services = await import('../lab/index.mjs')
   redisUrl = (await services.startRedis()).url
-})
+  etcdEndpoint = (await services.startEtcd()).endpoint
+}, 120_000)
 afterAll(() => services?.stopServices())
 
 /** Runs `block` with its library installed and the servers' URLs in its environment. */
 function runCustom(block: Block, pkg: string): Promise<{ status: number | null; stdout: string; stderr: string }> {
   const { cmd, args, cwd, env } = command(block, 'file', {})
   symlinkSync(join(ROOT, 'node_modules', pkg), join(cwd, 'node_modules', pkg), 'dir')
-  Object.assign(env, { DATABASE_URL: PG_URL, MYSQL_URL, REDIS_URL: redisUrl })
+  Object.assign(env, { DATABASE_URL: PG_URL, MYSQL_URL, REDIS_URL: redisUrl, ETCD_ENDPOINT: etcdEndpoint })
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''
@@ -70,7 +73,7 @@ describe('README: the fencing blocks', () => {
 })
 
 describe('examples/fencing.mjs', () => {
-  it('the file, PostgreSQL and Redis guards each reject the late write and keep B’s', async () => {
+  it('the file, PostgreSQL, Redis and etcd guards each reject the late write and keep B’s', async () => {
     const { stdout } = await promisify(execFile)(process.execPath, [join(ROOT, 'examples', 'fencing.mjs')], {
       cwd: ROOT,
       timeout: 60_000,
@@ -79,8 +82,10 @@ describe('examples/fencing.mjs', () => {
         DISTLOCK_EXAMPLE_DIR: tempDir('example-fencing'),
         DISTLOCK_EXAMPLE_PG_URL: PG_URL,
         DISTLOCK_EXAMPLE_REDIS: redisUrl,
+        DISTLOCK_EXAMPLE_ETCD: etcdEndpoint,
       },
     })
+    expect(stdout).toMatch(/^etcd: A's late write rejected: token (\d+) is older than (\d+); B still holds$/m)
     for (const storage of ['file', 'postgres', 'redis']) {
       expect(stdout).toMatch(
         new RegExp(

@@ -4,14 +4,24 @@
 // token, atomically at the storage: a file (fencedWriteFile), and, when their URLs are set, a
 // PostgreSQL row (withFencedTransaction on a `pg` client) and a Redis key (fencedSet on an
 // `ioredis` client). Each keeps the highest token it has accepted and rejects a smaller one.
+// On etcd (DISTLOCK_EXAMPLE_ETCD), the lock's own key is the fence: fencedPut writes only while
+// the writer's key stands.
 //
 //   node examples/fencing.mjs
 //   DISTLOCK_EXAMPLE_PG_URL=postgres://… DISTLOCK_EXAMPLE_REDIS=redis://… node examples/fencing.mjs
+//   DISTLOCK_EXAMPLE_ETCD=http://127.0.0.1:2379 node examples/fencing.mjs
 import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-import { StaleFencingTokenError, fencedSet, fencedWriteFile, withFencedTransaction } from 'distlock'
+import {
+  EtcdLockProvider,
+  StaleFencingTokenError,
+  fencedPut,
+  fencedSet,
+  fencedWriteFile,
+  withFencedTransaction,
+} from 'distlock'
 
 import { makeProvider } from './provider.mjs'
 
@@ -91,3 +101,24 @@ for (const storage of await storages()) {
   await storage.close()
 }
 await provider.close()
+
+if (process.env.DISTLOCK_EXAMPLE_ETCD) {
+  const etcd = new EtcdLockProvider({ endpoints: process.env.DISTLOCK_EXAMPLE_ETCD.split(',') })
+  const config = etcd.createLock(`example-fenced-config-${process.pid}`)
+  const key = `example/fenced-config/${process.pid}`
+  // A stops renewing (as a paused process would): its 2 s lease runs out.
+  const a = await config.acquire({ leaseMs: 2_000, autoRenew: false })
+  // B is granted once etcd has ended A's lease, and writes.
+  const b = await config.acquire({ timeoutMs: 10_000 })
+  await fencedPut(b, key, 'written by B')
+  try {
+    await fencedPut(a, key, 'written by A (stale)')
+    console.log('etcd: the stale write went through')
+    process.exitCode = 1
+  } catch (err) {
+    if (!(err instanceof StaleFencingTokenError)) throw err
+    console.log(`etcd: A's late write rejected: token ${err.token} is older than ${err.current}; B still holds`)
+  }
+  await b.release()
+  await etcd.close()
+}

@@ -1,12 +1,12 @@
 // The fencing rows of the torture suite (issue 24): several worker processes take one Redis lock
 // with a short lease and write one resource of a storage (PostgreSQL, MySQL, Redis, a file)
-// through its fencing guard. Some holders freeze themselves (SIGSTOP) between the grant and the
+// through its fencing guard; for etcd the lock is an etcd lock, whose own key is the fence. Some holders freeze themselves (SIGSTOP) between the grant and the
 // write; the runner continues each after its lease has run out, by which time a newer holder
 // has usually written. A frozen holder's write that the storage accepts although a write with a
 // larger token was accepted before it was continued is a stale write: the rows promise none,
 // and report how many stale writes the guard rejected.
 //
-//   node torture/fencing.mjs                 the four guarded rows, on their own
+//   node torture/fencing.mjs                 the five guarded rows, on their own
 //   node torture/fencing.mjs --broken        the same rows with the guard replaced by a plain
 //                                            write: they show the stale writes the guard stops
 //   node torture/fencing.mjs --only redis    rows whose storage matches
@@ -38,6 +38,13 @@ const ROW = {
   /** …or after this long, whichever comes first. */
   budgetMs: 45_000,
 }
+
+/**
+ * etcd's bounds: its leases are whole seconds (2 s at least), and a lease that runs out is
+ * revoked by the leader's next check (about every 500 ms), so a holder is frozen for longer,
+ * and fewer trials fit the budget.
+ */
+const ETCD_ROW = { ...ROW, leaseMs: 2_000, freezeMs: 3_500, trials: 12, budgetMs: 75_000 }
 
 const TABLE = 'torture_fencing_doc'
 const FENCE_TABLE = 'torture_fencing_fence'
@@ -100,6 +107,18 @@ const STORAGES = {
       close: () => redis.quit(),
     }
   },
+  async etcd(target) {
+    const { Etcd3 } = require('etcd3')
+    const etcd = new Etcd3({ hosts: target.endpoint })
+    return {
+      // The lock's own key is the fence: the write lands only while the holder's key stands.
+      guarded: (token, lib, handle) => lib.fencedPut(handle, target.resource, String(token)),
+      plain: (token) => etcd.put(target.resource).value(String(token)),
+      read: async () => (await etcd.get(target.resource).string()) ?? undefined,
+      setup: async () => {},
+      close: async () => etcd.close(),
+    }
+  },
   async file(target) {
     const replace = async (data) => {
       // The plain write is atomic too (temporary file, rename): only the fence is missing.
@@ -129,8 +148,11 @@ const STORAGES = {
 async function worker(cfg) {
   const lib = require('../')
   const store = await STORAGES[cfg.storage](cfg.target)
-  const write = cfg.broken ? store.plain : (token) => store.guarded(token, lib)
-  const locks = new lib.RedisLockProvider({ urls: cfg.redisUrl, leaseMs: cfg.leaseMs })
+  const write = cfg.broken ? store.plain : (token, handle) => store.guarded(token, lib, handle)
+  const locks =
+    cfg.storage === 'etcd'
+      ? new lib.EtcdLockProvider({ endpoints: cfg.target.endpoint, leaseMs: cfg.leaseMs })
+      : new lib.RedisLockProvider({ urls: cfg.redisUrl, leaseMs: cfg.leaseMs })
   const lock = locks.createLock(cfg.name)
   const told = { stop: false }
   process.stdin.on('end', () => (told.stop = true)).resume()
@@ -150,7 +172,7 @@ async function worker(cfg) {
     }
     let outcome = 'accepted'
     try {
-      await write(token)
+      await write(token, handle)
     } catch (err) {
       if (!(err instanceof lib.StaleFencingTokenError)) throw err
       outcome = 'rejected'
@@ -305,6 +327,10 @@ const TARGETS = {
     url: (await shared.redis()).url,
     resource: `torture:fencing:data:${process.pid}:${Date.now()}`,
   }),
+  etcd: async (shared) => ({
+    endpoint: (await shared.etcd()).endpoint,
+    resource: `torture/fencing/data/${process.pid}/${Date.now()}`,
+  }),
   file: async () => ({ path: join(mkdtempSync(join(tmpdir(), 'distlock-torture-fencing-')), 'data.txt') }),
 }
 
@@ -313,24 +339,28 @@ const TARGETS = {
  * on the shared Redis. Not in the smoke run, whose two minutes they would stretch.
  */
 export function fencingRows(shared) {
-  return Object.keys(TARGETS).map((storage) => ({
-    id: `fencing/stale-holder/${storage}`,
-    type: 'fencing',
-    fault: `holders SIGSTOP themselves between grant and write for ${ROW.freezeMs} ms (lease ${ROW.leaseMs} ms), ${Math.round(ROW.freezeRatio * 100)} % of grants; ${ROW.workers} processes`,
-    backend: `redis lock, ${storage} storage`,
-    promise:
-      'The storage accepts no stale write: a frozen holder whose write comes after an accepted write with a larger token is rejected (StaleFencingTokenError), and the storage ends with the largest token’s data.',
-    smoke: null,
-    /** Runs the row; `broken`: with a plain write instead of the guard. */
-    async run(broken = false) {
-      return runFencingRow({
-        storage,
-        target: await TARGETS[storage](shared),
-        redisUrl: (await shared.redis()).url,
-        broken,
-      })
-    },
-  }))
+  return Object.keys(TARGETS).map((storage) => {
+    const bounds = storage === 'etcd' ? ETCD_ROW : ROW
+    return {
+      id: `fencing/stale-holder/${storage}`,
+      type: 'fencing',
+      fault: `holders SIGSTOP themselves between grant and write for ${bounds.freezeMs} ms (lease ${bounds.leaseMs} ms), ${Math.round(bounds.freezeRatio * 100)} % of grants; ${bounds.workers} processes`,
+      backend: storage === 'etcd' ? 'etcd lock and storage' : `redis lock, ${storage} storage`,
+      promise:
+        'The storage accepts no stale write: a frozen holder whose write comes after an accepted write with a larger token is rejected (StaleFencingTokenError), and the storage ends with the largest token’s data.',
+      smoke: null,
+      /** Runs the row; `broken`: with a plain write instead of the guard. */
+      async run(broken = false) {
+        return runFencingRow({
+          storage,
+          target: await TARGETS[storage](shared),
+          redisUrl: storage === 'etcd' ? undefined : (await shared.redis()).url,
+          broken,
+          bounds,
+        })
+      },
+    }
+  })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,12 +373,12 @@ const once = (fn) => {
 }
 
 async function main(argv) {
-  const servers = await import('./lib/servers.mjs')
-  const services = await import('../lab/index.mjs')
+  const lab = await import('../lab/index.mjs')
   const shared = {
-    pg: once(() => servers.sharedPostgres()),
-    mysql: once(() => services.findMysql()),
-    redis: once(() => servers.redisSingle()),
+    pg: once(() => lab.findPostgres()),
+    mysql: once(() => lab.findMysql()),
+    redis: once(() => lab.startRedis()),
+    etcd: once(() => lab.startEtcd()),
   }
   const broken = argv.includes('--broken')
   const only = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : undefined
@@ -364,7 +394,7 @@ async function main(argv) {
       for (const v of res.violations) console.log(`    ! ${v}`)
     }
   } finally {
-    await servers.cleanupAll()
+    await lab.cleanupAll()
   }
   return failed === 0 ? 0 : 1
 }

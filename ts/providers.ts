@@ -262,7 +262,7 @@ export interface MySqlLockProviderOptions extends CommonProviderOptions {
    * before the session is given up and its locks reported lost (default 1 000).
    */
   keepaliveMs?: number | undefined
-  /** How long one statement (a try, a release, `getInfo`) may take, in ms (default 5 000). */
+  /** How long one statement (a try, a release, `getInfo`) may take, in ms (default 5 000). A try that needs a new session settles within it too. */
   opTimeoutMs?: number | undefined
   /** How long opening a session (TCP, TLS, login) may take, in ms (default 5 000). */
   connectTimeoutMs?: number | undefined

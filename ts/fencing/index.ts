@@ -31,3 +31,4 @@ export {
   type RedisValue,
 } from './redis'
 export { fencedWriteFile } from './file'
+export { fencedPut, fencedTxn, type EtcdBytes, type FencedEtcdResult, type FencedEtcdWrite } from './etcd'

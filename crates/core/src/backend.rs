@@ -87,8 +87,10 @@ impl AcquireRequest {
 ///
 /// A backend's held lock embeds a [`HeldCore`] (token, lost signal, how messages name it, the
 /// released flag) and returns it from [`HeldLock::core`]; the common questions are answered from
-/// it, and a backend overrides only what is its own (a lease, a descriptor, a release).
-pub trait HeldLock: Send + Sync + 'static {
+/// it, and a backend overrides only what is its own (a lease, a descriptor, a release). It is
+/// `Any`, so that a backend's own calls on its grants (etcd's fenced transaction) can find
+/// their type behind a [`Held`].
+pub trait HeldLock: std::any::Any + Send + Sync {
     /// The common half of this held lock.
     fn core(&self) -> &HeldCore;
     /// The fencing token of this grant: strictly greater than every earlier grant's of the name.

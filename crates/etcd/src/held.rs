@@ -1,5 +1,6 @@
 //! A lock held in etcd: its key on a lease, its in-process turn, release and extend.
 
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use distlock_core::{
 use tokio::time::Instant;
 
 use crate::cleanup::delete;
+use crate::fence::{self, Fenced, FencedOp};
 use crate::session::{self, Session};
 use crate::{BACKEND, Inner, Plan};
 
@@ -63,6 +65,14 @@ impl Inner {
 
 type Turn = Arc<Mutex<Option<(Ticket, Arc<Entry<()>>)>>>;
 
+/// Runs `ops` as one transaction that writes only while `held` still holds in etcd (see
+/// `fence.rs`), or `None` when `held` is not an etcd lock.
+pub fn fenced_txn(held: &Held, ops: Vec<FencedOp>) -> Option<BoxFuture<'static, Result<Fenced>>> {
+    let any: Arc<dyn Any + Send + Sync> = held.clone();
+    let etcd = any.downcast::<EtcdHeld>().ok()?;
+    Some(Box::pin(async move { etcd.fenced(ops).await }))
+}
+
 /// A lock held in etcd.
 pub(crate) struct EtcdHeld {
     inner: Arc<Inner>,
@@ -95,6 +105,29 @@ impl EtcdHeld {
         drop(lock(&self.turn).take());
         tracing::debug!(backend = BACKEND, token = self.core.token(), "released");
         Ok(())
+    }
+
+    /// Runs `ops` only while this grant still holds in etcd (see `fence.rs`), within
+    /// `opTimeoutMs`. A retry after a lost answer runs the same compare and writes again: the
+    /// writes are puts and deletes, so the second landing leaves what the first did.
+    pub(crate) async fn fenced(&self, ops: Vec<FencedOp>) -> Result<Fenced> {
+        let token = i64::try_from(self.core.token()).unwrap_or(i64::MAX);
+        let txn = fence::request(&self.key, token, fence::name_prefix(&self.key), ops);
+        let bound = self.inner.opts.op_timeout;
+        let answer = self
+            .inner
+            .pool
+            .call(bound, |c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        match answer {
+            Ok(mut r) => Ok(fence::outcome(&mut r, self.core.token())),
+            Err(f) => Err(self
+                .inner
+                .fault_error("a fenced write under", &self.target, f)),
+        }
     }
 
     async fn extend_now(&self, lease: Duration) -> Result<()> {

@@ -76,6 +76,7 @@
 mod acquire;
 mod cleanup;
 mod error;
+mod fence;
 #[doc(hidden)]
 pub mod grpc;
 mod held;
@@ -95,7 +96,9 @@ use distlock_core::{
 use grpc::wire::RangeRequest;
 
 use acquire::Waiter;
+pub use fence::{Fenced, FencedOp};
 use held::EtcdHeld;
+pub use held::fenced_txn;
 use keys::{Keys, Side};
 pub use options::{EtcdOptions, MAX_LEASE_MS, MIN_LEASE_MS};
 use order::Place;

@@ -31,7 +31,7 @@
 //! | call | settles by |
 //! |---|---|
 //! | `acquire` with `timeout` T > 0 | T, plus the server's confirmation of the kill of its waiting session (at most 250 ms) |
-//! | `acquire` with `timeout` 0 (try) | `connect_timeout` + `op_timeout` |
+//! | `acquire` with `timeout` 0 (try) | `op_timeout` (5 s), connecting included (its one retry too) |
 //! | `release` | `op_timeout`; no answer closes the session (the server frees its locks) |
 //! | `inspect` | `op_timeout` |
 //!
@@ -66,7 +66,7 @@ use statements::{list, ping, semaphore_fence, slot_name};
 pub const BACKEND: &str = "mysql";
 
 /// How an acquire spends its budget (core's `Patience`); the try's bound is the provider's
-/// `connect_timeout` + `op_timeout`, set per provider ([`Inner::policy`]).
+/// `op_timeout`, connecting included, set per provider ([`Inner::policy`]).
 const POLICY: Policy = Policy {
     // A waiter riding out a fault reconnects after 50 ms, doubling to 1 s: quick after a
     // passing reset, and at most one connection attempt a second against a server that is down.
@@ -265,11 +265,11 @@ impl Inner {
             .map(drop)
     }
 
-    /// [`POLICY`] with this provider's bound for a try: a session within `connect_timeout`
-    /// and an answer within `op_timeout`.
+    /// [`POLICY`] with this provider's bound for a try: `op_timeout` for connecting and the
+    /// attempt together, as on PostgreSQL (a connect that would take longer is cut by it).
     fn policy(&self) -> Policy {
         Policy {
-            try_budget: self.pool.opts.connect_timeout + self.op_timeout(),
+            try_budget: self.op_timeout(),
             ..POLICY
         }
     }

@@ -298,6 +298,16 @@ impl NativeHandle {
         })
     }
 
+    /// Writes to etcd only while this grant still holds there (etcd locks; see `fence.rs`).
+    #[napi(ts_return_type = "Promise<FencedAnswer>")]
+    pub fn fenced_txn<'env>(
+        &self,
+        env: &'env Env,
+        writes: Vec<crate::fence::FencedWrite>,
+    ) -> Result<PromiseRaw<'env, crate::fence::FencedAnswer>> {
+        promise(env, crate::fence::fenced_txn(self.current(), writes))
+    }
+
     /// Releases the lock; idempotent. Returns true when done, false when the release goes on
     /// and settles through the provider's channel with `id`.
     #[napi]

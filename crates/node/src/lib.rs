@@ -13,6 +13,7 @@ mod cancel;
 #[cfg(unix)]
 pub mod cli;
 mod errors;
+mod fence;
 mod handle;
 pub mod log;
 mod options;
