@@ -5,6 +5,10 @@ import { createServer, type AddressInfo, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
+import { afterAll, beforeAll } from 'vitest'
+
+import type { RedisServer } from '../lab/index.mjs' with { 'resolution-mode': 'import' }
+
 export const FIXTURES = join(__dirname, 'fixtures')
 export const ROOT = join(__dirname, '..')
 
@@ -162,4 +166,34 @@ export async function timed<T>(p: Promise<T>): Promise<{ ms: number; value?: T; 
   } catch (error) {
     return { ms: performance.now() - start, error }
   }
+}
+
+/** Runs `fn` and returns what it threw (failing the test if it did not throw). */
+export async function thrown(fn: () => unknown): Promise<Error & { code?: string }> {
+  try {
+    await fn()
+  } catch (err) {
+    return err as Error & { code?: string }
+  }
+  throw new Error('expected a throw')
+}
+
+type Services = typeof import('../lab/index.mjs', { with: { 'resolution-mode': 'import' } })
+
+/**
+ * The lab for one spec file, called at its top level: `services` (lab/index.mjs) is loaded
+ * before the file's tests and, with `{ redis: true }`, `redis` is a redis-server started for the
+ * file; after its tests every server started through the lab is stopped.
+ */
+export function useLab(options: { redis?: boolean } = {}): {
+  readonly services: Services
+  readonly redis: RedisServer
+} {
+  const lab = {} as { services: Services; redis: RedisServer }
+  beforeAll(async () => {
+    lab.services = await import('../lab/index.mjs')
+    if (options.redis) lab.redis = await lab.services.startRedis()
+  })
+  afterAll(() => lab.services?.stopServices())
+  return lab
 }

@@ -3,8 +3,6 @@
 // with LockBackendError), a try rejects within its own bound, and a refusal no retry can cure (a
 // wrong password, an unknown role) fails at once. One table of backends → provider factory, so
 // later cells (release, close, stall reporting) are added per backend.
-import { createConnection, createServer, type Server, type Socket } from 'node:net'
-
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 import {
@@ -85,7 +83,6 @@ const BACKENDS: Record<string, Backend> = {
 
 let services: Services
 const providers: LockProvider[] = []
-const servers: Server[] = []
 
 function track<P extends LockProvider>(p: P): P {
   providers.push(p)
@@ -97,37 +94,12 @@ beforeAll(async () => {
 })
 afterAll(async () => {
   await Promise.allSettled(providers.map((p) => p.close()))
-  for (const s of servers) s.close()
   services.stopServices()
 })
 
 function expectBackendError(error: unknown): asserts error is LockBackendError {
   expect(error).toBeInstanceOf(LockBackendError)
   expect((error as LockBackendError).code).toBe('ERR_LOCK_BACKEND')
-}
-
-/** Starts, on `port`, a plain TCP forwarder to 127.0.0.1:`upstream`. */
-function forward(port: number, upstream: number): Promise<Server> {
-  const sockets = new Set<Socket>()
-  const server = createServer((client) => {
-    const up = createConnection({ host: '127.0.0.1', port: upstream })
-    for (const s of [client, up]) {
-      sockets.add(s)
-      s.on('error', () => s.destroy())
-      s.on('close', () => sockets.delete(s))
-    }
-    client.pipe(up).pipe(client)
-  })
-  const close = server.close.bind(server)
-  server.close = (cb) => {
-    for (const s of sockets) s.destroy()
-    return close(cb)
-  }
-  servers.push(server)
-  return new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(port, '127.0.0.1', () => resolve(server))
-  })
 }
 
 describe.each(Object.entries(BACKENDS))('%s against a refused port', (_name, backend) => {
@@ -167,7 +139,7 @@ describe.each(SQL)('%s before its first connection', (_name, backend) => {
     const p = track(backend.on(port))
     const acquiring = timed(p.createLock('comes-up').acquire({ timeoutMs: 5000 }))
     await services.sleep(400)
-    await forward(port, backend.port!)
+    await services.startProxy(backend.port!, { listen: port })
     const { ms, value, error } = await acquiring
     expect(error).toBeUndefined()
     expect(ms).toBeGreaterThanOrEqual(400)

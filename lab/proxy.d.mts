@@ -6,10 +6,13 @@ export declare class FaultProxy {
   /** The port it listens on, once listening. */
   port: number
   mode: ProxyMode
-  listen(): Promise<number>
+  listen(port?: number): Promise<number>
   setMode(mode: ProxyMode, delayMs?: number): void
   close(): Promise<void>
 }
 
-/** A started proxy in front of 127.0.0.1:`port`, closed by stopServices() / cleanupAll() too. */
-export declare function startProxy(port: number): Promise<FaultProxy>
+/**
+ * A started proxy in front of 127.0.0.1:`port`, closed by stopServices() / cleanupAll() too. It
+ * listens on a free port, or on `listen` (a port a client was given before the proxy existed).
+ */
+export declare function startProxy(port: number, options?: { listen?: number }): Promise<FaultProxy>

@@ -86,11 +86,11 @@ export class FaultProxy {
     this.server.on('error', () => {})
   }
 
-  /** Starts listening on a free port of 127.0.0.1; resolves to the port. */
-  listen() {
+  /** Starts listening on 127.0.0.1:`port` (0: a free port); resolves to the port. */
+  listen(port = 0) {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject)
-      this.server.listen(0, '127.0.0.1', () => {
+      this.server.listen(port, '127.0.0.1', () => {
         this.port = this.server.address().port
         resolve(this.port)
       })
@@ -163,10 +163,13 @@ export class FaultProxy {
   }
 }
 
-/** A started proxy in front of 127.0.0.1:`port`, closed by stopServices() / cleanupAll() too. */
-export async function startProxy(port) {
+/**
+ * A started proxy in front of 127.0.0.1:`port`, closed by stopServices() / cleanupAll() too. It
+ * listens on a free port, or on `listen` (a port a client was given before the proxy existed).
+ */
+export async function startProxy(port, { listen = 0 } = {}) {
   const proxy = new FaultProxy({ port })
-  await proxy.listen()
+  await proxy.listen(listen)
   onCleanup(() => proxy.close())
   return proxy
 }
