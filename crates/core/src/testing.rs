@@ -23,9 +23,10 @@ pub struct Subject {
     pub open: Box<dyn Fn() -> Arc<dyn Backend> + Send + Sync>,
     /// A prefix for the names the run uses, unique to this run (the store may be shared).
     pub prefix: String,
-    /// Whether the backend has reader-writer locks (MySQL does not).
+    /// Whether the backend has reader-writer locks (MySQL does not). Where it has none, the
+    /// contract checks that asking for one is refused up front, as an invalid argument.
     pub read_write: bool,
-    /// Whether the backend has semaphores (RedLock does not).
+    /// Whether the backend has semaphores (RedLock does not); refused up front where not.
     pub semaphore: bool,
     /// Whether the providers `open` returns share one store that outlives each of them (every
     /// backend but memory, whose store is its provider: there `open` returns handles of one
@@ -112,10 +113,31 @@ pub async fn run(subject: &Subject) {
     bad_input_is_refused_and_leaves_nothing_locked(subject).await;
     if subject.read_write {
         readers_share_and_writers_exclude(subject).await;
+    } else {
+        refused(subject, &[LockKind::Read, LockKind::Write]).await;
     }
     if subject.semaphore {
         a_semaphore_admits_max_count_permits(subject).await;
+    } else {
+        refused(subject, &[LockKind::semaphore(3)]).await;
     }
+}
+
+/// A primitive the backend lacks is refused when asked for, as an invalid argument (the
+/// documented refusal), never a busy result or a wait; the name stays free for a mutex.
+pub async fn refused(s: &Subject, kinds: &[LockKind]) {
+    let a = (s.open)();
+    let name = format!("{}absent", s.prefix);
+    for &kind in kinds {
+        match a.acquire(request(&name, kind, Timeout::Zero)) {
+            Err(Error::InvalidArgument { .. }) => {}
+            Err(e) => panic!("{kind:?} is not offered, so it should be an invalid argument: {e}"),
+            Ok(_) => panic!("{kind:?} is not offered, yet an acquire of it was accepted"),
+        }
+    }
+    let h = held(&*a, &name, LockKind::Mutex, Timeout::Zero).await;
+    release(h).await;
+    close(&*a).await;
 }
 
 /// Two providers exclude each other; a try of a held lock is `None`; a bounded wait ends with
