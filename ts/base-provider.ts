@@ -83,6 +83,7 @@ export abstract class BaseProvider implements LockProvider {
       defaults,
       native: nativeProvider,
       settler: new Settler(nativeProvider),
+      watched: new Set(),
       backend,
       assertOpen() {
         if (nativeProvider.isClosed) throw closedError(backend)
@@ -142,6 +143,10 @@ export abstract class BaseProvider implements LockProvider {
       await this.#source.native.close()
     } catch (err) {
       throw toLockError(err)
+    } finally {
+      // What the close lost has aborted its signal by the time close resolves.
+      for (const ref of this.#source.watched ?? []) ref.deref()?.syncLost()
+      this.#source.watched?.clear()
     }
   }
 

@@ -74,6 +74,8 @@ export class LockHandle implements Handle {
   readonly #grantedAt = performance.now()
   #holdTimer: NodeJS.Timeout | undefined
   #controller: AbortController | undefined
+  readonly #watched: Set<WeakRef<{ syncLost(): void }>> | undefined
+  #ref: WeakRef<LockHandle> | undefined
 
   /** @internal */
   constructor(
@@ -92,6 +94,7 @@ export class LockHandle implements Handle {
     this.permits = permits
     this.#what = what
     this.#settler = source.settler
+    this.#watched = source.watched
     if (maxHoldMs !== undefined) {
       // Holds the handle until then (so until then it is not released by garbage collection).
       this.#holdTimer = setTimeout(() => {
@@ -131,9 +134,21 @@ export class LockHandle implements Handle {
       // Already lost: abort now, so `signal.aborted` is true the moment it is read.
       if (already != null) lost(already)
       // The callback holds the controller, not the handle, so garbage collection still works.
-      else this.#native.onLost(lost)
+      else {
+        this.#native.onLost(lost)
+        this.#ref = new WeakRef(this)
+        this.#watched?.add(this.#ref)
+      }
     }
     return this.#controller.signal
+  }
+
+  /** Aborts `signal` now if the lock is known lost and the native notice has not come yet. @internal */
+  syncLost(): void {
+    const reason = this.#native.lostReason
+    if (reason != null && this.#controller && !this.#controller.signal.aborted) {
+      this.#controller.abort(new LockLostError(lostMessage(this.#what, reason)))
+    }
   }
 
   /**
@@ -257,6 +272,7 @@ export class LockHandle implements Handle {
 
   async #release(): Promise<void> {
     clearTimeout(this.#holdTimer)
+    if (this.#ref) this.#watched?.delete(this.#ref)
     try {
       const id = this.#settler.id()
       if (!this.#native.release(id)) await this.#settler.wait(id)

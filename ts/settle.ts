@@ -57,6 +57,11 @@ export interface LockSource {
   readonly backend: string
   /** Throws {@link LockClosedError} if the provider was closed. */
   assertOpen(): void
+  /**
+   * The handles whose `signal` is watched, so that `close()` aborts those its close lost before
+   * resolving (the native notice of a loss may reach JS only after close's answer). @internal
+   */
+  readonly watched?: Set<WeakRef<{ syncLost(): void }>>
   /** The provider's defaults for acquires that do not say. */
   readonly defaults?: { readonly autoRenew?: boolean | undefined; readonly maxHoldMs?: number | undefined } | undefined
 }
