@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{AcquireRequest, LockKind};
+use tokio::time::Instant;
+
+use crate::backend::{AcquireRequest, Interrupted, LockKind, race};
 use crate::error::{Error, Result};
 use crate::options::validate_name;
 use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
@@ -57,6 +59,19 @@ pub fn check_open(
         });
     }
     Ok(())
+}
+
+/// Waits for `ticket`'s turn in this process, until `deadline` (`None`: no end), the request's
+/// cancel token or the provider's close token `closed`, whichever comes first.
+pub async fn wait_turn(
+    req: &AcquireRequest,
+    ticket: &mut Ticket,
+    deadline: Option<Instant>,
+    closed: &CancellationToken,
+) -> std::result::Result<(), Interrupted> {
+    race(ticket.granted(), deadline, req.cancel.as_ref(), closed)
+        .await
+        .done()
 }
 
 impl<L, S> Turns<L, S> {

@@ -23,8 +23,19 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{BoxFuture, Interrupted, Waited, race};
 use crate::fault::Fault;
 use crate::options::Timeout;
-use crate::patience::{End, Input, Patience, Policy, Step};
+use crate::patience::{Backoff, End, Input, Patience, Policy, Step};
 use crate::stall::Reporter;
+
+/// How a SQL backend's waiter riding out a fault paces its reconnects: after 50 ms, doubling to
+/// 1 s, quick after a passing reset, and at most one connection attempt a second against a
+/// server that is down.
+pub const FAULT_PAUSE: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+
+/// How a SQL backend's semaphore polls for permits freed by other processes (its permits are
+/// taken by tries; one freed in this process wakes the waiter at once): after 2 ms, doubling to
+/// 50 ms. A permit is usually given back within a few milliseconds, and 50 ms keeps a long
+/// wait's load small.
+pub const SLOT_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
 
 /// An answer to come: a grant, `None` (busy, or the server's own timeout), or a fault.
 pub type Answer<G> = BoxFuture<'static, Result<Option<G>, Fault>>;

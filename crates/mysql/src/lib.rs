@@ -48,10 +48,10 @@ mod statements;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use distlock_core::two_phase;
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, Backoff, BoxFuture, CancellationToken, End,
-    Error, Fault, HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns,
-    check_open, race,
+    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, End, Error, Fault,
+    HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns, check_open, wait_turn,
 };
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
@@ -68,9 +68,7 @@ pub const BACKEND: &str = "mysql";
 /// How an acquire spends its budget (core's `Patience`); the try's bound is the provider's
 /// `connect_timeout` + `op_timeout`, set per provider ([`Inner::policy`]).
 const POLICY: Policy = Policy {
-    // A waiter riding out a fault reconnects after 50 ms, doubling to 1 s: quick after a
-    // passing reset, and at most one connection attempt a second against a server that is down.
-    fault_pause: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
+    fault_pause: two_phase::FAULT_PAUSE,
     // A busy lock is waited for on the server (`GET_LOCK` with a timeout): nothing to poll.
     busy_poll: None,
     // A try goes again once, at once: a pooled session the server ended while it was idle (a
@@ -78,11 +76,6 @@ const POLICY: Policy = Policy {
     try_retries: 1,
     try_budget: Duration::ZERO,
 };
-
-/// A semaphore's permits are taken by tries; permits freed by other processes are polled for
-/// after 2 ms, doubling to 50 ms (one freed in this process wakes the waiter at once): a permit
-/// is usually given back within a few milliseconds, and 50 ms keeps a long wait's load small.
-const SLOT_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
 
 /// A lock provider on one MySQL or MariaDB server.
 #[derive(Clone)]
@@ -281,15 +274,7 @@ impl Inner {
         ticket: &mut Ticket,
         start: Instant,
     ) -> std::result::Result<(), Interrupted> {
-        let deadline = req.timeout.deadline(start);
-        race(
-            ticket.granted(),
-            deadline,
-            req.cancel.as_ref(),
-            &self.closed,
-        )
-        .await
-        .done()?;
+        wait_turn(req, ticket, req.timeout.deadline(start), &self.closed).await?;
         self.start_keepalive();
         Ok(())
     }

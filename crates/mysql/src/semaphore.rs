@@ -1,6 +1,6 @@
 //! A semaphore acquire: `permits` of the `maxCount` named locks derived from the name, all or
 //! none, with tries that never wait, repeated under core's patience (woken at once by a permit
-//! freed in this process, else polled with [`crate::SLOT_POLL`]) until the deadline.
+//! freed in this process, else polled with [`two_phase::SLOT_POLL`]) until the deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::held::{Claims, Got, Keep, SemState, Turn};
 use crate::session::{Session, Use};
 use crate::statements::{bump, release_all, semaphore_fence, slot_name, try_all, uuid_short};
-use crate::{BACKEND, Inner, SLOT_POLL};
+use crate::{BACKEND, Inner};
 
 /// Acquires `permits` of semaphore `req.name` (of `max_count`) once `ticket` comes up.
 pub(crate) async fn acquire(
@@ -35,7 +35,7 @@ pub(crate) async fn acquire(
         permits,
     });
     let policy = Policy {
-        busy_poll: Some(SLOT_POLL),
+        busy_poll: Some(two_phase::SLOT_POLL),
         ..inner.policy()
     };
     let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
@@ -162,9 +162,7 @@ impl TwoPhase for Slots {
     }
 
     fn woken(&self) -> BoxFuture<'static, ()> {
-        let mut freed = Box::pin(self.entry.state.freed.clone().notified_owned());
-        freed.as_mut().enable();
-        Box::pin(freed)
+        self.entry.state.woken()
     }
 }
 

@@ -80,11 +80,10 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use distlock_core::two_phase::Usage;
+use distlock_core::two_phase::{self, Usage};
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, Backoff, BoxFuture, CancellationToken, End,
-    Error, Fault, HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns,
-    check_open, race,
+    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, End, Error, Fault,
+    HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns, check_open, wait_turn,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
@@ -102,9 +101,7 @@ pub const BACKEND: &str = "postgres";
 /// How an acquire spends its budget (core's `Patience`); the try's bound is the provider's
 /// `op_timeout`, set per provider ([`Inner::policy`]).
 const POLICY: Policy = Policy {
-    // A waiter riding out a fault reconnects after 50 ms, doubling to 1 s: quick after a
-    // passing reset, and at most one connection attempt a second against a server that is down.
-    fault_pause: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
+    fault_pause: two_phase::FAULT_PAUSE,
     // A busy key is waited for on the server (its queue wakes the waiter): nothing to poll.
     busy_poll: None,
     // A try does not retry: a session the server closed ends its connection task at once, which
@@ -112,11 +109,6 @@ const POLICY: Policy = Policy {
     try_retries: 0,
     try_budget: config::DEFAULT_OP_TIMEOUT,
 };
-
-/// A semaphore's permits are taken by tries; permits freed by other processes are polled for
-/// after 2 ms, doubling to 50 ms (one freed in this process wakes the waiter at once): a permit
-/// is usually given back within a few milliseconds, and 50 ms keeps a long wait's load small.
-const SLOT_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
 
 /// A lock provider on one PostgreSQL database. See the crate documentation for the time bounds
 /// of every call.
@@ -348,14 +340,7 @@ impl Inner {
         ticket: &mut Ticket,
         deadline: Option<Instant>,
     ) -> std::result::Result<(), Interrupted> {
-        race(
-            ticket.granted(),
-            deadline,
-            req.cancel.as_ref(),
-            &self.closed,
-        )
-        .await
-        .done()?;
+        wait_turn(req, ticket, deadline, &self.closed).await?;
         self.start_keepalive();
         Ok(())
     }

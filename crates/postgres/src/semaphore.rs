@@ -1,11 +1,10 @@
 //! A semaphore acquire: `permits` of the `maxCount` permit keys, all or none, in one statement
 //! that never waits, repeated under core's patience (woken at once by a permit freed in this
-//! process, else polled with [`crate::SLOT_POLL`]) until the deadline.
+//! process, else polled with [`two_phase::SLOT_POLL`]) until the deadline.
 
 use std::sync::Arc;
 
 use distlock_core::queue::Entry;
-use distlock_core::sync::lock;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
 use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Policy, Reporter, Result, Ticket};
 use tokio::sync::OwnedMutexGuard;
@@ -15,7 +14,7 @@ use crate::config::Scope;
 use crate::held::{Keep, SemState, Turn};
 use crate::session::Session;
 use crate::sql::{bigint_cell, parse_token, rollback, slot_cells, slots_attempt, slots_unlock};
-use crate::{BACKEND, Inner, SLOT_POLL};
+use crate::{BACKEND, Inner};
 
 /// Acquires `permits` of semaphore `req.name` (of `max_count`) once `ticket` comes up.
 pub(crate) async fn acquire(
@@ -41,7 +40,7 @@ pub(crate) async fn acquire(
         target: req.target(BACKEND).to_string(),
     });
     let policy = Policy {
-        busy_poll: Some(SLOT_POLL),
+        busy_poll: Some(two_phase::SLOT_POLL),
         ..inner.policy()
     };
     let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
@@ -53,7 +52,7 @@ pub(crate) async fn acquire(
             token,
             gate,
         }) => {
-            lock(&entry.state.taken).extend(slots.iter().copied());
+            entry.state.slots.take(&slots);
             drop(gate);
             let unlock = match inner.pool.opts.scope {
                 Scope::Session => slots_unlock(&req.name, &slots),
@@ -108,10 +107,7 @@ impl TwoPhase for SlotLock {
 
     fn try_lock(&self, (s, gate): Self::Shared) -> Answer<SlotGrant> {
         let (inner, target) = (self.inner.clone(), self.target.clone());
-        let free: Vec<u32> = {
-            let taken = lock(&self.entry.state.taken);
-            (0..self.max_count).filter(|i| !taken.contains(i)).collect()
-        };
+        let free = self.entry.state.slots.free(self.max_count);
         let permits = self.permits;
         let (scope, seq) = (inner.pool.opts.scope, &inner.pool.opts.fencing_sequence);
         let stmt = slots_attempt(&self.name, &free, permits, scope, seq);
@@ -160,8 +156,6 @@ impl TwoPhase for SlotLock {
     }
 
     fn woken(&self) -> BoxFuture<'static, ()> {
-        let mut freed = Box::pin(self.entry.state.freed.clone().notified_owned());
-        freed.as_mut().enable();
-        Box::pin(freed)
+        self.entry.state.slots.woken()
     }
 }
