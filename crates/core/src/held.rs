@@ -5,7 +5,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::HeldLock;
+use crate::lease::Lease;
 use crate::lost::LostSignal;
 
 /// The half of a held lock every backend keeps the same way: how messages name it, its fencing
@@ -65,6 +71,28 @@ impl HeldCore {
     pub fn is_held(&self) -> bool {
         !self.is_released() && !self.lost.is_lost()
     }
+
+    /// For a lock with `lease`: held, and the lease's local deadline not passed, read from the
+    /// clock now (whether or not any timer ran). A deadline found passed calls `expired`, which
+    /// reports the lock lost the backend's way.
+    pub fn is_held_by_lease(&self, lease: &Lease, expired: impl FnOnce()) -> bool {
+        if !self.is_held() {
+            return false;
+        }
+        if Instant::now() < lease.deadline() {
+            return true;
+        }
+        expired();
+        false
+    }
+
+    /// What is left of `lease` by the local deadline: zero once the lock is lost.
+    pub fn lease_remaining(&self, lease: &Lease) -> Duration {
+        if self.lost.is_lost() {
+            return Duration::ZERO;
+        }
+        lease.remaining(Instant::now())
+    }
 }
 
 /// Held locks of one provider, by id.
@@ -120,6 +148,20 @@ impl<T> HeldSet<T> {
             .drain()
             .filter_map(|(_, w)| w.upgrade())
             .collect()
+    }
+}
+
+impl<T: HeldLock> HeldSet<T> {
+    /// The first half of every provider's `close`: `closed` is cancelled (new acquires are
+    /// refused and waits end), then every lock still alive is taken out of the set with its
+    /// lost signal fired for `reason`, for the backend to release.
+    pub fn close(&self, closed: &CancellationToken, reason: &str) -> Vec<Arc<T>> {
+        closed.cancel();
+        let held = self.drain();
+        for h in &held {
+            h.lost().fire(reason);
+        }
+        held
     }
 }
 

@@ -45,7 +45,7 @@ pub use held::{HeldCore, HeldSet};
 pub use lease::Lease;
 pub use lost::LostSignal;
 pub use memory::MemoryBackend;
-pub use options::{Timeout, validate_max_count, validate_name, validate_permits};
+pub use options::{Timeout, TlsPem, validate_max_count, validate_name, validate_permits};
 pub use patience::{Backoff, End, Input, Patience, Policy, Step};
 pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
 pub use stall::Reporter;

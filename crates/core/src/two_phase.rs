@@ -20,10 +20,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{BoxFuture, Interrupted, Waited, race};
+use crate::admission::wait_turn;
+use crate::backend::{AcquireRequest, BoxFuture, Interrupted, Waited, race};
 use crate::fault::Fault;
 use crate::options::Timeout;
 use crate::patience::{Backoff, End, Input, Patience, Policy, Step};
+use crate::queue::Ticket;
 use crate::stall::Reporter;
 
 /// How a SQL backend's waiter riding out a fault paces its reconnects: after 50 ms, doubling to
@@ -112,6 +114,23 @@ pub trait TwoPhase: Send + Sync + 'static {
     fn woken(&self) -> BoxFuture<'static, ()> {
         Box::pin(std::future::pending())
     }
+}
+
+/// The asynchronous half of a SQL backend's acquire of `req`, begun at `start`: the wait for
+/// `ticket`'s turn in this process, then [`acquire`] of `lock` under `policy` (with the
+/// request's timeout and cancel token). A stalled wait tells `reporter`.
+pub async fn after_turn<S: TwoPhase>(
+    lock: Arc<S>,
+    policy: Policy,
+    req: &AcquireRequest,
+    ticket: &mut Ticket,
+    start: Instant,
+    reporter: Option<Reporter>,
+    closed: &CancellationToken,
+) -> Result<S::Grant, End> {
+    wait_turn(req, ticket, req.timeout.deadline(start), closed).await?;
+    let cancel = req.cancel.as_ref();
+    acquire(lock, policy, req.timeout, start, reporter, cancel, closed).await
 }
 
 /// Runs the two-phase acquire of `lock` with `timeout`, begun at `start` (the acquire's own

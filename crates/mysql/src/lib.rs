@@ -51,11 +51,10 @@ use std::time::Duration;
 use distlock_core::two_phase;
 use distlock_core::{
     AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, End, Error, Fault,
-    HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns, check_open, wait_turn,
+    HeldSet, LockInfo, LockKind, Policy, Result, Turns, check_open,
 };
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
-use tokio::time::Instant;
 
 pub use config::MySqlOptions;
 use held::{MyHeld, SemState};
@@ -166,15 +165,13 @@ impl Backend for MySqlBackend {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner.closed.cancel();
+            // MySQL's wording since its first release (the other backends say "the lock
+            // provider"); kept so that what users match on does not change.
             let releasing: Vec<_> = inner
                 .held
-                .drain()
+                .close(&inner.closed, "the provider was closed")
                 .into_iter()
-                .map(|h| {
-                    h.core.lost().fire("the provider was closed");
-                    h.take_and_release()
-                })
+                .map(|h| h.take_and_release())
                 .collect();
             // Each release is one statement on its session; sessions work in parallel.
             futures_join(releasing).await;
@@ -265,18 +262,6 @@ impl Inner {
             try_budget: self.pool.opts.connect_timeout + self.op_timeout(),
             ..POLICY
         }
-    }
-
-    /// Waits for this caller's turn in the process.
-    async fn take_turn(
-        self: &Arc<Self>,
-        req: &AcquireRequest,
-        ticket: &mut Ticket,
-        start: Instant,
-    ) -> std::result::Result<(), Interrupted> {
-        wait_turn(req, ticket, req.timeout.deadline(start), &self.closed).await?;
-        self.start_keepalive();
-        Ok(())
     }
 
     /// What an acquire that ended without a grant returns; a fault that ended it names what

@@ -34,17 +34,14 @@ pub(crate) async fn acquire(
     entry: Arc<Entry<()>>,
 ) -> Result<Option<Held>> {
     let start = Instant::now();
-    if let Err(why) = inner.take_turn(&req, &mut ticket, start).await {
-        return why.into_outcome(&req, BACKEND);
-    }
+    inner.start_keepalive();
     let named = Arc::new(NamedLock {
         inner: inner.clone(),
         name: names::lock_name(&req.name),
     });
-    let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    let (policy, closed) = (inner.policy(), &inner.closed);
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
-    let policy = inner.policy();
-    match two_phase::acquire(named, policy, req.timeout, start, reporter, cancel, closed).await {
+    match two_phase::after_turn(named, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(got) => {
             let turn = Turn {
                 ticket,

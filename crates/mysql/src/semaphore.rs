@@ -24,9 +24,7 @@ pub(crate) async fn acquire(
     (max_count, permits): (u32, u32),
 ) -> Result<Option<Held>> {
     let start = Instant::now();
-    if let Err(why) = inner.take_turn(&req, &mut ticket, start).await {
-        return why.into_outcome(&req, BACKEND);
-    }
+    inner.start_keepalive();
     let slots = Arc::new(Slots {
         inner: inner.clone(),
         entry: entry.clone(),
@@ -38,9 +36,9 @@ pub(crate) async fn acquire(
         busy_poll: Some(two_phase::SLOT_POLL),
         ..inner.policy()
     };
-    let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    let closed = &inner.closed;
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
-    match two_phase::acquire(slots, policy, req.timeout, start, reporter, cancel, closed).await {
+    match two_phase::after_turn(slots, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(mut got) => {
             if let Some(claims) = got.claims.take() {
                 claims.keep();

@@ -83,10 +83,9 @@ use std::time::Duration;
 use distlock_core::two_phase::{self, Usage};
 use distlock_core::{
     AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, End, Error, Fault,
-    HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns, check_open, wait_turn,
+    HeldSet, LockInfo, LockKind, Policy, Result, Turns, check_open,
 };
 use tokio::sync::OnceCell;
-use tokio::time::Instant;
 
 pub use config::{PgOptions, Scope, Verify};
 use fault::describe;
@@ -280,15 +279,14 @@ impl Backend for PostgresBackend {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner.closed.cancel();
+            let held = inner
+                .held
+                .close(&inner.closed, "the lock provider was closed");
             inner
                 .pool
                 .closing
                 .store(true, std::sync::atomic::Ordering::Release);
-            let releases = inner.held.drain().into_iter().map(|h| {
-                h.core.lost().fire("the lock provider was closed");
-                h.take_and_unlock()
-            });
+            let releases = held.into_iter().map(|h| h.take_and_unlock());
             let all = async {
                 for r in releases {
                     r.await;
@@ -331,18 +329,6 @@ impl Inner {
         {
             tokio::spawn(self.pool.clone().keepalive(period, self.closed.clone()));
         }
-    }
-
-    /// Waits for this caller's turn in the process.
-    async fn take_turn(
-        self: &Arc<Self>,
-        req: &AcquireRequest,
-        ticket: &mut Ticket,
-        deadline: Option<Instant>,
-    ) -> std::result::Result<(), Interrupted> {
-        wait_turn(req, ticket, deadline, &self.closed).await?;
-        self.start_keepalive();
-        Ok(())
     }
 
     /// Creates the fencing sequence once per provider if it is missing, within `op_timeout`.
