@@ -97,10 +97,7 @@ impl<L, S> Turns<L, S> {
         backend: &'static str,
         make: impl FnOnce() -> S,
     ) -> Result<Admitted<S>> {
-        let (max_count, permits) = match req.kind {
-            LockKind::Semaphore { max_count, permits } => (max_count, permits),
-            _ => (1, 1),
-        };
+        let (max_count, permits) = req.kind.counts();
         let entry = self.semaphores.entry(&req.name, u64::from(max_count), make);
         if entry.queue.capacity() != u64::from(max_count) {
             return Err(Error::invalid(

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::backend::HeldLock;
 use crate::lease::Lease;
 use crate::lost::LostSignal;
 
@@ -151,20 +149,6 @@ impl<T> HeldSet<T> {
     }
 }
 
-impl<T: HeldLock> HeldSet<T> {
-    /// The first half of every provider's `close`: `closed` is cancelled (new acquires are
-    /// refused and waits end), then every lock still alive is taken out of the set with its
-    /// lost signal fired for `reason`, for the backend to release.
-    pub fn close(&self, closed: &CancellationToken, reason: &str) -> Vec<Arc<T>> {
-        closed.cancel();
-        let held = self.drain();
-        for h in &held {
-            h.lost().fire(reason);
-        }
-        held
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +164,31 @@ mod tests {
         let lost = HeldCore::new("x", 1);
         lost.lost().fire("gone");
         assert!(!lost.is_held() && !lost.is_released());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leased_lock_is_held_until_its_local_deadline() {
+        let ms = std::time::Duration::from_millis;
+        let core = HeldCore::new("etcd lock \"a\"", 1);
+        let lease = Lease::new(ms(100), Instant::now());
+        let expired = std::cell::Cell::new(0);
+        assert!(core.is_held_by_lease(&lease, || expired.set(expired.get() + 1)));
+        assert_eq!(core.lease_remaining(&lease), ms(100));
+        tokio::time::advance(ms(100)).await;
+        assert!(!core.is_held_by_lease(&lease, || expired.set(expired.get() + 1)));
+        assert_eq!(
+            expired.get(),
+            1,
+            "a passed deadline is reported once per call"
+        );
+        core.lost().fire("gone");
+        assert!(!core.is_held_by_lease(&lease, || expired.set(expired.get() + 1)));
+        assert_eq!(
+            expired.get(),
+            1,
+            "a lost lock is not held, and not expired again"
+        );
+        assert_eq!(core.lease_remaining(&lease), ms(0));
     }
 
     #[test]

@@ -39,6 +39,15 @@ pub const FAULT_PAUSE: Backoff = Backoff::new(Duration::from_millis(50), Duratio
 /// wait's load small.
 pub const SLOT_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
 
+/// A SQL backend's `policy` for a semaphore: the same, with its permits polled at
+/// [`SLOT_POLL`].
+pub fn polled(policy: Policy) -> Policy {
+    Policy {
+        busy_poll: Some(SLOT_POLL),
+        ..policy
+    }
+}
+
 /// An answer to come: a grant, `None` (busy, or the server's own timeout), or a fault.
 pub type Answer<G> = BoxFuture<'static, Result<Option<G>, Fault>>;
 

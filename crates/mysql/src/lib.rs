@@ -50,8 +50,8 @@ use std::time::Duration;
 
 use distlock_core::two_phase;
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, End, Error, Fault,
-    HeldSet, LockInfo, LockKind, Policy, Result, Turns, check_open,
+    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, End, Error, Fault, HeldSet,
+    LockInfo, LockKind, Policy, Result, Turns, check_open,
 };
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
@@ -138,17 +138,12 @@ impl Backend for MySqlBackend {
                 ),
             )),
             LockKind::Mutex => {
-                let Admitted { entry, ticket } = inner.turns.lock(&req, || ());
-                Ok(Box::pin(async move {
-                    mutex::acquire(inner, req, ticket, entry).await
-                }))
+                let admitted = inner.turns.lock(&req, || ());
+                Ok(Box::pin(mutex::acquire(inner, req, admitted)))
             }
-            LockKind::Semaphore { max_count, permits } => {
-                let Admitted { entry, ticket } =
-                    inner.turns.semaphore(&req, BACKEND, SemState::default)?;
-                Ok(Box::pin(async move {
-                    semaphore::acquire(inner, req, ticket, entry, (max_count, permits)).await
-                }))
+            LockKind::Semaphore { .. } => {
+                let admitted = inner.turns.semaphore(&req, BACKEND, SemState::default)?;
+                Ok(Box::pin(semaphore::acquire(inner, req, admitted)))
             }
         }
     }

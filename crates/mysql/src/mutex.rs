@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distlock_core::queue::Entry;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
 use distlock_core::{
-    AcquireRequest, BoxFuture, Fault, Held, Interrupted, Reporter, Result, Ticket,
+    AcquireRequest, Admitted, BoxFuture, Fault, Held, Interrupted, Reporter, Result,
 };
 use tokio::time::Instant;
 
@@ -30,8 +29,7 @@ const KILL_SETTLE: Duration = Duration::from_millis(250);
 pub(crate) async fn acquire(
     inner: Arc<Inner>,
     req: AcquireRequest,
-    mut ticket: Ticket,
-    entry: Arc<Entry<()>>,
+    Admitted { entry, mut ticket }: Admitted<()>,
 ) -> Result<Option<Held>> {
     let start = Instant::now();
     inner.start_keepalive();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
-use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Policy, Reporter, Result, Ticket};
+use distlock_core::{AcquireRequest, Admitted, BoxFuture, Fault, Held, Reporter, Result};
 use tokio::time::Instant;
 
 use crate::held::{Claims, Got, Keep, SemState, Turn};
@@ -19,12 +19,11 @@ use crate::{BACKEND, Inner};
 pub(crate) async fn acquire(
     inner: Arc<Inner>,
     req: AcquireRequest,
-    mut ticket: Ticket,
-    entry: Arc<Entry<SemState>>,
-    (max_count, permits): (u32, u32),
+    Admitted { entry, mut ticket }: Admitted<SemState>,
 ) -> Result<Option<Held>> {
     let start = Instant::now();
     inner.start_keepalive();
+    let (max_count, permits) = req.kind.counts();
     let slots = Arc::new(Slots {
         inner: inner.clone(),
         entry: entry.clone(),
@@ -32,10 +31,7 @@ pub(crate) async fn acquire(
         max_count,
         permits,
     });
-    let policy = Policy {
-        busy_poll: Some(two_phase::SLOT_POLL),
-        ..inner.policy()
-    };
+    let policy = two_phase::polled(inner.policy());
     let closed = &inner.closed;
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
     match two_phase::after_turn(slots, policy, &req, &mut ticket, start, reporter, closed).await {

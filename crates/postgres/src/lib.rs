@@ -82,8 +82,8 @@ use std::time::Duration;
 
 use distlock_core::two_phase::{self, Usage};
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, End, Error, Fault,
-    HeldSet, LockInfo, LockKind, Policy, Result, Turns, check_open,
+    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, End, Error, Fault, HeldSet,
+    LockInfo, LockKind, Policy, Result, Turns, check_open,
 };
 use tokio::sync::OnceCell;
 
@@ -173,22 +173,17 @@ impl Backend for PostgresBackend {
         match req.kind {
             LockKind::Mutex | LockKind::Read | LockKind::Write => {
                 let shared = req.kind == LockKind::Read;
-                let Admitted { entry, ticket } = inner.turns.lock(&req, Handoff::default);
+                let admitted = inner.turns.lock(&req, Handoff::default);
                 let sql = Sql {
                     key: AdvisoryKey::from_name(&req.name),
                     shared,
                     scope,
                 };
-                Ok(Box::pin(async move {
-                    mutex::acquire(inner, req, ticket, entry, sql).await
-                }))
+                Ok(Box::pin(mutex::acquire(inner, req, admitted, sql)))
             }
-            LockKind::Semaphore { max_count, permits } => {
-                let Admitted { entry, ticket } =
-                    inner.turns.semaphore(&req, BACKEND, SemState::default)?;
-                Ok(Box::pin(async move {
-                    semaphore::acquire(inner, req, ticket, entry, (max_count, permits)).await
-                }))
+            LockKind::Semaphore { .. } => {
+                let admitted = inner.turns.semaphore(&req, BACKEND, SemState::default)?;
+                Ok(Box::pin(semaphore::acquire(inner, req, admitted)))
             }
         }
     }

@@ -11,7 +11,7 @@ use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
 use distlock_core::two_phase::{self, Answer, TwoPhase, Usage};
 use distlock_core::{
-    AcquireRequest, BoxFuture, Fault, Held, Interrupted, Reporter, Result, Ticket,
+    AcquireRequest, Admitted, BoxFuture, Fault, Held, Interrupted, Reporter, Result,
 };
 use tokio::time::Instant;
 
@@ -37,8 +37,7 @@ const NO_SESSION_RETRY: Duration = Duration::from_millis(100);
 pub(crate) async fn acquire(
     inner: Arc<Inner>,
     req: AcquireRequest,
-    mut ticket: Ticket,
-    entry: Arc<Entry<Handoff>>,
+    Admitted { entry, mut ticket }: Admitted<Handoff>,
     sql: Sql,
 ) -> Result<Option<Held>> {
     let start = Instant::now();
