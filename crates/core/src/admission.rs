@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{AcquireRequest, LockKind};
+use tokio::time::Instant;
+
+use crate::backend::{AcquireRequest, Interrupted, LockKind, race};
 use crate::error::{Error, Result};
 use crate::options::validate_name;
 use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
@@ -59,6 +61,19 @@ pub fn check_open(
     Ok(())
 }
 
+/// Waits for `ticket`'s turn in this process, until `deadline` (`None`: no end), the request's
+/// cancel token or the provider's close token `closed`, whichever comes first.
+pub async fn wait_turn(
+    req: &AcquireRequest,
+    ticket: &mut Ticket,
+    deadline: Option<Instant>,
+    closed: &CancellationToken,
+) -> std::result::Result<(), Interrupted> {
+    race(ticket.granted(), deadline, req.cancel.as_ref(), closed)
+        .await
+        .done()
+}
+
 impl<L, S> Turns<L, S> {
     /// Joins the queue of `req`'s lock name (a mutex or either side of a reader-writer lock;
     /// call [`check_open`] first). A reader takes one unit of the name's capacity; a writer or a
@@ -82,10 +97,7 @@ impl<L, S> Turns<L, S> {
         backend: &'static str,
         make: impl FnOnce() -> S,
     ) -> Result<Admitted<S>> {
-        let (max_count, permits) = match req.kind {
-            LockKind::Semaphore { max_count, permits } => (max_count, permits),
-            _ => (1, 1),
-        };
+        let (max_count, permits) = req.kind.counts();
         let entry = self.semaphores.entry(&req.name, u64::from(max_count), make);
         if entry.queue.capacity() != u64::from(max_count) {
             return Err(Error::invalid(

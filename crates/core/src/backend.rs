@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, Target};
-use crate::held::HeldCore;
+use crate::held::{HeldCore, HeldSet};
 use crate::lost::LostSignal;
 use crate::options::Timeout;
 
@@ -45,6 +45,15 @@ impl LockKind {
         LockKind::Semaphore {
             max_count,
             permits: 1,
+        }
+    }
+
+    /// A semaphore's `(max_count, permits)`; `(1, 1)` for the other kinds (one holder, which
+    /// takes all of it).
+    pub fn counts(self) -> (u32, u32) {
+        match self {
+            LockKind::Semaphore { max_count, permits } => (max_count, permits),
+            LockKind::Mutex | LockKind::Read | LockKind::Write => (1, 1),
         }
     }
 
@@ -138,6 +147,21 @@ pub trait HeldLock: std::any::Any + Send + Sync {
     #[cfg(unix)]
     fn duplicate_descriptor(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
         None
+    }
+}
+
+// Here rather than in `held`, beside the `HeldLock` it needs.
+impl<T: HeldLock> HeldSet<T> {
+    /// The first half of every provider's `close`: `closed` is cancelled (new acquires are
+    /// refused and waits end), then every lock still alive is taken out of the set with its
+    /// lost signal fired for `reason`, for the backend to release.
+    pub fn close(&self, closed: &CancellationToken, reason: &str) -> Vec<Arc<T>> {
+        closed.cancel();
+        let held = self.drain();
+        for h in &held {
+            h.lost().fire(reason);
+        }
+        held
     }
 }
 

@@ -5,7 +5,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::lease::Lease;
 use crate::lost::LostSignal;
 
 /// The half of a held lock every backend keeps the same way: how messages name it, its fencing
@@ -64,6 +68,28 @@ impl HeldCore {
     /// Not released and not lost (backends with leases also check their deadline).
     pub fn is_held(&self) -> bool {
         !self.is_released() && !self.lost.is_lost()
+    }
+
+    /// For a lock with `lease`: held, and the lease's local deadline not passed, read from the
+    /// clock now (whether or not any timer ran). A deadline found passed calls `expired`, which
+    /// reports the lock lost the backend's way.
+    pub fn is_held_by_lease(&self, lease: &Lease, expired: impl FnOnce()) -> bool {
+        if !self.is_held() {
+            return false;
+        }
+        if Instant::now() < lease.deadline() {
+            return true;
+        }
+        expired();
+        false
+    }
+
+    /// What is left of `lease` by the local deadline: zero once the lock is lost.
+    pub fn lease_remaining(&self, lease: &Lease) -> Duration {
+        if self.lost.is_lost() {
+            return Duration::ZERO;
+        }
+        lease.remaining(Instant::now())
     }
 }
 
@@ -138,6 +164,31 @@ mod tests {
         let lost = HeldCore::new("x", 1);
         lost.lost().fire("gone");
         assert!(!lost.is_held() && !lost.is_released());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leased_lock_is_held_until_its_local_deadline() {
+        let ms = std::time::Duration::from_millis;
+        let core = HeldCore::new("etcd lock \"a\"", 1);
+        let lease = Lease::new(ms(100), Instant::now());
+        let expired = std::cell::Cell::new(0);
+        assert!(core.is_held_by_lease(&lease, || expired.set(expired.get() + 1)));
+        assert_eq!(core.lease_remaining(&lease), ms(100));
+        tokio::time::advance(ms(100)).await;
+        assert!(!core.is_held_by_lease(&lease, || expired.set(expired.get() + 1)));
+        assert_eq!(
+            expired.get(),
+            1,
+            "a passed deadline is reported once per call"
+        );
+        core.lost().fire("gone");
+        assert!(!core.is_held_by_lease(&lease, || expired.set(expired.get() + 1)));
+        assert_eq!(
+            expired.get(),
+            1,
+            "a lost lock is not held, and not expired again"
+        );
+        assert_eq!(core.lease_remaining(&lease), ms(0));
     }
 
     #[test]

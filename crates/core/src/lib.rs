@@ -9,6 +9,7 @@
 //!   I/O-free machine every backend drives, and [`Fault`], the failure it reports;
 //! - [`reactor`]: the host event loop a network backend may do its socket I/O on;
 //! - [`sync::lock`]: the poison-tolerant mutex lock every crate uses;
+//! - [`turn`]: a grant's share of this process (its turn, a semaphore's permit slots);
 //! - [`two_phase`]: the SQL backends' acquire (a try on a shared session, then a wait on one of
 //!   its own, interrupted when the caller stops) and their pools' session pick.
 
@@ -29,9 +30,10 @@ pub mod stall;
 pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod turn;
 pub mod two_phase;
 
-pub use admission::{Admitted, Turns, check_open};
+pub use admission::{Admitted, Turns, check_open, wait_turn};
 pub use backend::{
     AcquireRequest, Acquiring, Backend, BackendEvent, BoxFuture, Held, HeldLock, Interrupted,
     LockInfo, LockKind, Observer, Waited, race,
@@ -43,7 +45,7 @@ pub use held::{HeldCore, HeldSet};
 pub use lease::Lease;
 pub use lost::LostSignal;
 pub use memory::MemoryBackend;
-pub use options::{Timeout, validate_max_count, validate_name, validate_permits};
+pub use options::{Timeout, TlsPem, validate_max_count, validate_name, validate_permits};
 pub use patience::{Backoff, End, Input, Patience, Policy, Step};
 pub use queue::{FairQueue, Registry, SHARED_CAPACITY, Ticket};
 pub use stall::Reporter;

@@ -138,9 +138,10 @@ impl Backend for MemoryBackend {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner.closed.cancel();
-            for h in inner.held.drain() {
-                h.core.lost().fire("the lock provider was closed");
+            for h in inner
+                .held
+                .close(&inner.closed, "the lock provider was closed")
+            {
                 h.release_now();
             }
             Ok(())

@@ -147,6 +147,18 @@ pub fn positive_ms(argument: &'static str, ms: f64, max: f64) -> Result<Duration
     Ok(Duration::from_millis(ms as u64))
 }
 
+/// The `tls` option of the network backends (MySQL, Redis, etcd), as PEM text: what each
+/// backend's options take, whatever its TLS library makes of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPem {
+    /// Certificates to trust instead of the default roots.
+    pub ca: Option<Vec<String>>,
+    /// A client certificate (chain), for servers that check clients; goes with `key`.
+    pub cert: Option<String>,
+    /// The client certificate's private key.
+    pub key: Option<String>,
+}
+
 /// The shortest lease accepted (`leaseMs`): below it a renewal cannot reliably land in time.
 pub const MIN_LEASE_MS: f64 = 100.0;
 

@@ -154,6 +154,18 @@ pub enum End {
     Closed,
 }
 
+impl From<Interrupted> for End {
+    /// How an acquire ends when its wait for the in-process turn was cut: the deadline reads
+    /// busy (the lock is held in this process), a cancel or a close as themselves.
+    fn from(why: Interrupted) -> Self {
+        match why {
+            Interrupted::TimedOut => End::Busy,
+            Interrupted::Cancelled => End::Cancelled,
+            Interrupted::Closed => End::Closed,
+        }
+    }
+}
+
 impl End {
     /// What the acquire returns: `Ok(None)` for a busy lock, else the error a user sees.
     /// `backend` and `server` name where it failed (`server` as messages show it, e.g.

@@ -20,11 +20,33 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{BoxFuture, Interrupted, Waited, race};
+use crate::admission::wait_turn;
+use crate::backend::{AcquireRequest, BoxFuture, Interrupted, Waited, race};
 use crate::fault::Fault;
 use crate::options::Timeout;
-use crate::patience::{End, Input, Patience, Policy, Step};
+use crate::patience::{Backoff, End, Input, Patience, Policy, Step};
+use crate::queue::Ticket;
 use crate::stall::Reporter;
+
+/// How a SQL backend's waiter riding out a fault paces its reconnects: after 50 ms, doubling to
+/// 1 s, quick after a passing reset, and at most one connection attempt a second against a
+/// server that is down.
+pub const FAULT_PAUSE: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+
+/// How a SQL backend's semaphore polls for permits freed by other processes (its permits are
+/// taken by tries; one freed in this process wakes the waiter at once): after 2 ms, doubling to
+/// 50 ms. A permit is usually given back within a few milliseconds, and 50 ms keeps a long
+/// wait's load small.
+pub const SLOT_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
+
+/// A SQL backend's `policy` for a semaphore: the same, with its permits polled at
+/// [`SLOT_POLL`].
+pub fn polled(policy: Policy) -> Policy {
+    Policy {
+        busy_poll: Some(SLOT_POLL),
+        ..policy
+    }
+}
 
 /// An answer to come: a grant, `None` (busy, or the server's own timeout), or a fault.
 pub type Answer<G> = BoxFuture<'static, Result<Option<G>, Fault>>;
@@ -101,6 +123,23 @@ pub trait TwoPhase: Send + Sync + 'static {
     fn woken(&self) -> BoxFuture<'static, ()> {
         Box::pin(std::future::pending())
     }
+}
+
+/// The asynchronous half of a SQL backend's acquire of `req`, begun at `start`: the wait for
+/// `ticket`'s turn in this process, then [`acquire`] of `lock` under `policy` (with the
+/// request's timeout and cancel token). A stalled wait tells `reporter`.
+pub async fn after_turn<S: TwoPhase>(
+    lock: Arc<S>,
+    policy: Policy,
+    req: &AcquireRequest,
+    ticket: &mut Ticket,
+    start: Instant,
+    reporter: Option<Reporter>,
+    closed: &CancellationToken,
+) -> Result<S::Grant, End> {
+    wait_turn(req, ticket, req.timeout.deadline(start), closed).await?;
+    let cancel = req.cancel.as_ref();
+    acquire(lock, policy, req.timeout, start, reporter, cancel, closed).await
 }
 
 /// Runs the two-phase acquire of `lock` with `timeout`, begun at `start` (the acquire's own

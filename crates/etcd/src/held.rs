@@ -178,21 +178,14 @@ impl HeldLock for EtcdHeld {
     }
 
     fn is_held(&self) -> bool {
-        if self.is_released() || self.core.lost().is_lost() {
-            return false;
-        }
-        if Instant::now() < self.session.lease.deadline() {
-            return true;
-        }
-        self.core.lost().fire(session::DEADLINE);
-        false
+        let lease = &self.session.lease;
+        self.core.is_held_by_lease(lease, || {
+            self.core.lost().fire(session::DEADLINE);
+        })
     }
 
     fn lease_remaining(&self) -> Option<Duration> {
-        if self.core.lost().is_lost() {
-            return Some(Duration::ZERO);
-        }
-        Some(self.session.lease.remaining(Instant::now()))
+        Some(self.core.lease_remaining(&self.session.lease))
     }
 
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {

@@ -91,7 +91,7 @@ use std::time::Duration;
 
 use distlock_core::{
     AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Error, Fault,
-    HeldLock, HeldSet, LockInfo, LockKind, Observer, Result, Target, Turns, check_open,
+    HeldSet, LockInfo, LockKind, Observer, Result, Target, Turns, check_open,
 };
 use grpc::wire::RangeRequest;
 
@@ -207,10 +207,11 @@ impl Backend for EtcdBackend {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner.closed.cancel();
             let mut releases = tokio::task::JoinSet::new();
-            for h in inner.held.drain() {
-                h.lost().fire("the lock provider was closed");
+            for h in inner
+                .held
+                .close(&inner.closed, "the lock provider was closed")
+            {
                 releases.spawn(async move { h.release_now().await });
             }
             // One bound for the whole close, `opTimeoutMs`, whatever the servers do: the releases

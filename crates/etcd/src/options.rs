@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use distlock_core::{Error, Result};
+use distlock_core::{Error, Result, TlsPem};
 
 /// The shortest lease accepted, in milliseconds: etcd refuses shorter TTLs (its minimum is about
 /// 1.5 × the election timeout) and a renewal every third of it must land in time.
@@ -110,12 +110,8 @@ impl EtcdOptions {
 
     /// TLS: trusted CA certificates (`ca`, PEM; the system's roots when absent) and a client
     /// certificate with its private key (PEM) for mutual TLS. Needs `https://` endpoints.
-    pub fn tls(
-        mut self,
-        ca: Option<Vec<String>>,
-        cert: Option<String>,
-        key: Option<String>,
-    ) -> Result<Self> {
+    pub fn tls(mut self, tls: TlsPem) -> Result<Self> {
+        let TlsPem { ca, cert, key } = tls;
         let ca = ca.unwrap_or_default();
         for (i, pem) in ca.iter().enumerate() {
             if !pem.contains("-----BEGIN CERTIFICATE-----") {
@@ -334,13 +330,17 @@ mod tests {
     #[test]
     fn tls_needs_https_and_pairs() {
         let o = EtcdOptions::parse(&["a:1".into()]).unwrap();
-        assert!(o.clone().tls(None, Some("x".into()), None).is_err());
-        assert!(
-            o.clone()
-                .tls(Some(vec!["nope".into()]), None, None)
-                .is_err()
-        );
-        let plain = o.clone().tls(None, None, None).unwrap();
+        let cert_only = TlsPem {
+            cert: Some("x".into()),
+            ..TlsPem::default()
+        };
+        assert!(o.clone().tls(cert_only).is_err());
+        let bad_ca = TlsPem {
+            ca: Some(vec!["nope".into()]),
+            ..TlsPem::default()
+        };
+        assert!(o.clone().tls(bad_ca).is_err());
+        let plain = o.clone().tls(TlsPem::default()).unwrap();
         assert!(plain.check().is_err(), "TLS over http:// endpoints");
         let mixed = EtcdOptions::parse(&["https://a:1".into(), "b:2".into()]).unwrap();
         assert!(mixed.check().is_err());

@@ -480,7 +480,7 @@ fn options_are_validated() {
     let o = EtcdOptions::parse(&["127.0.0.1:2379".to_owned()]).unwrap();
     let e = o.clone().lease(1_000.0).err().unwrap().to_string();
     assert!(e.starts_with("leaseMs") && e.contains("2000"), "{e}");
-    let tls = o.tls(None, None, None).unwrap();
+    let tls = o.tls(distlock_core::TlsPem::default()).unwrap();
     assert!(
         distlock_etcd::EtcdBackend::new(tls).is_err(),
         "TLS needs https endpoints"
@@ -604,11 +604,11 @@ async fn tls_with_a_private_ca_and_a_client_certificate() {
         .unwrap();
     let good = opts
         .clone()
-        .tls(
-            Some(vec![pki.read("ca.pem")]),
-            Some(pki.read("client.pem")),
-            Some(pki.read("client.key")),
-        )
+        .tls(distlock_core::TlsPem {
+            ca: Some(vec![pki.read("ca.pem")]),
+            cert: Some(pki.read("client.pem")),
+            key: Some(pki.read("client.key")),
+        })
         .unwrap();
     let a = distlock_etcd::EtcdBackend::new(good).unwrap();
     let h = a

@@ -185,7 +185,7 @@ impl HeldLock for FileHeld {
     /// Not released, not lost, and (one `stat`) the path still names the locked file. A file
     /// found deleted or replaced makes the lock lost right here, as the periodic check would.
     fn is_held(&self) -> bool {
-        if self.is_released() || self.core.lost().is_lost() {
+        if !self.core.is_held() {
             return false;
         }
         let gone = self

@@ -61,8 +61,8 @@ use std::time::Duration;
 
 use distlock_core::HeldSet;
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Error, HeldLock,
-    Interrupted, LockInfo, LockKind, Result, Ticket, Turns, check_open, race, validate_name,
+    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Error, Interrupted,
+    LockInfo, LockKind, Result, Ticket, Turns, check_open, race, validate_name,
 };
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
@@ -261,9 +261,8 @@ impl Backend for FileBackend {
     }
 
     fn close(&self) -> BoxFuture<'static, Result<()>> {
-        self.inner.closed.cancel();
-        for h in self.inner.held.drain() {
-            h.lost().fire("the file lock provider was closed");
+        let reason = "the file lock provider was closed";
+        for h in self.inner.held.close(&self.inner.closed, reason) {
             h.release_now();
         }
         Box::pin(async { Ok(()) })

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use distlock_core::{Error, Result};
+use distlock_core::{Error, Result, TlsPem};
 use mysql_async::{ClientIdentity, Opts, OptsBuilder};
 
 /// Options of a [`crate::MySqlBackend`].
@@ -129,12 +129,8 @@ impl MySqlOptions {
 
     /// TLS beyond the URL's parameters: the certificates to trust instead of the built-in
     /// roots, and a client certificate and key (PEM text). Giving any of them requires TLS.
-    pub fn tls(
-        mut self,
-        ca: Option<Vec<String>>,
-        cert: Option<String>,
-        key: Option<String>,
-    ) -> Result<Self> {
+    pub fn tls(mut self, tls: TlsPem) -> Result<Self> {
+        let TlsPem { ca, cert, key } = tls;
         let mut ssl = self.server.ssl_opts().cloned().unwrap_or_default();
         if let Some(ca) = ca {
             if ca.is_empty() {
@@ -182,7 +178,11 @@ mod tests {
         assert!(e.starts_with("fencingTable"), "{e}");
         let t = o.clone().fencing_table("app.locks_fence").unwrap();
         assert_eq!(t.fencing_table, "`app`.`locks_fence`");
-        let e = o.tls(None, Some(String::from("x")), None).unwrap_err();
+        let cert_only = TlsPem {
+            cert: Some(String::from("x")),
+            ..TlsPem::default()
+        };
+        let e = o.tls(cert_only).unwrap_err();
         assert!(e.to_string().contains("cert and key"));
     }
 }

@@ -2,28 +2,25 @@
 //! of this process (its turn in the in-process queue, a semaphore's claimed permit slots), and
 //! how releasing, or the session ending, gives both back.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
-use distlock_core::{AcquireRequest, BoxFuture, Held, HeldCore, HeldLock, Result, Ticket};
-use tokio::sync::Notify;
+use distlock_core::turn::{self, Slots};
+use distlock_core::{AcquireRequest, BoxFuture, Held, HeldCore, HeldLock, Result};
 use tokio::time::Instant;
 
 use crate::session::{Dependent, Session, Use};
 use crate::statements::release_all;
 use crate::{BACKEND, Inner};
 
-#[derive(Default)]
-pub(crate) struct SemState {
-    /// Permit slots this process holds or is trying: a session that holds a named lock is
-    /// granted it again, so two callers of one process must never try the same slot.
-    pub(crate) claimed: Mutex<HashSet<u32>>,
-    /// Told when a permit of this process is given back.
-    pub(crate) freed: Arc<Notify>,
-}
+/// A semaphore name's state in this process: its permit slots held or tried here.
+pub(crate) type SemState = Slots;
+
+/// A grant's share of this process (core's): its turn, a semaphore's permit slots.
+pub(crate) type Turn = turn::Turn<(), SemState>;
+pub(crate) type Keep = turn::Keep<(), SemState>;
 
 impl Inner {
     /// Hands out the grant `got`, keeping `turn`.
@@ -114,7 +111,7 @@ impl Claims {
     }
 
     pub(crate) fn claim(&self, slot: u32) -> bool {
-        let fresh = lock(&self.entry.state.claimed).insert(slot);
+        let fresh = self.entry.state.claim(slot);
         if fresh {
             lock(&self.mine).push(slot);
         }
@@ -123,7 +120,7 @@ impl Claims {
 
     pub(crate) fn unclaim(&self, slot: u32) {
         lock(&self.mine).retain(|&s| s != slot);
-        lock(&self.entry.state.claimed).remove(&slot);
+        self.entry.state.unclaim(slot);
     }
 
     /// The claims now belong to a grant (its turn unclaims them on release).
@@ -143,39 +140,7 @@ impl Drop for Claims {
             // them) would only send them to try again at once.
             return;
         }
-        let mut claimed = lock(&self.entry.state.claimed);
-        for s in mine {
-            claimed.remove(&s);
-        }
-        drop(claimed);
-        self.entry.state.freed.notify_waiters();
-    }
-}
-
-/// What a grant keeps of this process: its place in the in-process queue and, for a
-/// semaphore, its permit slots.
-pub(crate) enum Keep {
-    Entry(#[allow(dead_code)] Arc<Entry<()>>),
-    Slots(Arc<Entry<SemState>>, Vec<u32>),
-}
-
-/// A grant's share of this process; dropping it lets the next caller of this process in.
-pub(crate) struct Turn {
-    #[allow(dead_code)] // kept for its Drop
-    pub(crate) ticket: Ticket,
-    pub(crate) keep: Keep,
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        if let Keep::Slots(entry, slots) = &self.keep {
-            let mut claimed = lock(&entry.state.claimed);
-            for slot in slots {
-                claimed.remove(slot);
-            }
-            drop(claimed);
-            entry.state.freed.notify_waiters();
-        }
+        self.entry.state.give_back(&mine);
     }
 }
 

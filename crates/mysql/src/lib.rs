@@ -48,14 +48,13 @@ mod statements;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use distlock_core::two_phase;
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, Backoff, BoxFuture, CancellationToken, End,
-    Error, Fault, HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns,
-    check_open, race,
+    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, End, Error, Fault, HeldSet,
+    LockInfo, LockKind, Policy, Result, Turns, check_open,
 };
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
-use tokio::time::Instant;
 
 pub use config::MySqlOptions;
 use held::{MyHeld, SemState};
@@ -68,9 +67,7 @@ pub const BACKEND: &str = "mysql";
 /// How an acquire spends its budget (core's `Patience`); the try's bound is the provider's
 /// `op_timeout`, connecting included, set per provider ([`Inner::policy`]).
 const POLICY: Policy = Policy {
-    // A waiter riding out a fault reconnects after 50 ms, doubling to 1 s: quick after a
-    // passing reset, and at most one connection attempt a second against a server that is down.
-    fault_pause: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
+    fault_pause: two_phase::FAULT_PAUSE,
     // A busy lock is waited for on the server (`GET_LOCK` with a timeout): nothing to poll.
     busy_poll: None,
     // A try goes again once, at once: a pooled session the server ended while it was idle (a
@@ -78,11 +75,6 @@ const POLICY: Policy = Policy {
     try_retries: 1,
     try_budget: Duration::ZERO,
 };
-
-/// A semaphore's permits are taken by tries; permits freed by other processes are polled for
-/// after 2 ms, doubling to 50 ms (one freed in this process wakes the waiter at once): a permit
-/// is usually given back within a few milliseconds, and 50 ms keeps a long wait's load small.
-const SLOT_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
 
 /// A lock provider on one MySQL or MariaDB server.
 #[derive(Clone)]
@@ -146,17 +138,12 @@ impl Backend for MySqlBackend {
                 ),
             )),
             LockKind::Mutex => {
-                let Admitted { entry, ticket } = inner.turns.lock(&req, || ());
-                Ok(Box::pin(async move {
-                    mutex::acquire(inner, req, ticket, entry).await
-                }))
+                let admitted = inner.turns.lock(&req, || ());
+                Ok(Box::pin(mutex::acquire(inner, req, admitted)))
             }
-            LockKind::Semaphore { max_count, permits } => {
-                let Admitted { entry, ticket } =
-                    inner.turns.semaphore(&req, BACKEND, SemState::default)?;
-                Ok(Box::pin(async move {
-                    semaphore::acquire(inner, req, ticket, entry, (max_count, permits)).await
-                }))
+            LockKind::Semaphore { .. } => {
+                let admitted = inner.turns.semaphore(&req, BACKEND, SemState::default)?;
+                Ok(Box::pin(semaphore::acquire(inner, req, admitted)))
             }
         }
     }
@@ -173,15 +160,13 @@ impl Backend for MySqlBackend {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner.closed.cancel();
+            // MySQL's wording since its first release (the other backends say "the lock
+            // provider"); kept so that what users match on does not change.
             let releasing: Vec<_> = inner
                 .held
-                .drain()
+                .close(&inner.closed, "the provider was closed")
                 .into_iter()
-                .map(|h| {
-                    h.core.lost().fire("the provider was closed");
-                    h.take_and_release()
-                })
+                .map(|h| h.take_and_release())
                 .collect();
             // Each release is one statement on its session; sessions work in parallel.
             futures_join(releasing).await;
@@ -272,26 +257,6 @@ impl Inner {
             try_budget: self.op_timeout(),
             ..POLICY
         }
-    }
-
-    /// Waits for this caller's turn in the process.
-    async fn take_turn(
-        self: &Arc<Self>,
-        req: &AcquireRequest,
-        ticket: &mut Ticket,
-        start: Instant,
-    ) -> std::result::Result<(), Interrupted> {
-        let deadline = req.timeout.deadline(start);
-        race(
-            ticket.granted(),
-            deadline,
-            req.cancel.as_ref(),
-            &self.closed,
-        )
-        .await
-        .done()?;
-        self.start_keepalive();
-        Ok(())
     }
 
     /// What an acquire that ended without a grant returns; a fault that ended it names what

@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distlock_core::queue::Entry;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
 use distlock_core::{
-    AcquireRequest, BoxFuture, Fault, Held, Interrupted, Reporter, Result, Ticket,
+    AcquireRequest, Admitted, BoxFuture, Fault, Held, Interrupted, Reporter, Result,
 };
 use tokio::time::Instant;
 
@@ -30,21 +29,17 @@ const KILL_SETTLE: Duration = Duration::from_millis(250);
 pub(crate) async fn acquire(
     inner: Arc<Inner>,
     req: AcquireRequest,
-    mut ticket: Ticket,
-    entry: Arc<Entry<()>>,
+    Admitted { entry, mut ticket }: Admitted<()>,
 ) -> Result<Option<Held>> {
     let start = Instant::now();
-    if let Err(why) = inner.take_turn(&req, &mut ticket, start).await {
-        return why.into_outcome(&req, BACKEND);
-    }
+    inner.start_keepalive();
     let named = Arc::new(NamedLock {
         inner: inner.clone(),
         name: names::lock_name(&req.name),
     });
-    let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    let (policy, closed) = (inner.policy(), &inner.closed);
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
-    let policy = inner.policy();
-    match two_phase::acquire(named, policy, req.timeout, start, reporter, cancel, closed).await {
+    match two_phase::after_turn(named, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(got) => {
             let turn = Turn {
                 ticket,

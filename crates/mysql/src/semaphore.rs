@@ -1,32 +1,29 @@
 //! A semaphore acquire: `permits` of the `maxCount` named locks derived from the name, all or
 //! none, with tries that never wait, repeated under core's patience (woken at once by a permit
-//! freed in this process, else polled with [`crate::SLOT_POLL`]) until the deadline.
+//! freed in this process, else polled with [`two_phase::SLOT_POLL`]) until the deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use distlock_core::queue::Entry;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
-use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Policy, Reporter, Result, Ticket};
+use distlock_core::{AcquireRequest, Admitted, BoxFuture, Fault, Held, Reporter, Result};
 use tokio::time::Instant;
 
 use crate::held::{Claims, Got, Keep, SemState, Turn};
 use crate::session::{Session, Use};
 use crate::statements::{bump, release_all, semaphore_fence, slot_name, try_all, uuid_short};
-use crate::{BACKEND, Inner, SLOT_POLL};
+use crate::{BACKEND, Inner};
 
 /// Acquires `permits` of semaphore `req.name` (of `max_count`) once `ticket` comes up.
 pub(crate) async fn acquire(
     inner: Arc<Inner>,
     req: AcquireRequest,
-    mut ticket: Ticket,
-    entry: Arc<Entry<SemState>>,
-    (max_count, permits): (u32, u32),
+    Admitted { entry, mut ticket }: Admitted<SemState>,
 ) -> Result<Option<Held>> {
     let start = Instant::now();
-    if let Err(why) = inner.take_turn(&req, &mut ticket, start).await {
-        return why.into_outcome(&req, BACKEND);
-    }
+    inner.start_keepalive();
+    let (max_count, permits) = req.kind.counts();
     let slots = Arc::new(Slots {
         inner: inner.clone(),
         entry: entry.clone(),
@@ -34,13 +31,10 @@ pub(crate) async fn acquire(
         max_count,
         permits,
     });
-    let policy = Policy {
-        busy_poll: Some(SLOT_POLL),
-        ..inner.policy()
-    };
-    let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    let policy = two_phase::polled(inner.policy());
+    let closed = &inner.closed;
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
-    match two_phase::acquire(slots, policy, req.timeout, start, reporter, cancel, closed).await {
+    match two_phase::after_turn(slots, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(mut got) => {
             if let Some(claims) = got.claims.take() {
                 claims.keep();
@@ -162,9 +156,7 @@ impl TwoPhase for Slots {
     }
 
     fn woken(&self) -> BoxFuture<'static, ()> {
-        let mut freed = Box::pin(self.entry.state.freed.clone().notified_owned());
-        freed.as_mut().enable();
-        Box::pin(freed)
+        self.entry.state.woken()
     }
 }
 

@@ -63,6 +63,16 @@ pub struct RedisTlsOptions {
     pub key: Option<String>,
 }
 
+impl From<RedisTlsOptions> for distlock_core::TlsPem {
+    fn from(tls: RedisTlsOptions) -> Self {
+        Self {
+            ca: tls.ca,
+            cert: tls.cert,
+            key: tls.key,
+        }
+    }
+}
+
 /// The PostgreSQL backend `options` describe.
 pub fn postgres_backend(options: PostgresOptions) -> distlock_core::Result<PostgresBackend> {
     let mut opts = PgOptions::parse(&options.connection_string)?;
@@ -124,7 +134,7 @@ pub fn redis_backend(options: RedisOptions) -> distlock_core::Result<RedisBacken
         opts = opts.server_timeout(ms)?;
     }
     if let Some(tls) = options.tls {
-        opts = opts.tls(tls.ca, tls.cert, tls.key)?;
+        opts = opts.tls(tls.into())?;
     }
     RedisBackend::new(opts)
 }
@@ -152,7 +162,7 @@ pub fn mysql_backend(options: MySqlOptions) -> distlock_core::Result<MySqlBacken
         opts = opts.fencing(mode)?;
     }
     if let Some(tls) = options.tls {
-        opts = opts.tls(tls.ca, tls.cert, tls.key)?;
+        opts = opts.tls(tls.into())?;
     }
     MySqlBackend::new(opts)
 }
@@ -180,7 +190,7 @@ pub fn etcd_backend(options: EtcdOptions) -> distlock_core::Result<EtcdBackend> 
         opts = opts.op_timeout(v)?;
     }
     if let Some(tls) = options.tls {
-        opts = opts.tls(tls.ca, tls.cert, tls.key)?;
+        opts = opts.tls(tls.into())?;
     }
     EtcdBackend::new(opts)
 }

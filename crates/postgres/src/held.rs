@@ -2,16 +2,12 @@
 //! and its share of this process (its turn in the in-process queue, a semaphore's permit
 //! slots, where the next caller's attempt should go), and how releasing gives both back.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
-use distlock_core::{
-    AcquireRequest, BoxFuture, Held, HeldCore, HeldLock, LostSignal, Result, Ticket,
-};
-use tokio::sync::Notify;
+use distlock_core::turn::{self, Slots};
+use distlock_core::{AcquireRequest, BoxFuture, Held, HeldCore, HeldLock, LostSignal, Result};
 use tokio::time::Instant;
 
 use crate::config::Scope;
@@ -29,14 +25,23 @@ pub(crate) struct Handoff {
 #[derive(Default)]
 pub(crate) struct SemState {
     /// Permit slots this process holds (the server would let one session take a key twice).
-    pub(crate) taken: Mutex<HashSet<u32>>,
-    /// Held from choosing the free slots of an attempt until the slots it won are in `taken`:
-    /// two callers of this process whose turns overlap (a semaphore admits several) would
-    /// otherwise try the same slots, and on a shared session both would get them.
+    pub(crate) slots: Slots,
+    /// Held from choosing the free slots of an attempt until the slots it won are taken in
+    /// `slots`: two callers of this process whose turns overlap (a semaphore admits several)
+    /// would otherwise try the same slots, and on a shared session both would get them.
     pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
-    /// Told when a permit of this process is given back.
-    pub(crate) freed: Arc<Notify>,
 }
+
+impl AsRef<Slots> for SemState {
+    fn as_ref(&self) -> &Slots {
+        &self.slots
+    }
+}
+
+/// A grant's share of this process (core's): its turn, and the name's [`Handoff`] or a
+/// semaphore's permit slots.
+pub(crate) type Turn = turn::Turn<Handoff, SemState>;
+pub(crate) type Keep = turn::Keep<Handoff, SemState>;
 
 impl Inner {
     /// Hands out the grant of `token` on `session` (undone there by `unlock`), keeping `turn`.
@@ -82,34 +87,6 @@ impl Inner {
             return Err(self.closed_error(req));
         }
         Ok(Some(held))
-    }
-}
-
-/// What a grant keeps alive besides its session: its place in the in-process queue.
-pub(crate) enum Keep {
-    Entry(Arc<Entry<Handoff>>),
-    Slots(Arc<Entry<SemState>>, Vec<u32>),
-}
-
-/// A grant's share of this process: its turn in the in-process queue and, for a semaphore, its
-/// permit slot. Dropping it lets the next caller of this process in.
-pub(crate) struct Turn {
-    #[allow(dead_code)] // kept for its Drop
-    pub(crate) ticket: Ticket,
-    pub(crate) keep: Keep,
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        if let Keep::Slots(entry, slots) = &self.keep {
-            let mut taken = lock(&entry.state.taken);
-            for slot in slots {
-                taken.remove(slot);
-            }
-            drop(taken);
-            entry.state.freed.notify_waiters();
-        }
-        // The ticket is dropped after this body: the queue moves on once the slot is free.
     }
 }
 

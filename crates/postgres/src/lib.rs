@@ -80,14 +80,12 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use distlock_core::two_phase::Usage;
+use distlock_core::two_phase::{self, Usage};
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, Backoff, BoxFuture, CancellationToken, End,
-    Error, Fault, HeldSet, Interrupted, LockInfo, LockKind, Policy, Result, Ticket, Turns,
-    check_open, race,
+    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, End, Error, Fault, HeldSet,
+    LockInfo, LockKind, Policy, Result, Turns, check_open,
 };
 use tokio::sync::OnceCell;
-use tokio::time::Instant;
 
 pub use config::{PgOptions, Scope, Verify};
 use fault::describe;
@@ -102,9 +100,7 @@ pub const BACKEND: &str = "postgres";
 /// How an acquire spends its budget (core's `Patience`); the try's bound is the provider's
 /// `op_timeout`, set per provider ([`Inner::policy`]).
 const POLICY: Policy = Policy {
-    // A waiter riding out a fault reconnects after 50 ms, doubling to 1 s: quick after a
-    // passing reset, and at most one connection attempt a second against a server that is down.
-    fault_pause: Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
+    fault_pause: two_phase::FAULT_PAUSE,
     // A busy key is waited for on the server (its queue wakes the waiter): nothing to poll.
     busy_poll: None,
     // A try does not retry: a session the server closed ends its connection task at once, which
@@ -112,11 +108,6 @@ const POLICY: Policy = Policy {
     try_retries: 0,
     try_budget: config::DEFAULT_OP_TIMEOUT,
 };
-
-/// A semaphore's permits are taken by tries; permits freed by other processes are polled for
-/// after 2 ms, doubling to 50 ms (one freed in this process wakes the waiter at once): a permit
-/// is usually given back within a few milliseconds, and 50 ms keeps a long wait's load small.
-const SLOT_POLL: Backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
 
 /// A lock provider on one PostgreSQL database. See the crate documentation for the time bounds
 /// of every call.
@@ -182,22 +173,17 @@ impl Backend for PostgresBackend {
         match req.kind {
             LockKind::Mutex | LockKind::Read | LockKind::Write => {
                 let shared = req.kind == LockKind::Read;
-                let Admitted { entry, ticket } = inner.turns.lock(&req, Handoff::default);
+                let admitted = inner.turns.lock(&req, Handoff::default);
                 let sql = Sql {
                     key: AdvisoryKey::from_name(&req.name),
                     shared,
                     scope,
                 };
-                Ok(Box::pin(async move {
-                    mutex::acquire(inner, req, ticket, entry, sql).await
-                }))
+                Ok(Box::pin(mutex::acquire(inner, req, admitted, sql)))
             }
-            LockKind::Semaphore { max_count, permits } => {
-                let Admitted { entry, ticket } =
-                    inner.turns.semaphore(&req, BACKEND, SemState::default)?;
-                Ok(Box::pin(async move {
-                    semaphore::acquire(inner, req, ticket, entry, (max_count, permits)).await
-                }))
+            LockKind::Semaphore { .. } => {
+                let admitted = inner.turns.semaphore(&req, BACKEND, SemState::default)?;
+                Ok(Box::pin(semaphore::acquire(inner, req, admitted)))
             }
         }
     }
@@ -288,15 +274,14 @@ impl Backend for PostgresBackend {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            inner.closed.cancel();
+            let held = inner
+                .held
+                .close(&inner.closed, "the lock provider was closed");
             inner
                 .pool
                 .closing
                 .store(true, std::sync::atomic::Ordering::Release);
-            let releases = inner.held.drain().into_iter().map(|h| {
-                h.core.lost().fire("the lock provider was closed");
-                h.take_and_unlock()
-            });
+            let releases = held.into_iter().map(|h| h.take_and_unlock());
             let all = async {
                 for r in releases {
                     r.await;
@@ -339,25 +324,6 @@ impl Inner {
         {
             tokio::spawn(self.pool.clone().keepalive(period, self.closed.clone()));
         }
-    }
-
-    /// Waits for this caller's turn in the process.
-    async fn take_turn(
-        self: &Arc<Self>,
-        req: &AcquireRequest,
-        ticket: &mut Ticket,
-        deadline: Option<Instant>,
-    ) -> std::result::Result<(), Interrupted> {
-        race(
-            ticket.granted(),
-            deadline,
-            req.cancel.as_ref(),
-            &self.closed,
-        )
-        .await
-        .done()?;
-        self.start_keepalive();
-        Ok(())
     }
 
     /// Creates the fencing sequence once per provider if it is missing, within `op_timeout`.

@@ -11,7 +11,7 @@ use distlock_core::queue::Entry;
 use distlock_core::sync::lock;
 use distlock_core::two_phase::{self, Answer, TwoPhase, Usage};
 use distlock_core::{
-    AcquireRequest, BoxFuture, Fault, Held, Interrupted, Reporter, Result, Ticket,
+    AcquireRequest, Admitted, BoxFuture, Fault, Held, Interrupted, Reporter, Result,
 };
 use tokio::time::Instant;
 
@@ -37,27 +37,20 @@ const NO_SESSION_RETRY: Duration = Duration::from_millis(100);
 pub(crate) async fn acquire(
     inner: Arc<Inner>,
     req: AcquireRequest,
-    mut ticket: Ticket,
-    entry: Arc<Entry<Handoff>>,
+    Admitted { entry, mut ticket }: Admitted<Handoff>,
     sql: Sql,
 ) -> Result<Option<Held>> {
     let start = Instant::now();
-    if let Err(why) = inner
-        .take_turn(&req, &mut ticket, req.timeout.deadline(start))
-        .await
-    {
-        return why.into_outcome(&req, BACKEND);
-    }
+    inner.start_keepalive();
     let key = Arc::new(KeyLock {
         inner: inner.clone(),
         sql,
         handoff: entry.clone(),
         target: req.target(BACKEND).to_string(),
     });
-    let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    let (policy, closed) = (inner.policy(), &inner.closed);
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
-    let policy = inner.policy();
-    match two_phase::acquire(key, policy, req.timeout, start, reporter, cancel, closed).await {
+    match two_phase::after_turn(key, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(KeyGrant { session, token }) => {
             let turn = Turn {
                 ticket,
@@ -186,12 +179,8 @@ impl TwoPhase for KeyLock {
         s: Arc<Session>,
         wait: Answer<KeyGrant>,
     ) -> BoxFuture<'static, ()> {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            inner
-                .finish_wait(s, wait, why != Interrupted::TimedOut)
-                .await
-        })
+        let cancel_first = why != Interrupted::TimedOut;
+        Box::pin(self.inner.clone().finish_wait(s, wait, cancel_first))
     }
 
     fn settle(&self, why: Interrupted) -> Duration {
@@ -206,7 +195,12 @@ impl Inner {
     /// Ends a wait whose caller stopped waiting: lets the statement end (lock_timeout) or
     /// cancels it, then drops whatever the session was granted and hands it back. Each step is
     /// bounded by `op_timeout`; a session that does not answer is closed.
-    async fn finish_wait(&self, s: Arc<Session>, mut wait: Answer<KeyGrant>, cancel_first: bool) {
+    async fn finish_wait(
+        self: Arc<Self>,
+        s: Arc<Session>,
+        mut wait: Answer<KeyGrant>,
+        cancel_first: bool,
+    ) {
         let op = self.pool.opts.op_timeout;
         if !cancel_first && let Ok(answer) = tokio::time::timeout(op, &mut wait).await {
             self.after_interrupted(&s, answer).await;

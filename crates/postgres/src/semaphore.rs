@@ -1,13 +1,12 @@
 //! A semaphore acquire: `permits` of the `maxCount` permit keys, all or none, in one statement
 //! that never waits, repeated under core's patience (woken at once by a permit freed in this
-//! process, else polled with [`crate::SLOT_POLL`]) until the deadline.
+//! process, else polled with [`two_phase::SLOT_POLL`]) until the deadline.
 
 use std::sync::Arc;
 
 use distlock_core::queue::Entry;
-use distlock_core::sync::lock;
 use distlock_core::two_phase::{self, Answer, TwoPhase};
-use distlock_core::{AcquireRequest, BoxFuture, Fault, Held, Policy, Reporter, Result, Ticket};
+use distlock_core::{AcquireRequest, Admitted, BoxFuture, Fault, Held, Reporter, Result};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -15,23 +14,17 @@ use crate::config::Scope;
 use crate::held::{Keep, SemState, Turn};
 use crate::session::Session;
 use crate::sql::{bigint_cell, parse_token, rollback, slot_cells, slots_attempt, slots_unlock};
-use crate::{BACKEND, Inner, SLOT_POLL};
+use crate::{BACKEND, Inner};
 
 /// Acquires `permits` of semaphore `req.name` (of `max_count`) once `ticket` comes up.
 pub(crate) async fn acquire(
     inner: Arc<Inner>,
     req: AcquireRequest,
-    mut ticket: Ticket,
-    entry: Arc<Entry<SemState>>,
-    (max_count, permits): (u32, u32),
+    Admitted { entry, mut ticket }: Admitted<SemState>,
 ) -> Result<Option<Held>> {
     let start = Instant::now();
-    if let Err(why) = inner
-        .take_turn(&req, &mut ticket, req.timeout.deadline(start))
-        .await
-    {
-        return why.into_outcome(&req, BACKEND);
-    }
+    inner.start_keepalive();
+    let (max_count, permits) = req.kind.counts();
     let slots = Arc::new(SlotLock {
         inner: inner.clone(),
         entry: entry.clone(),
@@ -40,20 +33,17 @@ pub(crate) async fn acquire(
         permits,
         target: req.target(BACKEND).to_string(),
     });
-    let policy = Policy {
-        busy_poll: Some(SLOT_POLL),
-        ..inner.policy()
-    };
-    let (cancel, closed) = (req.cancel.as_ref(), &inner.closed);
+    let policy = two_phase::polled(inner.policy());
+    let closed = &inner.closed;
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
-    match two_phase::acquire(slots, policy, req.timeout, start, reporter, cancel, closed).await {
+    match two_phase::after_turn(slots, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(SlotGrant {
             session,
             slots,
             token,
             gate,
         }) => {
-            lock(&entry.state.taken).extend(slots.iter().copied());
+            entry.state.slots.take(&slots);
             drop(gate);
             let unlock = match inner.pool.opts.scope {
                 Scope::Session => slots_unlock(&req.name, &slots),
@@ -108,10 +98,7 @@ impl TwoPhase for SlotLock {
 
     fn try_lock(&self, (s, gate): Self::Shared) -> Answer<SlotGrant> {
         let (inner, target) = (self.inner.clone(), self.target.clone());
-        let free: Vec<u32> = {
-            let taken = lock(&self.entry.state.taken);
-            (0..self.max_count).filter(|i| !taken.contains(i)).collect()
-        };
+        let free = self.entry.state.slots.free(self.max_count);
         let permits = self.permits;
         let (scope, seq) = (inner.pool.opts.scope, &inner.pool.opts.fencing_sequence);
         let stmt = slots_attempt(&self.name, &free, permits, scope, seq);
@@ -160,8 +147,6 @@ impl TwoPhase for SlotLock {
     }
 
     fn woken(&self) -> BoxFuture<'static, ()> {
-        let mut freed = Box::pin(self.entry.state.freed.clone().notified_owned());
-        freed.as_mut().enable();
-        Box::pin(freed)
+        self.entry.state.slots.woken()
     }
 }

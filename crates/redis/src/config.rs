@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distlock_core::options::positive_ms;
-use distlock_core::{Error, Result};
+use distlock_core::{Error, Result, TlsPem};
 use fred::prelude::{Config, ServerConfig};
 
 pub use distlock_core::options::MIN_LEASE_MS;
@@ -182,12 +182,8 @@ impl RedisOptions {
     /// TLS for the `rediss://` servers (`tls`): `ca` (PEM certificates, which replace the
     /// system's roots, as Node's `tls.connect` does), and a client certificate chain `cert` with
     /// its `key` (PEM) for servers that check clients. An error if no URL uses TLS.
-    pub fn tls(
-        mut self,
-        ca: Option<Vec<String>>,
-        cert: Option<String>,
-        key: Option<String>,
-    ) -> Result<Self> {
+    pub fn tls(mut self, tls: TlsPem) -> Result<Self> {
+        let TlsPem { ca, cert, key } = tls;
         use fred::rustls::pki_types::pem::PemObject;
         use fred::rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let invalid = |what: &str| Error::invalid("tls", what.to_owned());

@@ -202,11 +202,10 @@ impl HeldLock for RedisHeld {
     /// clock now, whether or not any timer ran), and no connection in doubt among the servers
     /// whose grants made the quorum.
     fn is_held(&self) -> bool {
-        if self.is_released() || self.core.lost().is_lost() {
-            return false;
-        }
-        if Instant::now() >= self.lease.deadline() {
+        let expired = || {
             self.lose("its lease ran out at the local deadline without a successful renewal");
+        };
+        if !self.core.is_held_by_lease(&self.lease, expired) {
             return false;
         }
         let sure = self
@@ -218,10 +217,7 @@ impl HeldLock for RedisHeld {
     }
 
     fn lease_remaining(&self) -> Option<Duration> {
-        if self.core.lost().is_lost() {
-            return Some(Duration::ZERO);
-        }
-        Some(self.lease.remaining(Instant::now()))
+        Some(self.core.lease_remaining(&self.lease))
     }
 
     fn release(self: Arc<Self>) -> BoxFuture<'static, Result<()>> {

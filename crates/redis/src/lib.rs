@@ -282,12 +282,11 @@ impl Backend for RedisBackend {
         let inner = self.inner.clone();
         Box::pin(async move {
             let until = tokio::time::Instant::now() + inner.opts.server_timeout + CLOSE_SLACK;
-            inner.closed.cancel();
-            let releases = inner.held.drain().into_iter().map(|h| {
-                h.core.lost().fire("the lock provider was closed");
-                async move {
-                    let _ = h.release_now().await;
-                }
+            let held = inner
+                .held
+                .close(&inner.closed, "the lock provider was closed");
+            let releases = held.into_iter().map(|h| async move {
+                let _ = h.release_now().await;
             });
             // All at once: a server that does not answer costs one bound, not one per lock.
             let releasing = futures_util::future::join_all(releases);
