@@ -325,14 +325,16 @@ describe('RedisLockProvider on one server', () => {
   })
 
   it('renews 10 000 held locks in batches', async () => {
-    const p = provider({ leaseMs: 1_500 })
+    // A lease that outlasts a loaded machine's slow acquire of 10 000 locks (debug build, 2
+    // cores), and a wait longer than the lease: without renewals every lock would be lost.
+    const p = provider({ leaseMs: 4_000 })
     const handles = []
     for (let i = 0; i < 10_000; i += 500) {
       handles.push(
         ...(await Promise.all(Array.from({ length: 500 }, (_, j) => p.createLock(`many-${i + j}`).acquire()))),
       )
     }
-    await new Promise((r) => setTimeout(r, 2_000))
+    await new Promise((r) => setTimeout(r, 4_500))
     expect(handles.every((h) => !h.signal.aborted)).toBe(true)
     const { renewals, scripts } = p.renewalStats
     expect(renewals).toBeGreaterThanOrEqual(10_000)

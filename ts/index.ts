@@ -95,6 +95,8 @@ export {
   withFencedTransaction,
   type EtcdBytes,
   type FenceOptions,
+  type FencedEtcdDelete,
+  type FencedEtcdPut,
   type FencedEtcdResult,
   type FencedEtcdWrite,
   type FencedEvalOptions,

@@ -14,7 +14,23 @@ import { StaleFencingTokenError } from './error'
 export type EtcdBytes = string | Uint8Array
 
 /** One write of {@link fencedTxn}: a put, or a delete of a key (or of every key under a prefix). */
-export type FencedEtcdWrite = { put: EtcdBytes; value: EtcdBytes } | { delete: EtcdBytes; prefix?: boolean | undefined }
+export type FencedEtcdWrite = FencedEtcdPut | FencedEtcdDelete
+
+/** A put of {@link fencedTxn}. */
+export interface FencedEtcdPut {
+  /** The key to set. */
+  put: EtcdBytes
+  /** Its new value. */
+  value: EtcdBytes
+}
+
+/** A delete of {@link fencedTxn}. */
+export interface FencedEtcdDelete {
+  /** The key to delete, or with `prefix` the start of the keys to delete. */
+  delete: EtcdBytes
+  /** Delete every key that starts with `delete` (default false). */
+  prefix?: boolean | undefined
+}
 
 /** What a fenced etcd write resolves with. */
 export interface FencedEtcdResult {

@@ -31,4 +31,12 @@ export {
   type RedisValue,
 } from './redis'
 export { fencedWriteFile } from './file'
-export { fencedPut, fencedTxn, type EtcdBytes, type FencedEtcdResult, type FencedEtcdWrite } from './etcd'
+export {
+  fencedPut,
+  fencedTxn,
+  type EtcdBytes,
+  type FencedEtcdDelete,
+  type FencedEtcdPut,
+  type FencedEtcdResult,
+  type FencedEtcdWrite,
+} from './etcd'
