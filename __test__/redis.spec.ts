@@ -340,7 +340,9 @@ describe('RedisLockProvider on one server', () => {
     expect(renewals).toBeGreaterThanOrEqual(10_000)
     expect(scripts * 100).toBeLessThanOrEqual(renewals)
     expect(p.heldCount).toBe(10_000)
-    await Promise.all(handles.map((h) => h.release()))
+    // In rounds of 500, as they were taken: 10 000 releases at once can outlast the 1 s
+    // serverTimeoutMs on a loaded debug build, which is not what this test is about.
+    for (let i = 0; i < handles.length; i += 500) await Promise.all(handles.slice(i, i + 500).map((h) => h.release()))
     expect(p.heldCount).toBe(0)
   })
 })
