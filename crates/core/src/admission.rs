@@ -1,7 +1,8 @@
 //! Admission: the synchronous half of every acquire, the same for every backend.
 //!
 //! In the caller's own call, before anything is awaited: the name is checked, a closed provider
-//! refuses, a semaphore's `maxCount` must agree with what this process already uses for the
+//! refuses (both in [`Backend::acquire`](crate::Backend::acquire), before the backend's own
+//! checks), a semaphore's `maxCount` must agree with what this process already uses for the
 //! name, and the request joins the name's in-process FIFO queue (so callers are served in call
 //! order). What comes back is the request's place in that queue; the backend's asynchronous
 //! half waits for it, then for the store.
@@ -14,7 +15,6 @@ use tokio::time::Instant;
 
 use crate::backend::{AcquireRequest, Interrupted, LockKind, race};
 use crate::error::{Error, Result};
-use crate::options::validate_name;
 use crate::queue::{Entry, Registry, SHARED_CAPACITY, Ticket};
 
 /// One provider's in-process queues: one per lock name (its mutex and both sides of its
@@ -44,23 +44,6 @@ pub struct Admitted<T> {
     pub ticket: Ticket,
 }
 
-/// The checks before any queue is joined: the name, and that `backend`'s provider (whose close
-/// token is `closed`) is open.
-pub fn check_open(
-    req: &AcquireRequest,
-    backend: &'static str,
-    closed: &CancellationToken,
-) -> Result<()> {
-    validate_name(&req.name)?;
-    if closed.is_cancelled() {
-        return Err(Error::Closed {
-            backend,
-            detail: format!("; cannot acquire {}", req.target(backend)),
-        });
-    }
-    Ok(())
-}
-
 /// Waits for `ticket`'s turn in this process, until `deadline` (`None`: no end), the request's
 /// cancel token or the provider's close token `closed`, whichever comes first.
 pub async fn wait_turn(
@@ -76,7 +59,7 @@ pub async fn wait_turn(
 
 impl<L, S> Turns<L, S> {
     /// Joins the queue of `req`'s lock name (a mutex or either side of a reader-writer lock;
-    /// call [`check_open`] first). A reader takes one unit of the name's capacity; a writer or a
+    /// after [`check_open`](crate::check_open)). A reader takes one unit of the name's capacity; a writer or a
     /// mutex takes all of it. `make` creates the backend's state for a name nobody uses now.
     pub fn lock(&self, req: &AcquireRequest, make: impl FnOnce() -> L) -> Admitted<L> {
         let weight = if req.kind == LockKind::Read {
@@ -89,7 +72,8 @@ impl<L, S> Turns<L, S> {
         Admitted { entry, ticket }
     }
 
-    /// Joins the queue of `req`'s semaphore name for its permits (call [`check_open`] first),
+    /// Joins the queue of `req`'s semaphore name for its permits (after
+    /// [`check_open`](crate::check_open)),
     /// once its `maxCount` agrees with what this process already uses for the name.
     pub fn semaphore(
         &self,
@@ -125,16 +109,14 @@ impl<L, S> Turns<L, S> {
 }
 
 impl<T> Turns<T, T> {
-    /// Admits `req` to `backend`'s provider: see the module documentation. `make` creates the
-    /// backend's state for a name nobody uses now.
+    /// Admits `req` (after [`check_open`](crate::check_open)) to `backend`'s provider: see the
+    /// module documentation. `make` creates the backend's state for a name nobody uses now.
     pub fn admit(
         &self,
         req: &AcquireRequest,
         backend: &'static str,
-        closed: &CancellationToken,
         make: impl FnOnce() -> T,
     ) -> Result<Admitted<T>> {
-        check_open(req, backend, closed)?;
         match req.kind {
             LockKind::Semaphore { .. } => self.semaphore(req, backend, make),
             LockKind::Mutex | LockKind::Read | LockKind::Write => Ok(self.lock(req, make)),
@@ -169,12 +151,11 @@ mod tests {
     #[test]
     fn admits_in_call_order_and_shares_a_name_between_its_lock_kinds() {
         let turns: Turns<()> = Turns::default();
-        let open = CancellationToken::new();
         let mut first = turns
-            .admit(&req("a", LockKind::Mutex), "memory", &open, || ())
+            .admit(&req("a", LockKind::Mutex), "memory", || ())
             .unwrap();
         let mut reader = turns
-            .admit(&req("a", LockKind::Read), "memory", &open, || ())
+            .admit(&req("a", LockKind::Read), "memory", || ())
             .unwrap();
         assert!(first.ticket.is_granted());
         assert!(
@@ -192,47 +173,24 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_bad_name_a_closed_provider_and_a_max_count_that_disagrees() {
+    fn refuses_a_max_count_that_disagrees() {
         let turns: Turns<()> = Turns::default();
-        let open = CancellationToken::new();
-        let e = turns
-            .admit(&req("", LockKind::Mutex), "memory", &open, || ())
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::InvalidArgument {
-                    argument: "name",
-                    ..
-                }
-            ),
-            "{e}"
-        );
         let held = turns
-            .admit(&req("s", LockKind::semaphore(3)), "redis", &open, || ())
+            .admit(&req("s", LockKind::semaphore(3)), "redis", || ())
             .unwrap();
         let e = turns
-            .admit(&req("s", LockKind::semaphore(4)), "redis", &open, || ())
+            .admit(&req("s", LockKind::semaphore(4)), "redis", || ())
             .unwrap_err();
         assert_eq!(
             e.to_string(),
             "maxCount of redis semaphore \"s\" is 4, but this process already uses it with maxCount 3"
         );
         drop(held);
-        let closed = CancellationToken::new();
-        closed.cancel();
-        let e = turns
-            .admit(&req("a", LockKind::Mutex), "file", &closed, || ())
-            .unwrap_err();
         assert!(
-            matches!(
-                e,
-                Error::Closed {
-                    backend: "file",
-                    ..
-                }
-            ),
-            "{e}"
+            turns
+                .admit(&req("s", LockKind::semaphore(4)), "redis", || ())
+                .is_ok(),
+            "a name nobody uses any more takes a new maxCount"
         );
     }
 }

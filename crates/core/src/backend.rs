@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result, Target};
 use crate::held::{HeldCore, HeldSet};
 use crate::lost::LostSignal;
-use crate::options::Timeout;
+use crate::options::{Timeout, validate_name};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -150,19 +150,92 @@ pub trait HeldLock: std::any::Any + Send + Sync {
     }
 }
 
-// Here rather than in `held`, beside the `HeldLock` it needs.
-impl<T: HeldLock> HeldSet<T> {
-    /// The first half of every provider's `close`: `closed` is cancelled (new acquires are
-    /// refused and waits end), then every lock still alive is taken out of the set with its
+/// The half of a provider every backend keeps the same way: its name, its close token and the
+/// locks it holds. A backend's provider embeds one and returns it from [`Backend::core`]; the
+/// common steps (the closed check before an acquire, `is_closed`, `held_count`) are answered
+/// from it, and the backend supplies only what is its own.
+#[derive(Debug)]
+pub struct ProviderCore<H> {
+    backend: &'static str,
+    closed: CancellationToken,
+    held: HeldSet<H>,
+}
+
+impl<H> ProviderCore<H> {
+    /// The common half of an open provider of `backend` (its short name, as errors show it).
+    pub fn new(backend: &'static str) -> Self {
+        Self {
+            backend,
+            closed: CancellationToken::new(),
+            held: HeldSet::default(),
+        }
+    }
+
+    /// Cancelled when the provider is closed: new acquires are refused and waits end.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// The locks held through this provider now.
+    pub fn held(&self) -> &HeldSet<H> {
+        &self.held
+    }
+}
+
+impl<H: HeldLock> ProviderCore<H> {
+    /// The first half of every provider's `close`: the close token is cancelled (new acquires
+    /// are refused and waits end), then every lock still alive is taken out of the set with its
     /// lost signal fired for `reason`, for the backend to release.
-    pub fn close(&self, closed: &CancellationToken, reason: &str) -> Vec<Arc<T>> {
-        closed.cancel();
-        let held = self.drain();
+    pub fn close(&self, reason: &str) -> Vec<Arc<H>> {
+        self.closed.cancel();
+        let held = self.held.drain();
         for h in &held {
             h.lost().fire(reason);
         }
         held
     }
+}
+
+/// What [`Backend`]'s provided methods read from a [`ProviderCore`], whatever its held lock type
+/// (so that `Backend` stays usable as `dyn Backend`).
+pub trait ProviderState: Send + Sync {
+    /// The backend's short name.
+    fn backend(&self) -> &'static str;
+    /// The provider's close token.
+    fn closed(&self) -> &CancellationToken;
+    /// How many locks are held through the provider now.
+    fn held_count(&self) -> usize;
+}
+
+impl<H: Send + Sync> ProviderState for ProviderCore<H> {
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    fn held_count(&self) -> usize {
+        self.held.len()
+    }
+}
+
+/// The checks every acquire passes before any queue is joined: the name, and that `backend`'s
+/// provider (whose close token is `closed`) is open.
+pub fn check_open(
+    req: &AcquireRequest,
+    backend: &'static str,
+    closed: &CancellationToken,
+) -> Result<()> {
+    validate_name(&req.name)?;
+    if closed.is_cancelled() {
+        return Err(Error::Closed {
+            backend,
+            detail: format!("; cannot acquire {}", req.target(backend)),
+        });
+    }
+    Ok(())
 }
 
 /// What a backend reports about its connections and leases as it happens, for observers (the
@@ -224,27 +297,50 @@ pub type Held = Arc<dyn HeldLock>;
 pub type Acquiring = BoxFuture<'static, Result<Option<Held>>>;
 
 /// A lock backend: one per provider.
+///
+/// A backend embeds a [`ProviderCore`] and returns it from [`Backend::core`]; what every
+/// backend does the same way is provided here from it, and the backend supplies only what is
+/// its own: [`Backend::begin`] (its part of an acquire), `inspect` and `close`.
 pub trait Backend: Send + Sync + 'static {
+    /// The common half of this provider.
+    fn core(&self) -> &dyn ProviderState;
     /// The backend's short name (`file`, `postgres`, `redis`, `memory`).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.core().backend()
+    }
     /// Validates the request and joins the queue now; the returned future does the waiting.
-    fn acquire(&self, request: AcquireRequest) -> Result<Acquiring>;
+    /// The name is checked and a closed provider refuses here, once for every backend; the
+    /// rest is the backend's [`Backend::begin`]. Not meant to be overridden.
+    fn acquire(&self, request: AcquireRequest) -> Result<Acquiring> {
+        let core = self.core();
+        check_open(&request, core.backend(), core.closed())?;
+        self.begin(request)
+    }
+    /// The backend's own half of [`Backend::acquire`], for a request whose name is valid on an
+    /// open provider: its own checks, then it joins the in-process queue now; the returned
+    /// future does the waiting. Called by `acquire` only.
+    fn begin(&self, request: AcquireRequest) -> Result<Acquiring>;
     /// Looks at the lock of `name` (`kind` picks the lock family or the semaphore) without
     /// acquiring it.
     fn inspect(&self, name: &str, kind: LockKind) -> BoxFuture<'static, Result<LockInfo>>;
     /// Whether `close` has been called.
-    fn is_closed(&self) -> bool;
+    fn is_closed(&self) -> bool {
+        self.core().closed().is_cancelled()
+    }
+    /// Locks held through this provider now.
+    fn held_count(&self) -> usize {
+        self.core().held_count()
+    }
     /// Rejects pending waits, releases every held lock (their lost signals fire) and frees
     /// connections. Idempotent.
     fn close(&self) -> BoxFuture<'static, Result<()>>;
-    /// Offers the host's event loop: a network backend may then do the socket I/O of calls
-    /// made on the loop thread there. The default ignores it.
     /// Sets who hears this backend's [`BackendEvent`]s (the first call wins). Backends with
     /// nothing to report ignore it.
     fn observe(&self, observer: Observer) {
         let _ = observer;
     }
-
+    /// Offers the host's event loop: a network backend may then do the socket I/O of calls
+    /// made on the loop thread there. The default ignores it.
     fn attach(&self, reactor: Arc<dyn crate::reactor::Reactor>) {
         drop(reactor);
     }
@@ -340,6 +436,45 @@ pub async fn race<F: Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(name: &str) -> AcquireRequest {
+        AcquireRequest {
+            name: name.into(),
+            kind: LockKind::Mutex,
+            timeout: Timeout::Forever,
+            cancel: None,
+            lease: None,
+            auto_renew: true,
+        }
+    }
+
+    #[test]
+    fn check_open_refuses_a_bad_name_then_a_closed_provider() {
+        let core: ProviderCore<()> = ProviderCore::new("file");
+        assert!(check_open(&req("a"), core.backend(), core.closed()).is_ok());
+        let e = check_open(&req(""), "file", core.closed()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidArgument {
+                    argument: "name",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        core.closed().cancel();
+        let e = check_open(&req("a"), core.backend(), core.closed()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the file lock provider is closed; cannot acquire file lock \"a\""
+        );
+        let e = check_open(&req(""), "file", core.closed()).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { .. }),
+            "the name is checked first: {e}"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn race_outcomes() {

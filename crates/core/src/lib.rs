@@ -4,7 +4,8 @@
 //! - validated options ([`Timeout`], names, counts);
 //! - [`queue`]: the in-process FIFO waiter queue, one per name;
 //! - [`LostSignal`] and [`Lease`]: how a held lock reports that it is lost;
-//! - the [`Backend`] and [`HeldLock`] traits the providers implement;
+//! - the [`Backend`] and [`HeldLock`] traits the providers implement, and [`ProviderCore`] and
+//!   [`HeldCore`], the common halves they embed;
 //! - [`patience`]: how an acquire spends its budget (attempts, pauses, busy versus trouble), one
 //!   I/O-free machine every backend drives, and [`Fault`], the failure it reports;
 //! - [`reactor`]: the host event loop a network backend may do its socket I/O on;
@@ -33,10 +34,10 @@ pub mod testing;
 pub mod turn;
 pub mod two_phase;
 
-pub use admission::{Admitted, Turns, check_open, wait_turn};
+pub use admission::{Admitted, Turns, wait_turn};
 pub use backend::{
     AcquireRequest, Acquiring, Backend, BackendEvent, BoxFuture, Held, HeldLock, Interrupted,
-    LockInfo, LockKind, Observer, Waited, race,
+    LockInfo, LockKind, Observer, ProviderCore, ProviderState, Waited, check_open, race,
 };
 pub use drive::{Attempted, drive};
 pub use error::{Cause, Error, Result, Target};

@@ -10,15 +10,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::admission::{Admitted, Turns};
 use crate::backend::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, HeldLock, LockInfo, LockKind, race,
+    AcquireRequest, Acquiring, Backend, BoxFuture, HeldLock, LockInfo, LockKind, ProviderCore,
+    ProviderState, race,
 };
 use crate::error::Result;
 use crate::held::HeldCore;
-use crate::held::HeldSet;
 use crate::options::{Timeout, validate_name};
 use crate::queue::{Entry, SHARED_CAPACITY, Ticket};
 use crate::sync::lock;
@@ -31,13 +29,21 @@ pub struct MemoryBackend {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
+    core: ProviderCore<MemoryHeld>,
     turns: Turns<Names>,
     /// One counter for every name: strictly increasing per name, as fencing needs.
     tokens: AtomicU64,
-    held: HeldSet<MemoryHeld>,
-    closed: CancellationToken,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            core: ProviderCore::new(BACKEND),
+            turns: Turns::default(),
+            tokens: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Per-name state beside the queue.
@@ -51,23 +57,16 @@ impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// Locks held through this provider now.
-    pub fn held_count(&self) -> usize {
-        self.inner.held.len()
-    }
 }
 
 impl Backend for MemoryBackend {
-    fn name(&self) -> &'static str {
-        BACKEND
+    fn core(&self) -> &dyn ProviderState {
+        &self.inner.core
     }
 
-    fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
+    fn begin(&self, req: AcquireRequest) -> Result<Acquiring> {
         let Admitted { entry, mut ticket } =
-            self.inner
-                .turns
-                .admit(&req, BACKEND, &self.inner.closed, Names::default)?;
+            self.inner.turns.admit(&req, BACKEND, Names::default)?;
         let inner = self.inner.clone();
         Ok(Box::pin(async move {
             let granted = if req.timeout == Timeout::Zero {
@@ -78,7 +77,7 @@ impl Backend for MemoryBackend {
                     ticket.granted(),
                     deadline,
                     req.cancel.as_ref(),
-                    &inner.closed,
+                    inner.core.closed(),
                 )
                 .await
                 .done()
@@ -92,14 +91,14 @@ impl Backend for MemoryBackend {
             }
             let token = inner.tokens.fetch_add(1, Ordering::Relaxed) + 1;
             entry.state.last_token.store(token, Ordering::Relaxed);
-            let id = inner.held.next_id();
+            let id = inner.core.held().next_id();
             let held = Arc::new(MemoryHeld {
                 inner: Arc::downgrade(&inner),
                 id,
                 core: HeldCore::new(req.target(BACKEND).to_string(), token),
                 turn: Mutex::new(Some((ticket, entry))),
             });
-            inner.held.insert(id, &held);
+            inner.core.held().insert(id, &held);
             Ok(Some(held as crate::Held))
         }))
     }
@@ -131,17 +130,10 @@ impl Backend for MemoryBackend {
         Box::pin(async move { info })
     }
 
-    fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
-    }
-
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            for h in inner
-                .held
-                .close(&inner.closed, "the lock provider was closed")
-            {
+            for h in inner.core.close("the lock provider was closed") {
                 h.release_now();
             }
             Ok(())
@@ -162,7 +154,7 @@ impl MemoryHeld {
             return;
         }
         if let Some(inner) = self.inner.upgrade() {
-            inner.held.remove(self.id);
+            inner.core.held().remove(self.id);
         }
         drop(lock(&self.turn).take());
     }

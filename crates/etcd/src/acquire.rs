@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distlock_core::queue::Entry;
 use distlock_core::{
-    AcquireRequest, Attempted, End, Fault, Held, Patience, Policy, Reporter, Result, Ticket,
-    Timeout, drive, race,
+    AcquireRequest, Admitted, Attempted, End, Fault, Held, Patience, Policy, Reporter, Result,
+    Timeout, drive, wait_turn,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -69,17 +68,15 @@ impl Inner {
         req: AcquireRequest,
         plan: Plan,
         w: Waiter,
-        entry: Arc<Entry<()>>,
-        mut ticket: Ticket,
+        admitted: Admitted<()>,
     ) -> Result<Option<Held>> {
+        let Admitted { entry, mut ticket } = admitted;
         let _ = self.runtime.get_or_init(tokio::runtime::Handle::current);
         let start = Instant::now();
         let deadline = req.timeout.deadline(start);
         let cancel = req.cancel.as_ref();
         if !ticket.is_granted()
-            && let Err(why) = race(ticket.granted(), deadline, cancel, &self.closed)
-                .await
-                .done()
+            && let Err(why) = wait_turn(&req, &mut ticket, deadline, self.core.closed()).await
         {
             return why.into_outcome(&req, BACKEND);
         }
@@ -96,7 +93,7 @@ impl Inner {
         let outcome = drive(
             patience,
             cancel,
-            &self.closed,
+            self.core.closed(),
             |_| self.attempt(&waiter, plan, once),
             || self.woken(&waiter),
         )

@@ -32,7 +32,7 @@ impl Inner {
         if let Plan::Own { renew: false, .. } = plan {
             session.stop_renewing();
         }
-        let uid = self.held.next_id();
+        let uid = self.core.held().next_id();
         let lost = LostSignal::new();
         let done = CancellationToken::new();
         let turn: Turn = Arc::new(Mutex::new(Some((ticket, entry))));
@@ -50,7 +50,7 @@ impl Inner {
             done: done.clone(),
             turn: turn.clone(),
         });
-        self.held.insert(uid, &held);
+        self.core.held().insert(uid, &held);
         session.attach(uid, &req.name, &held.key, &lost, Instant::now());
         // A lost lock gives its in-process turn back at once, as a release would.
         tokio::spawn(async move {
@@ -93,7 +93,7 @@ impl EtcdHeld {
             return Ok(());
         }
         self.done.cancel();
-        self.inner.held.remove(self.uid);
+        self.inner.core.held().remove(self.uid);
         let bound = self.inner.opts.op_timeout;
         let s = &self.session;
         s.detach(self.uid);
@@ -204,7 +204,7 @@ impl Drop for EtcdHeld {
         }
         // Dropped without release (a garbage-collected handle): release in the background.
         self.done.cancel();
-        self.inner.held.remove(self.uid);
+        self.inner.core.held().remove(self.uid);
         let turn = lock(&self.turn).take();
         let s = self.session.clone();
         s.detach(self.uid);

@@ -90,8 +90,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Error, Fault,
-    HeldSet, LockInfo, LockKind, Observer, Result, Target, Turns, check_open,
+    AcquireRequest, Acquiring, Backend, BoxFuture, Error, Fault, LockInfo, LockKind, Observer,
+    ProviderCore, ProviderState, Result, Target, Turns,
 };
 use grpc::wire::RangeRequest;
 
@@ -120,9 +120,8 @@ pub(crate) struct Inner {
     pool: Arc<Pool>,
     /// The provider's shared lease (granted on first use, again after it is lost).
     shared: tokio::sync::Mutex<Option<Arc<Session>>>,
+    core: ProviderCore<EtcdHeld>,
     turns: Turns<()>,
-    held: HeldSet<EtcdHeld>,
-    closed: CancellationToken,
     runtime: OnceLock<tokio::runtime::Handle>,
     observer: OnceLock<Observer>,
 }
@@ -144,29 +143,22 @@ impl EtcdBackend {
                 pool: Arc::new(Pool::new(&opts)),
                 opts,
                 shared: tokio::sync::Mutex::new(None),
+                core: ProviderCore::new(BACKEND),
                 turns: Turns::default(),
-                held: HeldSet::default(),
-                closed: CancellationToken::new(),
                 runtime: OnceLock::new(),
                 observer: OnceLock::new(),
             }),
         })
     }
-
-    /// Locks held through this provider now.
-    pub fn held_count(&self) -> usize {
-        self.inner.held.len()
-    }
 }
 
 impl Backend for EtcdBackend {
-    fn name(&self) -> &'static str {
-        BACKEND
+    fn core(&self) -> &dyn ProviderState {
+        &self.inner.core
     }
 
-    fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
+    fn begin(&self, req: AcquireRequest) -> Result<Acquiring> {
         let inner = self.inner.clone();
-        check_open(&req, BACKEND, &inner.closed)?;
         let own_ttl = req.lease.map(options::request_lease).transpose()?;
         let plan = match (own_ttl, req.auto_renew) {
             (None, true) => Plan::Shared,
@@ -185,10 +177,10 @@ impl Backend for EtcdBackend {
                 max_count,
             ),
         };
-        let Admitted { entry, ticket } = inner.turns.admit(&req, BACKEND, &inner.closed, || ())?;
+        let admitted = inner.turns.admit(&req, BACKEND, || ())?;
         let waiter = Waiter::new(Place::new(keys, side, max));
         Ok(Box::pin(async move {
-            inner.acquire(req, plan, waiter, entry, ticket).await
+            inner.acquire(req, plan, waiter, admitted).await
         }))
     }
 
@@ -200,18 +192,11 @@ impl Backend for EtcdBackend {
         })
     }
 
-    fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
-    }
-
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             let mut releases = tokio::task::JoinSet::new();
-            for h in inner
-                .held
-                .close(&inner.closed, "the lock provider was closed")
-            {
+            for h in inner.core.close("the lock provider was closed") {
                 releases.spawn(async move { h.release_now().await });
             }
             // One bound for the whole close, `opTimeoutMs`, whatever the servers do: the releases
@@ -270,7 +255,7 @@ impl Inner {
                     self.opts.lease,
                     true,
                     true,
-                    &self.closed,
+                    self.core.closed(),
                     observer,
                 )
                 .await?;
@@ -279,7 +264,7 @@ impl Inner {
             }
             Plan::Own { ttl, .. } => {
                 // Kept alive while it waits; one without auto-renewal stops at the grant.
-                session::grant(&self.pool, ttl, true, false, &self.closed, observer).await
+                session::grant(&self.pool, ttl, true, false, self.core.closed(), observer).await
             }
         }
     }

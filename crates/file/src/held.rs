@@ -41,7 +41,7 @@ impl Inner {
         watch: Watch,
         start: Instant,
     ) -> Result<Held> {
-        let id = self.held.next_id();
+        let id = self.core.held().next_id();
         let held = Arc::new(FileHeld {
             id,
             core: HeldCore::new(req.target(BACKEND).to_string(), token),
@@ -49,12 +49,12 @@ impl Inner {
             files: watch.clone(),
             backend: Arc::downgrade(self),
         });
-        self.held.insert(id, &held);
+        self.core.held().insert(id, &held);
         if !watch.is_empty() {
             self.watch(id, watch, &held);
         }
         tracing::debug!(backend = BACKEND, name = %req.name, kind = ?req.kind, token, waited_us = start.elapsed().as_micros() as u64, "acquired");
-        if self.closed.is_cancelled() {
+        if self.core.closed().is_cancelled() {
             // close() ran while we were acquiring: do not hand out a lock nobody will release.
             held.release_now();
             return Err(Error::Closed {
@@ -103,7 +103,7 @@ async fn check_files(inner: Weak<Inner>, every: Duration) {
         };
         let files: Vec<(Watch, Weak<FileHeld>)> = {
             let mut watched = lock(&inner.watched);
-            if watched.files.is_empty() || inner.closed.is_cancelled() {
+            if watched.files.is_empty() || inner.core.closed().is_cancelled() {
                 watched.running = false;
                 return;
             }
@@ -171,7 +171,7 @@ impl FileHeld {
 
     fn forget(&self) {
         if let Some(backend) = self.backend.upgrade() {
-            backend.held.remove(self.id);
+            backend.core.held().remove(self.id);
             backend.unwatch(self.id);
         }
     }

@@ -59,10 +59,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use distlock_core::HeldSet;
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Error, Interrupted,
-    LockInfo, LockKind, Result, Ticket, Turns, check_open, race, validate_name,
+    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, Error, Interrupted, LockInfo,
+    LockKind, ProviderCore, ProviderState, Result, Ticket, Turns, race, validate_name,
 };
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
@@ -101,9 +100,8 @@ struct Inner {
     dir_ready: AtomicBool,
     /// The directory canonicalized once it exists, for the fencing floor's keys.
     canonical_dir: OnceLock<PathBuf>,
+    core: ProviderCore<FileHeld>,
     turns: Turns<LockState, SemState>,
-    closed: CancellationToken,
-    held: HeldSet<FileHeld>,
     /// `None`: no check that held files stay in place.
     lost_check: Option<Duration>,
     watched: Mutex<Watched>,
@@ -140,9 +138,8 @@ impl FileBackend {
                 dir: directory.into(),
                 dir_ready: AtomicBool::new(false),
                 canonical_dir: OnceLock::new(),
+                core: ProviderCore::new(BACKEND),
                 turns: Turns::default(),
-                closed: CancellationToken::new(),
-                held: HeldSet::default(),
                 lost_check: Some(DEFAULT_LOST_CHECK),
                 watched: Mutex::default(),
             }),
@@ -162,21 +159,15 @@ impl FileBackend {
     pub fn directory(&self) -> &Path {
         &self.inner.dir
     }
-
-    /// How many locks this backend holds right now.
-    pub fn held_count(&self) -> usize {
-        self.inner.held.len()
-    }
 }
 
 impl Backend for FileBackend {
-    fn name(&self) -> &'static str {
-        BACKEND
+    fn core(&self) -> &dyn ProviderState {
+        &self.inner.core
     }
 
-    fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
+    fn begin(&self, req: AcquireRequest) -> Result<Acquiring> {
         let inner = self.inner.clone();
-        check_open(&req, BACKEND, &inner.closed)?;
         inner.ensure_dir()?;
         let start = Instant::now();
         match req.kind {
@@ -256,13 +247,9 @@ impl Backend for FileBackend {
         })
     }
 
-    fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
-    }
-
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let reason = "the file lock provider was closed";
-        for h in self.inner.held.close(&self.inner.closed, reason) {
+        for h in self.inner.core.close(reason) {
             h.release_now();
         }
         Box::pin(async { Ok(()) })
@@ -318,12 +305,17 @@ impl Inner {
         deadline: Option<Instant>,
     ) -> std::result::Result<OwnedMutexGuard<()>, Interrupted> {
         let cancel = req.cancel.as_ref();
-        race(ticket.granted(), deadline, cancel, &self.closed)
+        race(ticket.granted(), deadline, cancel, self.core.closed())
             .await
             .done()?;
-        race(gate.clone().lock_owned(), deadline, cancel, &self.closed)
-            .await
-            .done()
+        race(
+            gate.clone().lock_owned(),
+            deadline,
+            cancel,
+            self.core.closed(),
+        )
+        .await
+        .done()
     }
 
     /// Opens a lock file, recreating the directory if someone removed it since.

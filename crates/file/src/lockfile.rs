@@ -196,9 +196,14 @@ impl Inner {
         mut pending: PendingLock,
         deadline: Option<Instant>,
     ) -> Result<Option<File>> {
-        match race(&mut pending, deadline, req.cancel.as_ref(), &self.closed)
-            .await
-            .done()
+        match race(
+            &mut pending,
+            deadline,
+            req.cancel.as_ref(),
+            self.core.closed(),
+        )
+        .await
+        .done()
         {
             Ok(Ok(Ok(file))) => Ok(Some(file)),
             Ok(Ok(Err(e))) => Err(Error::io_call(BACKEND, LOCK_CALL, path, e)),

@@ -124,7 +124,7 @@ impl Inner {
                     }
                     match patience.step(Input::Busy, Instant::now()) {
                         Step::Wait { until } => {
-                            let input = match race(freed, until, cancel, &self.closed).await {
+                            let input = match race(freed, until, cancel, self.core.closed()).await {
                                 Waited::Done(()) => Input::Woken,
                                 Waited::TimedOut => Input::Elapsed,
                                 Waited::Cancelled => Input::Cancelled,
@@ -253,7 +253,7 @@ impl Inner {
             }
             // Another process is inside its few-microsecond bump; yield and retry.
             let retry = async { tokio::time::sleep(Duration::from_micros(200)).await };
-            if let Err(why) = race(retry, None, req.cancel.as_ref(), &self.closed)
+            if let Err(why) = race(retry, None, req.cancel.as_ref(), self.core.closed())
                 .await
                 .done()
             {

@@ -31,7 +31,7 @@ impl Inner {
         turn: Turn,
         start: Instant,
     ) -> Held {
-        let id = self.held.next_id();
+        let id = self.core.held().next_id();
         let held = Arc::new(MyHeld {
             id,
             core: HeldCore::new(req.target(BACKEND).to_string(), got.token),
@@ -44,7 +44,7 @@ impl Inner {
             runtime: tokio::runtime::Handle::current(),
             owner: Arc::downgrade(self),
         });
-        self.held.insert(id, &held);
+        self.core.held().insert(id, &held);
         let dependent: Arc<dyn Dependent> = held.clone();
         got.session.hold(id, Arc::downgrade(&dependent));
         // Only now may the session serve a wait again, or be shared.
@@ -166,7 +166,7 @@ impl MyHeld {
         let grant = lock(&self.grant).take();
         self.core.mark_released();
         if let Some(owner) = self.owner.upgrade() {
-            owner.held.remove(self.id);
+            owner.core.held().remove(self.id);
         }
         let (id, op) = (self.id, self.op_timeout);
         async move {
@@ -188,7 +188,7 @@ impl Dependent for MyHeld {
         if grant.is_some() {
             self.core.lost().fire(reason);
             if let Some(owner) = self.owner.upgrade() {
-                owner.held.remove(self.id);
+                owner.core.held().remove(self.id);
             }
         }
         drop(grant);

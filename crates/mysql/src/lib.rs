@@ -50,8 +50,8 @@ use std::time::Duration;
 
 use distlock_core::two_phase;
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, End, Error, Fault, HeldSet,
-    LockInfo, LockKind, Policy, Result, Turns, check_open,
+    AcquireRequest, Acquiring, Backend, BoxFuture, End, Error, Fault, LockInfo, LockKind, Policy,
+    ProviderCore, ProviderState, Result, Turns,
 };
 use mysql_async::prelude::Queryable;
 use tokio::sync::OnceCell;
@@ -84,9 +84,8 @@ pub struct MySqlBackend {
 
 struct Inner {
     pool: Arc<Pool>,
-    closed: CancellationToken,
+    core: ProviderCore<MyHeld>,
     turns: Turns<(), SemState>,
-    held: HeldSet<MyHeld>,
     table: OnceCell<()>,
     keepalive_started: OnceLock<()>,
 }
@@ -97,9 +96,8 @@ impl MySqlBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool: Pool::new(opts),
-                closed: CancellationToken::new(),
+                core: ProviderCore::new(BACKEND),
                 turns: Turns::default(),
-                held: HeldSet::default(),
                 table: OnceCell::new(),
                 keepalive_started: OnceLock::new(),
             }),
@@ -110,24 +108,18 @@ impl MySqlBackend {
     pub fn connections(&self) -> usize {
         self.inner.pool.len()
     }
-
-    /// Locks held through this provider now.
-    pub fn held_count(&self) -> usize {
-        self.inner.held.len()
-    }
 }
 
 impl Backend for MySqlBackend {
-    fn name(&self) -> &'static str {
-        BACKEND
+    fn core(&self) -> &dyn ProviderState {
+        &self.inner.core
     }
 
     fn observe(&self, observer: distlock_core::Observer) {
         let _ = self.inner.pool.observer.set(observer);
     }
 
-    fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
-        check_open(&req, BACKEND, &self.inner.closed)?;
+    fn begin(&self, req: AcquireRequest) -> Result<Acquiring> {
         let inner = self.inner.clone();
         match req.kind {
             LockKind::Read | LockKind::Write => Err(Error::invalid(
@@ -153,18 +145,14 @@ impl Backend for MySqlBackend {
         Box::pin(async move { inner.inspect(name, kind).await })
     }
 
-    fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
-    }
-
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
             // MySQL's wording since its first release (the other backends say "the lock
             // provider"); kept so that what users match on does not change.
             let releasing: Vec<_> = inner
-                .held
-                .close(&inner.closed, "the provider was closed")
+                .core
+                .close("the provider was closed")
                 .into_iter()
                 .map(|h| h.take_and_release())
                 .collect();
@@ -202,7 +190,7 @@ impl Inner {
             return;
         }
         let weak = Arc::downgrade(self);
-        let (every, closed) = (self.pool.opts.keepalive, self.closed.clone());
+        let (every, closed) = (self.pool.opts.keepalive, self.core.closed().clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {

@@ -37,7 +37,7 @@ pub(crate) async fn acquire(
         inner: inner.clone(),
         name: names::lock_name(&req.name),
     });
-    let (policy, closed) = (inner.policy(), &inner.closed);
+    let (policy, closed) = (inner.policy(), inner.core.closed());
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
     match two_phase::after_turn(named, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(got) => {
@@ -185,7 +185,7 @@ impl TwoPhase for NamedLock {
             tokio::spawn(async move {
                 w.kill("it was ended to stop a wait");
                 let _ = tokio::time::timeout(limit, wait).await;
-                if inner.closed.is_cancelled() {
+                if inner.core.closed().is_cancelled() {
                     // The provider closed while this wait ended: the sessions opened for it go
                     // too.
                     for s in inner.pool.drain() {

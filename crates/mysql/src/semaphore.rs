@@ -32,7 +32,7 @@ pub(crate) async fn acquire(
         permits,
     });
     let policy = two_phase::polled(inner.policy());
-    let closed = &inner.closed;
+    let closed = inner.core.closed();
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
     match two_phase::after_turn(slots, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(mut got) => {
@@ -79,7 +79,7 @@ impl TwoPhase for Slots {
     fn try_lock(&self, u: Use) -> Answer<Got> {
         let (inner, entry, name) = (self.inner.clone(), self.entry.clone(), self.name.clone());
         let (max_count, permits) = (self.max_count, self.permits);
-        let first = (std::process::id() ^ inner.held.next_id() as u32) % max_count;
+        let first = (std::process::id() ^ inner.core.held().next_id() as u32) % max_count;
         Box::pin(async move {
             let s = u.session.clone();
             let limit = inner.op_timeout();

@@ -55,7 +55,7 @@ impl Inner {
         turn: Turn,
         start: Instant,
     ) -> Result<Option<Held>> {
-        let id = self.held.next_id();
+        let id = self.core.held().next_id();
         let lost = LostSignal::new();
         let turn = Arc::new(Mutex::new(Some(turn)));
         // A session that dies gives the turn back after the lost signal fired: the name is
@@ -78,9 +78,9 @@ impl Inner {
             runtime: tokio::runtime::Handle::current(),
             owner: Arc::downgrade(self),
         });
-        self.held.insert(id, &held);
+        self.core.held().insert(id, &held);
         tracing::debug!(backend = BACKEND, name = %req.name, kind = ?req.kind, token, waited_us = start.elapsed().as_micros() as u64, "acquired");
-        if self.closed.is_cancelled() {
+        if self.core.closed().is_cancelled() {
             held.core.lost().fire("the lock provider was closed");
             let undo = held.take_and_unlock();
             tokio::spawn(undo);
@@ -115,7 +115,7 @@ impl PgHeld {
         let grant = lock(&self.grant).take();
         self.core.mark_released();
         if let Some(owner) = self.owner.upgrade() {
-            owner.held.remove(self.id);
+            owner.core.held().remove(self.id);
         }
         let (id, token, scope, op) = (self.id, self.core.token(), self.scope, self.op_timeout);
         let turn = self.turn.clone();

@@ -82,8 +82,8 @@ use std::time::Duration;
 
 use distlock_core::two_phase::{self, Usage};
 use distlock_core::{
-    AcquireRequest, Acquiring, Backend, BoxFuture, CancellationToken, End, Error, Fault, HeldSet,
-    LockInfo, LockKind, Policy, Result, Turns, check_open,
+    AcquireRequest, Acquiring, Backend, BoxFuture, End, Error, Fault, LockInfo, LockKind, Policy,
+    ProviderCore, ProviderState, Result, Turns,
 };
 use tokio::sync::OnceCell;
 
@@ -118,10 +118,9 @@ pub struct PostgresBackend {
 
 struct Inner {
     pool: Arc<Pool>,
-    closed: CancellationToken,
+    core: ProviderCore<PgHeld>,
     /// Mutexes and reader-writer locks of one name share a queue (a mutex is the writer side).
     turns: Turns<Handoff, SemState>,
-    held: HeldSet<PgHeld>,
     sequence: OnceCell<()>,
     keepalive_started: OnceLock<()>,
 }
@@ -132,9 +131,8 @@ impl PostgresBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool: Pool::new(opts)?,
-                closed: CancellationToken::new(),
+                core: ProviderCore::new(BACKEND),
                 turns: Turns::default(),
-                held: HeldSet::default(),
                 sequence: OnceCell::new(),
                 keepalive_started: OnceLock::new(),
             }),
@@ -150,24 +148,18 @@ impl PostgresBackend {
     pub fn connections_on_loop(&self) -> usize {
         self.inner.pool.on_loop()
     }
-
-    /// Locks held through this provider now.
-    pub fn held_count(&self) -> usize {
-        self.inner.held.len()
-    }
 }
 
 impl Backend for PostgresBackend {
-    fn name(&self) -> &'static str {
-        BACKEND
+    fn core(&self) -> &dyn ProviderState {
+        &self.inner.core
     }
 
     fn observe(&self, observer: distlock_core::Observer) {
         let _ = self.inner.pool.observer.set(observer);
     }
 
-    fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
-        check_open(&req, BACKEND, &self.inner.closed)?;
+    fn begin(&self, req: AcquireRequest) -> Result<Acquiring> {
         let inner = self.inner.clone();
         let scope = inner.pool.opts.scope;
         match req.kind {
@@ -263,10 +255,6 @@ impl Backend for PostgresBackend {
         })
     }
 
-    fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
-    }
-
     fn attach(&self, reactor: Arc<dyn distlock_core::reactor::Reactor>) {
         self.inner.pool.attach(reactor);
     }
@@ -274,9 +262,7 @@ impl Backend for PostgresBackend {
     fn close(&self) -> BoxFuture<'static, Result<()>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let held = inner
-                .held
-                .close(&inner.closed, "the lock provider was closed");
+            let held = inner.core.close("the lock provider was closed");
             inner
                 .pool
                 .closing
@@ -322,7 +308,11 @@ impl Inner {
         if let Some(period) = self.pool.opts.keepalive
             && self.keepalive_started.set(()).is_ok()
         {
-            tokio::spawn(self.pool.clone().keepalive(period, self.closed.clone()));
+            tokio::spawn(
+                self.pool
+                    .clone()
+                    .keepalive(period, self.core.closed().clone()),
+            );
         }
     }
 

@@ -48,7 +48,7 @@ pub(crate) async fn acquire(
         handoff: entry.clone(),
         target: req.target(BACKEND).to_string(),
     });
-    let (policy, closed) = (inner.policy(), &inner.closed);
+    let (policy, closed) = (inner.policy(), inner.core.closed());
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
     match two_phase::after_turn(key, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(KeyGrant { session, token }) => {

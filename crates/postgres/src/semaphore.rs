@@ -34,7 +34,7 @@ pub(crate) async fn acquire(
         target: req.target(BACKEND).to_string(),
     });
     let policy = two_phase::polled(inner.policy());
-    let closed = &inner.closed;
+    let closed = inner.core.closed();
     let reporter = Reporter::of(inner.pool.observer.get(), &req, BACKEND);
     match two_phase::after_turn(slots, policy, &req, &mut ticket, start, reporter, closed).await {
         Ok(SlotGrant {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distlock_core::queue::Entry;
-use distlock_core::{AcquireRequest, Cause, End, Fault, Held, Result, Ticket, Waited, race};
+use distlock_core::{
+    AcquireRequest, Admitted, Cause, End, Fault, Held, Result, Waited, race, wait_turn,
+};
 use fred::types::Value;
 use tokio::time::Instant;
 
@@ -28,16 +29,16 @@ impl Inner {
         req: AcquireRequest,
         op: Op,
         max: u32,
-        entry: Arc<Entry<()>>,
-        mut ticket: Ticket,
+        admitted: Admitted<()>,
     ) -> Result<Option<Held>> {
+        let Admitted { entry, mut ticket } = admitted;
         self.start();
         let start = Instant::now();
         let cancel = req.cancel.as_ref();
         if !ticket.is_granted() {
             let deadline = req.timeout.deadline(start);
-            let turn = race(ticket.granted(), deadline, cancel, &self.closed).await;
-            if let Err(why) = turn.done() {
+            let turn = wait_turn(&req, &mut ticket, deadline, self.core.closed()).await;
+            if let Err(why) = turn {
                 return why.into_outcome(&req, BACKEND);
             }
         }
@@ -65,7 +66,7 @@ impl Inner {
             );
             input = match action {
                 // Stopped while the last step ran: nothing more is sent.
-                Action::Attempt { .. } if self.closed.is_cancelled() => Input::Closed,
+                Action::Attempt { .. } if self.core.closed().is_cancelled() => Input::Closed,
                 Action::Attempt { .. } if cancel.is_some_and(|c| c.is_cancelled()) => {
                     Input::Cancelled
                 }
@@ -83,7 +84,7 @@ impl Inner {
                     sent = Instant::now();
                     heard.fill(false);
                     let trying = self.try_once(&attempt, lease, max, w.queue_ttl(), &mut heard);
-                    match race(trying, until, cancel, &self.closed).await {
+                    match race(trying, until, cancel, self.core.closed()).await {
                         Waited::Done(verdict) => Input::Verdict(verdict),
                         cut => {
                             // The attempt may still reach a server: take it back everywhere.
@@ -100,7 +101,7 @@ impl Inner {
                 }
                 Action::Sleep { until } => {
                     let sleeping = tokio::time::sleep_until(until);
-                    timer(race(sleeping, None, cancel, &self.closed).await)
+                    timer(race(sleeping, None, cancel, self.core.closed()).await)
                 }
                 Action::Wait { until } => {
                     let woken = async {
@@ -109,7 +110,7 @@ impl Inner {
                             None => std::future::pending().await,
                         }
                     };
-                    match race(woken, until, cancel, &self.closed).await {
+                    match race(woken, until, cancel, self.core.closed()).await {
                         Waited::Done(()) => Input::Woken,
                         other => timer(other),
                     }

@@ -32,7 +32,7 @@ impl Inner {
         entry: Arc<Entry<()>>,
         ticket: Ticket,
     ) -> Held {
-        let uid = self.held.next_id();
+        let uid = self.core.held().next_id();
         self.saw(&op.keys, fence);
         let lease_state = Arc::new(Lease::new(lease - drift(lease), sent));
         let lost = LostSignal::new();
@@ -52,7 +52,7 @@ impl Inner {
             lease: lease_state.clone(),
             turn: turn.clone(),
         });
-        self.held.insert(uid, &held);
+        self.core.held().insert(uid, &held);
         self.renewals.track(
             self,
             uid,
@@ -102,7 +102,7 @@ impl RedisHeld {
             return Ok(());
         }
         self.inner.renewals.untrack(self.uid);
-        self.inner.held.remove(self.uid);
+        self.inner.core.held().remove(self.uid);
         let expired = self.core.lost().is_lost() || Instant::now() >= self.lease.deadline();
         // Bounded: a server that does not answer in time is revoked in the background.
         let bound = self.inner.opts.server_timeout + Duration::from_millis(50);
@@ -236,7 +236,7 @@ impl Drop for RedisHeld {
         }
         // Dropped without release (a garbage-collected handle): release in the background.
         self.inner.renewals.untrack(self.uid);
-        self.inner.held.remove(self.uid);
+        self.inner.core.held().remove(self.uid);
         let (inner, op, floor, lease, by) = (
             self.inner.clone(),
             self.op.clone(),

@@ -71,8 +71,8 @@ use std::time::Duration;
 
 use distlock_core::sync::lock;
 use distlock_core::{
-    AcquireRequest, Acquiring, Admitted, Backend, BoxFuture, CancellationToken, Cause, Error,
-    HeldSet, LockInfo, LockKind, Result, Turns, check_open,
+    AcquireRequest, Acquiring, Backend, BoxFuture, Cause, Error, LockInfo, LockKind, ProviderCore,
+    ProviderState, Result, Turns,
 };
 use tokio::sync::mpsc;
 
@@ -118,8 +118,7 @@ struct Inner {
     turns: Turns<()>,
     wakes: Arc<Wakes>,
     renewals: Renewals,
-    held: HeldSet<RedisHeld>,
-    closed: CancellationToken,
+    core: ProviderCore<RedisHeld>,
     runtime: OnceLock<tokio::runtime::Handle>,
     /// Connection events of the servers, handled by one task started on first use.
     events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
@@ -172,8 +171,7 @@ impl RedisBackend {
                 turns: Turns::default(),
                 wakes: Arc::default(),
                 renewals: Renewals::default(),
-                held: HeldSet::default(),
-                closed: CancellationToken::new(),
+                core: ProviderCore::new(BACKEND),
                 runtime: OnceLock::new(),
                 events: Mutex::new(Some(events_rx)),
                 floors: Mutex::default(),
@@ -181,11 +179,6 @@ impl RedisBackend {
                 observer: OnceLock::new(),
             }),
         })
-    }
-
-    /// Locks held through this provider now.
-    pub fn held_count(&self) -> usize {
-        self.inner.held.len()
     }
 
     /// Leases renewed so far, in total (batched: many per round trip).
@@ -218,13 +211,12 @@ pub fn script_text(which: &str) -> Option<&'static str> {
 }
 
 impl Backend for RedisBackend {
-    fn name(&self) -> &'static str {
-        BACKEND
+    fn core(&self) -> &dyn ProviderState {
+        &self.inner.core
     }
 
-    fn acquire(&self, req: AcquireRequest) -> Result<Acquiring> {
+    fn begin(&self, req: AcquireRequest) -> Result<Acquiring> {
         let inner = self.inner.clone();
-        check_open(&req, BACKEND, &inner.closed)?;
         if let Some(lease) = req.lease {
             distlock_core::options::lease_ms(lease.as_millis() as f64)?;
         }
@@ -250,10 +242,10 @@ impl Backend for RedisBackend {
                 )
             }
         };
-        let Admitted { entry, ticket } = inner.turns.admit(&req, BACKEND, &inner.closed, || ())?;
+        let admitted = inner.turns.admit(&req, BACKEND, || ())?;
         let op = Op::new(op_keys, side, Arc::from(token()));
         Ok(Box::pin(async move {
-            inner.acquire(req, op, max, entry, ticket).await
+            inner.acquire(req, op, max, admitted).await
         }))
     }
 
@@ -271,10 +263,6 @@ impl Backend for RedisBackend {
         }
     }
 
-    fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
-    }
-
     /// Releases every held lock (best effort) and closes the connections, within the server
     /// timeout plus [`CLOSE_SLACK`] whatever the servers do: one deadline for all of it, with
     /// no fixed wait (nothing held and no server connected: at once).
@@ -282,9 +270,7 @@ impl Backend for RedisBackend {
         let inner = self.inner.clone();
         Box::pin(async move {
             let until = tokio::time::Instant::now() + inner.opts.server_timeout + CLOSE_SLACK;
-            let held = inner
-                .held
-                .close(&inner.closed, "the lock provider was closed");
+            let held = inner.core.close("the lock provider was closed");
             let releases = held.into_iter().map(|h| async move {
                 let _ = h.release_now().await;
             });

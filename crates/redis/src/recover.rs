@@ -90,7 +90,7 @@ async fn confirming(inner: Weak<Inner>, i: usize) {
         let Some(me) = inner.upgrade() else { return };
         let server = me.servers[i].clone();
         let c = pacing.get_or_insert_with(|| Confirmation::new(me.opts.server_timeout));
-        if me.closed.is_cancelled() {
+        if me.core.closed().is_cancelled() {
             return;
         }
         if !server.in_doubt() {
@@ -102,7 +102,7 @@ async fn confirming(inner: Weak<Inner>, i: usize) {
         }
         if let Some(left) = server.doubt().hold_left() {
             // The sentinels' announcement of the failover's end wakes it.
-            let closed = me.closed.clone();
+            let closed = me.core.closed().clone();
             drop(me);
             nap(&server, &closed, left).await;
             continue;
@@ -112,7 +112,7 @@ async fn confirming(inner: Weak<Inner>, i: usize) {
         match c.ended(answered, server.doubt().losses() == losses) {
             Next::Confirmed => server.doubt().confirmed(losses),
             Next::Retry(pause) => {
-                let closed = me.closed.clone();
+                let closed = me.core.closed().clone();
                 drop(me);
                 nap(&server, &closed, pause).await;
             }
@@ -135,7 +135,7 @@ pub(crate) async fn follow(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<E
     let mut connected_before: Vec<bool> = Vec::new();
     while let Some(event) = rx.recv().await {
         let Some(me) = inner.upgrade() else { return };
-        if me.closed.is_cancelled() {
+        if me.core.closed().is_cancelled() {
             return;
         }
         connected_before.resize(me.servers.len(), false);

@@ -56,7 +56,7 @@ impl Inner {
             // Paced like an acquire riding out trouble.
             let pause = PATIENCE.fault_pause;
             let mut backoff = pause.first;
-            while Instant::now() < until && !inner.closed.is_cancelled() {
+            while Instant::now() < until && !inner.core.closed().is_cancelled() {
                 let s = &inner.servers[server];
                 // Nothing can reach a server that refuses connections: wait for it to come
                 // back rather than queue commands that can only time out.

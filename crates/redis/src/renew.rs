@@ -157,7 +157,7 @@ impl Renewals {
 async fn run(inner: Weak<Inner>) {
     loop {
         let Some(me) = inner.upgrade() else { return };
-        if me.closed.is_cancelled() {
+        if me.core.closed().is_cancelled() {
             return;
         }
         let mut scan = Scan::new(Instant::now(), me.opts.renew_period());
@@ -190,7 +190,7 @@ async fn run(inner: Weak<Inner>) {
             }
         }
         let changed = me.renewals.changed.clone();
-        let closed = me.closed.clone();
+        let closed = me.core.closed().clone();
         drop(me);
         tokio::select! {
             _ = tokio::time::sleep_until(scan.next_wake()) => {}
