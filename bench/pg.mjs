@@ -6,7 +6,8 @@
 //
 // W1: one loop on one name. W2: 64 loops, each on its own name. W3: 16 loops in one process on
 // one name. W4: 4 processes on one name (bench/lib.mjs checks exclusion across them).
-// Server: --url, else $DISTLOCK_TEST_PG_URL, else postgres://postgres@127.0.0.1:5432/postgres.
+// Server: --url, else the lab's findPostgres(): $DISTLOCK_TEST_PG_URL, the server on
+// 127.0.0.1:5432, or a private cluster (the one rule the tests and torture use too).
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import { createRequire } from 'node:module'
@@ -35,7 +36,7 @@ const require = createRequire(path.join(root, 'package.json'))
 const distlock = require(root)
 const pg = require('pg')
 const advisoryLock = require('advisory-lock').default
-const URL_PG = opt('url') ?? process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const URL_PG = opt('url') ?? (await (await import('../lab/index.mjs')).findPostgres()).url
 
 // The bigint key raw pg uses for a name: the one distlock derives, so both lock the same thing.
 const keyOf = (name) => {

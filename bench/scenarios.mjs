@@ -21,7 +21,7 @@ import { QUICK, opt, root, saveResults } from './lib.mjs'
 
 const require = createRequire(path.join(root, 'package.json'))
 const distlock = require(root)
-const URL_PG = opt('url') ?? process.env.DISTLOCK_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const URL_PG = opt('url') ?? (await (await import('../lab/index.mjs')).findPostgres()).url
 const PARTS = (opt('parts') ?? 'held,waiters,cycles,drain').split(',')
 const DRAIN_SIZES = (opt('drain') ?? (QUICK ? '2000,5000' : '10000,30000,100000')).split(',').map(Number)
 // The server backends drain the smallest size only: their per-grant round trip dominates.
